@@ -1,0 +1,56 @@
+# signalgate — see README.md. Every target installs what it needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+CARGO ?= cargo
+WASM := target/wasm32-wasip1/release/signalgate_filter.wasm
+ENVOY := .venv/bin/envoy
+
+# The filter's size profile, for the wasm build only (see Cargo.toml).
+WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_LTO=true \
+	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
+	CARGO_PROFILE_RELEASE_STRIP=true
+
+.PHONY: deps build wasm sidecar run test lint fmt bench k8s-build k8s-up k8s-down clean
+
+deps:
+	@scripts/install-deps.sh
+
+wasm: deps
+	$(WASM_PROFILE) $(CARGO) build --release --target wasm32-wasip1 -p signalgate-filter
+	@ls -l $(WASM)
+
+sidecar:
+	$(CARGO) build --release -p signalgate-sidecar
+
+## build: the filter (wasm) and the sidecar (release), plus Envoy in .venv
+build: wasm sidecar
+
+## run: Envoy + filter + sidecar on the embedded default (in-memory store, directory sink)
+run: build
+	@scripts/run.sh
+
+## test: everything, against real Envoy, Redis, kube-apiserver and Alertmanager
+test: deps wasm k8s-build
+	$(CARGO) build -p signalgate-sidecar
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p signalgate-filter --target wasm32-wasip1 -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+k8s-build:
+	@scripts/k8s.sh build
+
+k8s-up:
+	@scripts/k8s.sh up
+
+k8s-down:
+	@scripts/k8s.sh down
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,1 @@
+//! signalgate edge filter (work in progress).

@@ -1,0 +1,373 @@
+//! The Alertmanager webhook payload (version "4") and its validation.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::invalid::{pointer, Invalid};
+use crate::labels::is_valid_label_name;
+use crate::{json, rfc3339, Text};
+
+/// Label or annotation set: string keys, string values.
+pub type Labels<'a> = BTreeMap<Text<'a>, Text<'a>>;
+
+/// The webhook body. Every field is optional at the serde level so that
+/// [`parse`] can name what is missing; unknown fields are ignored (newer
+/// Alertmanagers add some).
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook<'a> {
+    #[serde(borrow)]
+    pub version: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub receiver: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub status: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub alerts: Option<Vec<Alert<'a>>>,
+    #[serde(borrow)]
+    pub group_labels: Option<Labels<'a>>,
+    #[serde(borrow)]
+    pub common_labels: Option<Labels<'a>>,
+    #[serde(borrow)]
+    pub common_annotations: Option<Labels<'a>>,
+    #[serde(borrow, rename = "externalURL")]
+    pub external_url: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub group_key: Option<Text<'a>>,
+    pub truncated_alerts: Option<u64>,
+}
+
+/// One alert of the webhook.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert<'a> {
+    #[serde(borrow)]
+    pub status: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub labels: Option<Labels<'a>>,
+    #[serde(borrow)]
+    pub annotations: Option<Labels<'a>>,
+    #[serde(borrow)]
+    pub starts_at: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub ends_at: Option<Text<'a>>,
+    #[serde(borrow, rename = "generatorURL")]
+    pub generator_url: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub fingerprint: Option<Text<'a>>,
+}
+
+impl<'a> Alert<'a> {
+    /// The alert's own label `name`, if present.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels.as_ref()?.get(name).map(|v| v.as_str())
+    }
+}
+
+/// Parses and validates a webhook body. `max_alerts` bounds `alerts`.
+pub fn parse(body: &[u8], max_alerts: usize) -> Result<Webhook<'_>, Invalid> {
+    let webhook: Webhook<'_> = json::parse(body)?;
+    validate(&webhook, max_alerts)?;
+    Ok(webhook)
+}
+
+/// The rules a webhook must meet; the first broken one is reported.
+pub fn validate(w: &Webhook<'_>, max_alerts: usize) -> Result<(), Invalid> {
+    match w.version.as_deref() {
+        Some("4") => {}
+        Some(v) => {
+            return Err(Invalid::field(
+                "/version",
+                format!("unsupported webhook version {v:?}: only \"4\" is accepted"),
+            ))
+        }
+        None => return Err(Invalid::field("/version", "missing: expected \"4\"")),
+    }
+    let alerts = match &w.alerts {
+        None => {
+            return Err(Invalid::field(
+                "/alerts",
+                "missing: expected a list of alerts",
+            ))
+        }
+        Some(a) if a.is_empty() => {
+            return Err(Invalid::field(
+                "/alerts",
+                "empty: at least one alert is required",
+            ))
+        }
+        Some(a) if a.len() > max_alerts => {
+            return Err(Invalid::field(
+                "/alerts",
+                format!(
+                    "{} alerts in one request, more than the {max_alerts} allowed",
+                    a.len()
+                ),
+            ))
+        }
+        Some(a) => a,
+    };
+    for (name, set) in [
+        ("groupLabels", &w.group_labels),
+        ("commonLabels", &w.common_labels),
+    ] {
+        if let Some(set) = set {
+            check_label_names(&[name], set)?;
+        }
+    }
+    for (i, alert) in alerts.iter().enumerate() {
+        validate_alert(i, alert)?;
+    }
+    Ok(())
+}
+
+fn validate_alert(i: usize, a: &Alert<'_>) -> Result<(), Invalid> {
+    let idx = i.to_string();
+    let at = |field: &str| pointer(["alerts", &idx, field]);
+    match a.status.as_deref() {
+        Some("firing" | "resolved") => {}
+        Some(s) => {
+            return Err(Invalid::field(
+                at("status"),
+                format!("{s:?} is not a status: expected \"firing\" or \"resolved\""),
+            ))
+        }
+        None => {
+            return Err(Invalid::field(
+                at("status"),
+                "missing: expected \"firing\" or \"resolved\"",
+            ))
+        }
+    }
+    let Some(labels) = &a.labels else {
+        return Err(Invalid::field(
+            at("labels"),
+            "missing: an alert needs labels",
+        ));
+    };
+    match a.label("alertname") {
+        Some(name) if !name.trim().is_empty() => {}
+        Some(_) => {
+            return Err(Invalid::field(
+                pointer(["alerts", &idx, "labels", "alertname"]),
+                "empty: alertname must be a non-empty string",
+            ))
+        }
+        None => {
+            return Err(Invalid::field(
+                pointer(["alerts", &idx, "labels", "alertname"]),
+                "missing: every alert needs an alertname label",
+            ))
+        }
+    }
+    check_label_names(&["alerts", &idx, "labels"], labels)?;
+    match a.starts_at.as_deref() {
+        Some(t) if rfc3339::parse(t).is_some() => {}
+        Some(t) => {
+            return Err(Invalid::field(
+                at("startsAt"),
+                format!("{t:?} is not an RFC 3339 timestamp"),
+            ))
+        }
+        None => {
+            return Err(Invalid::field(
+                at("startsAt"),
+                "missing: expected an RFC 3339 timestamp",
+            ))
+        }
+    }
+    if let Some(t) = a.ends_at.as_deref() {
+        if rfc3339::parse(t).is_none() {
+            return Err(Invalid::field(
+                at("endsAt"),
+                format!("{t:?} is not an RFC 3339 timestamp"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_label_names(path: &[&str], labels: &Labels<'_>) -> Result<(), Invalid> {
+    for name in labels.keys() {
+        if !is_valid_label_name(name) {
+            let mut tokens: Vec<&str> = path.to_vec();
+            tokens.push(name);
+            return Err(Invalid::field(
+                pointer(tokens),
+                format!("{:?} is not a valid Prometheus label name", name.as_str()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invalid::InvalidKind;
+    use serde_json::{json, Value};
+
+    fn webhook() -> Value {
+        json!({
+            "version": "4",
+            "receiver": "signalgate",
+            "status": "firing",
+            "groupKey": "{}:{alertname=\"KubePodCrashLooping\"}",
+            "truncatedAlerts": 0,
+            "groupLabels": {"alertname": "KubePodCrashLooping"},
+            "commonLabels": {"alertname": "KubePodCrashLooping", "namespace": "shop"},
+            "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093",
+            "alerts": [{
+                "status": "firing",
+                "labels": {"alertname": "KubePodCrashLooping", "namespace": "shop", "pod": "cart-1", "severity": "critical"},
+                "annotations": {"summary": "cart-1 is crash looping"},
+                "startsAt": "2026-11-26T20:57:15.123Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus/graph",
+                "fingerprint": "0123456789abcdef"
+            }]
+        })
+    }
+
+    fn check(v: &Value) -> Result<(), Invalid> {
+        let body = serde_json::to_vec(v).unwrap_or_default();
+        parse(&body, 1000).map(|_| ())
+    }
+
+    fn field_of(v: &Value) -> Option<String> {
+        check(v).err().and_then(|e| e.field)
+    }
+
+    #[test]
+    fn accepts_a_real_webhook_and_borrows_strings() {
+        let body = serde_json::to_vec(&webhook()).unwrap_or_default();
+        let w = parse(&body, 1000);
+        assert!(w.is_ok(), "{w:?}");
+        let w = w.unwrap_or_default();
+        let alert = &w.alerts.as_deref().unwrap_or_default()[0];
+        assert_eq!(alert.label("pod"), Some("cart-1"));
+        assert!(matches!(
+            alert
+                .labels
+                .as_ref()
+                .and_then(|l| l.keys().next())
+                .map(|k| &k.0),
+            Some(std::borrow::Cow::Borrowed(_))
+        ));
+    }
+
+    #[test]
+    fn not_json_is_reported_as_such() {
+        for body in [&b"{"[..], b"nope", b"{\"version\":\"4\"} trailing", b""] {
+            let e = parse(body, 10).err();
+            assert_eq!(e.map(|e| e.kind), Some(InvalidKind::NotJson));
+        }
+    }
+
+    #[test]
+    fn a_non_object_body_names_the_document() {
+        let e = parse(b"[1,2]", 10).err();
+        assert_eq!(e.as_ref().and_then(|e| e.field.as_deref()), Some(""));
+    }
+
+    #[test]
+    fn version_must_be_4() {
+        let mut v = webhook();
+        v["version"] = json!("3");
+        assert_eq!(field_of(&v).as_deref(), Some("/version"));
+        v.as_object_mut().map(|o| o.remove("version"));
+        assert_eq!(field_of(&v).as_deref(), Some("/version"));
+        v["version"] = json!(4);
+        assert_eq!(field_of(&v).as_deref(), Some("/version"));
+    }
+
+    #[test]
+    fn alerts_must_be_a_non_empty_bounded_list() {
+        let mut v = webhook();
+        v["alerts"] = json!([]);
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts"));
+        v["alerts"] = json!("x");
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts"));
+        v.as_object_mut().map(|o| o.remove("alerts"));
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts"));
+        let mut v = webhook();
+        let one = v["alerts"][0].clone();
+        v["alerts"] = Value::Array(vec![one; 3]);
+        let body = serde_json::to_vec(&v).unwrap_or_default();
+        assert!(parse(&body, 3).is_ok());
+        let e = parse(&body, 2).err();
+        assert_eq!(e.and_then(|e| e.field).as_deref(), Some("/alerts"));
+    }
+
+    #[test]
+    fn alert_status_must_be_firing_or_resolved() {
+        let mut v = webhook();
+        v["alerts"][0]["status"] = json!("pending");
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts/0/status"));
+        v["alerts"][0]["status"] = json!("resolved");
+        assert!(check(&v).is_ok());
+    }
+
+    #[test]
+    fn alertname_must_be_a_non_empty_string() {
+        let mut v = webhook();
+        v["alerts"][0]["labels"]["alertname"] = json!("");
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts/0/labels/alertname"));
+        v["alerts"][0]["labels"]["alertname"] = json!(7);
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts/0/labels/alertname"));
+        v["alerts"][0]["labels"]
+            .as_object_mut()
+            .map(|o| o.remove("alertname"));
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts/0/labels/alertname"));
+    }
+
+    #[test]
+    fn label_names_and_values_are_checked() {
+        let mut v = webhook();
+        v["alerts"][0]["labels"]["bad-name"] = json!("x");
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts/0/labels/bad-name"));
+        let mut v = webhook();
+        v["alerts"][0]["labels"]["replicas"] = json!(3);
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts/0/labels/replicas"));
+        let mut v = webhook();
+        v["commonLabels"]["a/b"] = json!("x");
+        assert_eq!(field_of(&v).as_deref(), Some("/commonLabels/a~1b"));
+        let mut v = webhook();
+        v["alerts"][0]["annotations"]["summary"] = json!(["x"]);
+        assert_eq!(
+            field_of(&v).as_deref(),
+            Some("/alerts/0/annotations/summary")
+        );
+    }
+
+    #[test]
+    fn starts_at_must_be_rfc3339() {
+        let mut v = webhook();
+        v["alerts"][0]["startsAt"] = json!("yesterday");
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts/0/startsAt"));
+        v["alerts"][0].as_object_mut().map(|o| o.remove("startsAt"));
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts/0/startsAt"));
+        let mut v = webhook();
+        v["alerts"][0]["endsAt"] = json!("soon");
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts/0/endsAt"));
+    }
+
+    #[test]
+    fn the_failing_alert_is_named_by_index() {
+        let mut v = webhook();
+        let mut second = v["alerts"][0].clone();
+        second["status"] = json!(1);
+        v["alerts"] = json!([v["alerts"][0].clone(), second]);
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts/1/status"));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let mut v = webhook();
+        v["notification_reason"] = json!("new");
+        v["alerts"][0]["extra"] = json!({"x": [1]});
+        assert!(check(&v).is_ok());
+    }
+}

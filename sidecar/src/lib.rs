@@ -1,0 +1,1 @@
+//! signalgate sidecar library.

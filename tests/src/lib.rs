@@ -1,0 +1,10 @@
+//! Harness for signalgate's integration tests.
+//!
+//! Every test starts the real components it needs (Envoy with the built
+//! filter, `redis-server`, `kube-apiserver`, the sidecar binary) as private
+//! child processes on free loopback ports, and waits on conditions with a
+//! deadline instead of sleeping.
+
+pub mod k8s;
+pub mod process;
+pub mod workspace;
