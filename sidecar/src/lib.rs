@@ -1,1 +1,21 @@
-//! signalgate sidecar library.
+//! signalgate sidecar: parses signals, decides in one atomic store step per
+//! signal whether each is new, a duplicate or part of a storm, and writes
+//! RemediationRequest resources through a sink.
+//!
+//! - [`config`]: every knob, from environment and flags.
+//! - [`store`]: the atomic decision and the claim protocol (memory, Redis).
+//! - [`pipeline`]: one request from body to answer.
+//! - [`resource`]: the `RemediationRequest` CRD and how one is built.
+//! - [`sink`]: where resources are written (directory, Kubernetes).
+//! - [`coalesce`]: counters written at most once per resource per interval.
+//! - [`http`], [`app`], [`metrics`]: the server around it.
+
+pub mod app;
+pub mod coalesce;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod resource;
+pub mod sink;
+pub mod store;

@@ -1,1 +1,117 @@
-fn main() {}
+//! `signalgate-sidecar`: see `--help` and the README.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use signalgate_sidecar::app::App;
+use signalgate_sidecar::config::{Config, LogFormat};
+use signalgate_sidecar::http;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        print!("{}", Config::help());
+        return ExitCode::SUCCESS;
+    }
+    if std::env::args().any(|a| a == "--print-crd") {
+        print!("{}", signalgate_sidecar::resource::crd_yaml());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env_and_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("signalgate-sidecar: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    // kube and redis both use rustls; pick one crypto provider for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("signalgate-sidecar: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("signalgate-sidecar: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let listen = config.listen;
+    let admin_listen = config.admin_listen;
+    let grace = config.shutdown_grace;
+    let flush_interval = config.flush_interval;
+    let api = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("SIGNALGATE_LISTEN: cannot listen on {listen}: {e}"))?;
+    let admin = TcpListener::bind(admin_listen)
+        .await
+        .map_err(|e| format!("SIGNALGATE_ADMIN_LISTEN: cannot listen on {admin_listen}: {e}"))?;
+    let app = Arc::new(App::build(config).await?);
+    tracing::info!(
+        %listen,
+        %admin_listen,
+        store = if app.config.redis_url.is_some() { "redis" } else { "memory" },
+        sink = ?app.config.sink,
+        "signalgate-sidecar ready"
+    );
+
+    let flusher = tokio::spawn(app.coalescer.clone().run(flush_interval));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api_app = app.clone();
+    let api_server = tokio::spawn(http::serve(
+        api,
+        move |req, _peer| http::signal_api(api_app.clone(), req),
+        stop_rx.clone(),
+        grace,
+    ));
+    let admin_app = app.clone();
+    let admin_server = tokio::spawn(http::serve(
+        admin,
+        move |req, _peer| http::admin_api(admin_app.clone(), req),
+        stop_rx,
+        grace,
+    ));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: readiness false, finishing in-flight requests");
+    app.begin_shutdown();
+    let _ = stop_tx.send(true);
+    let _ = api_server.await;
+    app.coalescer.stop();
+    let _ = flusher.await;
+    let _ = admin_server.await;
+    tracing::info!(pending = app.coalescer.pending(), "stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,100 @@
+//! The running sidecar: its store, sink, pipeline and lifecycle state.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::coalesce::Coalescer;
+use crate::config::{Config, SinkConfig};
+use crate::metrics::Metrics;
+use crate::pipeline::{Limits, Pipeline};
+use crate::sink::dir::DirSink;
+use crate::sink::kube::KubeSink;
+use crate::sink::Sink;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::Store;
+
+pub struct App {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub pipeline: Pipeline,
+    pub coalescer: Arc<Coalescer>,
+    shutting_down: AtomicBool,
+}
+
+impl App {
+    /// Opens the store and the sink the configuration names.
+    pub async fn build(config: Config) -> Result<App, String> {
+        let store: Arc<dyn Store> = match &config.redis_url {
+            None => Arc::new(MemoryStore::new(config.store.clone())),
+            Some(url) => Arc::new(
+                RedisStore::connect(url, config.store.clone(), config.redis_timeout)
+                    .await
+                    .map_err(|e| format!("SIGNALGATE_REDIS_URL: {e}"))?,
+            ),
+        };
+        let sink: Arc<dyn Sink> = match &config.sink {
+            SinkConfig::Dir(path) => {
+                Arc::new(DirSink::new(path).map_err(|e| format!("SIGNALGATE_SINK: {e}"))?)
+            }
+            SinkConfig::Kube => Arc::new(
+                KubeSink::connect(&config.fallback_namespace)
+                    .await
+                    .map_err(|e| format!("SIGNALGATE_SINK=kube: {e}"))?,
+            ),
+        };
+        Ok(App::with(config, store, sink))
+    }
+
+    /// An app over a given store and sink (tests, benchmarks).
+    pub fn with(config: Config, store: Arc<dyn Store>, sink: Arc<dyn Sink>) -> App {
+        let metrics = Arc::new(Metrics::new());
+        let coalescer = Arc::new(Coalescer::new(store.clone(), sink.clone(), metrics.clone()));
+        let pipeline = Pipeline {
+            store,
+            sink,
+            coalescer: coalescer.clone(),
+            metrics: metrics.clone(),
+            limits: Limits {
+                fallback_namespace: config.fallback_namespace.clone(),
+                max_alerts: config.max_alerts,
+                request_deadline: config.request_deadline,
+                store_timeout: config.redis_timeout,
+            },
+        };
+        App {
+            config,
+            metrics,
+            pipeline,
+            coalescer,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Readiness turns false for good: the pod is going away.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Ready: not shutting down, the store answers, the sink can write.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if self.is_shutting_down() {
+            return Err("shutting down".into());
+        }
+        let timeout = self.config.redis_timeout;
+        match tokio::time::timeout(timeout, self.pipeline.store.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("store: {e}")),
+            Err(_) => return Err(format!("store: no answer within {timeout:?}")),
+        }
+        match tokio::time::timeout(timeout, self.pipeline.sink.ready()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("sink: {e}")),
+            Err(_) => Err(format!("sink: no answer within {timeout:?}")),
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! One request, start to end: parse → signals → ONE store round trip for
+//! all of them → create the resources this request owns → wait for claims
+//! other requests own → answer. See the claim protocol in [`crate::store`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use signalgate_model::signal::{self, Context};
+use signalgate_model::{alertmanager, kube_event, Invalid, Signal, SignalType, Status};
+
+use crate::coalesce::Coalescer;
+use crate::metrics::Metrics;
+use crate::resource;
+use crate::sink::{Location, Sink, SinkError};
+use crate::store::{Claim, ClaimKey, ClaimState, Decision, Outcome, Store, StoreError, Write};
+
+/// How often a request waiting on another request's claim looks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub fallback_namespace: String,
+    pub max_alerts: usize,
+    /// Total time for one request.
+    pub request_deadline: Duration,
+    /// One store call.
+    pub store_timeout: Duration,
+}
+
+pub struct Pipeline {
+    pub store: Arc<dyn Store>,
+    pub sink: Arc<dyn Sink>,
+    pub coalescer: Arc<Coalescer>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+}
+
+/// What happened to one signal of the request.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SignalResult {
+    pub fingerprint: String,
+    /// created, duplicate, storm_started, storm_aggregated or resolved.
+    pub outcome: &'static str,
+    /// `namespace/name` of the resource the signal counts in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+}
+
+/// A successful answer: 201 (something created), 202 (all duplicates or
+/// aggregated) or 200 (nothing needed action).
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    #[serde(skip)]
+    pub status: u16,
+    pub signals: Vec<SignalResult>,
+}
+
+/// Why a request failed; every failure but `Invalid` is retryable.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    Invalid(Invalid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// Waiting for a claim (or the sink) took longer than the request deadline.
+    #[error("{what} not done within the request deadline")]
+    Deadline { what: String, retry_after: Duration },
+}
+
+impl Failure {
+    /// The metric `kind` of this failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Invalid(_) => "invalid",
+            Failure::Store(_) => "store",
+            Failure::Sink(_) => "sink",
+            Failure::Deadline { .. } => "deadline",
+        }
+    }
+}
+
+struct Plan<'s> {
+    signal: &'s Signal,
+    index: usize,
+    decision: Decision,
+}
+
+impl Pipeline {
+    /// Handles one accepted body of `signal_type` from `source`.
+    pub async fn handle(
+        &self,
+        signal_type: SignalType,
+        source: &str,
+        body: &[u8],
+    ) -> Result<Accepted, Failure> {
+        let started = Instant::now();
+        let deadline = started + self.limits.request_deadline;
+        let received_ms = now_ms();
+        let signals = self.parse(signal_type, source, body)?;
+        let fingerprints: Vec<String> = signals.iter().map(Signal::fingerprint).collect();
+        tracing::Span::current().record("fingerprints", tracing::field::debug(&fingerprints));
+
+        let mut results: Vec<SignalResult> = fingerprints
+            .iter()
+            .map(|fp| SignalResult {
+                fingerprint: fp.clone(),
+                outcome: "resolved",
+                resource: None,
+            })
+            .collect();
+        let firing: Vec<usize> = (0..signals.len())
+            .filter(|&i| signals[i].status == Status::Firing)
+            .collect();
+        let claims: Vec<Claim> = firing
+            .iter()
+            .map(|&i| Claim {
+                namespace: signals[i].namespace.clone(),
+                fingerprint: fingerprints[i].clone(),
+                affected: resource::affected_name(&signals[i]),
+            })
+            .collect();
+
+        let decisions = if claims.is_empty() {
+            Vec::new()
+        } else {
+            self.timed("decide", self.store.decide(&claims)).await?
+        };
+
+        let mut creates = Vec::new();
+        let mut awaits = Vec::new();
+        for (&index, decision) in firing.iter().zip(decisions) {
+            let result = &mut results[index];
+            result.outcome = decision.outcome.as_str();
+            result.resource = Some(format!(
+                "{}/{}",
+                decision.key.namespace(),
+                decision.snapshot.resource
+            ));
+            if decision.outcome == Outcome::StormStarted {
+                self.metrics.storms.inc();
+            }
+            let plan = Plan {
+                signal: &signals[index],
+                index,
+                decision,
+            };
+            match plan.decision.write {
+                Write::Create => creates.push(plan),
+                Write::Update => self.coalescer.mark(plan.decision.key.clone()),
+                Write::Await => awaits.push(plan),
+            }
+        }
+
+        let mut created_any = !creates.is_empty();
+        let locations = self.create_all(&creates, received_ms, deadline).await?;
+        for (plan, location) in creates.iter().zip(locations) {
+            results[plan.index].resource = Some(location.to_string());
+        }
+        for plan in &awaits {
+            if let Some(location) = self.await_claim(plan, received_ms, deadline).await? {
+                results[plan.index].resource = Some(location.to_string());
+                created_any = true;
+            }
+        }
+
+        for (i, r) in results.iter().enumerate() {
+            self.metrics
+                .signals
+                .with_label_values(&[signals[i].signal_type.as_str(), r.outcome])
+                .inc();
+        }
+        let status = if created_any {
+            201
+        } else if !firing.is_empty() {
+            202
+        } else {
+            200
+        };
+        Ok(Accepted {
+            status,
+            signals: results,
+        })
+    }
+
+    fn parse(
+        &self,
+        signal_type: SignalType,
+        source: &str,
+        body: &[u8],
+    ) -> Result<Vec<Signal>, Failure> {
+        let ctx = Context {
+            source,
+            fallback_namespace: &self.limits.fallback_namespace,
+        };
+        match signal_type {
+            SignalType::Prometheus => {
+                let webhook =
+                    alertmanager::parse(body, self.limits.max_alerts).map_err(Failure::Invalid)?;
+                Ok(signal::from_alertmanager(&webhook, &ctx))
+            }
+            SignalType::KubernetesEvent => {
+                let event = kube_event::parse(body).map_err(Failure::Invalid)?;
+                Ok(vec![signal::from_kube_event(&event, &ctx)])
+            }
+        }
+    }
+
+    /// Creates the resources this request owns, commits their claims in one
+    /// round trip, or releases them all if any create failed.
+    async fn create_all(
+        &self,
+        plans: &[Plan<'_>],
+        received_ms: i64,
+        deadline: Instant,
+    ) -> Result<Vec<Location>, Failure> {
+        if plans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let writes = plans
+            .iter()
+            .map(|p| self.create_one(p.signal, &p.decision, received_ms, deadline));
+        let results = futures::future::join_all(writes).await;
+        let keys: Vec<ClaimKey> = plans.iter().map(|p| p.decision.key.clone()).collect();
+        let mut locations = Vec::with_capacity(results.len());
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok(location) => locations.push(location),
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = failure {
+            // Give the leases back so the sender's retry takes them at once;
+            // if the store is down too, the leases simply expire.
+            if let Err(release) = self.timed("release", self.store.release(&keys)).await {
+                tracing::warn!(error = %release, "cannot release claims; they expire with their lease");
+            }
+            return Err(e);
+        }
+        self.timed("commit", self.store.commit(&keys)).await?;
+        for k in keys {
+            // Counters may have moved while we created: write them soon.
+            self.coalescer.mark(k);
+        }
+        Ok(locations)
+    }
+
+    async fn create_one(
+        &self,
+        signal: &Signal,
+        decision: &Decision,
+        received_ms: i64,
+        deadline: Instant,
+    ) -> Result<Location, Failure> {
+        let rr = match &decision.key {
+            ClaimKey::Fingerprint { fingerprint, .. } => {
+                resource::for_signal(signal, fingerprint, &decision.snapshot, received_ms)
+            }
+            ClaimKey::Storm { .. } => resource::for_storm(
+                signal,
+                &resource::affected_name(signal),
+                &decision.snapshot,
+                received_ms,
+            ),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let result = tokio::time::timeout(remaining, self.sink.create(&rr)).await;
+        let outcome = match result {
+            Ok(Ok(location)) => Ok(location),
+            Ok(Err(e)) => Err(Failure::Sink(e)),
+            Err(_) => Err(Failure::Deadline {
+                what: format!("creating {}", decision.snapshot.resource),
+                retry_after: Duration::from_secs(1),
+            }),
+        };
+        let label = if outcome.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .resources_written
+            .with_label_values(&["create", label])
+            .inc();
+        outcome
+    }
+
+    /// Waits for a claim another request holds. `Some(location)` if the
+    /// lease expired and this request created the resource itself.
+    async fn await_claim(
+        &self,
+        plan: &Plan<'_>,
+        received_ms: i64,
+        deadline: Instant,
+    ) -> Result<Option<Location>, Failure> {
+        let key = &plan.decision.key;
+        loop {
+            match self.timed("poll", self.store.poll(key)).await? {
+                ClaimState::Committed => {
+                    self.coalescer.mark(key.clone());
+                    return Ok(None);
+                }
+                ClaimState::Owned => {
+                    let single = [Plan {
+                        signal: plan.signal,
+                        index: plan.index,
+                        decision: plan.decision.clone(),
+                    }];
+                    let mut created = self.create_all(&single, received_ms, deadline).await?;
+                    return Ok(created.pop());
+                }
+                ClaimState::Gone => {
+                    return Err(Failure::Deadline {
+                        what: format!("claim {} expired while waiting", plan.decision.snapshot.resource),
+                        retry_after: Duration::from_secs(1),
+                    })
+                }
+                ClaimState::Pending => {
+                    if Instant::now() + POLL_INTERVAL >= deadline {
+                        return Err(Failure::Deadline {
+                            what: format!("waiting for {} to be created", plan.decision.snapshot.resource),
+                            retry_after: Duration::from_secs(1),
+                        });
+                    }
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
+            }
+        }
+    }
+
+    /// A store call with the store timeout and its latency recorded.
+    async fn timed<T>(
+        &self,
+        op: &str,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let timer = self.metrics.store_duration.with_label_values(&[op]).start_timer();
+        let result = tokio::time::timeout(self.limits.store_timeout, call).await;
+        timer.observe_duration();
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.limits.store_timeout)),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,137 @@
+//! The directory sink: `<dir>/<namespace>/<name>.json`, one complete
+//! `RemediationRequest` object per file (what `kubectl apply -f` takes).
+//! Files are replaced atomically (write to a temporary file, then rename),
+//! so a reader never sees half an object.
+
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Location, Sink, SinkError};
+use crate::resource::{Progress, RemediationRequest};
+
+pub struct DirSink {
+    root: PathBuf,
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl DirSink {
+    pub fn new(root: impl Into<PathBuf>) -> Result<DirSink, SinkError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|e| {
+            SinkError::Rejected(format!("cannot create {}: {e}", root.display()))
+        })?;
+        Ok(DirSink { root })
+    }
+
+    pub fn path_of(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root.join(namespace).join(format!("{name}.json"))
+    }
+
+    fn temp_path(dir: &Path) -> PathBuf {
+        let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        dir.join(format!(".tmp-{}-{n}", std::process::id()))
+    }
+
+    fn write_temp(dir: &Path, rr: &RemediationRequest) -> Result<PathBuf, SinkError> {
+        std::fs::create_dir_all(dir).map_err(io_error)?;
+        let tmp = Self::temp_path(dir);
+        let mut json = serde_json::to_vec_pretty(rr)
+            .map_err(|e| SinkError::Rejected(format!("cannot serialise resource: {e}")))?;
+        json.push(b'\n');
+        let mut f = std::fs::File::create(&tmp).map_err(io_error)?;
+        f.write_all(&json).map_err(io_error)?;
+        f.sync_data().map_err(io_error)?;
+        Ok(tmp)
+    }
+
+    fn create_blocking(&self, rr: &RemediationRequest) -> Result<Location, SinkError> {
+        let namespace = rr.metadata.namespace.clone().unwrap_or_default();
+        let name = rr.metadata.name.clone().unwrap_or_default();
+        let path = self.path_of(&namespace, &name);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        let tmp = Self::write_temp(&dir, rr)?;
+        // hard_link fails if the target exists: create-if-absent, atomically.
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(Location { namespace, name }),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Location { namespace, name }),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    fn update_blocking(
+        &self,
+        namespace: &str,
+        name: &str,
+        progress: &Progress,
+    ) -> Result<(), SinkError> {
+        let path = self.path_of(namespace, name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(SinkError::NotFound(path.display().to_string()))
+            }
+            Err(e) => return Err(io_error(e)),
+        };
+        let mut rr: RemediationRequest = serde_json::from_slice(&bytes).map_err(|e| {
+            SinkError::Rejected(format!("{} is not a RemediationRequest: {e}", path.display()))
+        })?;
+        progress.apply(&mut rr.spec);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        let tmp = Self::write_temp(&dir, &rr)?;
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_error(e)
+        })
+    }
+}
+
+fn io_error(e: std::io::Error) -> SinkError {
+    SinkError::Unavailable(e.to_string())
+}
+
+fn join_error(e: tokio::task::JoinError) -> SinkError {
+    SinkError::Unavailable(format!("write task failed: {e}"))
+}
+
+#[async_trait::async_trait]
+impl Sink for DirSink {
+    async fn create(&self, rr: &RemediationRequest) -> Result<Location, SinkError> {
+        let this = DirSink {
+            root: self.root.clone(),
+        };
+        let rr = rr.clone();
+        tokio::task::spawn_blocking(move || this.create_blocking(&rr))
+            .await
+            .map_err(join_error)?
+    }
+
+    async fn update(
+        &self,
+        namespace: &str,
+        name: &str,
+        progress: &Progress,
+    ) -> Result<(), SinkError> {
+        let this = DirSink {
+            root: self.root.clone(),
+        };
+        let (namespace, name, progress) = (namespace.to_string(), name.to_string(), progress.clone());
+        tokio::task::spawn_blocking(move || this.update_blocking(&namespace, &name, &progress))
+            .await
+            .map_err(join_error)?
+    }
+
+    async fn ready(&self) -> Result<(), SinkError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let probe = DirSink::temp_path(&root);
+            std::fs::write(&probe, b"").and_then(|_| std::fs::remove_file(&probe))
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(io_error)
+    }
+}

@@ -1,0 +1,224 @@
+//! The Kubernetes sink: `RemediationRequest`s through the API server.
+//!
+//! - Create is idempotent: `AlreadyExists` for our deterministic name is success.
+//! - A namespace that does not exist sends the resource to the fallback
+//!   namespace, labelled with the original one.
+//! - Counters are written with a JSON merge patch of `spec.deduplication`
+//!   (and `spec.storm`): the status is never touched.
+//! - 429, 5xx and transport errors are retried with capped, jittered
+//!   exponential backoff; the caller bounds the total time.
+
+use std::time::Duration;
+
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+
+use super::{Location, Sink, SinkError};
+use crate::resource::{Progress, RemediationRequest, LABEL_ORIGINAL_NAMESPACE};
+
+/// The field manager signalgate writes as.
+pub const FIELD_MANAGER: &str = "signalgate";
+
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// Updates are retried this long before they are left for the next flush.
+const UPDATE_RETRY_FOR: Duration = Duration::from_secs(5);
+
+pub struct KubeSink {
+    client: Client,
+    fallback_namespace: String,
+}
+
+enum Attempt<T> {
+    Done(T),
+    Retry(String),
+    Fail(SinkError),
+}
+
+impl KubeSink {
+    /// In-cluster configuration, else `KUBECONFIG` / `~/.kube/config`.
+    pub async fn connect(fallback_namespace: &str) -> Result<KubeSink, SinkError> {
+        let client = Client::try_default()
+            .await
+            .map_err(|e| SinkError::Rejected(format!("no Kubernetes configuration: {e}")))?;
+        Ok(KubeSink::new(client, fallback_namespace))
+    }
+
+    pub fn new(client: Client, fallback_namespace: &str) -> KubeSink {
+        KubeSink {
+            client,
+            fallback_namespace: fallback_namespace.to_string(),
+        }
+    }
+
+    fn api(&self, namespace: &str) -> Api<RemediationRequest> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    async fn create_in(&self, rr: &RemediationRequest) -> Attempt<Location> {
+        let namespace = rr.metadata.namespace.clone().unwrap_or_default();
+        let name = rr.metadata.name.clone().unwrap_or_default();
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PostParams::default()
+        };
+        match self.api(&namespace).create(&params, rr).await {
+            Ok(_) => Attempt::Done(Location { namespace, name }),
+            Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
+                Attempt::Done(Location { namespace, name })
+            }
+            Err(e) => classify(e, &format!("create {namespace}/{name}")),
+        }
+    }
+}
+
+/// Sorts an error into retry (transient) or fail (for good).
+fn classify<T>(e: kube::Error, what: &str) -> Attempt<T> {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => {
+            Attempt::Fail(SinkError::NotFound(format!("{what}: {}", s.message)))
+        }
+        kube::Error::Api(s) if s.code == 429 || s.code >= 500 => {
+            Attempt::Retry(format!("{what}: {} {}", s.code, s.message))
+        }
+        kube::Error::Api(s) => Attempt::Fail(SinkError::Rejected(format!(
+            "{what}: {} {} {}",
+            s.code, s.reason, s.message
+        ))),
+        other => Attempt::Retry(format!("{what}: {other}")),
+    }
+}
+
+fn is_missing_namespace(e: &SinkError) -> bool {
+    matches!(e, SinkError::NotFound(msg) if msg.contains("namespaces \""))
+}
+
+/// Retries `attempt` with capped, jittered exponential backoff while it says
+/// `Retry`, for at most `limit` (if given; else until the caller's timeout).
+async fn with_retries<T, F, Fut>(limit: Option<Duration>, mut attempt: F) -> Result<T, SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Attempt<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = BACKOFF_BASE;
+    loop {
+        match attempt().await {
+            Attempt::Done(v) => return Ok(v),
+            Attempt::Fail(e) => return Err(e),
+            Attempt::Retry(why) => {
+                if limit.is_some_and(|l| started.elapsed() + delay > l) {
+                    return Err(SinkError::Unavailable(why));
+                }
+                tracing::debug!(%why, ?delay, "Kubernetes API write failed; retrying");
+                tokio::time::sleep(jitter(delay)).await;
+                delay = (delay * 2).min(BACKOFF_CAP);
+            }
+        }
+    }
+}
+
+/// A delay between half and all of `d`.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    let mut x = u64::from(nanos) | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    let frac = (x % 1000) as f64 / 1000.0;
+    d.mul_f64(0.5 + frac / 2.0)
+}
+
+#[async_trait::async_trait]
+impl Sink for KubeSink {
+    async fn create(&self, rr: &RemediationRequest) -> Result<Location, SinkError> {
+        let first = with_retries(None, || self.create_in(rr)).await;
+        let namespace = rr.metadata.namespace.clone().unwrap_or_default();
+        match first {
+            Err(e) if is_missing_namespace(&e) && namespace != self.fallback_namespace => {
+                tracing::warn!(
+                    %namespace,
+                    fallback = %self.fallback_namespace,
+                    "namespace does not exist; writing the resource to the fallback namespace"
+                );
+                let mut moved = rr.clone();
+                moved.metadata.namespace = Some(self.fallback_namespace.clone());
+                moved
+                    .metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert(LABEL_ORIGINAL_NAMESPACE.to_string(), namespace);
+                with_retries(None, || self.create_in(&moved)).await
+            }
+            Err(SinkError::NotFound(msg)) => Err(SinkError::Rejected(format!(
+                "{msg} (is the RemediationRequest CRD installed?)"
+            ))),
+            other => other,
+        }
+    }
+
+    async fn update(
+        &self,
+        namespace: &str,
+        name: &str,
+        progress: &Progress,
+    ) -> Result<(), SinkError> {
+        let mut spec = json!({ "deduplication": progress.deduplication });
+        if let Some(storm) = &progress.storm {
+            spec["storm"] = json!(storm);
+        }
+        let patch = Patch::Merge(json!({ "spec": spec }));
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        let patch_in = |ns: String| {
+            let patch = &patch;
+            let params = &params;
+            async move {
+                match self.api(&ns).patch(name, params, patch).await {
+                    Ok(_) => Attempt::Done(()),
+                    Err(e) => classify(e, &format!("patch {ns}/{name}")),
+                }
+            }
+        };
+        match with_retries(Some(UPDATE_RETRY_FOR), || patch_in(namespace.to_string())).await {
+            // It may have been written to the fallback namespace.
+            Err(SinkError::NotFound(_)) if namespace != self.fallback_namespace => {
+                with_retries(Some(UPDATE_RETRY_FOR), || {
+                    patch_in(self.fallback_namespace.clone())
+                })
+                .await
+            }
+            other => other,
+        }
+    }
+
+    async fn ready(&self) -> Result<(), SinkError> {
+        match self
+            .api(&self.fallback_namespace)
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(SinkError::Unavailable(format!("Kubernetes API: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_between_half_and_all() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(1000));
+            assert!(j >= Duration::from_millis(500) && j <= Duration::from_millis(1000), "{j:?}");
+        }
+    }
+}

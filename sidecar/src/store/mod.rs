@@ -1,0 +1,211 @@
+//! The dedup/storm state: one atomic step per signal.
+//!
+//! A [`Store`] decides, for every firing signal, whether it is new, a
+//! duplicate, or part of a storm, in ONE atomic step per signal (a Redis
+//! script, or one critical section in memory) and, for a whole request, in
+//! ONE round trip. It also runs the *claim protocol* that makes resource
+//! creation exactly-once and loss-free:
+//!
+//! - A first sighting (or a storm start) makes a **pending claim** with a
+//!   lease ([`Settings::claim_lease`]) and hands the caller
+//!   [`Write::Create`]: the caller must create the resource (idempotently:
+//!   the resource name is deterministic and stored with the claim), then
+//!   [`Store::commit`] it. If creation fails the caller [`Store::release`]s
+//!   the lease so the sender's retry can take it over at once.
+//! - A signal that finds a pending claim whose lease is still live is
+//!   counted and told [`Write::Await`]: the caller polls [`Store::poll`]
+//!   until the claim is committed (then answers 2xx), or the lease expires
+//!   (then `poll` hands it the claim: [`ClaimState::Owned`], and it creates
+//!   the resource itself). So a 2xx always means the resource exists, even
+//!   when the creating sidecar was killed between claim and create.
+//! - A signal that finds a pending claim whose lease expired takes the
+//!   claim over ([`Write::Create`]).
+//! - A committed claim makes later repeats [`Write::Update`]: counts only.
+//!
+//! Keys of one signal live in one hash slot (tagged by namespace), so the
+//! Redis implementation runs unchanged on Redis Cluster. All timestamps are
+//! the store's clock (Redis `TIME`), so several sidecars agree on windows.
+
+use std::time::Duration;
+
+pub mod memory;
+pub mod redis;
+
+/// Tunables of the decision, shared by every store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// How long a fingerprint stays known after its LAST sighting (every
+    /// duplicate refreshes it to the full window). Default 5 min.
+    pub dedup_ttl: Duration,
+    /// Distinct new fingerprints per namespace within `storm_window` that
+    /// are still created individually; the next one starts a storm. Default 10.
+    pub storm_threshold: u32,
+    /// Window for counting distinct new fingerprints, and how long each storm
+    /// member extends the storm. Default 1 min.
+    pub storm_window: Duration,
+    /// A storm never lasts longer than this after it started. Default 5 min.
+    pub storm_max_duration: Duration,
+    /// Cap on the de-duplicated affected-resource list of a storm; members
+    /// beyond it are only counted (`overflow`). Default 100.
+    pub storm_max_affected: u32,
+    /// Lease of a pending claim: how long other callers wait for its owner to
+    /// create the resource before taking the claim over. Default 15 s.
+    pub claim_lease: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            dedup_ttl: Duration::from_secs(300),
+            storm_threshold: 10,
+            storm_window: Duration::from_secs(60),
+            storm_max_duration: Duration::from_secs(300),
+            storm_max_affected: 100,
+            claim_lease: Duration::from_secs(15),
+        }
+    }
+}
+
+/// One firing signal to decide on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The namespace the resource goes to (the hash tag of every key).
+    pub namespace: String,
+    /// SHA-256 hex of the signal ([`signalgate_model::Signal::fingerprint`]).
+    pub fingerprint: String,
+    /// How a storm lists this signal's target, e.g. `Pod/cart-1`.
+    pub affected: String,
+}
+
+/// The outcome reported to the sender and counted in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// First sighting in the dedup window: a new resource.
+    Created,
+    /// Known fingerprint (its own resource, or the storm it was aggregated into).
+    Duplicate,
+    /// This signal started a storm: ONE new storm resource.
+    StormStarted,
+    /// A new fingerprint aggregated into the namespace's running storm.
+    StormAggregated,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Duplicate => "duplicate",
+            Outcome::StormStarted => "storm_started",
+            Outcome::StormAggregated => "storm_aggregated",
+        }
+    }
+}
+
+/// Which claim a resource belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClaimKey {
+    /// A signal's own resource.
+    Fingerprint { namespace: String, fingerprint: String },
+    /// A storm resource, by its resource name.
+    Storm { namespace: String, name: String },
+}
+
+impl ClaimKey {
+    pub fn namespace(&self) -> &str {
+        match self {
+            ClaimKey::Fingerprint { namespace, .. } | ClaimKey::Storm { namespace, .. } => namespace,
+        }
+    }
+}
+
+/// What the caller must do with the sink for this signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// The caller owns the claim: create the resource, then `commit` (or `release` on failure).
+    Create,
+    /// The resource exists: update its counts (coalesced).
+    Update,
+    /// Another caller holds a live lease: `poll` until committed or owned.
+    Await,
+}
+
+/// The store's answer for one claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub write: Write,
+    /// The claim of the resource this signal counts in (its own, or the storm's).
+    pub key: ClaimKey,
+    /// The state of that resource right after this step.
+    pub snapshot: Snapshot,
+}
+
+/// The counters of one resource, as the store holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Deterministic resource name, fixed when the claim was made:
+    /// `rr-<first 16 hex of fingerprint>-<first_seen_ms in base 36>`, or
+    /// `storm-<first 12 hex of sha256(namespace)>-<started_ms in base 36>`.
+    pub resource: String,
+    /// Store-clock milliseconds since the Unix epoch.
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// Signals counted in this resource (for a storm: members and their repeats).
+    pub occurrence_count: u64,
+    /// Present for storm resources.
+    pub storm: Option<StormSnapshot>,
+}
+
+/// Storm counters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StormSnapshot {
+    /// Distinct fingerprints aggregated (the one that started it included).
+    pub alert_count: u64,
+    /// De-duplicated `Claim::affected` values, at most `storm_max_affected`,
+    /// sorted. Only filled by [`Store::snapshot`]; empty in [`Decision`]s.
+    pub affected: Vec<String>,
+    /// Distinct affected values beyond the cap.
+    pub affected_overflow: u64,
+    pub started_ms: i64,
+}
+
+/// The state of a claim, as seen by a caller waiting on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimState {
+    /// The resource exists.
+    Committed,
+    /// Someone else holds a live lease.
+    Pending,
+    /// The lease had expired: the caller now owns the claim and must create.
+    Owned,
+    /// The claim is gone (expired): the caller should treat its signal as new.
+    Gone,
+}
+
+/// A store failure: the request is answered 503 with `Retry-After`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Dedup and storm state. Implementations: [`memory::MemoryStore`] (single
+/// process, the embedded default) and [`redis::RedisStore`] (standalone or
+/// cluster). Both pass the same behaviour suite (`tests/tests/store_behaviour.rs`).
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// Decides every claim, in order, each atomically; all in one round trip.
+    async fn decide(&self, claims: &[Claim]) -> Result<Vec<Decision>, StoreError>;
+    /// Marks the claims committed (their resources exist). Idempotent.
+    async fn commit(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
+    /// Gives up the caller's leases after a failed create, so the next try takes them at once.
+    async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
+    /// For `Write::Await`: the claim's state now (may hand the caller the claim).
+    async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError>;
+    /// The current counters of the resources (storm lists filled), `None` where gone.
+    async fn snapshot(&self, keys: &[ClaimKey]) -> Result<Vec<Option<Snapshot>>, StoreError>;
+    /// Readiness: the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,211 @@
+//! The real sidecar binary, started per test on free ports.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::client::{self, Answer};
+use crate::process::{free_port, temp_dir, wait_for, Proc};
+use crate::workspace;
+
+/// The sidecar binary (`SIGNALGATE_SIDECAR_BIN`, else `target/debug/signalgate-sidecar`).
+pub fn binary() -> PathBuf {
+    workspace::artefact(
+        "SIGNALGATE_SIDECAR_BIN",
+        workspace::target_dir().join("debug/signalgate-sidecar"),
+        "build it with `cargo build -p signalgate-sidecar` (make test does)",
+    )
+}
+
+pub struct Sidecar {
+    proc: Option<Proc>,
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    /// The directory sink's root (when the sink is `dir:`).
+    pub sink_dir: PathBuf,
+    env: Vec<(String, String)>,
+    log_dir: PathBuf,
+    name: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts the sidecar with `env` (`SIGNALGATE_*` pairs) over the defaults
+    /// (in-memory store, directory sink in a private temp dir), waits until ready.
+    pub fn start(env: &[(&str, &str)]) -> Sidecar {
+        Sidecar::start_named("sidecar", env)
+    }
+
+    pub fn start_named(name: &str, env: &[(&str, &str)]) -> Sidecar {
+        let tmp = temp_dir(name);
+        let sink_dir = tmp.path().join("resources");
+        let api: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut full: Vec<(String, String)> = vec![
+            ("SIGNALGATE_LISTEN".into(), api.to_string()),
+            ("SIGNALGATE_ADMIN_LISTEN".into(), admin.to_string()),
+            ("SIGNALGATE_SINK".into(), format!("dir:{}", sink_dir.display())),
+            ("SIGNALGATE_FLUSH_INTERVAL".into(), "100ms".into()),
+            ("RUST_LOG".into(), "info,signalgate_sidecar=debug".into()),
+        ];
+        for (k, v) in env {
+            full.retain(|(fk, _)| fk != k);
+            full.push((k.to_string(), v.to_string()));
+        }
+        let mut s = Sidecar {
+            proc: None,
+            api,
+            admin,
+            sink_dir,
+            env: full,
+            log_dir: tmp.path().to_path_buf(),
+            name: name.to_string(),
+            _tmp: tmp,
+        };
+        s.spawn();
+        s.wait_ready();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(binary());
+        cmd.env_clear();
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Ok(path) = std::env::var("PATH") {
+            cmd.env("PATH", path);
+        }
+        self.proc = Some(Proc::spawn(&self.name, cmd, &self.log_dir));
+    }
+
+    /// Waits until `/readyz` answers 200 (panics with the log otherwise).
+    pub fn wait_ready(&mut self) {
+        let url = format!("http://{}/readyz", self.admin);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(a) = client::get(&url) {
+                if a.status == 200 {
+                    return;
+                }
+            }
+            if let Some(p) = self.proc.as_mut() {
+                p.assert_running();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sidecar not ready in time; log:\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts it again with the same ports and settings.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut p = self.proc.take()?;
+        p.signal(libc::SIGTERM);
+        p.wait_exit(timeout)
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        self.proc.as_ref().map(|p| p.log_tail(n)).unwrap_or_default()
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// Whole log so far.
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(|p| p.log()).unwrap_or_default()
+    }
+
+    /// `POST` a raw body to `path` on the signal API as `source`.
+    pub fn post(&self, path: &str, body: &[u8], source: &str) -> Answer {
+        let url = format!("http://{}{path}", self.api);
+        client::post_json(&url, body, &[("x-signalgate-source", source)])
+            .unwrap_or_else(|e| panic!("POST {url}: {e}\nlog:\n{}", self.log_tail(30)))
+    }
+
+    /// `POST /api/v1/signals/prometheus`.
+    pub fn post_alerts(&self, webhook: &Value) -> Answer {
+        let body = serde_json::to_vec(webhook).expect("json");
+        self.post("/api/v1/signals/prometheus", &body, "test")
+    }
+
+    /// `POST /api/v1/signals/kubernetes-event`.
+    pub fn post_event(&self, event: &Value) -> Answer {
+        let body = serde_json::to_vec(event).expect("json");
+        self.post("/api/v1/signals/kubernetes-event", &body, "test")
+    }
+
+    pub fn admin_get(&self, path: &str) -> Answer {
+        client::get(&format!("http://{}{path}", self.admin)).expect("admin GET")
+    }
+
+    /// The value of one sample in `/metrics` (`name{labels}` as printed), 0 if absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = self.admin_get("/metrics").body;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                (k == sample).then(|| v.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Every resource the directory sink holds, sorted by namespace/name.
+    pub fn resources(&self) -> Vec<Value> {
+        read_resources(&self.sink_dir)
+    }
+
+    /// Waits until `cond` holds for the resources in the directory sink.
+    pub fn wait_resources(&self, what: &str, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        wait_for(what, Duration::from_secs(15), || {
+            let r = self.resources();
+            cond(&r).then_some(r)
+        })
+    }
+}
+
+/// Reads `<dir>/<namespace>/<name>.json` files, sorted by path.
+pub fn read_resources(dir: &Path) -> Vec<Value> {
+    let mut files = Vec::new();
+    if let Ok(namespaces) = std::fs::read_dir(dir) {
+        for ns in namespaces.flatten() {
+            if let Ok(entries) = std::fs::read_dir(ns.path()) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    if p.extension().is_some_and(|x| x == "json") {
+                        files.push(p);
+                    }
+                }
+            }
+        }
+    }
+    files.sort();
+    files
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect()
+}
