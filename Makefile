@@ -11,7 +11,7 @@ WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_LTO=true
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
 	CARGO_PROFILE_RELEASE_STRIP=true
 
-.PHONY: deps build wasm sidecar run test lint fmt bench k8s-build k8s-up k8s-down clean
+.PHONY: deps build wasm sidecar run test lint fmt bench k8s-build k8s-up k8s-down clean crd
 
 deps:
 	@scripts/install-deps.sh
@@ -54,3 +54,7 @@ k8s-down:
 
 clean:
 	$(CARGO) clean
+
+## crd: regenerate deploy/crds/ from the Rust types
+crd:
+	$(CARGO) run -q -p signalgate-sidecar -- --print-crd > deploy/crds/remediationrequests.signalgate.io.yaml

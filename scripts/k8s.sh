@@ -4,7 +4,10 @@
 #
 #   scripts/k8s.sh build     build and cache kube-apiserver, etcd and kubectl
 #   scripts/k8s.sh bin-dir   print the cached bin dir (exit 1 if not built)
-#   scripts/k8s.sh up        start etcd + kube-apiserver on loopback (state in target/k8s/)
+#   scripts/k8s.sh up        start etcd + kube-apiserver on loopback (state in target/k8s/),
+#                            apply deploy/crds/*.yaml (or $SIGNALGATE_K8S_CRDS) and wait
+#                            until they are Established; port: $SIGNALGATE_K8S_PORT or 6443
+#                            if free, else a free one
 #   scripts/k8s.sh down      stop what `up` started
 #   scripts/k8s.sh pki DIR   write CA/serving certs, service-account keys and
 #                            tokens into DIR (used by `up` and the Rust harness)
@@ -126,24 +129,27 @@ unpack_debs() {
 }
 
 fetch_source() {
-    local src=$CACHE/src
-    if [[ -f $src/.complete ]]; then
-        return 0
+    local pkg=$CACHE/srcpkg tree=$CACHE/src/tree
+    [[ -f $CACHE/src/.complete ]] && return 0
+    if [[ ! -f $pkg/.complete ]]; then
+        rm -rf "$pkg"
+        mkdir -p "$pkg"
+        say "apt-get source --download-only $SRC_PKG"
+        (cd "$pkg" && apt_fetch papt apt-get -q source --download-only "$SRC_PKG" >&2)
+        touch "$pkg/.complete"
     fi
-    rm -rf "$src"
-    mkdir -p "$src"
-    say "apt-get source --download-only $SRC_PKG"
-    (cd "$src" && apt_fetch papt apt-get -q source --download-only "$SRC_PKG" >&2)
     local dsc
-    dsc=$(compgen -G "$src/${SRC_PKG}_*.dsc" | head -n1) || true
-    [[ -n $dsc ]] || die "no .dsc downloaded for $SRC_PKG"
+    dsc=$(compgen -G "$pkg/${SRC_PKG}_*.dsc" | head -n1) || true
+    [[ -n $dsc ]] || die "no .dsc downloaded for $SRC_PKG in $pkg"
     case $dsc in
     *"really$K8S_VERSION"* | *"_$K8S_VERSION-"*) ;;
     *) die "$(basename "$dsc") is not Kubernetes $K8S_VERSION; update K8S_VERSION in $0" ;;
     esac
+    rm -rf "$CACHE/src"
+    mkdir -p "$CACHE/src"
     say "unpacking $(basename "$dsc") (with Debian's patches)"
-    (cd "$src" && dpkg-source --no-check -x "$dsc" tree >&2)
-    touch "$src/.complete"
+    dpkg-source --no-check -x "$dsc" "$tree" >&2
+    touch "$CACHE/src/.complete"
 }
 
 # The vendored github.com/modern-go/reflect2 1.0.1 crashes at run time with
@@ -225,9 +231,11 @@ cmd_build() {
     compile
     install_bins
     echo "kube-apiserver v$K8S_VERSION, etcd $("$BIN_DIR/etcd" --version | head -n1 | awk '{print $3}'), built $(date -u +%FT%TZ)" >"$MARKER"
-    # The binaries are all that is needed from now on: drop the big build tree and Go cache.
-    say "removing the build tree and Go cache"
-    rm -rf "$CACHE/src/tree" "$CACHE/src/.complete" "$CACHE/gocache"
+    # The binaries are all that is needed from now on: drop the build tree, the
+    # Go cache and the unpacked toolchain (the .debs and sources stay, so a
+    # rebuild needs no network).
+    say "removing the build tree, Go cache and unpacked toolchain"
+    rm -rf "$CACHE/src" "$CACHE/gocache" "$CACHE/root"
     say "built: $(cat "$MARKER")"
     echo "$BIN_DIR"
 }
@@ -443,7 +451,7 @@ cmd_up() {
     write_kubeconfig "$STATE/sidecar.kubeconfig" signalgate-sidecar "$(cat "$STATE/sidecar.token")" "$server" "$STATE/pki/ca.crt"
     say "ready in $((SECONDS - start)) s"
 
-    local crds=$REPO_ROOT/deploy/crds
+    local crds=${SIGNALGATE_K8S_CRDS:-$REPO_ROOT/deploy/crds}
     if compgen -G "$crds/*.y*ml" >/dev/null; then
         say "applying $crds"
         KUBECONFIG=$STATE/kubeconfig "$BIN_DIR/kubectl" apply -f "$crds" >&2 ||

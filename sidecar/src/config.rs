@@ -150,9 +150,14 @@ impl Config {
         }
         let redis_url = Some(get("REDIS_URL")).filter(|u| !u.is_empty());
         if let Some(url) = &redis_url {
-            if !["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"]
-                .iter()
-                .any(|p| url.starts_with(p))
+            if ![
+                "redis://",
+                "rediss://",
+                "redis+cluster://",
+                "rediss+cluster://",
+            ]
+            .iter()
+            .any(|p| url.starts_with(p))
             {
                 return Err(ConfigError(format!(
                     "SIGNALGATE_REDIS_URL: {url:?} must start with redis://, rediss:// or redis+cluster://"
@@ -199,7 +204,11 @@ impl Config {
         );
         for k in KNOBS {
             let flag = k.name.to_ascii_lowercase().replace('_', "-");
-            let default = if k.default.is_empty() { "unset" } else { k.default };
+            let default = if k.default.is_empty() {
+                "unset"
+            } else {
+                k.default
+            };
             s.push_str(&format!(
                 "  --{flag:<22} SIGNALGATE_{:<20} default {default}\n      {}\n",
                 k.name, k.help
@@ -269,7 +278,8 @@ fn sink(v: &str) -> Result<SinkConfig, ConfigError> {
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -312,7 +322,10 @@ mod tests {
     #[test]
     fn flags_override_environment() {
         let c = cfg(
-            &[("SIGNALGATE_DEDUP_TTL", "2m"), ("SIGNALGATE_STORM_THRESHOLD", "4")],
+            &[
+                ("SIGNALGATE_DEDUP_TTL", "2m"),
+                ("SIGNALGATE_STORM_THRESHOLD", "4"),
+            ],
             &["--dedup-ttl", "3s", "--storm-threshold=7"],
         )
         .unwrap();
@@ -341,7 +354,10 @@ mod tests {
     #[test]
     fn storm_max_duration_cannot_be_shorter_than_the_window() {
         let e = cfg(
-            &[("SIGNALGATE_STORM_WINDOW", "2m"), ("SIGNALGATE_STORM_MAX_DURATION", "1m")],
+            &[
+                ("SIGNALGATE_STORM_WINDOW", "2m"),
+                ("SIGNALGATE_STORM_MAX_DURATION", "1m"),
+            ],
             &[],
         )
         .unwrap_err();

@@ -73,8 +73,14 @@ pub async fn serve<H, F>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?grace, "in-flight requests still running after the grace period");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "in-flight requests still running after the grace period"
+        );
     }
 }
 
@@ -101,39 +107,74 @@ pub async fn signal_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
         .request_duration
         .with_label_values(&[status_label(status)])
         .observe(started.elapsed().as_secs_f64());
-    span.in_scope(|| tracing::debug!(status, elapsed_ms = started.elapsed().as_millis() as u64, "answered"));
+    span.in_scope(|| {
+        tracing::debug!(
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "answered"
+        )
+    });
     response
 }
 
 async fn signal_request(app: &App, req: Request<Incoming>) -> Response<Body> {
     let Some(signal_type) = SignalType::from_path(req.uri().path()) else {
-        return problem(Problem::new(404, "not-found", "Not found", format!(
-            "no signal endpoint at {}: use POST {} or POST {}",
-            req.uri().path(),
-            SignalType::Prometheus.path(),
-            SignalType::KubernetesEvent.path()
-        )));
+        return problem(Problem::new(
+            404,
+            "not-found",
+            "Not found",
+            format!(
+                "no signal endpoint at {}: use POST {} or POST {}",
+                req.uri().path(),
+                SignalType::Prometheus.path(),
+                SignalType::KubernetesEvent.path()
+            ),
+        ));
     };
     if req.method() != Method::POST {
-        let mut r = problem(Problem::new(405, "method-not-allowed", "Method not allowed", format!(
-            "{} takes POST, not {}",
-            signal_type.path(),
-            req.method()
-        )));
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+        let mut r = problem(Problem::new(
+            405,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("{} takes POST, not {}", signal_type.path(), req.method()),
+        ));
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
         return r;
     }
     if app.is_shutting_down() {
-        return retry_later(Problem::new(503, "shutting-down", "Shutting down", "this sidecar is shutting down; retry"), 1);
+        return retry_later(
+            Problem::new(
+                503,
+                "shutting-down",
+                "Shutting down",
+                "this sidecar is shutting down; retry",
+            ),
+            1,
+        );
     }
-    let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !is_json(content_type) {
-        return problem(Problem::new(415, "unsupported-media-type", "Unsupported media type", format!(
-            "Content-Type must be application/json, not {content_type:?}"
-        )).with_field(Some("/headers/content-type".into())));
+        return problem(
+            Problem::new(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                format!("Content-Type must be application/json, not {content_type:?}"),
+            )
+            .with_field(Some("/headers/content-type".into())),
+        );
     }
     let max = app.config.max_body_bytes;
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return too_large(max);
     }
@@ -148,7 +189,12 @@ async fn signal_request(app: &App, req: Request<Incoming>) -> Response<Body> {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(max),
         Err(e) => {
-            return problem(Problem::new(400, "bad-request", "Bad request", format!("cannot read the body: {e}")))
+            return problem(Problem::new(
+                400,
+                "bad-request",
+                "Bad request",
+                format!("cannot read the body: {e}"),
+            ))
         }
     };
     match app.pipeline.handle(signal_type, &source, &body).await {
@@ -156,7 +202,8 @@ async fn signal_request(app: &App, req: Request<Incoming>) -> Response<Body> {
             let json = serde_json::to_vec(&accepted).unwrap_or_default();
             let mut r = Response::new(Full::new(Bytes::from(json)));
             *r.status_mut() = StatusCode::from_u16(accepted.status).unwrap_or(StatusCode::OK);
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r
         }
         Err(failure) => failure_response(app, &failure),
@@ -164,7 +211,10 @@ async fn signal_request(app: &App, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn failure_response(app: &App, failure: &Failure) -> Response<Body> {
-    app.metrics.errors.with_label_values(&[failure.kind()]).inc();
+    app.metrics
+        .errors
+        .with_label_values(&[failure.kind()])
+        .inc();
     match failure {
         Failure::Invalid(invalid) => {
             tracing::debug!(%invalid, "invalid signal");
@@ -172,20 +222,44 @@ fn failure_response(app: &App, failure: &Failure) -> Response<Body> {
         }
         Failure::Store(e) => {
             tracing::warn!(error = %e, "store unavailable; answered 503");
-            retry_later(Problem::new(503, "store-unavailable", "Store unavailable", e.to_string()), 1)
+            retry_later(
+                Problem::new(503, "store-unavailable", "Store unavailable", e.to_string()),
+                1,
+            )
         }
         Failure::Sink(SinkError::Unavailable(e)) => {
             tracing::warn!(error = %e, "sink unavailable; answered 503");
-            retry_later(Problem::new(503, "sink-unavailable", "Resource sink unavailable", e.clone()), 2)
+            retry_later(
+                Problem::new(
+                    503,
+                    "sink-unavailable",
+                    "Resource sink unavailable",
+                    e.clone(),
+                ),
+                2,
+            )
         }
         Failure::Sink(e) => {
             tracing::error!(error = %e, "sink refused the write; answered 500");
-            retry_later(Problem::new(500, "sink-rejected", "Resource sink refused the write", e.to_string()), 5)
+            retry_later(
+                Problem::new(
+                    500,
+                    "sink-rejected",
+                    "Resource sink refused the write",
+                    e.to_string(),
+                ),
+                5,
+            )
         }
         Failure::Deadline { what, retry_after } => {
             tracing::warn!(%what, "request deadline passed; answered 503");
             retry_later(
-                Problem::new(503, "deadline-exceeded", "Not done in time", format!("{what}; retry")),
+                Problem::new(
+                    503,
+                    "deadline-exceeded",
+                    "Not done in time",
+                    format!("{what}; retry"),
+                ),
                 retry_after.as_secs().max(1),
             )
         }
@@ -197,7 +271,10 @@ pub async fn admin_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> 
     match req.uri().path() {
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(app.metrics.render())));
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             r
         }
         "/healthz" => text(200, "ok\n"),
@@ -212,7 +289,8 @@ pub async fn admin_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> 
 fn text(status: u16, body: &str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
 }
 
@@ -225,19 +303,28 @@ pub fn is_json(content_type: &str) -> bool {
 }
 
 fn too_large(max: usize) -> Response<Body> {
-    problem(Problem::new(413, "payload-too-large", "Payload too large", format!("the body is larger than {max} bytes")))
+    problem(Problem::new(
+        413,
+        "payload-too-large",
+        "Payload too large",
+        format!("the body is larger than {max} bytes"),
+    ))
 }
 
 fn problem(p: Problem) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(p.to_json())));
     *r.status_mut() = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(problem::CONTENT_TYPE));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(problem::CONTENT_TYPE),
+    );
     r
 }
 
 fn retry_later(p: Problem, seconds: u64) -> Response<Body> {
     let mut r = problem(p);
-    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds));
     r
 }
 

@@ -33,11 +33,15 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let signals = IntCounterVec::new(
-            Opts::new("signalgate_signals_total", "Signals processed, by type and outcome"),
+            Opts::new(
+                "signalgate_signals_total",
+                "Signals processed, by type and outcome",
+            ),
             &["type", "outcome"],
         )
         .expect("valid metric");
-        let storms = IntCounter::new("signalgate_storms_total", "Storms started").expect("valid metric");
+        let storms =
+            IntCounter::new("signalgate_storms_total", "Storms started").expect("valid metric");
         let resources_written = IntCounterVec::new(
             Opts::new(
                 "signalgate_resources_written_total",

@@ -310,14 +310,20 @@ impl Pipeline {
                 }
                 ClaimState::Gone => {
                     return Err(Failure::Deadline {
-                        what: format!("claim {} expired while waiting", plan.decision.snapshot.resource),
+                        what: format!(
+                            "claim {} expired while waiting",
+                            plan.decision.snapshot.resource
+                        ),
                         retry_after: Duration::from_secs(1),
                     })
                 }
                 ClaimState::Pending => {
                     if Instant::now() + POLL_INTERVAL >= deadline {
                         return Err(Failure::Deadline {
-                            what: format!("waiting for {} to be created", plan.decision.snapshot.resource),
+                            what: format!(
+                                "waiting for {} to be created",
+                                plan.decision.snapshot.resource
+                            ),
                             retry_after: Duration::from_secs(1),
                         });
                     }
@@ -333,7 +339,11 @@ impl Pipeline {
         op: &str,
         call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let timer = self.metrics.store_duration.with_label_values(&[op]).start_timer();
+        let timer = self
+            .metrics
+            .store_duration
+            .with_label_values(&[op])
+            .start_timer();
         let result = tokio::time::timeout(self.limits.store_timeout, call).await;
         timer.observe_duration();
         match result {

@@ -97,7 +97,7 @@ pub struct Storm {
     /// De-duplicated `Kind/name` of the resources the storm's signals are about (capped).
     #[serde(default)]
     pub affected_resources: Vec<String>,
-    /// Distinct affected resources beyond the cap.
+    /// Storm members whose affected resource is not in the (full) list, counted once per member signal.
     #[serde(default)]
     pub affected_resources_overflow: u64,
     pub started_at: String,
@@ -278,7 +278,10 @@ fn labels(
             LABEL_FINGERPRINT.to_string(),
             fingerprint[..fingerprint.len().min(63)].to_string(),
         ),
-        (LABEL_SIGNAL_TYPE.to_string(), signal_type.as_str().to_string()),
+        (
+            LABEL_SIGNAL_TYPE.to_string(),
+            signal_type.as_str().to_string(),
+        ),
         (LABEL_SEVERITY.to_string(), label_value(severity)),
         (LABEL_STORM.to_string(), storm.to_string()),
         (LABEL_MANAGED_BY.to_string(), "signalgate".to_string()),
@@ -332,6 +335,19 @@ fn bounded(map: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deploy_crds_holds_the_crd_of_these_types() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/crds/remediationrequests.signalgate.io.yaml"
+        );
+        let shipped = std::fs::read_to_string(path).unwrap();
+        assert!(
+            shipped == crd_yaml(),
+            "deploy/crds/ drifted from the Rust types: run `make crd` and commit the result"
+        );
+    }
 
     #[test]
     fn label_values_are_made_valid() {

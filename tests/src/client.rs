@@ -36,9 +36,16 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// `POST url` with a JSON body and extra headers. `Err` only for transport errors.
+/// `POST url` with a body, as `application/json` unless `headers` name
+/// another content type. `Err` only for transport errors.
 pub fn post_json(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Result<Answer, String> {
-    let mut req = agent().post(url).header("content-type", "application/json");
+    let mut req = agent().post(url);
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        req = req.header("content-type", "application/json");
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

@@ -61,7 +61,11 @@ fn spec(r: &Value) -> &Value {
 
 fn first_alert_creates_a_complete_resource(b: &Backend) {
     let s = b.start(&[]);
-    let a = s.post_alerts(&webhook(vec![alert("KubePodCrashLooping", "shop", "cart-1")]));
+    let a = s.post_alerts(&webhook(vec![alert(
+        "KubePodCrashLooping",
+        "shop",
+        "cart-1",
+    )]));
     assert_eq!(a.status, 201, "{}", a.body);
     let body = a.json();
     let sig = &body["signals"][0];
@@ -76,7 +80,11 @@ fn first_alert_creates_a_complete_resource(b: &Backend) {
     assert_eq!(rr["apiVersion"], "signalgate.io/v1alpha1");
     assert_eq!(rr["kind"], "RemediationRequest");
     assert_eq!(
-        format!("{}/{}", rr["metadata"]["namespace"].as_str().unwrap(), rr["metadata"]["name"].as_str().unwrap()),
+        format!(
+            "{}/{}",
+            rr["metadata"]["namespace"].as_str().unwrap(),
+            rr["metadata"]["name"].as_str().unwrap()
+        ),
         resource
     );
     let sp = spec(rr);
@@ -84,19 +92,31 @@ fn first_alert_creates_a_complete_resource(b: &Backend) {
     assert_eq!(sp["signalName"], "KubePodCrashLooping");
     assert_eq!(sp["signalType"], "prometheus");
     assert_eq!(sp["severity"], "critical");
-    assert_eq!(sp["targetResource"], json!({"kind": "Pod", "name": "cart-1", "namespace": "shop"}));
+    assert_eq!(
+        sp["targetResource"],
+        json!({"kind": "Pod", "name": "cart-1", "namespace": "shop"})
+    );
     assert_eq!(sp["source"], "test");
     assert_eq!(sp["firingTime"], "2026-11-26T20:57:15.123Z");
     assert_eq!(sp["signalLabels"]["pod"], "cart-1");
-    assert_eq!(sp["signalAnnotations"]["summary"], "KubePodCrashLooping on shop/cart-1");
+    assert_eq!(
+        sp["signalAnnotations"]["summary"],
+        "KubePodCrashLooping on shop/cart-1"
+    );
     assert_eq!(sp["deduplication"]["occurrenceCount"], 1);
     assert!(sp.get("storm").is_none());
     let labels = &rr["metadata"]["labels"];
-    assert_eq!(labels["signalgate.io/fingerprint"].as_str().map(str::len), Some(63));
+    assert_eq!(
+        labels["signalgate.io/fingerprint"].as_str().map(str::len),
+        Some(63)
+    );
     assert_eq!(labels["signalgate.io/signal-type"], "prometheus");
     assert_eq!(labels["signalgate.io/severity"], "critical");
     assert_eq!(labels["signalgate.io/storm"], "false");
-    assert_eq!(s.metric("signalgate_signals_total{outcome=\"created\",type=\"prometheus\"}"), 1.0);
+    assert_eq!(
+        s.metric("signalgate_signals_total{outcome=\"created\",type=\"prometheus\"}"),
+        1.0
+    );
 }
 
 fn repeats_are_duplicates_counted_in_the_same_resource(b: &Backend) {
@@ -108,14 +128,20 @@ fn repeats_are_duplicates_counted_in_the_same_resource(b: &Backend) {
         let again = s.post_alerts(&hook);
         assert_eq!(again.status, 202, "{}", again.body);
         assert_eq!(again.json()["signals"][0]["outcome"], "duplicate");
-        assert_eq!(again.json()["signals"][0]["resource"], first.json()["signals"][0]["resource"]);
+        assert_eq!(
+            again.json()["signals"][0]["resource"],
+            first.json()["signals"][0]["resource"]
+        );
     }
     let all = s.wait_resources("occurrenceCount 5", |r| {
         r.len() == 1 && r[0]["spec"]["deduplication"]["occurrenceCount"] == 5
     });
     let d = &all[0]["spec"]["deduplication"];
     assert!(d["lastSeen"].as_str() >= d["firstSeen"].as_str());
-    assert_eq!(s.metric("signalgate_signals_total{outcome=\"duplicate\",type=\"prometheus\"}"), 4.0);
+    assert_eq!(
+        s.metric("signalgate_signals_total{outcome=\"duplicate\",type=\"prometheus\"}"),
+        4.0
+    );
 }
 
 fn every_alert_of_a_batch_is_processed(b: &Backend) {
@@ -127,12 +153,30 @@ fn every_alert_of_a_batch_is_processed(b: &Backend) {
         alert("A", "ns1", "p1"),
     ]));
     assert_eq!(a.status, 201, "{}", a.body);
-    let outcomes: Vec<Value> = a.json()["signals"].as_array().unwrap().iter().map(|s| s["outcome"].clone()).collect();
-    assert_eq!(outcomes, vec![json!("created"), json!("created"), json!("created"), json!("duplicate")]);
+    let outcomes: Vec<Value> = a.json()["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["outcome"].clone())
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            json!("created"),
+            json!("created"),
+            json!("created"),
+            json!("duplicate")
+        ]
+    );
     let all = s.wait_resources("3 resources, one counted twice", |r| {
-        r.len() == 3 && r.iter().any(|x| x["spec"]["deduplication"]["occurrenceCount"] == 2)
+        r.len() == 3
+            && r.iter()
+                .any(|x| x["spec"]["deduplication"]["occurrenceCount"] == 2)
     });
-    let namespaces: Vec<&str> = all.iter().map(|r| r["metadata"]["namespace"].as_str().unwrap()).collect();
+    let namespaces: Vec<&str> = all
+        .iter()
+        .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+        .collect();
     assert_eq!(namespaces, ["ns1", "ns1", "ns2"]);
 }
 
@@ -142,9 +186,15 @@ fn resolved_alerts_create_nothing(b: &Backend) {
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.json()["signals"][0]["outcome"], "resolved");
     assert!(s.resources().is_empty());
-    assert_eq!(s.metric("signalgate_signals_total{outcome=\"resolved\",type=\"prometheus\"}"), 1.0);
+    assert_eq!(
+        s.metric("signalgate_signals_total{outcome=\"resolved\",type=\"prometheus\"}"),
+        1.0
+    );
     // Mixed with a firing one: only that one creates.
-    let a = s.post_alerts(&webhook(vec![resolved("A", "shop", "p1"), alert("B", "shop", "p2")]));
+    let a = s.post_alerts(&webhook(vec![
+        resolved("A", "shop", "p1"),
+        alert("B", "shop", "p2"),
+    ]));
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(s.resources().len(), 1);
 }
@@ -169,20 +219,42 @@ fn kubernetes_events_are_deduplicated_across_count_increments(b: &Backend) {
 
 fn storm_of_distinct_alerts_becomes_one_storm_resource(b: &Backend) {
     let s = b.start(&[("SIGNALGATE_STORM_THRESHOLD", "3")]);
-    let alerts: Vec<Value> = (0..15).map(|i| alert("PodNotReady", "batch", &format!("job-{i}"))).collect();
+    let alerts: Vec<Value> = (0..15)
+        .map(|i| alert("PodNotReady", "batch", &format!("job-{i}")))
+        .collect();
     let a = s.post_alerts(&webhook(alerts));
     assert_eq!(a.status, 201, "{}", a.body);
     let body = a.json();
-    let count = |o: &str| body["signals"].as_array().unwrap().iter().filter(|s| s["outcome"] == o).count();
-    assert_eq!((count("created"), count("storm_started"), count("storm_aggregated")), (3, 1, 11));
+    let count = |o: &str| {
+        body["signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["outcome"] == o)
+            .count()
+    };
+    assert_eq!(
+        (
+            count("created"),
+            count("storm_started"),
+            count("storm_aggregated")
+        ),
+        (3, 1, 11)
+    );
     let all = s.wait_resources("3 resources and a storm of 12", |r| {
         r.len() == 4
             && r.iter().any(|x| {
                 x["spec"]["storm"]["alertCount"] == 12
-                    && x["spec"]["storm"]["affectedResources"].as_array().map(Vec::len) == Some(12)
+                    && x["spec"]["storm"]["affectedResources"]
+                        .as_array()
+                        .map(Vec::len)
+                        == Some(12)
             })
     });
-    let storm = all.iter().find(|x| x["metadata"]["labels"]["signalgate.io/storm"] == "true").unwrap();
+    let storm = all
+        .iter()
+        .find(|x| x["metadata"]["labels"]["signalgate.io/storm"] == "true")
+        .unwrap();
     assert_eq!(storm["spec"]["signalName"], "SignalStorm");
     assert_eq!(storm["spec"]["targetResource"]["kind"], "Namespace");
     let mut affected: Vec<String> = storm["spec"]["storm"]["affectedResources"]
@@ -209,7 +281,10 @@ fn invalid_input_is_refused_and_changes_nothing(b: &Backend) {
 
     let a = s.post("/api/v1/signals/prometheus", b"{not json", "t");
     assert_eq!(a.status, 400);
-    assert_eq!(a.json()["type"], "https://signalgate.io/problems/invalid-json");
+    assert_eq!(
+        a.json()["type"],
+        "https://signalgate.io/problems/invalid-json"
+    );
 
     let a = s.post_event(&json!({"reason": "X", "type": "Warning"}));
     assert_eq!(a.status, 400);
@@ -217,11 +292,13 @@ fn invalid_input_is_refused_and_changes_nothing(b: &Backend) {
 
     let a = s.post("/api/v1/signals/nope", b"{}", "t");
     assert_eq!(a.status, 404);
-    let a = signalgate_tests::client::get(&format!("http://{}/api/v1/signals/prometheus", s.api)).unwrap();
+    let a = signalgate_tests::client::get(&format!("http://{}/api/v1/signals/prometheus", s.api))
+        .unwrap();
     assert_eq!(a.status, 405);
     assert_eq!(a.header("allow"), Some("POST"));
     let url = format!("http://{}/api/v1/signals/prometheus", s.api);
-    let a = signalgate_tests::client::post_json(&url, b"{}", &[("content-type", "text/plain")]).unwrap();
+    let a = signalgate_tests::client::post_json(&url, b"{}", &[("content-type", "text/plain")])
+        .unwrap();
     assert_eq!(a.status, 415);
     let huge = vec![b' '; 2 * 1024 * 1024];
     let a = s.post("/api/v1/signals/prometheus", &huge, "t");
@@ -239,7 +316,9 @@ fn sigterm_flushes_pending_counts_and_exits_zero(b: &Backend) {
     for _ in 0..6 {
         assert_eq!(s.post_alerts(&hook).status, 202);
     }
-    let status = s.terminate(Duration::from_secs(15)).expect("exits after SIGTERM");
+    let status = s
+        .terminate(Duration::from_secs(15))
+        .expect("exits after SIGTERM");
     assert!(status.success(), "exit status {status}");
     let all = s.resources();
     assert_eq!(all.len(), 1);
@@ -256,8 +335,16 @@ fn concurrent_identical_requests_create_exactly_one_resource(b: &Backend) {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(statuses.iter().filter(|&&c| c == 201).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|&&c| c == 202).count(), 39, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&c| c == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&c| c == 202).count(),
+        39,
+        "{statuses:?}"
+    );
     let all = s.wait_resources("one resource counted 40 times", |r| {
         r.len() == 1 && r[0]["spec"]["deduplication"]["occurrenceCount"] == 40
     });
@@ -268,17 +355,28 @@ fn concurrent_identical_requests_create_exactly_one_resource(b: &Backend) {
 fn redis_outage_answers_503_with_retry_after_then_recovers() {
     let mut redis = RedisServer::start();
     let url = redis.url();
-    let s = Sidecar::start(&[("SIGNALGATE_REDIS_URL", &url), ("SIGNALGATE_REDIS_TIMEOUT", "300ms")]);
-    assert_eq!(s.post_alerts(&webhook(vec![alert("A", "shop", "p1")])).status, 201);
+    let s = Sidecar::start(&[
+        ("SIGNALGATE_REDIS_URL", &url),
+        ("SIGNALGATE_REDIS_TIMEOUT", "300ms"),
+    ]);
+    assert_eq!(
+        s.post_alerts(&webhook(vec![alert("A", "shop", "p1")]))
+            .status,
+        201
+    );
     redis.stop();
     let a = s.post_alerts(&webhook(vec![alert("B", "shop", "p2")]));
     assert_eq!(a.status, 503, "{}", a.body);
-    assert!(a.header("retry-after").is_some_and(|v| v.parse::<u64>().is_ok()));
+    assert!(a
+        .header("retry-after")
+        .is_some_and(|v| v.parse::<u64>().is_ok()));
     assert_eq!(s.admin_get("/readyz").status, 503);
     redis.start_again();
-    wait_for("readiness back after Redis restarts", Duration::from_secs(15), || {
-        (s.admin_get("/readyz").status == 200).then_some(())
-    });
+    wait_for(
+        "readiness back after Redis restarts",
+        Duration::from_secs(15),
+        || (s.admin_get("/readyz").status == 200).then_some(()),
+    );
     let a = s.post_alerts(&webhook(vec![alert("B", "shop", "p2")]));
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(s.resources().len(), 2);
@@ -290,9 +388,14 @@ fn two_sidecars_on_one_redis_create_each_incident_once() {
     let url = redis.url();
     let a = Sidecar::start_named("sidecar-a", &[("SIGNALGATE_REDIS_URL", &url)]);
     let dir = format!("dir:{}", a.sink_dir.display());
-    let b = Sidecar::start_named("sidecar-b", &[("SIGNALGATE_REDIS_URL", &url), ("SIGNALGATE_SINK", &dir)]);
+    let b = Sidecar::start_named(
+        "sidecar-b",
+        &[("SIGNALGATE_REDIS_URL", &url), ("SIGNALGATE_SINK", &dir)],
+    );
     let bodies: Vec<Vec<u8>> = (0..5)
-        .map(|i| serde_json::to_vec(&webhook(vec![alert("Race", "shop", &format!("p{i}"))])).unwrap())
+        .map(|i| {
+            serde_json::to_vec(&webhook(vec![alert("Race", "shop", &format!("p{i}"))])).unwrap()
+        })
         .collect();
     let statuses: Vec<u16> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..60)
@@ -304,10 +407,19 @@ fn two_sidecars_on_one_redis_create_each_incident_once() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(statuses.iter().filter(|&&c| c == 201).count(), 5, "{statuses:?}");
-    assert!(statuses.iter().all(|&c| c == 201 || c == 202), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&c| c == 201).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|&c| c == 201 || c == 202),
+        "{statuses:?}"
+    );
     let all = a.wait_resources("5 resources counted 12 times each", |r| {
-        r.len() == 5 && r.iter().all(|x| x["spec"]["deduplication"]["occurrenceCount"] == 12)
+        r.len() == 5
+            && r.iter()
+                .all(|x| x["spec"]["deduplication"]["occurrenceCount"] == 12)
     });
     assert_eq!(all.len(), 5);
 }

@@ -19,9 +19,8 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 impl DirSink {
     pub fn new(root: impl Into<PathBuf>) -> Result<DirSink, SinkError> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|e| {
-            SinkError::Rejected(format!("cannot create {}: {e}", root.display()))
-        })?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| SinkError::Rejected(format!("cannot create {}: {e}", root.display())))?;
         Ok(DirSink { root })
     }
 
@@ -77,7 +76,10 @@ impl DirSink {
             Err(e) => return Err(io_error(e)),
         };
         let mut rr: RemediationRequest = serde_json::from_slice(&bytes).map_err(|e| {
-            SinkError::Rejected(format!("{} is not a RemediationRequest: {e}", path.display()))
+            SinkError::Rejected(format!(
+                "{} is not a RemediationRequest: {e}",
+                path.display()
+            ))
         })?;
         progress.apply(&mut rr.spec);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
@@ -118,7 +120,8 @@ impl Sink for DirSink {
         let this = DirSink {
             root: self.root.clone(),
         };
-        let (namespace, name, progress) = (namespace.to_string(), name.to_string(), progress.clone());
+        let (namespace, name, progress) =
+            (namespace.to_string(), name.to_string(), progress.clone());
         tokio::task::spawn_blocking(move || this.update_blocking(&namespace, &name, &progress))
             .await
             .map_err(join_error)?

@@ -218,7 +218,10 @@ mod tests {
     fn jitter_stays_between_half_and_all() {
         for _ in 0..100 {
             let j = jitter(Duration::from_millis(1000));
-            assert!(j >= Duration::from_millis(500) && j <= Duration::from_millis(1000), "{j:?}");
+            assert!(
+                j >= Duration::from_millis(500) && j <= Duration::from_millis(1000),
+                "{j:?}"
+            );
         }
     }
 }

@@ -105,7 +105,10 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ClaimKey {
     /// A signal's own resource.
-    Fingerprint { namespace: String, fingerprint: String },
+    Fingerprint {
+        namespace: String,
+        fingerprint: String,
+    },
     /// A storm resource, by its resource name.
     Storm { namespace: String, name: String },
 }
@@ -113,7 +116,9 @@ pub enum ClaimKey {
 impl ClaimKey {
     pub fn namespace(&self) -> &str {
         match self {
-            ClaimKey::Fingerprint { namespace, .. } | ClaimKey::Storm { namespace, .. } => namespace,
+            ClaimKey::Fingerprint { namespace, .. } | ClaimKey::Storm { namespace, .. } => {
+                namespace
+            }
         }
     }
 }
@@ -164,7 +169,10 @@ pub struct StormSnapshot {
     /// De-duplicated `Claim::affected` values, at most `storm_max_affected`,
     /// sorted. Only filled by [`Store::snapshot`]; empty in [`Decision`]s.
     pub affected: Vec<String>,
-    /// Distinct affected values beyond the cap.
+    /// Members whose affected value did not fit in the full list: a listed
+    /// value is never counted, an unlisted one once per member fingerprint
+    /// carrying it (counting distinct values beyond the cap exactly would
+    /// need memory growing with the storm).
     pub affected_overflow: u64,
     pub started_ms: i64,
 }

@@ -1,0 +1,124 @@
+-- signalgate store: helpers shared by decide.lua, claim.lua and snapshot.lua.
+-- RedisStore prepends this file to each of them (one script each, loaded by
+-- SHA with EVALSHA; NOSCRIPT makes the client SCRIPT LOAD and resend).
+--
+-- Key layout (every key of one namespace shares the hash tag {ns}):
+--   sg:{ns}:f:<fp>  hash, one per fingerprint. Own resource: r (name), f (first
+--                   seen ms), l (last seen ms), c (count), p (1 = pending claim),
+--                   u (lease until ms). Storm member: s (storm resource name)
+--                   only. TTL: dedup window, refreshed on every sighting (a
+--                   pending claim is kept at least until its lease ends).
+--   sg:{ns}:w       zset, the storm window: distinct new fingerprints created
+--                   individually, scored by first-seen ms; at most
+--                   storm_threshold members. TTL: storm window.
+--   sg:{ns}:s       hash, every live storm of the namespace: field 'cur' names
+--                   the latest storm; per storm <name>|<x> fields (see STORM).
+--   sg:{ns}:a       zset (all scores 0) of '<storm name>|<affected>': each
+--                   storm's de-duplicated affected list, at most
+--                   storm_max_affected per storm; sorted by ZRANGEBYLEX.
+--   sg:{ns}:x       zset of storm names scored by the ms until which the storm
+--                   record must live; expired storms are swept from s and a.
+--                   s, a and x expire together when their last storm does.
+
+-- Store-clock milliseconds (Redis TIME), so every sidecar agrees.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function base36(n)
+  local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
+  n = math.floor(n)
+  if n <= 0 then
+    return '0'
+  end
+  local s = ''
+  while n > 0 do
+    local d = n % 36
+    s = string.sub(digits, d + 1, d + 1) .. s
+    n = math.floor(n / 36)
+  end
+  return s
+end
+
+-- An integer argument (Lua would otherwise format large numbers as floats).
+local function int(n)
+  return string.format('%.0f', n)
+end
+
+local function num(v)
+  if v then
+    return tonumber(v) or 0
+  end
+  return 0
+end
+
+-- Per-storm fields in sg:{ns}:s:
+--   f started ms, l last seen ms, c occurrences, n alert count (distinct
+--   members), e end of the storm (ms, exclusive), p pending claim flag,
+--   u lease until ms, o affected overflow, k affected values listed.
+local STORM = { 'f', 'l', 'c', 'n', 'e', 'p', 'u', 'o', 'k' }
+
+local function storm_load(S, name)
+  local fields = {}
+  for i, f in ipairs(STORM) do
+    fields[i] = name .. '|' .. f
+  end
+  local v = redis.call('HMGET', S, unpack(fields))
+  if not v[1] then
+    return nil
+  end
+  local st = { name = name }
+  for i, f in ipairs(STORM) do
+    st[f] = num(v[i])
+  end
+  return st
+end
+
+local function storm_drop(S, A, X, name)
+  local fields = {}
+  for i, f in ipairs(STORM) do
+    fields[i] = name .. '|' .. f
+  end
+  redis.call('HDEL', S, unpack(fields))
+  redis.call('ZREMRANGEBYLEX', A, '[' .. name .. '|', '(' .. name .. '}')
+  redis.call('ZREM', X, name)
+  if redis.call('HGET', S, 'cur') == name then
+    redis.call('HDEL', S, 'cur')
+  end
+end
+
+-- Keeps storm `name` at least until `until_ms`, sweeps storms whose time is
+-- up, and sets the TTL of the namespace's storm keys to the last storm's.
+local function storm_keep(S, A, X, name, until_ms, now)
+  local cur = redis.call('ZSCORE', X, name)
+  if (not cur) or tonumber(cur) < until_ms then
+    redis.call('ZADD', X, until_ms, name)
+  end
+  local dead = redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, 16)
+  for _, d in ipairs(dead) do
+    storm_drop(S, A, X, d)
+  end
+  local last = redis.call('ZRANGE', X, -1, -1, 'WITHSCORES')
+  if last[2] then
+    local ttl = tonumber(last[2]) - now
+    if ttl < 1 then
+      ttl = 1
+    end
+    redis.call('PEXPIRE', S, int(ttl))
+    redis.call('PEXPIRE', A, int(ttl))
+    redis.call('PEXPIRE', X, int(ttl))
+  end
+end
+
+-- What the caller must do with a claim: 1 Create, 2 Update, 3 Await.
+-- Takes over a pending claim whose lease expired (returns the new lease end).
+local function claim_write(pending, lease_until, now, lease)
+  if pending == 0 then
+    return 2, lease_until
+  end
+  if lease_until > now then
+    return 3, lease_until
+  end
+  return 1, now + lease
+end

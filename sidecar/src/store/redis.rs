@@ -1,0 +1,711 @@
+//! [`RedisStore`]: the dedup/storm state in Redis, standalone or Cluster.
+//!
+//! # URLs
+//!
+//! - `redis://[user:password@]host:port[/db]` and `rediss://...` (TLS): one
+//!   standalone server (or a proxy in front of one).
+//! - `redis+cluster://[user:password@]host:port[,host:port...]` and
+//!   `rediss+cluster://...` (TLS): a Redis Cluster; the listed nodes are only
+//!   the seeds from which the slot map is read (credentials, if any, are
+//!   written once, before the first node, and apply to every node).
+//!
+//! # Scripts
+//!
+//! Every step is one Lua script call: `decide.lua` (one per claim),
+//! `claim.lua` (commit, release, poll) and `snapshot.lua`, each with
+//! `common.lua` (the key layout and shared helpers) prepended. They run by
+//! SHA (`EVALSHA` via [`redis::Script`]); a `NOSCRIPT` answer (a restarted,
+//! flushed or failed-over server, a new cluster node) makes the store send
+//! `SCRIPT LOAD` (to every node on a cluster) and resend exactly the calls
+//! that answered `NOSCRIPT` (a call that ran is never run twice). Scripts
+//! rather than Redis Functions: the script cache needs no deployment step
+//! and no persistence (a server restarted empty without persistence loses
+//! functions too), it is filled lazily on every node a call reaches, and two
+//! sidecar versions with different scripts can share one Redis during a
+//! rolling upgrade (each script has its own SHA, while a function library
+//! has one name that both versions would keep replacing).
+//!
+//! Every key a script touches is passed in `KEYS` and carries the hash tag
+//! `{namespace}` (`sg:{ns}:...`), so each call runs in one slot and the
+//! scripts run unchanged on Redis Cluster. Time is Redis `TIME` inside the
+//! scripts, so every sidecar uses the same clock.
+//!
+//! # Round trips
+//!
+//! `decide` sends one `EVALSHA` per claim, all in one pipeline (one round
+//! trip). The cluster client of the `redis` crate routes a pipeline by its
+//! first command and rejects pipelines spanning several slots, so on a
+//! cluster the claims are grouped by slot (= by namespace hash tag), one
+//! pipeline per slot, and the groups are sent concurrently; pipelines for
+//! the same node share that node's multiplexed connection. Redirects
+//! (`MOVED`, `ASK`) and slot map refreshes are left to the crate.
+//!
+//! # Connections, timeouts, recovery
+//!
+//! Standalone: one [`ConnectionManager`] (a multiplexed connection shared by
+//! every concurrent request, reconnecting in the background after errors).
+//! Cluster: one multiplexed async cluster connection. Both connect lazily, so
+//! the sidecar starts (not ready) while Redis is down and recovers without a
+//! restart when it comes back. Every call, retries included, is bounded by
+//! the constructor's timeout ([`StoreError::Timeout`]); connection and server
+//! errors are [`StoreError::Unavailable`]. A call that timed out may still
+//! have run in Redis: claims it took then stay pending until their lease
+//! expires, when a retry (or a poller) takes them over, so nothing is lost or
+//! created twice. When some calls of a `decide` ran and others failed, the
+//! store releases the claims that ran before answering the error, so the
+//! retry takes them at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{RedisError, Script, ServerErrorKind, Value};
+
+use super::memory::{ms, storm_prefix};
+use super::{
+    Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
+    StormSnapshot, Write,
+};
+
+const COMMON: &str = include_str!("common.lua");
+const DECIDE: &str = include_str!("decide.lua");
+const CLAIM: &str = include_str!("claim.lua");
+const SNAPSHOT: &str = include_str!("snapshot.lua");
+
+/// How often a call whose script was missing is resent after `SCRIPT LOAD`.
+const NOSCRIPT_ATTEMPTS: usize = 3;
+
+/// The Redis store. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    settings: Settings,
+    timeout: Duration,
+    scripts: Arc<Scripts>,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+struct Scripts {
+    decide: Script,
+    claim: Script,
+    snapshot: Script,
+}
+
+/// One script call: its keys (all in one slot) and arguments.
+struct Call {
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    fn slot(&self) -> Slot {
+        Slot::for_key(self.keys.first().map(String::as_str).unwrap_or(""))
+    }
+}
+
+/// The keys of one namespace (see `common.lua` for what each holds), all
+/// `sg:{<namespace>}:...`. An empty namespace is written `_` (no Kubernetes
+/// namespace is): an empty hash tag would hash each whole key to its own slot.
+struct Keys<'a>(&'a str);
+
+impl Keys<'_> {
+    fn key(&self, rest: &str) -> String {
+        let tag = if self.0.is_empty() { "_" } else { self.0 };
+        format!("sg:{{{tag}}}:{rest}")
+    }
+    fn fingerprint(&self, fingerprint: &str) -> String {
+        self.key(&format!("f:{fingerprint}"))
+    }
+    fn window(&self) -> String {
+        self.key("w")
+    }
+    fn storms(&self) -> String {
+        self.key("s")
+    }
+    fn affected(&self) -> String {
+        self.key("a")
+    }
+    fn expiry(&self) -> String {
+        self.key("x")
+    }
+}
+
+impl RedisStore {
+    /// A store on `url` (see the module docs for the forms). Connects lazily:
+    /// only a malformed URL fails here; an unreachable Redis fails the calls
+    /// (and [`Store::ping`]) until it answers. `timeout` bounds every call.
+    pub async fn connect(
+        url: &str,
+        settings: Settings,
+        timeout: Duration,
+    ) -> Result<RedisStore, StoreError> {
+        let bad = |e: RedisError| StoreError::Unavailable(format!("invalid Redis URL: {e}"));
+        let conn = match cluster_nodes(url) {
+            Some(nodes) => {
+                let nodes = nodes
+                    .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
+                let client = ClusterClient::builder(nodes)
+                    .retries(3)
+                    .min_retry_wait(20)
+                    .max_retry_wait(500)
+                    .build()
+                    .map_err(bad)?;
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout);
+                Conn::Cluster(client.get_pending_async_connection_with_config(config))
+            }
+            None => {
+                let client = redis::Client::open(url).map_err(bad)?;
+                // A failed reconnect gives up fast (the call fails within its
+                // timeout); the next call starts a new attempt.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(500));
+                Conn::Standalone(
+                    ConnectionManager::new_lazy_with_config(client, config).map_err(bad)?,
+                )
+            }
+        };
+        let script = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        Ok(RedisStore {
+            conn,
+            settings,
+            timeout,
+            scripts: Arc::new(Scripts {
+                decide: script(DECIDE),
+                claim: script(CLAIM),
+                snapshot: script(SNAPSHOT),
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    fn error(&self, e: RedisError) -> StoreError {
+        if e.is_timeout() {
+            StoreError::Timeout(self.timeout)
+        } else {
+            StoreError::Unavailable(e.to_string())
+        }
+    }
+
+    /// Bounds `fut` by the store's timeout.
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.timeout)))
+    }
+
+    /// Runs every call of `script` (pipelined, one round trip per slot
+    /// group, groups concurrently) and returns each call's reply, or its
+    /// server error. `NOSCRIPT` calls are resent after `SCRIPT LOAD`.
+    async fn eval_all(
+        &self,
+        script: &Script,
+        calls: &[Call],
+    ) -> Result<Vec<Result<Value, StoreError>>, StoreError> {
+        let mut replies: Vec<Option<Result<Value, StoreError>>> =
+            (0..calls.len()).map(|_| None).collect();
+        let mut todo: Vec<usize> = (0..calls.len()).collect();
+        for _ in 0..NOSCRIPT_ATTEMPTS {
+            let answers = self.send(script, calls, &todo).await?;
+            let mut again = Vec::new();
+            for (&i, answer) in todo.iter().zip(answers) {
+                match answer {
+                    Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
+                        again.push(i)
+                    }
+                    Value::ServerError(e) => {
+                        replies[i] = Some(Err(StoreError::Unavailable(format!("Redis error: {e}"))))
+                    }
+                    value => replies[i] = Some(Ok(value)),
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            self.load(script).await?;
+            todo = again;
+        }
+        Ok(replies
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Unavailable(
+                        "script still unknown to Redis after SCRIPT LOAD".into(),
+                    ))
+                })
+            })
+            .collect())
+    }
+
+    /// Sends the calls `idx` of `calls`: one pipeline on a standalone
+    /// server; one pipeline per slot, concurrently, on a cluster. Returns
+    /// one value per index, in order.
+    async fn send(
+        &self,
+        script: &Script,
+        calls: &[Call],
+        idx: &[usize],
+    ) -> Result<Vec<Value>, StoreError> {
+        let pipeline = |group: &[usize]| {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in group {
+                let mut inv = script.prepare_invoke();
+                for key in &calls[i].keys {
+                    inv.key(key);
+                }
+                for arg in &calls[i].args {
+                    inv.arg(&arg[..]);
+                }
+                pipe.invoke_script(&inv);
+            }
+            pipe
+        };
+        let check = |values: Vec<Value>, want: usize| {
+            if values.len() == want {
+                Ok(values)
+            } else {
+                Err(StoreError::Unavailable(format!(
+                    "Redis answered {} replies to a pipeline of {want}",
+                    values.len()
+                )))
+            }
+        };
+        match &self.conn {
+            Conn::Standalone(cm) => {
+                let pipe = pipeline(idx);
+                let values: Vec<Value> = pipe
+                    .query_async(&mut cm.clone())
+                    .await
+                    .map_err(|e| self.error(e))?;
+                check(values, idx.len())
+            }
+            Conn::Cluster(cc) => {
+                let mut groups: HashMap<Slot, Vec<usize>> = HashMap::new();
+                for &i in idx {
+                    groups.entry(calls[i].slot()).or_default().push(i);
+                }
+                let mut tasks = tokio::task::JoinSet::new();
+                let mut slots: Vec<Vec<usize>> = Vec::with_capacity(groups.len());
+                for (n, (_, group)) in groups.into_iter().enumerate() {
+                    let pipe = pipeline(&group);
+                    let mut conn = cc.clone();
+                    tasks.spawn(async move {
+                        let r: Result<Vec<Value>, RedisError> = pipe.query_async(&mut conn).await;
+                        (n, r)
+                    });
+                    slots.push(group);
+                }
+                let mut by_call: HashMap<usize, Value> = HashMap::with_capacity(idx.len());
+                while let Some(joined) = tasks.join_next().await {
+                    let (n, r) = joined
+                        .map_err(|e| StoreError::Unavailable(format!("Redis task failed: {e}")))?;
+                    let values = check(r.map_err(|e| self.error(e))?, slots[n].len())?;
+                    by_call.extend(slots[n].iter().copied().zip(values));
+                }
+                idx.iter()
+                    .map(|i| {
+                        by_call.remove(i).ok_or_else(|| {
+                            StoreError::Unavailable("missing pipeline reply".to_string())
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// `SCRIPT LOAD` (on a cluster, the crate sends it to every node).
+    async fn load(&self, script: &Script) -> Result<(), StoreError> {
+        let inv = script.prepare_invoke();
+        let loaded = match &self.conn {
+            Conn::Standalone(cm) => inv.load_async(&mut cm.clone()).await,
+            Conn::Cluster(cc) => inv.load_async(&mut cc.clone()).await,
+        };
+        loaded.map(|_| ()).map_err(|e| self.error(e))
+    }
+
+    fn decide_call(&self, claim: &Claim) -> Call {
+        let s = &self.settings;
+        let k = Keys(&claim.namespace);
+        Call {
+            keys: vec![
+                k.fingerprint(&claim.fingerprint),
+                k.window(),
+                k.storms(),
+                k.affected(),
+                k.expiry(),
+            ],
+            args: vec![
+                claim.fingerprint.clone().into_bytes(),
+                claim.affected.clone().into_bytes(),
+                storm_prefix(&claim.namespace).into_bytes(),
+                ms(s.dedup_ttl).to_string().into_bytes(),
+                s.storm_threshold.to_string().into_bytes(),
+                ms(s.storm_window).to_string().into_bytes(),
+                ms(s.storm_max_duration).to_string().into_bytes(),
+                s.storm_max_affected.to_string().into_bytes(),
+                ms(s.claim_lease).to_string().into_bytes(),
+            ],
+        }
+    }
+
+    fn claim_call(&self, op: &str, key: &ClaimKey) -> Call {
+        let s = &self.settings;
+        let (keys, kind, name) = claim_keys(key);
+        Call {
+            keys,
+            args: vec![
+                op.as_bytes().to_vec(),
+                kind.as_bytes().to_vec(),
+                name.as_bytes().to_vec(),
+                ms(s.claim_lease).to_string().into_bytes(),
+                ms(s.dedup_ttl).to_string().into_bytes(),
+            ],
+        }
+    }
+
+    /// Runs `op` (commit or release) on every key; all in one round trip.
+    async fn claim_all(&self, op: &str, keys: &[ClaimKey]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let calls: Vec<Call> = keys.iter().map(|k| self.claim_call(op, k)).collect();
+        self.bounded(async {
+            for reply in self.eval_all(&self.scripts.claim, &calls).await? {
+                reply?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// For a cluster URL, the seed node URLs.
+fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, String>> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        ("redis", rest)
+    } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+        ("rediss", rest)
+    } else {
+        return None;
+    };
+    let rest = rest.trim_end_matches('/');
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{scheme}://{auth}{h}"))
+        .collect();
+    if nodes.is_empty() {
+        return Some(Err(format!("no node in {url:?}")));
+    }
+    Some(Ok(nodes))
+}
+
+/// The keys, kind and storm name `claim.lua`/`snapshot.lua` take for `key`.
+fn claim_keys(key: &ClaimKey) -> (Vec<String>, &'static str, &str) {
+    match key {
+        ClaimKey::Fingerprint {
+            namespace,
+            fingerprint,
+        } => (vec![Keys(namespace).fingerprint(fingerprint)], "f", ""),
+        ClaimKey::Storm { namespace, name } => {
+            let k = Keys(namespace);
+            (vec![k.storms(), k.affected(), k.expiry()], "s", name)
+        }
+    }
+}
+
+fn unexpected(what: &str, value: &Value) -> StoreError {
+    StoreError::Unavailable(format!(
+        "unexpected reply from the {what} script: {value:?}"
+    ))
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn count(value: &Value) -> Option<u64> {
+    int(value).and_then(|n| u64::try_from(n).ok())
+}
+
+fn parse_decision(claim: &Claim, value: &Value) -> Option<Decision> {
+    let Value::Array(v) = value else {
+        return None;
+    };
+    if v.len() != 10 {
+        return None;
+    }
+    let outcome = match int(&v[0])? {
+        1 => Outcome::Created,
+        2 => Outcome::Duplicate,
+        3 => Outcome::StormStarted,
+        4 => Outcome::StormAggregated,
+        _ => return None,
+    };
+    let write = match int(&v[1])? {
+        1 => Write::Create,
+        2 => Write::Update,
+        3 => Write::Await,
+        _ => return None,
+    };
+    let storm = int(&v[2])? == 1;
+    let resource = text(&v[3])?;
+    let key = if storm {
+        ClaimKey::Storm {
+            namespace: claim.namespace.clone(),
+            name: resource.clone(),
+        }
+    } else {
+        ClaimKey::Fingerprint {
+            namespace: claim.namespace.clone(),
+            fingerprint: claim.fingerprint.clone(),
+        }
+    };
+    let snapshot = Snapshot {
+        resource,
+        first_seen_ms: int(&v[4])?,
+        last_seen_ms: int(&v[5])?,
+        occurrence_count: count(&v[6])?,
+        storm: if storm {
+            Some(StormSnapshot {
+                alert_count: count(&v[7])?,
+                affected: Vec::new(),
+                affected_overflow: count(&v[8])?,
+                started_ms: int(&v[9])?,
+            })
+        } else {
+            None
+        },
+    };
+    Some(Decision {
+        outcome,
+        write,
+        key,
+        snapshot,
+    })
+}
+
+fn parse_snapshot(storm: bool, value: &Value) -> Option<Option<Snapshot>> {
+    let Value::Array(v) = value else {
+        return None;
+    };
+    if v.is_empty() {
+        return Some(None);
+    }
+    if v.len() < 7 {
+        return None;
+    }
+    let affected = v[7..].iter().map(text).collect::<Option<Vec<String>>>()?;
+    Some(Some(Snapshot {
+        resource: text(&v[0])?,
+        first_seen_ms: int(&v[1])?,
+        last_seen_ms: int(&v[2])?,
+        occurrence_count: count(&v[3])?,
+        storm: if storm {
+            Some(StormSnapshot {
+                alert_count: count(&v[4])?,
+                affected,
+                affected_overflow: count(&v[5])?,
+                started_ms: int(&v[6])?,
+            })
+        } else {
+            None
+        },
+    }))
+}
+
+#[async_trait::async_trait]
+impl Store for RedisStore {
+    async fn decide(&self, claims: &[Claim]) -> Result<Vec<Decision>, StoreError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let calls: Vec<Call> = claims.iter().map(|c| self.decide_call(c)).collect();
+        self.bounded(async {
+            let replies = self.eval_all(&self.scripts.decide, &calls).await?;
+            let mut decisions = Vec::with_capacity(claims.len());
+            let mut failure = None;
+            for (claim, reply) in claims.iter().zip(replies) {
+                match reply
+                    .and_then(|v| parse_decision(claim, &v).ok_or_else(|| unexpected("decide", &v)))
+                {
+                    Ok(d) => decisions.push(d),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+            let Some(failure) = failure else {
+                return Ok(decisions);
+            };
+            // Some claims ran, others failed: the caller answers 503 and never
+            // creates, so hand the claims it took back at once for the retry.
+            let taken: Vec<ClaimKey> = decisions
+                .into_iter()
+                .filter(|d| d.write == Write::Create)
+                .map(|d| d.key)
+                .collect();
+            if !taken.is_empty() {
+                let calls: Vec<Call> = taken
+                    .iter()
+                    .map(|k| self.claim_call("release", k))
+                    .collect();
+                let _ = self.eval_all(&self.scripts.claim, &calls).await;
+            }
+            Err(failure)
+        })
+        .await
+    }
+
+    async fn commit(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
+        self.claim_all("commit", keys).await
+    }
+
+    async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
+        self.claim_all("release", keys).await
+    }
+
+    async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
+        let calls = [self.claim_call("poll", key)];
+        self.bounded(async {
+            let reply = self
+                .eval_all(&self.scripts.claim, &calls)
+                .await?
+                .pop()
+                .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
+            match int(&reply) {
+                Some(0) => Ok(ClaimState::Gone),
+                Some(1) => Ok(ClaimState::Committed),
+                Some(2) => Ok(ClaimState::Pending),
+                Some(3) => Ok(ClaimState::Owned),
+                _ => Err(unexpected("claim", &reply)),
+            }
+        })
+        .await
+    }
+
+    async fn snapshot(&self, keys: &[ClaimKey]) -> Result<Vec<Option<Snapshot>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let calls: Vec<Call> = keys
+            .iter()
+            .map(|key| {
+                let (keys, kind, name) = claim_keys(key);
+                let keys = if kind == "s" {
+                    keys[..2].to_vec()
+                } else {
+                    keys
+                };
+                Call {
+                    keys,
+                    args: vec![kind.as_bytes().to_vec(), name.as_bytes().to_vec()],
+                }
+            })
+            .collect();
+        self.bounded(async {
+            let replies = self.eval_all(&self.scripts.snapshot, &calls).await?;
+            keys.iter()
+                .zip(replies)
+                .map(|(key, reply)| {
+                    let v = reply?;
+                    let storm = matches!(key, ClaimKey::Storm { .. });
+                    parse_snapshot(storm, &v).ok_or_else(|| unexpected("snapshot", &v))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            let cmd = redis::cmd("PING");
+            let pong: Result<String, RedisError> = match &self.conn {
+                Conn::Standalone(cm) => cmd.query_async(&mut cm.clone()).await,
+                Conn::Cluster(cc) => cmd.query_async(&mut cc.clone()).await,
+            };
+            pong.map(|_| ()).map_err(|e| self.error(e))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls() {
+        assert!(cluster_nodes("redis://127.0.0.1:1").is_none());
+        assert_eq!(
+            cluster_nodes("redis+cluster://127.0.0.1:1,127.0.0.1:2"),
+            Some(Ok(vec![
+                "redis://127.0.0.1:1".to_string(),
+                "redis://127.0.0.1:2".to_string()
+            ]))
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://u:p@a:1,b:2/"),
+            Some(Ok(vec![
+                "rediss://u:p@a:1".to_string(),
+                "rediss://u:p@b:2".to_string()
+            ]))
+        );
+        assert!(matches!(cluster_nodes("redis+cluster://"), Some(Err(_))));
+    }
+
+    #[test]
+    fn keys_share_the_namespace_slot() {
+        for ns in ["payments", "", "a}b"] {
+            let k = Keys(ns);
+            let slot = Slot::for_key(k.window());
+            for key in [k.fingerprint("ab"), k.storms(), k.affected(), k.expiry()] {
+                assert_eq!(Slot::for_key(key), slot, "{ns:?}");
+            }
+        }
+        assert_eq!(Keys("payments").fingerprint("ab"), "sg:{payments}:f:ab");
+    }
+}

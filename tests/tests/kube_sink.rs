@@ -1,0 +1,465 @@
+//! The sidecar writing RemediationRequests to a real kube-apiserver, as the
+//! service account the RBAC in `deploy/` binds, and nothing more.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use signalgate_tests::k8s::{ApiServer, Identity};
+use signalgate_tests::payloads::{alert, webhook};
+use signalgate_tests::process::wait_for;
+use signalgate_tests::redis::RedisServer;
+use signalgate_tests::sidecar::Sidecar;
+use signalgate_tests::workspace;
+
+const FALLBACK: &str = "signalgate-system";
+
+/// CRD, the sidecar's RBAC and its namespace, as an operator would apply them.
+fn prepare(k: &ApiServer) {
+    k.apply_file(&workspace::root().join("deploy/crds"));
+    k.create_namespace(FALLBACK);
+    k.apply_file(&workspace::root().join("deploy/base/rbac.yaml"));
+}
+
+/// One API server shared by the tests that don't stop it; each uses its own namespaces.
+fn shared() -> &'static ApiServer {
+    static K8S: OnceLock<ApiServer> = OnceLock::new();
+    K8S.get_or_init(|| {
+        let k = ApiServer::start();
+        prepare(&k);
+        k
+    })
+}
+
+fn private() -> ApiServer {
+    let k = ApiServer::start();
+    prepare(&k);
+    k
+}
+
+/// A sidecar with the kube sink, authenticating as the sidecar's service account.
+fn sidecar(k: &ApiServer, name: &str, extra: &[(&str, &str)]) -> Sidecar {
+    let kubeconfig = k.kubeconfig(Identity::Sidecar).display().to_string();
+    let mut env = vec![
+        ("SIGNALGATE_SINK", "kube"),
+        ("KUBECONFIG", kubeconfig.as_str()),
+        ("SIGNALGATE_FALLBACK_NAMESPACE", FALLBACK),
+    ];
+    env.extend_from_slice(extra);
+    Sidecar::start_named(name, &env)
+}
+
+/// The RemediationRequests in `ns`, sorted by name (read as the admin).
+fn rrs(k: &ApiServer, ns: &str) -> Vec<Value> {
+    let out = k.kubectl_ok(&["get", "remediationrequests", "-n", ns, "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).expect("kubectl json");
+    let mut items = list["items"].as_array().cloned().unwrap_or_default();
+    items.sort_by(|a, b| {
+        a["metadata"]["name"]
+            .as_str()
+            .cmp(&b["metadata"]["name"].as_str())
+    });
+    items
+}
+
+fn wait_rrs(k: &ApiServer, ns: &str, what: &str, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    wait_for(what, Duration::from_secs(30), || {
+        let items = rrs(k, ns);
+        cond(&items).then_some(items)
+    })
+}
+
+fn count(r: &Value) -> u64 {
+    r["spec"]["deduplication"]["occurrenceCount"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_alert_becomes_a_resource_with_every_field_from_the_payload() {
+    let k = shared();
+    k.create_namespace("kube-fields");
+    let s = sidecar(k, "sidecar", &[]);
+    let mut a = alert("KubePodCrashLooping", "kube-fields", "cart-1");
+    a["labels"]["container"] = json!("cart");
+    a["annotations"]["runbook_url"] = json!("https://runbooks/crashloop");
+    let answer = s.post_alerts(&webhook(vec![a.clone()]));
+    assert_eq!(answer.status, 201, "{}\n{}", answer.body, s.log_tail(20));
+    let sig = answer.json()["signals"][0].clone();
+
+    let items = wait_rrs(k, "kube-fields", "the resource", |r| r.len() == 1);
+    let rr = &items[0];
+    assert_eq!(
+        format!("kube-fields/{}", rr["metadata"]["name"].as_str().unwrap()),
+        sig["resource"].as_str().unwrap()
+    );
+    let spec = &rr["spec"];
+    assert_eq!(spec["signalFingerprint"], sig["fingerprint"]);
+    assert_eq!(spec["signalName"], a["labels"]["alertname"]);
+    assert_eq!(spec["signalType"], "prometheus");
+    assert_eq!(spec["severity"], a["labels"]["severity"]);
+    assert_eq!(
+        spec["targetResource"],
+        json!({"kind": "Pod", "name": "cart-1", "namespace": "kube-fields"})
+    );
+    assert_eq!(spec["firingTime"], a["startsAt"]);
+    assert_eq!(spec["source"], "test");
+    assert_eq!(spec["signalLabels"], a["labels"]);
+    assert_eq!(spec["signalAnnotations"], a["annotations"]);
+    assert_eq!(spec["deduplication"]["occurrenceCount"], 1);
+    assert!(spec["receivedTime"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    let labels = &rr["metadata"]["labels"];
+    assert_eq!(labels["signalgate.io/signal-type"], "prometheus");
+    assert_eq!(labels["signalgate.io/severity"], "critical");
+    assert_eq!(labels["signalgate.io/storm"], "false");
+    assert_eq!(
+        labels["signalgate.io/fingerprint"].as_str(),
+        sig["fingerprint"].as_str().map(|f| &f[..63])
+    );
+    assert!(
+        rr.get("status")
+            .is_none_or(|s| s.is_null() || s == &json!({})),
+        "the sidecar never writes status"
+    );
+    // Selectable with kubectl by label.
+    let out = k.kubectl_ok(&[
+        "get",
+        "rr",
+        "-n",
+        "kube-fields",
+        "-l",
+        "signalgate.io/severity=critical",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(out.lines().count(), 1);
+}
+
+#[test]
+fn a_hundred_concurrent_identical_alerts_make_one_resource_counting_100() {
+    let k = shared();
+    k.create_namespace("kube-concurrent");
+    let s = sidecar(k, "sidecar", &[("SIGNALGATE_FLUSH_INTERVAL", "200ms")]);
+    let body =
+        serde_json::to_vec(&webhook(vec![alert("NodeDown", "kube-concurrent", "p")])).unwrap();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..100)
+            .map(|_| scope.spawn(|| s.post("/api/v1/signals/prometheus", &body, "t").status))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|&&c| c == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&c| c == 202).count(),
+        99,
+        "{statuses:?}"
+    );
+    let items = wait_rrs(k, "kube-concurrent", "one resource counting 100", |r| {
+        r.len() == 1 && count(&r[0]) == 100
+    });
+    assert_eq!(items.len(), 1);
+}
+
+#[test]
+fn a_storm_makes_three_resources_and_one_storm_resource_of_twelve() {
+    let k = shared();
+    k.create_namespace("kube-storm");
+    let s = sidecar(k, "sidecar", &[("SIGNALGATE_STORM_THRESHOLD", "3")]);
+    let alerts: Vec<Value> = (0..15)
+        .map(|i| alert("PodNotReady", "kube-storm", &format!("job-{i}")))
+        .collect();
+    let a = s.post_alerts(&webhook(alerts));
+    assert_eq!(a.status, 201, "{}", a.body);
+    let items = wait_rrs(k, "kube-storm", "3 + 1 storm listing 12", |r| {
+        r.len() == 4
+            && r.iter().any(|x| {
+                x["spec"]["storm"]["affectedResources"]
+                    .as_array()
+                    .map(Vec::len)
+                    == Some(12)
+            })
+    });
+    let storms: Vec<&Value> = items
+        .iter()
+        .filter(|x| x["metadata"]["labels"]["signalgate.io/storm"] == "true")
+        .collect();
+    assert_eq!(storms.len(), 1);
+    assert_eq!(storms[0]["spec"]["storm"]["alertCount"], 12);
+}
+
+#[test]
+fn a_storm_across_two_sidecars_is_one_storm_resource() {
+    let k = shared();
+    k.create_namespace("kube-storm2");
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let env = [
+        ("SIGNALGATE_STORM_THRESHOLD", "3"),
+        ("SIGNALGATE_REDIS_URL", url.as_str()),
+    ];
+    let a = sidecar(k, "sidecar-a", &env);
+    let b = sidecar(k, "sidecar-b", &env);
+    let bodies: Vec<Vec<u8>> = (0..30)
+        .map(|i| {
+            serde_json::to_vec(&webhook(vec![alert(
+                "PodNotReady",
+                "kube-storm2",
+                &format!("w-{i}"),
+            )]))
+            .unwrap()
+        })
+        .collect();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let hs: Vec<_> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                let side = if i % 2 == 0 { &a } else { &b };
+                scope.spawn(move || side.post("/api/v1/signals/prometheus", body, "t").status)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|&c| c == 201 || c == 202),
+        "{statuses:?}"
+    );
+    let items = wait_rrs(k, "kube-storm2", "3 + 1 storm of 27", |r| {
+        r.len() == 4 && r.iter().any(|x| x["spec"]["storm"]["alertCount"] == 27)
+    });
+    let storm = items
+        .iter()
+        .find(|x| x["metadata"]["labels"]["signalgate.io/storm"] == "true")
+        .unwrap();
+    assert_eq!(
+        storm["spec"]["storm"]["affectedResources"]
+            .as_array()
+            .map(Vec::len),
+        Some(27)
+    );
+}
+
+#[test]
+fn a_namespace_that_does_not_exist_sends_the_resource_to_the_fallback() {
+    let k = shared();
+    let s = sidecar(k, "sidecar", &[]);
+    let a = s.post_alerts(&webhook(vec![alert("Orphan", "no-such-namespace", "p")]));
+    assert_eq!(a.status, 201, "{}\n{}", a.body, s.log_tail(20));
+    let resource = a.json()["signals"][0]["resource"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(resource.starts_with(&format!("{FALLBACK}/")), "{resource}");
+    let items = wait_rrs(k, FALLBACK, "the relocated resource", |r| {
+        r.iter().any(|x| {
+            x["metadata"]["labels"]["signalgate.io/original-namespace"] == "no-such-namespace"
+        })
+    });
+    let rr = items
+        .iter()
+        .find(|x| x["spec"]["signalName"] == "Orphan")
+        .unwrap();
+    assert_eq!(
+        rr["spec"]["targetResource"]["namespace"],
+        "no-such-namespace"
+    );
+    // Its counters follow it there.
+    assert_eq!(
+        s.post_alerts(&webhook(vec![alert("Orphan", "no-such-namespace", "p")]))
+            .status,
+        202
+    );
+    wait_rrs(k, FALLBACK, "the relocated resource counted twice", |r| {
+        r.iter()
+            .any(|x| x["spec"]["signalName"] == "Orphan" && count(x) == 2)
+    });
+}
+
+#[test]
+fn api_server_down_answers_503_and_the_retry_creates_exactly_one() {
+    let mut k = private();
+    k.create_namespace("outage");
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let s = sidecar(
+        &k,
+        "sidecar",
+        &[
+            ("SIGNALGATE_REDIS_URL", &url),
+            ("SIGNALGATE_REQUEST_DEADLINE", "2s"),
+            ("SIGNALGATE_CLAIM_LEASE", "3s"),
+        ],
+    );
+    let hook = webhook(vec![alert("ApiOutage", "outage", "p")]);
+    k.stop();
+    let a = s.post_alerts(&hook);
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(a.header("retry-after").is_some());
+    k.restart();
+    // The sender's retry (Alertmanager retries 5xx) creates it, once.
+    let a = s.post_alerts(&hook);
+    assert_eq!(a.status, 201, "{}\n{}", a.body, s.log_tail(20));
+    let a = s.post_alerts(&hook);
+    assert_eq!(a.status, 202, "{}", a.body);
+    let items = wait_rrs(&k, "outage", "exactly one resource", |r| {
+        r.len() == 1 && count(&r[0]) >= 2
+    });
+    assert_eq!(items.len(), 1);
+}
+
+#[test]
+fn sidecar_killed_between_claim_and_create_then_the_retry_creates_exactly_one() {
+    let mut k = private();
+    k.create_namespace("killed");
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let env = [
+        ("SIGNALGATE_REDIS_URL", url.as_str()),
+        ("SIGNALGATE_REQUEST_DEADLINE", "20s"),
+        ("SIGNALGATE_CLAIM_LEASE", "3s"),
+    ];
+    let mut s = sidecar(&k, "sidecar", &env);
+    let hook = webhook(vec![alert("Killed", "killed", "p")]);
+    let body = serde_json::to_vec(&hook).unwrap();
+    // With the API server down the create keeps retrying: the claim is made, the resource is not.
+    k.stop();
+    std::thread::scope(|scope| {
+        let api = s.api;
+        let sent = scope.spawn(move || {
+            signalgate_tests::client::post_json(
+                &format!("http://{api}/api/v1/signals/prometheus"),
+                &body,
+                &[],
+            )
+        });
+        wait_for(
+            "the sidecar to be retrying the create",
+            Duration::from_secs(15),
+            || s.log().contains("retrying").then_some(()),
+        );
+        s.kill();
+        assert!(
+            sent.join().unwrap().is_err(),
+            "the killed sidecar cannot have answered"
+        );
+    });
+    k.restart();
+    s.restart();
+    let a = s.post_alerts(&hook);
+    assert_eq!(a.status, 201, "{}\n{}", a.body, s.log_tail(20));
+    let items = wait_rrs(&k, "killed", "exactly one resource", |r| r.len() == 1);
+    assert_eq!(items.len(), 1);
+    assert_eq!(s.post_alerts(&hook).status, 202);
+}
+
+#[test]
+fn a_namespace_the_sidecar_may_not_write_answers_5xx_and_logs_why() {
+    let k = private();
+    k.create_namespace("allowed");
+    k.create_namespace("forbidden");
+    // Narrow the shipped ClusterRole to one namespace with a RoleBinding.
+    k.kubectl_ok(&["delete", "clusterrolebinding", "signalgate-sidecar"]);
+    k.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "signalgate-sidecar",
+        "-n",
+        "allowed",
+        "--clusterrole=signalgate-sidecar",
+        "--serviceaccount=signalgate-system:signalgate-sidecar",
+    ]);
+    k.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "signalgate-sidecar",
+        "-n",
+        FALLBACK,
+        "--clusterrole=signalgate-sidecar",
+        "--serviceaccount=signalgate-system:signalgate-sidecar",
+    ]);
+    let s = sidecar(&k, "sidecar", &[]);
+    assert_eq!(
+        s.post_alerts(&webhook(vec![alert("Ok", "allowed", "p")]))
+            .status,
+        201
+    );
+    let a = s.post_alerts(&webhook(vec![alert("No", "forbidden", "p")]));
+    assert!(a.status >= 500, "{} {}", a.status, a.body);
+    assert!(a.header("retry-after").is_some());
+    let log = s.log();
+    assert!(
+        log.contains("sink refused the write") && log.contains("forbidden"),
+        "{}",
+        s.log_tail(20)
+    );
+    assert!(rrs(&k, "forbidden").is_empty());
+}
+
+#[test]
+fn the_shipped_rbac_grants_only_what_the_sidecar_uses() {
+    let k = shared();
+    let can = |verb: &str, resource: &str| {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        let out = k.kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            "-n",
+            "default",
+            &format!("--subresource={subresource}"),
+            "--as=system:serviceaccount:signalgate-system:signalgate-sidecar",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for verb in ["create", "patch", "list"] {
+        assert!(
+            can(verb, "remediationrequests.signalgate.io"),
+            "{verb} must be allowed"
+        );
+    }
+    for (verb, resource) in [
+        ("delete", "remediationrequests.signalgate.io"),
+        ("update", "remediationrequests.signalgate.io"),
+        ("patch", "remediationrequests.signalgate.io/status"),
+        ("get", "secrets"),
+        ("list", "pods"),
+        ("create", "events"),
+    ] {
+        assert!(
+            !can(verb, resource),
+            "{verb} {resource} must not be allowed"
+        );
+    }
+}
+
+#[test]
+fn directory_and_kube_sinks_write_the_same_object() {
+    let k = shared();
+    k.create_namespace("same-object");
+    let kube = sidecar(k, "sidecar-kube", &[]);
+    let dir = Sidecar::start_named("sidecar-dir", &[]);
+    let hook = webhook(vec![alert("Same", "same-object", "p")]);
+    assert_eq!(kube.post_alerts(&hook).status, 201);
+    assert_eq!(dir.post_alerts(&hook).status, 201);
+    let from_kube = wait_rrs(k, "same-object", "the resource", |r| r.len() == 1).remove(0);
+    let from_dir = dir.resources().remove(0);
+    let normalise = |mut v: Value| {
+        v["spec"].as_object_mut().unwrap().remove("receivedTime");
+        for f in ["firstSeen", "lastSeen"] {
+            v["spec"]["deduplication"]
+                .as_object_mut()
+                .unwrap()
+                .remove(f);
+        }
+        json!({"apiVersion": v["apiVersion"], "kind": v["kind"], "labels": v["metadata"]["labels"],
+               "namespace": v["metadata"]["namespace"], "spec": v["spec"]})
+    };
+    assert_eq!(normalise(from_kube), normalise(from_dir));
+}

@@ -1,0 +1,1223 @@
+//! The store behaviour suite: every case runs against `MemoryStore`,
+//! `RedisStore` on a private standalone Redis, and `RedisStore` on a private
+//! 3-master Redis Cluster (modules `memory`, `standalone`, `cluster`), plus
+//! Redis-only cases (outage and recovery, round trips, NOSCRIPT, two stores
+//! racing, cluster routing) at the end.
+//!
+//! The generic cases share one standalone server and one cluster per test
+//! process and isolate themselves by namespace; the Redis-only cases that
+//! stop servers or read server-wide counters start their own.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signalgate_sidecar::store::memory::MemoryStore;
+use signalgate_sidecar::store::redis::RedisStore;
+use signalgate_sidecar::store::{
+    Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Store, StoreError, Write,
+};
+use signalgate_tests::redis::{parse_info, RedisCluster, RedisServer};
+
+/// Per-call timeout of the Redis stores in the generic cases.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Memory,
+    Standalone,
+    Cluster,
+}
+
+/// A store under test and what the case needs to look behind it.
+struct Fixture {
+    backend: Backend,
+    store: Arc<dyn Store>,
+    memory: Option<Arc<MemoryStore>>,
+}
+
+impl Backend {
+    async fn store(self, settings: Settings) -> Fixture {
+        let (store, memory): (Arc<dyn Store>, _) = match self {
+            Backend::Memory => {
+                let m = Arc::new(MemoryStore::new(settings));
+                (m.clone(), Some(m))
+            }
+            Backend::Standalone => (
+                Arc::new(redis_store(&RedisServer::shared().url(), settings).await),
+                None,
+            ),
+            Backend::Cluster => (
+                Arc::new(redis_store(&RedisCluster::shared().url(), settings).await),
+                None,
+            ),
+        };
+        Fixture {
+            backend: self,
+            store,
+            memory,
+        }
+    }
+}
+
+async fn redis_store(url: &str, settings: Settings) -> RedisStore {
+    RedisStore::connect(url, settings, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("RedisStore::connect({url}): {e}"))
+}
+
+impl Fixture {
+    async fn decide(&self, claims: &[Claim]) -> Vec<Decision> {
+        let d = self
+            .store
+            .decide(claims)
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: decide: {e}", self.backend));
+        assert_eq!(d.len(), claims.len());
+        d
+    }
+
+    async fn one(&self, claim: &Claim) -> Decision {
+        self.decide(std::slice::from_ref(claim))
+            .await
+            .pop()
+            .expect("one decision")
+    }
+
+    async fn commit(&self, key: &ClaimKey) {
+        self.store
+            .commit(std::slice::from_ref(key))
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: commit: {e}", self.backend));
+    }
+
+    async fn release(&self, key: &ClaimKey) {
+        self.store
+            .release(std::slice::from_ref(key))
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: release: {e}", self.backend));
+    }
+
+    async fn poll(&self, key: &ClaimKey) -> ClaimState {
+        self.store
+            .poll(key)
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: poll: {e}", self.backend))
+    }
+
+    async fn snapshot(&self, key: &ClaimKey) -> Option<signalgate_sidecar::store::Snapshot> {
+        self.store
+            .snapshot(std::slice::from_ref(key))
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: snapshot: {e}", self.backend))
+            .pop()
+            .expect("one snapshot")
+    }
+
+    /// Decides every claim in its own concurrent `decide` call.
+    async fn concurrently(&self, claims: Vec<Claim>) -> Vec<Decision> {
+        let tasks: Vec<_> = claims
+            .into_iter()
+            .map(|c| {
+                let store = self.store.clone();
+                tokio::spawn(async move { store.decide(&[c]).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            let mut d = t
+                .await
+                .expect("task")
+                .unwrap_or_else(|e| panic!("{:?}: decide: {e}", self.backend));
+            out.push(d.pop().expect("one decision"));
+        }
+        out
+    }
+
+    /// The store's keys of namespace `ns` with their PTTL (Redis), or the
+    /// memory store's live entry count as that many `("entry", 1)`.
+    fn keys(&self, ns: &str) -> Vec<(String, i64)> {
+        let pattern = format!("sg:{{{ns}}}:*");
+        type Batch<'a> = Box<dyn Fn(&[String]) -> Vec<String> + 'a>;
+        let (scan, pttl): (Vec<String>, Batch) = match self.backend {
+            Backend::Memory => {
+                let n = self.memory.as_ref().expect("memory store").entry_count();
+                return (0..n).map(|_| ("entry".to_string(), 1)).collect();
+            }
+            Backend::Standalone => {
+                let s = RedisServer::shared();
+                (
+                    lines(&s.cli(&["--scan", "--pattern", &pattern])),
+                    Box::new(move |cmds| s.cli_batch(cmds)),
+                )
+            }
+            Backend::Cluster => {
+                let c = RedisCluster::shared();
+                let port = c.master_port_for_key(&format!("sg:{{{ns}}}:w"));
+                let i = c.ports().iter().position(|p| *p == port).expect("node");
+                (
+                    lines(&c.cli(i, &["--scan", "--pattern", &pattern])),
+                    Box::new(move |cmds| c.cli_batch(i, cmds)),
+                )
+            }
+        };
+        if scan.is_empty() {
+            return Vec::new();
+        }
+        let commands: Vec<String> = scan.iter().map(|k| format!("PTTL {k}")).collect();
+        let ttls = pttl(&commands);
+        assert_eq!(ttls.len(), scan.len(), "{ttls:?}");
+        scan.into_iter()
+            .zip(ttls)
+            .map(|(k, t)| (k, t.trim().parse().unwrap_or(-3)))
+            .collect()
+    }
+}
+
+impl Fixture {
+    /// Members of the namespace's storm window (Redis only).
+    fn window_size(&self, ns: &str) -> Option<usize> {
+        let key = format!("sg:{{{ns}}}:w");
+        let out = match self.backend {
+            Backend::Memory => return None,
+            Backend::Standalone => RedisServer::shared().cli(&["ZCARD", &key]),
+            Backend::Cluster => {
+                let c = RedisCluster::shared();
+                let port = c.master_port_for_key(&key);
+                let i = c.ports().iter().position(|p| *p == port).expect("node");
+                c.cli(i, &["ZCARD", &key])
+            }
+        };
+        out.trim().parse().ok()
+    }
+}
+
+fn lines(s: &str) -> Vec<String> {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Generous defaults: no storm, long windows, unless a case says otherwise.
+fn settings() -> Settings {
+    Settings {
+        dedup_ttl: Duration::from_secs(60),
+        storm_threshold: 1_000,
+        storm_window: Duration::from_secs(60),
+        storm_max_duration: Duration::from_secs(300),
+        storm_max_affected: 100,
+        claim_lease: Duration::from_secs(15),
+    }
+}
+
+/// A namespace no other case (or run) uses.
+fn namespace(case: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{case}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A 64-hex fingerprint derived from `seed` (distinct seeds, distinct prefixes).
+fn fingerprint(seed: &str) -> String {
+    (0..4u8)
+        .map(|i| {
+            let mut h = DefaultHasher::new();
+            (seed, i).hash(&mut h);
+            format!("{:016x}", h.finish())
+        })
+        .collect()
+}
+
+fn claim(ns: &str, seed: &str) -> Claim {
+    claim_on(ns, seed, &format!("Pod/{seed}"))
+}
+
+fn claim_on(ns: &str, seed: &str, affected: &str) -> Claim {
+    Claim {
+        namespace: ns.to_string(),
+        fingerprint: fingerprint(&format!("{ns}/{seed}")),
+        affected: affected.to_string(),
+    }
+}
+
+fn base36(mut n: i64) -> String {
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    while n > 0 {
+        out.push(digits[(n % 36) as usize]);
+        n /= 36;
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii")
+}
+
+fn fp_key(c: &Claim) -> ClaimKey {
+    ClaimKey::Fingerprint {
+        namespace: c.namespace.clone(),
+        fingerprint: c.fingerprint.clone(),
+    }
+}
+
+/// A decision for `c`'s own resource, with its documented name.
+fn assert_own(d: &Decision, c: &Claim, outcome: Outcome, write: Write) {
+    assert_eq!((d.outcome, d.write), (outcome, write), "{d:?}");
+    assert_eq!(d.key, fp_key(c), "{d:?}");
+    assert_eq!(
+        d.snapshot.resource,
+        format!(
+            "rr-{}-{}",
+            &c.fingerprint[..16],
+            base36(d.snapshot.first_seen_ms)
+        )
+    );
+    assert!(d.snapshot.storm.is_none());
+}
+
+/// A decision counted in a storm resource with its documented name.
+fn assert_storm(d: &Decision, outcome: Outcome, write: Write) -> String {
+    assert_eq!((d.outcome, d.write), (outcome, write), "{d:?}");
+    let ClaimKey::Storm { name, .. } = &d.key else {
+        panic!("not a storm decision: {d:?}");
+    };
+    let storm = d.snapshot.storm.as_ref().expect("storm snapshot");
+    assert_eq!(&d.snapshot.resource, name);
+    let hash = name
+        .strip_prefix("storm-")
+        .and_then(|r| r.split_once('-'))
+        .map(|(h, _)| h)
+        .unwrap_or_default();
+    assert!(
+        hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{name}"
+    );
+    assert_eq!(
+        name,
+        &format!("storm-{hash}-{}", base36(storm.started_ms)),
+        "{d:?}"
+    );
+    name.clone()
+}
+
+fn count(ds: &[Decision], outcome: Outcome) -> usize {
+    ds.iter().filter(|d| d.outcome == outcome).count()
+}
+
+macro_rules! behaviour {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::Memory).await
+                }
+            )*
+        }
+        mod standalone {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::Standalone).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::Cluster).await
+                }
+            )*
+        }
+    };
+}
+
+behaviour!(
+    created_then_duplicate,
+    ttl_refreshed_on_every_duplicate,
+    concurrent_identical_claims_create_once,
+    concurrent_distinct_claims_start_one_storm,
+    storm_of_ten_thousand_signals,
+    storm_ends_and_the_next_storm_is_a_new_resource,
+    storm_max_duration_caps_extension,
+    namespaces_never_share_a_storm,
+    affected_list_is_deduplicated_and_capped,
+    one_batch_mixes_every_outcome,
+    await_until_committed,
+    expired_lease_is_owned_by_exactly_one_poller,
+    release_lets_the_next_decide_create_at_once,
+    killed_owner_is_replaced_with_the_same_resource,
+    storm_claims_follow_the_protocol,
+    every_key_expires,
+);
+
+async fn created_then_duplicate(b: Backend) {
+    let f = b.store(settings()).await;
+    let ns = namespace("dup");
+    let a = claim(&ns, "a");
+    let first = f.one(&a).await;
+    assert_own(&first, &a, Outcome::Created, Write::Create);
+    assert_eq!(first.snapshot.occurrence_count, 1);
+    assert_eq!(first.snapshot.first_seen_ms, first.snapshot.last_seen_ms);
+    f.commit(&first.key).await;
+
+    let again = f.one(&a).await;
+    assert_own(&again, &a, Outcome::Duplicate, Write::Update);
+    assert_eq!(again.snapshot.resource, first.snapshot.resource);
+    assert_eq!(again.snapshot.occurrence_count, 2);
+    assert_eq!(again.snapshot.first_seen_ms, first.snapshot.first_seen_ms);
+    assert!(again.snapshot.last_seen_ms >= first.snapshot.last_seen_ms);
+
+    let other = claim(&ns, "b");
+    let b2 = f.one(&other).await;
+    assert_own(&b2, &other, Outcome::Created, Write::Create);
+    assert_ne!(b2.snapshot.resource, first.snapshot.resource);
+
+    let snap = f.snapshot(&first.key).await.expect("snapshot");
+    assert_eq!(snap.occurrence_count, 2);
+    assert_eq!(snap.resource, first.snapshot.resource);
+    let gone = fp_key(&claim(&ns, "never-seen"));
+    assert_eq!(f.snapshot(&gone).await, None);
+    assert_eq!(f.poll(&gone).await, ClaimState::Gone);
+}
+
+async fn ttl_refreshed_on_every_duplicate(b: Backend) {
+    let ttl = Duration::from_millis(800);
+    let f = b
+        .store(Settings {
+            dedup_ttl: ttl,
+            claim_lease: Duration::from_millis(300),
+            ..settings()
+        })
+        .await;
+    let ns = namespace("ttl");
+    let a = claim(&ns, "a");
+    let first = f.one(&a).await;
+    assert_own(&first, &a, Outcome::Created, Write::Create);
+    f.commit(&first.key).await;
+
+    // Repeats every 200 ms keep it alive for three times the TTL.
+    let started = Instant::now();
+    let mut n = 1;
+    while started.elapsed() < ttl * 3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let d = f.one(&a).await;
+        n += 1;
+        assert_own(&d, &a, Outcome::Duplicate, Write::Update);
+        assert_eq!(d.snapshot.resource, first.snapshot.resource);
+        assert_eq!(d.snapshot.occurrence_count, n);
+    }
+    assert!(n >= 10, "only {n} repeats");
+
+    // Silence longer than the TTL: a new resource with a new name.
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    let fresh = f.one(&a).await;
+    assert_own(&fresh, &a, Outcome::Created, Write::Create);
+    assert_eq!(fresh.snapshot.occurrence_count, 1);
+    assert_ne!(fresh.snapshot.resource, first.snapshot.resource);
+}
+
+async fn concurrent_identical_claims_create_once(b: Backend) {
+    let f = b.store(settings()).await;
+    let ns = namespace("same100");
+    let a = claim(&ns, "a");
+    let ds = f.concurrently(vec![a.clone(); 100]).await;
+    let creates: Vec<&Decision> = ds.iter().filter(|d| d.write == Write::Create).collect();
+    assert_eq!(creates.len(), 1, "{ds:?}");
+    assert_eq!(creates[0].outcome, Outcome::Created);
+    assert_eq!(count(&ds, Outcome::Created), 1);
+    assert_eq!(count(&ds, Outcome::Duplicate), 99);
+    assert!(ds
+        .iter()
+        .filter(|d| d.outcome == Outcome::Duplicate)
+        .all(|d| d.write == Write::Await));
+    let names: BTreeSet<&str> = ds.iter().map(|d| d.snapshot.resource.as_str()).collect();
+    assert_eq!(names.len(), 1);
+    let counts: BTreeSet<u64> = ds.iter().map(|d| d.snapshot.occurrence_count).collect();
+    assert_eq!(counts, (1..=100).collect());
+    let snap = f.snapshot(&fp_key(&a)).await.expect("snapshot");
+    assert_eq!(snap.occurrence_count, 100);
+}
+
+async fn concurrent_distinct_claims_start_one_storm(b: Backend) {
+    let f = b
+        .store(Settings {
+            storm_threshold: 3,
+            ..settings()
+        })
+        .await;
+    let ns = namespace("storm15");
+    let claims: Vec<Claim> = (0..15).map(|i| claim(&ns, &format!("s{i}"))).collect();
+    let ds = f.concurrently(claims).await;
+    assert_eq!(count(&ds, Outcome::Created), 3, "{ds:?}");
+    assert_eq!(count(&ds, Outcome::StormStarted), 1, "{ds:?}");
+    assert_eq!(count(&ds, Outcome::StormAggregated), 11, "{ds:?}");
+    let started = ds
+        .iter()
+        .find(|d| d.outcome == Outcome::StormStarted)
+        .expect("storm");
+    let name = assert_storm(started, Outcome::StormStarted, Write::Create);
+    for d in ds.iter().filter(|d| d.outcome == Outcome::StormAggregated) {
+        assert_eq!(
+            assert_storm(d, Outcome::StormAggregated, Write::Await),
+            name
+        );
+    }
+    let snap = f.snapshot(&started.key).await.expect("storm snapshot");
+    let storm = snap.storm.expect("storm counters");
+    assert_eq!(storm.alert_count, 12);
+    assert_eq!(snap.occurrence_count, 12);
+    assert_eq!(storm.affected.len(), 12);
+    assert!(storm.affected.windows(2).all(|w| w[0] < w[1]), "sorted");
+    assert_eq!(storm.affected_overflow, 0);
+}
+
+async fn storm_of_ten_thousand_signals(b: Backend) {
+    let f = b
+        .store(Settings {
+            storm_threshold: 10,
+            ..settings()
+        })
+        .await;
+    let ns = namespace("storm10k");
+    let started = Instant::now();
+    // 100 concurrent decide calls of 100 distinct signals each.
+    let tasks: Vec<_> = (0..100)
+        .map(|batch| {
+            let store = f.store.clone();
+            let claims: Vec<Claim> = (0..100)
+                .map(|i| claim(&ns, &format!("p{batch}-{i}")))
+                .collect();
+            tokio::spawn(async move { store.decide(&claims).await })
+        })
+        .collect();
+    let mut ds = Vec::new();
+    for t in tasks {
+        ds.extend(t.await.expect("task").expect("decide"));
+    }
+    let elapsed = started.elapsed();
+    eprintln!("{b:?}: 10 000 signals in 100 concurrent batches: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
+    assert_eq!(count(&ds, Outcome::Created), 10);
+    assert_eq!(count(&ds, Outcome::StormStarted), 1);
+    assert_eq!(count(&ds, Outcome::StormAggregated), 9_989);
+    let storms: BTreeSet<&ClaimKey> = ds
+        .iter()
+        .filter(|d| d.outcome != Outcome::Created)
+        .map(|d| &d.key)
+        .collect();
+    assert_eq!(storms.len(), 1);
+    let key = storms.into_iter().next().expect("storm").clone();
+    let snap = f.snapshot(&key).await.expect("storm snapshot");
+    let storm = snap.storm.expect("storm counters");
+    assert_eq!(storm.alert_count, 9_990);
+    assert_eq!(snap.occurrence_count, 9_990);
+    assert_eq!(storm.affected.len(), 100);
+    assert_eq!(storm.affected_overflow, 9_890);
+    // Every key has a TTL (on Redis: 9 990 members, 10 own, 4 namespace keys).
+    let keys = f.keys(&ns);
+    assert!(keys.iter().all(|(_, ttl)| *ttl > 0));
+    if b != Backend::Memory {
+        assert_eq!(keys.len(), 10_004);
+        // The window never holds more than the threshold needs.
+        assert_eq!(f.window_size(&ns), Some(10));
+    }
+}
+
+async fn storm_ends_and_the_next_storm_is_a_new_resource(b: Backend) {
+    let window = Duration::from_millis(700);
+    let f = b
+        .store(Settings {
+            storm_threshold: 2,
+            storm_window: window,
+            ..settings()
+        })
+        .await;
+    let ns = namespace("stormend");
+    let c = |s: &str| claim(&ns, s);
+    let ds = f.decide(&[c("a"), c("b"), c("c"), c("d")]).await;
+    assert_own(&ds[0], &c("a"), Outcome::Created, Write::Create);
+    assert_own(&ds[1], &c("b"), Outcome::Created, Write::Create);
+    let first = assert_storm(&ds[2], Outcome::StormStarted, Write::Create);
+    assert_eq!(
+        assert_storm(&ds[3], Outcome::StormAggregated, Write::Await),
+        first
+    );
+    f.commit(&ds[2].key).await;
+
+    // No new member for a full window: the storm is over, the window empty.
+    tokio::time::sleep(window + Duration::from_millis(300)).await;
+    let ds2 = f.decide(&[c("e"), c("f"), c("g"), c("h")]).await;
+    assert_own(&ds2[0], &c("e"), Outcome::Created, Write::Create);
+    assert_own(&ds2[1], &c("f"), Outcome::Created, Write::Create);
+    let second = assert_storm(&ds2[2], Outcome::StormStarted, Write::Create);
+    assert_ne!(second, first);
+    assert_eq!(
+        assert_storm(&ds2[3], Outcome::StormAggregated, Write::Await),
+        second
+    );
+
+    // Members of the first storm still repeat into the first storm's resource.
+    let old = f.one(&c("d")).await;
+    assert_eq!(assert_storm(&old, Outcome::Duplicate, Write::Update), first);
+    assert_eq!(old.snapshot.occurrence_count, 3);
+    assert_eq!(old.snapshot.storm.as_ref().map(|s| s.alert_count), Some(2));
+    let snap = f.snapshot(&ds2[2].key).await.expect("second storm");
+    assert_eq!(snap.storm.map(|s| s.alert_count), Some(2));
+}
+
+async fn storm_max_duration_caps_extension(b: Backend) {
+    let window = Duration::from_millis(1_000);
+    let max = Duration::from_millis(2_000);
+    let f = b
+        .store(Settings {
+            storm_threshold: 1,
+            storm_window: window,
+            storm_max_duration: max,
+            ..settings()
+        })
+        .await;
+    let ns = namespace("stormmax");
+    let ds = f.decide(&[claim(&ns, "a"), claim(&ns, "b")]).await;
+    assert_eq!(ds[0].outcome, Outcome::Created);
+    let name = assert_storm(&ds[1], Outcome::StormStarted, Write::Create);
+    let started_ms = ds[1].snapshot.storm.as_ref().expect("storm").started_ms;
+    let cap = started_ms + max.as_millis() as i64;
+
+    // A new member every 100 ms extends the storm by a full window each
+    // time (each comes well within the window of the one before): only the
+    // cap ends it.
+    let mut last_aggregated = started_ms;
+    let mut i = 0;
+    let after = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        i += 1;
+        let d = f.one(&claim(&ns, &format!("m{i}"))).await;
+        let at = d.snapshot.last_seen_ms;
+        assert!(
+            at - last_aggregated < window.as_millis() as i64,
+            "a gap of {} ms: the test machine stalled longer than the window",
+            at - last_aggregated
+        );
+        if d.outcome != Outcome::StormAggregated {
+            break d;
+        }
+        assert_eq!(
+            assert_storm(&d, Outcome::StormAggregated, Write::Await),
+            name
+        );
+        last_aggregated = at;
+        assert!(i < 100, "the storm never ended");
+    };
+    assert!(last_aggregated < cap, "aggregated after the cap");
+    assert!(
+        last_aggregated > started_ms + window.as_millis() as i64,
+        "never extended"
+    );
+    // After the cap the namespace counts afresh: created, then a new storm.
+    assert_eq!(after.outcome, Outcome::Created, "{after:?}");
+    assert!(after.snapshot.first_seen_ms >= cap);
+    let next = f.one(&claim(&ns, "next")).await;
+    assert_ne!(
+        assert_storm(&next, Outcome::StormStarted, Write::Create),
+        name
+    );
+}
+
+async fn namespaces_never_share_a_storm(b: Backend) {
+    let f = b
+        .store(Settings {
+            storm_threshold: 3,
+            ..settings()
+        })
+        .await;
+    let one = namespace("nsone");
+    let two = namespace("nstwo");
+    let mut claims = Vec::new();
+    for i in 0..15 {
+        claims.push(claim(&one, &format!("x{i}")));
+        claims.push(claim(&two, &format!("x{i}")));
+    }
+    let ds = f.concurrently(claims.clone()).await;
+    let mut storms = BTreeSet::new();
+    for ns in [&one, &two] {
+        let mine: Vec<Decision> = claims
+            .iter()
+            .zip(&ds)
+            .filter(|(c, _)| &c.namespace == ns)
+            .map(|(_, d)| d.clone())
+            .collect();
+        assert_eq!(count(&mine, Outcome::Created), 3, "{ns}: {mine:?}");
+        assert_eq!(count(&mine, Outcome::StormStarted), 1, "{ns}");
+        assert_eq!(count(&mine, Outcome::StormAggregated), 11, "{ns}");
+        let keys: BTreeSet<&ClaimKey> = mine
+            .iter()
+            .filter(|d| d.outcome != Outcome::Created)
+            .map(|d| &d.key)
+            .collect();
+        assert_eq!(keys.len(), 1);
+        let key = keys.into_iter().next().expect("storm");
+        assert_eq!(key.namespace(), ns.as_str());
+        storms.insert(key.clone());
+        let snap = f.snapshot(key).await.expect("storm");
+        assert_eq!(snap.storm.map(|s| s.alert_count), Some(12));
+    }
+    assert_eq!(storms.len(), 2);
+}
+
+async fn affected_list_is_deduplicated_and_capped(b: Backend) {
+    let f = b
+        .store(Settings {
+            storm_threshold: 1,
+            storm_max_affected: 3,
+            ..settings()
+        })
+        .await;
+    let ns = namespace("affected");
+    let c = |s: &str, target: &str| claim_on(&ns, s, target);
+    let batch = [
+        c("a", "Pod/x"), // created on its own
+        c("b", "Pod/c"), // starts the storm
+        c("c", "Pod/a"), // listed
+        c("d", "Pod/c"), // same target: listed once
+        c("e", "Pod/b"), // listed (the list is full now)
+        c("f", "Pod/d"), // beyond the cap: overflow 1
+        c("g", "Pod/a"), // already listed: no overflow
+        c("h", "Pod/e"), // overflow 2
+        c("i", ""),      // no target: counted, not listed
+        c("j", "Pod/d"), // another member beyond the cap: overflow 3
+        c("f", "Pod/d"), // a repeat of member f: a duplicate, no overflow
+    ];
+    let ds = f.decide(&batch).await;
+    assert_eq!(ds[0].outcome, Outcome::Created);
+    assert_eq!(ds[1].outcome, Outcome::StormStarted);
+    assert!(ds[2..10]
+        .iter()
+        .all(|d| d.outcome == Outcome::StormAggregated));
+    assert_eq!(ds[10].outcome, Outcome::Duplicate);
+    let overflow: Vec<u64> = ds[1..]
+        .iter()
+        .map(|d| d.snapshot.storm.as_ref().expect("storm").affected_overflow)
+        .collect();
+    assert_eq!(overflow, [0, 0, 0, 0, 1, 1, 2, 2, 3, 3]);
+    let snap = f.snapshot(&ds[1].key).await.expect("storm");
+    let storm = snap.storm.expect("storm counters");
+    assert_eq!(storm.affected, ["Pod/a", "Pod/b", "Pod/c"]);
+    assert_eq!(storm.affected_overflow, 3);
+    assert_eq!(storm.alert_count, 9);
+    assert_eq!(snap.occurrence_count, 10);
+}
+
+async fn one_batch_mixes_every_outcome(b: Backend) {
+    let f = b
+        .store(Settings {
+            storm_threshold: 3,
+            ..settings()
+        })
+        .await;
+    let ns = namespace("mixed");
+    let other = namespace("mixedother");
+    let c = |s: &str| claim(&ns, s);
+    let known = f.one(&c("known")).await;
+    f.commit(&known.key).await;
+
+    let batch = [
+        c("known"),         // duplicate of a committed resource
+        c("q"),             // created
+        c("r"),             // created (3rd in the window with "known")
+        c("s"),             // starts a storm
+        c("t"),             // aggregated
+        c("q"),             // duplicate of a claim pending in this very batch
+        c("t"),             // duplicate of a storm member
+        claim(&other, "q"), // another namespace: its own window
+    ];
+    let ds = f.decide(&batch).await;
+    assert_own(&ds[0], &c("known"), Outcome::Duplicate, Write::Update);
+    assert_eq!(ds[0].snapshot.resource, known.snapshot.resource);
+    assert_own(&ds[1], &c("q"), Outcome::Created, Write::Create);
+    assert_own(&ds[2], &c("r"), Outcome::Created, Write::Create);
+    let storm = assert_storm(&ds[3], Outcome::StormStarted, Write::Create);
+    assert_eq!(
+        assert_storm(&ds[4], Outcome::StormAggregated, Write::Await),
+        storm
+    );
+    assert_own(&ds[5], &c("q"), Outcome::Duplicate, Write::Await);
+    assert_eq!(ds[5].snapshot.resource, ds[1].snapshot.resource);
+    assert_eq!(ds[5].snapshot.occurrence_count, 2);
+    assert_eq!(
+        assert_storm(&ds[6], Outcome::Duplicate, Write::Await),
+        storm
+    );
+    assert_eq!(ds[6].snapshot.occurrence_count, 3);
+    assert_own(&ds[7], &batch[7], Outcome::Created, Write::Create);
+}
+
+async fn await_until_committed(b: Backend) {
+    let f = b.store(settings()).await;
+    let ns = namespace("await");
+    let a = claim(&ns, "a");
+    let owner = f.one(&a).await;
+    assert_own(&owner, &a, Outcome::Created, Write::Create);
+    let waiter = f.one(&a).await;
+    assert_own(&waiter, &a, Outcome::Duplicate, Write::Await);
+    assert_eq!(f.poll(&waiter.key).await, ClaimState::Pending);
+    f.commit(&owner.key).await;
+    assert_eq!(f.poll(&waiter.key).await, ClaimState::Committed);
+    f.commit(&owner.key).await; // idempotent
+    let later = f.one(&a).await;
+    assert_own(&later, &a, Outcome::Duplicate, Write::Update);
+    assert_eq!(later.snapshot.occurrence_count, 3);
+}
+
+async fn expired_lease_is_owned_by_exactly_one_poller(b: Backend) {
+    let lease = Duration::from_millis(400);
+    let f = b
+        .store(Settings {
+            claim_lease: lease,
+            ..settings()
+        })
+        .await;
+    let ns = namespace("lease");
+    let a = claim(&ns, "a");
+    let owner = f.one(&a).await;
+    assert_own(&owner, &a, Outcome::Created, Write::Create);
+    let waiter = f.one(&a).await;
+    assert_eq!(waiter.write, Write::Await);
+    assert_eq!(f.poll(&waiter.key).await, ClaimState::Pending);
+
+    // The owner never commits; after its lease, ten pollers race.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let polls: Vec<_> = (0..10)
+        .map(|_| {
+            let store = f.store.clone();
+            let key = waiter.key.clone();
+            tokio::spawn(async move { store.poll(&key).await })
+        })
+        .collect();
+    let mut states = Vec::new();
+    for p in polls {
+        states.push(p.await.expect("task").expect("poll"));
+    }
+    let owned = states.iter().filter(|s| **s == ClaimState::Owned).count();
+    let pending = states.iter().filter(|s| **s == ClaimState::Pending).count();
+    assert_eq!((owned, pending), (1, 9), "{states:?}");
+    f.commit(&waiter.key).await;
+    assert_eq!(f.poll(&waiter.key).await, ClaimState::Committed);
+    let snap = f.snapshot(&waiter.key).await.expect("snapshot");
+    assert_eq!(snap.resource, owner.snapshot.resource);
+}
+
+async fn release_lets_the_next_decide_create_at_once(b: Backend) {
+    let f = b.store(settings()).await; // a 15 s lease
+    let ns = namespace("release");
+    let a = claim(&ns, "a");
+    let owner = f.one(&a).await;
+    assert_own(&owner, &a, Outcome::Created, Write::Create);
+    assert_eq!(f.one(&a).await.write, Write::Await);
+    f.release(&owner.key).await;
+    let retry = f.one(&a).await;
+    assert_own(&retry, &a, Outcome::Duplicate, Write::Create);
+    assert_eq!(retry.snapshot.resource, owner.snapshot.resource);
+    // The retry holds a fresh lease: the others wait again.
+    assert_eq!(f.one(&a).await.write, Write::Await);
+    assert_eq!(f.poll(&owner.key).await, ClaimState::Pending);
+    // A released claim can also be taken by a poller.
+    f.release(&retry.key).await;
+    assert_eq!(f.poll(&owner.key).await, ClaimState::Owned);
+}
+
+async fn killed_owner_is_replaced_with_the_same_resource(b: Backend) {
+    let lease = Duration::from_millis(500);
+    let f = b
+        .store(Settings {
+            claim_lease: lease,
+            ..settings()
+        })
+        .await;
+    let ns = namespace("killed");
+    let a = claim(&ns, "a");
+    // The owner is "killed" between claim and create: it never commits.
+    let owner = f.one(&a).await;
+    assert_own(&owner, &a, Outcome::Created, Write::Create);
+    let during = f.one(&a).await;
+    assert_own(&during, &a, Outcome::Duplicate, Write::Await);
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let retry = f.one(&a).await;
+    assert_own(&retry, &a, Outcome::Duplicate, Write::Create);
+    assert_eq!(retry.snapshot.resource, owner.snapshot.resource);
+    f.commit(&retry.key).await;
+    let after = f.one(&a).await;
+    assert_own(&after, &a, Outcome::Duplicate, Write::Update);
+    assert_eq!(after.snapshot.occurrence_count, 4);
+}
+
+async fn storm_claims_follow_the_protocol(b: Backend) {
+    let lease = Duration::from_millis(400);
+    let f = b
+        .store(Settings {
+            storm_threshold: 1,
+            claim_lease: lease,
+            ..settings()
+        })
+        .await;
+    let ns = namespace("stormclaim");
+    let c = |s: &str| claim(&ns, s);
+    let ds = f.decide(&[c("a"), c("b"), c("c")]).await;
+    let name = assert_storm(&ds[1], Outcome::StormStarted, Write::Create);
+    assert_storm(&ds[2], Outcome::StormAggregated, Write::Await);
+    let key = ds[1].key.clone();
+    assert_eq!(f.poll(&key).await, ClaimState::Pending);
+
+    // The storm's owner gives up: the next member takes the claim at once.
+    f.release(&key).await;
+    let d = f.one(&c("d")).await;
+    assert_eq!(
+        assert_storm(&d, Outcome::StormAggregated, Write::Create),
+        name
+    );
+    // ... and never commits: after the lease a poller owns it.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    assert_eq!(f.poll(&key).await, ClaimState::Owned);
+    assert_eq!(f.poll(&key).await, ClaimState::Pending);
+    f.commit(&key).await;
+    assert_eq!(f.poll(&key).await, ClaimState::Committed);
+    let e = f.one(&c("e")).await;
+    assert_eq!(
+        assert_storm(&e, Outcome::StormAggregated, Write::Update),
+        name
+    );
+    let again = f.one(&c("c")).await;
+    assert_eq!(
+        assert_storm(&again, Outcome::Duplicate, Write::Update),
+        name
+    );
+    let snap = f.snapshot(&key).await.expect("storm");
+    assert_eq!(snap.storm.map(|s| s.alert_count), Some(4));
+    assert_eq!(snap.occurrence_count, 5);
+    assert_eq!(
+        f.poll(&ClaimKey::Storm {
+            namespace: ns.clone(),
+            name: "storm-000000000000-0".into()
+        })
+        .await,
+        ClaimState::Gone
+    );
+}
+
+async fn every_key_expires(b: Backend) {
+    let f = b
+        .store(Settings {
+            dedup_ttl: Duration::from_millis(600),
+            storm_threshold: 2,
+            storm_window: Duration::from_millis(500),
+            storm_max_duration: Duration::from_millis(800),
+            claim_lease: Duration::from_millis(300),
+            storm_max_affected: 4,
+        })
+        .await;
+    let ns = namespace("expire");
+    let claims: Vec<Claim> = (0..10).map(|i| claim(&ns, &format!("k{i}"))).collect();
+    let ds = f.decide(&claims).await;
+    assert_eq!(count(&ds, Outcome::StormAggregated), 7);
+    let keys: Vec<ClaimKey> = ds.iter().map(|d| d.key.clone()).collect();
+    f.store.commit(&keys).await.expect("commit");
+    let live = f.keys(&ns);
+    assert!(!live.is_empty());
+    // Every key has a TTL.
+    assert!(live.iter().all(|(_, ttl)| *ttl > 0), "{live:?}");
+    if b != Backend::Memory {
+        // 10 fingerprints + window + storms + affected + expiry index.
+        assert_eq!(live.len(), 14, "{live:?}");
+        assert_eq!(f.window_size(&ns), Some(2));
+    }
+    // Nothing outlives the longest window (storm end, dedup, lease).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let live = f.keys(&ns);
+        if live.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still there: {live:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Redis only.
+
+/// A store with a short timeout on a private server that this test stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_fast_and_recovers_without_a_new_store() {
+    let mut server = RedisServer::start();
+    let timeout = Duration::from_millis(500);
+    let store = RedisStore::connect(&server.url(), settings(), timeout)
+        .await
+        .expect("connect");
+    let ns = namespace("outage");
+    let d = store.decide(&[claim(&ns, "a")]).await.expect("decide");
+    assert_eq!(d[0].outcome, Outcome::Created);
+    store.ping().await.expect("ping");
+
+    // A server that does not answer: a timeout, within the timeout.
+    server.cli(&["CLIENT", "PAUSE", "1500", "ALL"]);
+    let t = Instant::now();
+    let r = store.decide(&[claim(&ns, "paused")]).await;
+    let waited = t.elapsed();
+    assert!(matches!(r, Err(StoreError::Timeout(_))), "{r:?}");
+    assert!(waited < timeout + Duration::from_millis(400), "{waited:?}");
+    server.cli(&["CLIENT", "UNPAUSE"]);
+
+    // A server that is gone: an error, quickly.
+    server.stop();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = store.decide(&[claim(&ns, "b")]).await;
+        let waited = t.elapsed();
+        assert!(r.is_err(), "{r:?}");
+        assert!(waited < timeout + Duration::from_millis(400), "{waited:?}");
+        assert!(store.ping().await.is_err());
+    }
+
+    // Back (empty, script cache gone): the same store recovers on its own.
+    server.start_again();
+    let t = Instant::now();
+    let d = loop {
+        match store.decide(&[claim(&ns, "a")]).await {
+            Ok(d) => break d,
+            Err(e) => {
+                assert!(t.elapsed() < Duration::from_secs(15), "no recovery: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    eprintln!("recovered {:?} after the restart", t.elapsed());
+    assert_eq!(d[0].outcome, Outcome::Created, "Redis came back empty");
+    store.ping().await.expect("ping");
+}
+
+/// Two stores (two connections, like two sidecar processes) race.
+async fn two_stores_race(url: &str) {
+    let one = Arc::new(redis_store(url, settings()).await);
+    let two = Arc::new(redis_store(url, settings()).await);
+    let ns = namespace("race");
+    let claims: Vec<Claim> = (0..100).map(|i| claim(&ns, &format!("r{i}"))).collect();
+    let mut tasks = Vec::new();
+    for c in &claims {
+        for store in [&one, &two] {
+            let store = store.clone();
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move { store.decide(&[c]).await }));
+        }
+    }
+    let mut by_fp: HashMap<String, Vec<Decision>> = HashMap::new();
+    for t in tasks {
+        let d = t.await.expect("task").expect("decide").remove(0);
+        let ClaimKey::Fingerprint { fingerprint, .. } = &d.key else {
+            panic!("{d:?}");
+        };
+        by_fp.entry(fingerprint.clone()).or_default().push(d);
+    }
+    assert_eq!(by_fp.len(), 100);
+    for ds in by_fp.values() {
+        assert_eq!(ds.iter().filter(|d| d.write == Write::Create).count(), 1);
+        assert_eq!(count(ds, Outcome::Created), 1);
+        assert_eq!(count(ds, Outcome::Duplicate), 1);
+    }
+
+    // The same signal, 50 times from each store.
+    let same = claim(&ns, "same");
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let store = if i % 2 == 0 { one.clone() } else { two.clone() };
+            let c = same.clone();
+            tokio::spawn(async move { store.decide(&[c]).await })
+        })
+        .collect();
+    let mut ds = Vec::new();
+    for t in tasks {
+        ds.push(t.await.expect("task").expect("decide").remove(0));
+    }
+    assert_eq!(ds.iter().filter(|d| d.write == Write::Create).count(), 1);
+    assert_eq!(count(&ds, Outcome::Duplicate), 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_race_on_standalone() {
+    two_stores_race(&RedisServer::shared().url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_race_on_cluster() {
+    two_stores_race(&RedisCluster::shared().url()).await;
+}
+
+fn cmdstat_calls(info: &str, command: &str) -> u64 {
+    parse_info(info)
+        .into_iter()
+        .find(|(k, _)| k == &format!("cmdstat_{command}"))
+        .and_then(|(_, v)| {
+            v.split(',')
+                .find_map(|f| f.strip_prefix("calls="))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One `decide` of 50 claims = 50 EVALSHA, nothing else, in one pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_decide_is_one_pipeline_of_script_calls() {
+    let server = RedisServer::start();
+    let store = redis_store(&server.url(), settings()).await;
+    // Warm up: connect and load the script.
+    store
+        .decide(&[claim(&namespace("warm"), "w")])
+        .await
+        .expect("warm-up");
+    let ns = namespace("trip");
+    let claims: Vec<Claim> = (0..50).map(|i| claim(&ns, &format!("t{i}"))).collect();
+
+    // Socket reads and writes on the server: one INFO call costs some of
+    // its own, measured first without a decide in between.
+    let measure = |server: &RedisServer| {
+        let info = parse_info(&server.cli(&["INFO", "stats"]));
+        let field = |name: &str| -> i64 {
+            info.iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or_else(|| panic!("INFO stats has no {name}"))
+        };
+        (
+            field("total_reads_processed"),
+            field("total_writes_processed"),
+        )
+    };
+    let (r0, w0) = measure(&server);
+    let (r1, w1) = measure(&server);
+    let (noise_r, noise_w) = (r1 - r0, w1 - w0);
+    let before = server.cli(&["INFO", "commandstats"]);
+    let (r2, w2) = measure(&server);
+    let ds = store.decide(&claims).await.expect("decide");
+    let (r3, w3) = measure(&server);
+    let after = server.cli(&["INFO", "commandstats"]);
+    assert_eq!(count(&ds, Outcome::Created), 50);
+    let calls = cmdstat_calls(&after, "evalsha") - cmdstat_calls(&before, "evalsha");
+    assert_eq!(calls, 50, "EVALSHA calls");
+    // 50 unpipelined calls would need 50 reads and 50 writes on the server.
+    let reads = (r3 - r2) - noise_r;
+    let writes = (w3 - w2) - noise_w;
+    eprintln!("decide of 50 claims: {reads} socket reads, {writes} writes on the server");
+    assert!(reads <= 4, "{reads} reads: not one pipeline");
+    assert!(writes <= 4, "{writes} writes: not one pipeline");
+
+    // Every command a client sends for another 50 (script-internal ones
+    // show `lua` as their client in MONITOR).
+    let ns = namespace("trip2");
+    let claims: Vec<Claim> = (0..50).map(|i| claim(&ns, &format!("t{i}"))).collect();
+    let monitor = server.monitor();
+    server.cli(&["ECHO", "trip-start"]);
+    let ds = store.decide(&claims).await.expect("decide");
+    server.cli(&["ECHO", "trip-end"]);
+    assert_eq!(count(&ds, Outcome::Created), 50);
+    let lines = monitor.wait_for_line("trip-end");
+    let start = lines
+        .iter()
+        .position(|l| l.contains("trip-start"))
+        .expect("start marker");
+    let sent: Vec<&String> = lines[start + 1..lines.len() - 1]
+        .iter()
+        .filter(|l| !l.contains(" lua]"))
+        .collect();
+    assert_eq!(sent.len(), 50, "{sent:#?}");
+    assert!(sent.iter().all(|l| l.contains("\"EVALSHA\"")), "{sent:#?}");
+}
+
+/// A flushed script cache: every call runs exactly once, then on reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noscript_reloads_and_runs_every_call_once() {
+    let server = RedisServer::start();
+    let store = redis_store(&server.url(), settings()).await;
+    let ns = namespace("noscript");
+    let claims: Vec<Claim> = (0..20).map(|i| claim(&ns, &format!("n{i}"))).collect();
+    for round in 1..=3u64 {
+        server.cli(&["SCRIPT", "FLUSH"]);
+        let ds = store.decide(&claims).await.expect("decide");
+        assert!(
+            ds.iter().all(|d| d.snapshot.occurrence_count == round),
+            "{ds:?}"
+        );
+    }
+    let keys: Vec<ClaimKey> = claims.iter().map(fp_key).collect();
+    server.cli(&["SCRIPT", "FLUSH"]);
+    let snaps = store.snapshot(&keys).await.expect("snapshot");
+    assert!(snaps
+        .iter()
+        .all(|s| s.as_ref().map(|s| s.occurrence_count) == Some(3)));
+    server.cli(&["SCRIPT", "FLUSH"]);
+    store.commit(&keys).await.expect("commit");
+    server.cli(&["SCRIPT", "FLUSH"]);
+    assert_eq!(
+        store.poll(&keys[0]).await.expect("poll"),
+        ClaimState::Committed
+    );
+}
+
+/// On a cluster, a batch spanning namespaces on several masters goes to
+/// each master (one pipeline per slot) and runs once per claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_batches_are_routed_by_slot() {
+    let cluster = RedisCluster::start(3);
+    let store = redis_store(&cluster.url(), settings()).await;
+    assert!(store.is_cluster());
+    let ports = cluster.ports();
+    // Three namespaces on three different masters.
+    let mut namespaces: Vec<(String, u16)> = Vec::new();
+    let mut i = 0;
+    while namespaces.len() < 3 {
+        let ns = namespace(&format!("route{i}"));
+        i += 1;
+        let port = cluster.master_port_for_key(&format!("sg:{{{ns}}}:w"));
+        if namespaces.iter().all(|(_, p)| *p != port) {
+            namespaces.push((ns, port));
+        }
+        assert!(i < 500);
+    }
+    let mut claims = Vec::new();
+    for n in 0..10 {
+        for (ns, _) in &namespaces {
+            claims.push(claim(ns, &format!("c{n}")));
+        }
+    }
+    let stats = |i: usize| cmdstat_calls(&cluster.cli(i, &["INFO", "commandstats"]), "evalsha");
+    // Load the script everywhere first, so the counts below are exact.
+    store
+        .decide(
+            &namespaces
+                .iter()
+                .map(|(ns, _)| claim(ns, "warm"))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("warm-up");
+    let before: Vec<u64> = (0..ports.len()).map(stats).collect();
+    let ds = store.decide(&claims).await.expect("decide");
+    let after: Vec<u64> = (0..ports.len()).map(stats).collect();
+    assert_eq!(count(&ds, Outcome::Created), 30);
+    for (d, c) in ds.iter().zip(&claims) {
+        assert_eq!(d.key, fp_key(c), "replies are in claim order");
+    }
+    for (i, port) in ports.iter().enumerate() {
+        assert_eq!(
+            after[i] - before[i],
+            10,
+            "EVALSHA on the master at port {port}"
+        );
+    }
+    let again = store.decide(&claims).await.expect("decide");
+    assert!(again.iter().all(|d| d.outcome == Outcome::Duplicate));
+}
