@@ -54,6 +54,15 @@ impl Coalescer {
         self.metrics.pending_updates.set(dirty.len() as i64);
     }
 
+    /// Records what a create just wrote: the next flush checks it against the
+    /// store and writes only if the counters moved meanwhile.
+    pub fn created(&self, key: ClaimKey, progress: Progress) {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, progress);
+    }
+
     /// How many resources wait for a write.
     pub fn pending(&self) -> usize {
         self.dirty.lock().unwrap_or_else(|e| e.into_inner()).len()

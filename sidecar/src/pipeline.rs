@@ -11,7 +11,7 @@ use signalgate_model::{alertmanager, kube_event, Invalid, Signal, SignalType, St
 
 use crate::coalesce::Coalescer;
 use crate::metrics::Metrics;
-use crate::resource;
+use crate::resource::{self, Progress};
 use crate::sink::{Location, Sink, SinkError};
 use crate::store::{Claim, ClaimKey, ClaimState, Decision, Outcome, Store, StoreError, Write};
 
@@ -241,9 +241,10 @@ impl Pipeline {
             return Err(e);
         }
         self.timed("commit", self.store.commit(&keys)).await?;
-        for k in keys {
-            // Counters may have moved while we created: write them soon.
-            self.coalescer.mark(k);
+        for p in plans {
+            // Counters may have moved while we created: the next flush checks.
+            let written = Progress::from_snapshot(&p.decision.snapshot);
+            self.coalescer.created(p.decision.key.clone(), written);
         }
         Ok(locations)
     }

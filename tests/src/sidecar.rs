@@ -47,7 +47,10 @@ impl Sidecar {
         let mut full: Vec<(String, String)> = vec![
             ("SIGNALGATE_LISTEN".into(), api.to_string()),
             ("SIGNALGATE_ADMIN_LISTEN".into(), admin.to_string()),
-            ("SIGNALGATE_SINK".into(), format!("dir:{}", sink_dir.display())),
+            (
+                "SIGNALGATE_SINK".into(),
+                format!("dir:{}", sink_dir.display()),
+            ),
             ("SIGNALGATE_FLUSH_INTERVAL".into(), "100ms".into()),
             ("RUST_LOG".into(), "info,signalgate_sidecar=debug".into()),
         ];
@@ -126,7 +129,10 @@ impl Sidecar {
     }
 
     pub fn log_tail(&self, n: usize) -> String {
-        self.proc.as_ref().map(|p| p.log_tail(n)).unwrap_or_default()
+        self.proc
+            .as_ref()
+            .map(|p| p.log_tail(n))
+            .unwrap_or_default()
     }
 
     pub fn log_dir(&self) -> &Path {

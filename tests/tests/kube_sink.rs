@@ -463,3 +463,62 @@ fn directory_and_kube_sinks_write_the_same_object() {
     };
     assert_eq!(normalise(from_kube), normalise(from_dir));
 }
+
+#[test]
+fn a_10000_signal_storm_keeps_api_writes_bounded() {
+    let k = shared();
+    k.create_namespace("kube-bigstorm");
+    let s = sidecar(k, "sidecar", &[("SIGNALGATE_FLUSH_INTERVAL", "1s")]);
+    let started = std::time::Instant::now();
+    let bodies: Vec<Vec<u8>> = (0..100)
+        .map(|r| {
+            let alerts = (0..100)
+                .map(|i| alert("PodNotReady", "kube-bigstorm", &format!("pod-{r}-{i}")))
+                .collect();
+            serde_json::to_vec(&webhook(alerts)).unwrap()
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for chunk in bodies.chunks(25) {
+            let s = &s;
+            scope.spawn(move || {
+                for body in chunk {
+                    let a = s.post("/api/v1/signals/prometheus", body, "t");
+                    assert!(a.status == 201 || a.status == 202, "{}", a.body);
+                }
+            });
+        }
+    });
+    let sent = started.elapsed();
+    let items = wait_rrs(
+        k,
+        "kube-bigstorm",
+        "10 resources and a storm of 9990",
+        |r| r.len() == 11 && r.iter().any(|x| x["spec"]["storm"]["alertCount"] == 9990),
+    );
+    let elapsed = started.elapsed();
+    let storm = items
+        .iter()
+        .find(|x| x["spec"]["storm"].is_object())
+        .unwrap();
+    assert_eq!(
+        storm["spec"]["storm"]["affectedResources"]
+            .as_array()
+            .map(Vec::len),
+        Some(100)
+    );
+    assert_eq!(storm["spec"]["storm"]["affectedResourcesOverflow"], 9890);
+    let creates = s.metric("signalgate_resources_written_total{op=\"create\",result=\"ok\"}");
+    let updates = s.metric("signalgate_resources_written_total{op=\"update\",result=\"ok\"}");
+    assert_eq!(creates, 11.0);
+    // At most one write per resource per flush interval: the storm resource
+    // once per second while signals arrive, plus a last write.
+    let flushes = elapsed.as_secs_f64().ceil() + 1.0;
+    assert!(updates <= flushes + 1.0, "{updates} updates in {elapsed:?}");
+    eprintln!(
+        "10 000-signal storm: sent in {sent:?} ({:.0} signals/s); {creates} creates + {updates} updates \
+         in {elapsed:?} = {:.1} API writes/s",
+        10_000.0 / sent.as_secs_f64(),
+        (creates + updates) / elapsed.as_secs_f64()
+    );
+}
