@@ -58,3 +58,5 @@ clean:
 ## crd: regenerate deploy/crds/ from the Rust types
 crd:
 	$(CARGO) run -q -p signalgate-sidecar -- --print-crd > deploy/crds/remediationrequests.signalgate.io.yaml
+	cp deploy/crds/remediationrequests.signalgate.io.yaml deploy/base/
+	cp deploy/crds/remediationrequests.signalgate.io.yaml deploy/istio/
