@@ -17,6 +17,12 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Invalid
             },
         );
     }
+    // Fast path: a good payload parses without tracking where the parser is
+    // (that costs about a third of the parse); only a refused one is parsed
+    // again to name the field at fault.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let pointer = pointer_of(err.path());

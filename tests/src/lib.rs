@@ -5,6 +5,13 @@
 //! child processes on free loopback ports, and waits on conditions with a
 //! deadline instead of sleeping.
 
+pub mod alertmanager;
+pub mod client;
+pub mod envoy;
 pub mod k8s;
+pub mod payloads;
 pub mod process;
+pub mod redis;
+pub mod sidecar;
+pub mod upstream;
 pub mod workspace;

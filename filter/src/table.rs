@@ -1,0 +1,540 @@
+//! The process-wide bucket table, kept in proxy-wasm shared data.
+//!
+//! Every Envoy worker runs its own VM, so the buckets live in shared data
+//! (one store for the whole process) and are updated with compare-and-swap.
+//! Shared-data keys can never be deleted, so one key per source would grow
+//! without bound. Instead the table has a fixed shape:
+//!
+//! - [`SLOTS`] keys (`signalgate.rl.v1.<n>`); a source's key hashes
+//!   (FNV-1a 64) to one slot;
+//! - each slot's value holds [`WAYS`] entries (a small set-associative
+//!   group): the source's 64-bit hash as tag, its bucket, and the limit the
+//!   bucket was last used with;
+//! - a source not in its slot takes an empty way, else the way whose bucket
+//!   is already full again (forgetting a full bucket changes nothing: a new
+//!   source starts full), else the least recently used way.
+//!
+//! So at most `SLOTS * WAYS` = 16 384 sources are tracked at once, in
+//! `SLOTS` values of [`SLOT_BYTES`] = 129 bytes: about 0.5 MiB of values, and
+//! with the keys and Envoy's per-entry bookkeeping (roughly 100-150 bytes a
+//! key) about 1 MiB for the whole process, whatever the number of sources.
+//! Evicting a bucket that is not full only happens when more than `WAYS`
+//! sources that hash to one slot are active at once; it can only make the
+//! limit looser for the evicted source, never refuse anyone wrongly.
+//!
+//! A slot update reads the value and its CAS token, computes, and writes back
+//! with that token; a concurrent write from another worker makes the write
+//! fail and the whole step is retried on the fresh value, up to
+//! [`MAX_ATTEMPTS`] times.
+
+use crate::ratelimit::{self, Bucket, Decision, Limit};
+
+/// Number of shared-data keys of the table.
+pub const SLOTS: u32 = 4096;
+/// Entries per slot.
+pub const WAYS: usize = 4;
+/// Bytes of one encoded entry: tag, units, last_ns (u64 each), per_minute, burst (u32 each).
+pub const ENTRY_BYTES: usize = 32;
+/// Bytes of one slot's value: a format byte and `WAYS` entries.
+pub const SLOT_BYTES: usize = 1 + WAYS * ENTRY_BYTES;
+/// Prefix of the slot keys.
+pub const KEY_PREFIX: &str = "signalgate.rl.v1.";
+/// CAS attempts before giving up on one request.
+pub const MAX_ATTEMPTS: u32 = 64;
+
+const FORMAT: u8 = 1;
+
+/// Why the store could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The CAS token was stale: someone wrote the key since it was read.
+    CasMismatch,
+    /// Any other host failure.
+    Host(String),
+}
+
+/// The get / compare-and-swap interface of proxy-wasm shared data.
+pub trait SharedStore {
+    /// The value and its CAS token; `(None, None)` when the key was never set.
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError>;
+    /// Writes `value` if the key's CAS token is still `cas` (`None`: unconditionally).
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+}
+
+/// Why a limit could not be checked (the caller lets the request through).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableError {
+    /// Every CAS attempt lost against a concurrent writer.
+    Contended,
+    Store(String),
+}
+
+impl std::fmt::Display for TableError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TableError::Contended => write!(f, "{MAX_ATTEMPTS} CAS attempts lost"),
+            TableError::Store(e) => write!(f, "shared data: {e}"),
+        }
+    }
+}
+
+/// FNV-1a 64 of the bucket key; never 0 (0 marks an empty way).
+pub fn hash(key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+/// The slot a hash lives in.
+pub fn slot_of(hash: u64) -> u32 {
+    u32::try_from(hash % u64::from(SLOTS)).unwrap_or(0)
+}
+
+/// The shared-data key of slot `n`.
+pub fn slot_key(n: u32) -> String {
+    format!("{KEY_PREFIX}{n}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    tag: u64,
+    bucket: Bucket,
+    limit: Limit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Slot {
+    ways: [Option<Entry>; WAYS],
+}
+
+fn read_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        a.copy_from_slice(s);
+    }
+    u64::from_le_bytes(a)
+}
+
+fn read_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+
+impl Slot {
+    /// Decodes a slot value; anything not in the current format is an empty slot.
+    fn decode(value: Option<&[u8]>) -> Slot {
+        let mut slot = Slot::default();
+        let Some(v) = value else { return slot };
+        if v.len() != SLOT_BYTES || v.first() != Some(&FORMAT) {
+            return slot;
+        }
+        for (i, way) in slot.ways.iter_mut().enumerate() {
+            let at = 1 + i * ENTRY_BYTES;
+            let tag = read_u64(v, at);
+            let limit = Limit {
+                per_minute: read_u32(v, at + 24),
+                burst: read_u32(v, at + 28),
+            };
+            if tag != 0 && limit.per_minute > 0 && limit.burst > 0 {
+                *way = Some(Entry {
+                    tag,
+                    bucket: Bucket {
+                        units: read_u64(v, at + 8),
+                        last_ns: read_u64(v, at + 16),
+                    },
+                    limit,
+                });
+            }
+        }
+        slot
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(SLOT_BYTES);
+        v.push(FORMAT);
+        for way in &self.ways {
+            match way {
+                Some(e) => {
+                    v.extend_from_slice(&e.tag.to_le_bytes());
+                    v.extend_from_slice(&e.bucket.units.to_le_bytes());
+                    v.extend_from_slice(&e.bucket.last_ns.to_le_bytes());
+                    v.extend_from_slice(&e.limit.per_minute.to_le_bytes());
+                    v.extend_from_slice(&e.limit.burst.to_le_bytes());
+                }
+                None => v.extend_from_slice(&[0u8; ENTRY_BYTES]),
+            }
+        }
+        v
+    }
+
+    /// The way holding `tag`, else the way to (re)use for it.
+    fn way_for(&self, tag: u64, now_ns: u64) -> (usize, Option<Bucket>) {
+        if let Some(i) = self
+            .ways
+            .iter()
+            .position(|w| w.is_some_and(|e| e.tag == tag))
+        {
+            return (i, self.ways.get(i).copied().flatten().map(|e| e.bucket));
+        }
+        if let Some(i) = self.ways.iter().position(Option::is_none) {
+            return (i, None);
+        }
+        let full = self
+            .ways
+            .iter()
+            .position(|w| w.is_some_and(|e| e.bucket.is_full_at(e.limit, now_ns)));
+        let victim = full.unwrap_or_else(|| {
+            let mut lru = 0;
+            let mut oldest = u64::MAX;
+            for (i, e) in self.ways.iter().enumerate() {
+                if let Some(e) = e {
+                    if e.bucket.last_ns < oldest {
+                        oldest = e.bucket.last_ns;
+                        lru = i;
+                    }
+                }
+            }
+            lru
+        });
+        (victim, None)
+    }
+}
+
+/// Creates every slot key that does not exist yet (a no-op once done, so it
+/// is safe to run in each worker's VM and on every reconfiguration). Having
+/// all keys exist before traffic means every later write is a real CAS.
+/// Returns how many keys were created.
+pub fn init(store: &dyn SharedStore) -> Result<u32, StoreError> {
+    let empty = Slot::default().encode();
+    let mut created = 0;
+    for n in 0..SLOTS {
+        let key = slot_key(n);
+        if let (None, None) = store.get(&key)? {
+            store.set(&key, &empty, None)?;
+            created += 1;
+        }
+    }
+    Ok(created)
+}
+
+/// Takes one token from the bucket of `bucket_key` under `limit` at `now_ns`.
+pub fn take(
+    store: &dyn SharedStore,
+    bucket_key: &str,
+    limit: Limit,
+    now_ns: u64,
+) -> Result<Decision, TableError> {
+    let tag = hash(bucket_key);
+    let key = slot_key(slot_of(tag));
+    for _ in 0..MAX_ATTEMPTS {
+        let (value, cas) = store
+            .get(&key)
+            .map_err(|e| TableError::Store(format!("{e:?}")))?;
+        let mut slot = Slot::decode(value.as_deref());
+        let (way, bucket) = slot.way_for(tag, now_ns);
+        let (bucket, decision) = ratelimit::take(bucket, limit, now_ns);
+        if let Some(w) = slot.ways.get_mut(way) {
+            *w = Some(Entry { tag, bucket, limit });
+        }
+        match store.set(&key, &slot.encode(), cas) {
+            Ok(()) => return Ok(decision),
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Host(e)) => return Err(TableError::Store(e)),
+        }
+    }
+    Err(TableError::Contended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+
+    const SEC: u64 = 1_000_000_000;
+    const T0: u64 = 1_700_000_000 * SEC;
+
+    /// An in-memory shared data store with CAS tokens, like Envoy's. It can
+    /// make the next `conflicts` writes fail as if another worker had written
+    /// the key in between (and it really does write the key then, taking one
+    /// token for `interloper` when set).
+    #[derive(Default)]
+    struct FakeStore {
+        map: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+        next_cas: Cell<u32>,
+        conflicts: Cell<u32>,
+        interloper: RefCell<Option<(String, Limit, u64)>>,
+        gets: Cell<u32>,
+        fail: Cell<bool>,
+    }
+
+    impl FakeStore {
+        fn bump(&self) -> u32 {
+            self.next_cas.set(self.next_cas.get() + 1);
+            self.next_cas.get()
+        }
+    }
+
+    impl SharedStore for FakeStore {
+        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+            if self.fail.get() {
+                return Err(StoreError::Host("boom".into()));
+            }
+            self.gets.set(self.gets.get() + 1);
+            Ok(match self.map.borrow().get(key) {
+                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+                None => (None, None),
+            })
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            if self.conflicts.get() > 0 {
+                self.conflicts.set(self.conflicts.get() - 1);
+                // Another worker wins the race for this key.
+                let other = self.interloper.borrow().clone();
+                if let Some((other_key, limit, now)) = other {
+                    let (v, _) = self.map.borrow().get(key).cloned().unwrap_or_default();
+                    let mut slot = Slot::decode(Some(&v));
+                    let tag = hash(&other_key);
+                    let (way, bucket) = slot.way_for(tag, now);
+                    let (bucket, _) = ratelimit::take(bucket, limit, now);
+                    slot.ways[way] = Some(Entry { tag, bucket, limit });
+                    let cas = self.bump();
+                    self.map
+                        .borrow_mut()
+                        .insert(key.into(), (slot.encode(), cas));
+                } else {
+                    let cas = self.bump();
+                    if let Some(e) = self.map.borrow_mut().get_mut(key) {
+                        e.1 = cas;
+                    }
+                }
+                return Err(StoreError::CasMismatch);
+            }
+            let mut map = self.map.borrow_mut();
+            if let (Some(want), Some((_, have))) = (cas, map.get(key)) {
+                if want != *have {
+                    return Err(StoreError::CasMismatch);
+                }
+            }
+            let cas = self.bump();
+            map.insert(key.to_string(), (value.to_vec(), cas));
+            Ok(())
+        }
+    }
+
+    fn limit(per_minute: u32, burst: u32) -> Limit {
+        Limit { per_minute, burst }
+    }
+
+    fn allowed(store: &FakeStore, key: &str, l: Limit, now: u64, n: u32) -> u32 {
+        (0..n)
+            .filter(|_| matches!(take(store, key, l, now), Ok(Decision::Allowed { .. })))
+            .count() as u32
+    }
+
+    #[test]
+    fn slot_encoding_round_trips_and_has_the_documented_size() {
+        let mut slot = Slot::default();
+        slot.ways[2] = Some(Entry {
+            tag: 42,
+            bucket: Bucket {
+                units: 7,
+                last_ns: T0,
+            },
+            limit: limit(20, 30),
+        });
+        let bytes = slot.encode();
+        assert_eq!(bytes.len(), SLOT_BYTES);
+        assert_eq!(SLOT_BYTES, 129);
+        assert_eq!(Slot::decode(Some(&bytes)), slot);
+        // Garbage or an old format reads as empty, never panics.
+        for junk in [&b""[..], b"x", &[2u8; SLOT_BYTES], &bytes[..100]] {
+            assert_eq!(Slot::decode(Some(junk)), Slot::default());
+        }
+        assert_eq!(Slot::decode(None), Slot::default());
+    }
+
+    #[test]
+    fn init_creates_every_slot_once() {
+        let store = FakeStore::default();
+        assert_eq!(init(&store), Ok(SLOTS));
+        assert_eq!(store.map.borrow().len(), SLOTS as usize);
+        assert_eq!(init(&store), Ok(0));
+    }
+
+    #[test]
+    fn buckets_are_per_key_and_persist_in_the_store() {
+        let store = FakeStore::default();
+        let _ = init(&store);
+        let l = limit(20, 20);
+        assert_eq!(allowed(&store, "s:127.0.0.1", l, T0, 30), 20);
+        assert_eq!(allowed(&store, "s:127.0.0.2", l, T0, 30), 20);
+        // 3 s later: one token back for each.
+        assert_eq!(allowed(&store, "s:127.0.0.1", l, T0 + 3 * SEC, 5), 1);
+        assert_eq!(
+            take(&store, "s:127.0.0.1", l, T0 + 3 * SEC),
+            Ok(Decision::Limited {
+                retry_after_secs: 3
+            })
+        );
+    }
+
+    #[test]
+    fn cas_conflicts_are_retried_on_the_fresh_value() {
+        let store = FakeStore::default();
+        let _ = init(&store);
+        let l = limit(10, 10);
+        // Each of our writes first loses against another worker serving the
+        // same source: both requests must be counted.
+        *store.interloper.borrow_mut() = Some(("s:a".into(), l, T0));
+        let mut ours = 0;
+        for _ in 0..10 {
+            store.conflicts.set(1);
+            if matches!(take(&store, "s:a", l, T0), Ok(Decision::Allowed { .. })) {
+                ours += 1;
+            }
+        }
+        // Every retry saw the interloper's write: together the two "workers"
+        // got exactly the burst, half each.
+        let (v, _) = store
+            .get(&slot_key(slot_of(hash("s:a"))))
+            .unwrap_or_default();
+        let slot = Slot::decode(v.as_deref());
+        let tokens_left: u64 = slot
+            .ways
+            .iter()
+            .flatten()
+            .filter(|e| e.tag == hash("s:a"))
+            .map(|e| e.bucket.tokens())
+            .sum();
+        assert_eq!(tokens_left, 0);
+        assert_eq!(ours, 5, "ours and the interloper's alternate");
+    }
+
+    #[test]
+    fn endless_conflicts_give_up_after_max_attempts() {
+        let store = FakeStore::default();
+        let _ = init(&store);
+        store.conflicts.set(u32::MAX);
+        store.gets.set(0);
+        assert_eq!(
+            take(&store, "s:a", limit(1, 1), T0),
+            Err(TableError::Contended)
+        );
+        assert_eq!(store.gets.get(), MAX_ATTEMPTS);
+        store.conflicts.set(MAX_ATTEMPTS - 1);
+        assert!(take(&store, "s:a", limit(1, 1), T0).is_ok());
+    }
+
+    #[test]
+    fn host_errors_are_reported() {
+        let store = FakeStore::default();
+        store.fail.set(true);
+        assert!(matches!(
+            take(&store, "s:a", limit(1, 1), T0),
+            Err(TableError::Store(_))
+        ));
+        assert!(init(&store).is_err());
+    }
+
+    #[test]
+    fn a_million_sources_never_grow_the_table() {
+        let store = FakeStore::default();
+        let _ = init(&store);
+        let l = limit(100, 100);
+        for i in 0..1_000_000u32 {
+            let key = format!("s:10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+            let _ = take(&store, &key, l, T0 + u64::from(i));
+        }
+        let map = store.map.borrow();
+        assert_eq!(map.len(), SLOTS as usize);
+        assert!(map.values().all(|(v, _)| v.len() == SLOT_BYTES));
+        let tracked: usize = map
+            .values()
+            .map(|(v, _)| Slot::decode(Some(v)).ways.iter().flatten().count())
+            .sum();
+        assert_eq!(tracked, SLOTS as usize * WAYS);
+    }
+
+    #[test]
+    fn hashing_spreads_sources_over_the_slots() {
+        let mut used = std::collections::HashSet::new();
+        for i in 0..20_000u32 {
+            used.insert(slot_of(hash(&format!("s:10.0.{}.{}", i >> 8, i & 255))));
+        }
+        // 20k keys in 4096 slots: nearly all slots used.
+        assert!(used.len() > 4000, "{}", used.len());
+        assert_ne!(hash(""), 0);
+        assert_eq!(slot_key(7), "signalgate.rl.v1.7");
+    }
+
+    /// Finds `n` distinct keys that hash to the same slot as `first`.
+    fn same_slot_keys(first: &str, n: usize) -> Vec<String> {
+        let slot = slot_of(hash(first));
+        let mut keys = vec![first.to_string()];
+        let mut i = 0u32;
+        while keys.len() < n {
+            let k = format!("s:probe-{i}");
+            if slot_of(hash(&k)) == slot {
+                keys.push(k);
+            }
+            i += 1;
+        }
+        keys
+    }
+
+    #[test]
+    fn eviction_prefers_full_buckets_then_the_least_recently_used() {
+        let store = FakeStore::default();
+        let _ = init(&store);
+        let l = limit(60, 2);
+        let keys = same_slot_keys("s:victim", WAYS + 2);
+        // Fill all ways at increasing times; each source uses both tokens,
+        // except keys[1], which uses one and is full again 1 s later.
+        for (i, k) in keys.iter().take(WAYS).enumerate() {
+            let n = if i == 1 { 1 } else { 2 };
+            assert_eq!(allowed(&store, k, l, T0 + i as u64, n), n);
+        }
+        // A new source at T0 + 1.5 s: keys[1] is full again and is the one replaced.
+        let t = T0 + 3 * SEC / 2;
+        assert_eq!(allowed(&store, &keys[WAYS], l, t, 2), 2);
+        // keys[0] (not full, LRU but not evicted) is still limited.
+        assert_eq!(allowed(&store, &keys[0], l, t, 1), 1);
+        assert_eq!(allowed(&store, &keys[0], l, t, 1), 0);
+        // Another newcomer: no way is full now, so the least recently used
+        // (keys[2], touched at T0 + 2 ns) goes.
+        assert_eq!(allowed(&store, &keys[WAYS + 1], l, t, 1), 1);
+        let (v, _) = store
+            .get(&slot_key(slot_of(hash("s:victim"))))
+            .unwrap_or_default();
+        let tags: Vec<u64> = Slot::decode(v.as_deref())
+            .ways
+            .iter()
+            .flatten()
+            .map(|e| e.tag)
+            .collect();
+        assert!(!tags.contains(&hash(&keys[1])));
+        assert!(!tags.contains(&hash(&keys[2])));
+        assert!(tags.contains(&hash(&keys[0])));
+    }
+
+    #[test]
+    fn a_missing_slot_is_created_on_first_use() {
+        let store = FakeStore::default();
+        assert!(matches!(
+            take(&store, "s:a", limit(1, 1), T0),
+            Ok(Decision::Allowed { .. })
+        ));
+        assert!(matches!(
+            take(&store, "s:a", limit(1, 1), T0),
+            Ok(Decision::Limited { .. })
+        ));
+    }
+}
