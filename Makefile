@@ -11,7 +11,7 @@ WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_LTO=true
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
 	CARGO_PROFILE_RELEASE_STRIP=true
 
-.PHONY: deps build wasm sidecar run test lint fmt bench k8s-build k8s-up k8s-down clean crd
+.PHONY: deps build wasm sidecar run test lint fmt bench k8s-build k8s-up k8s-down clean crd demo
 
 deps:
 	@scripts/install-deps.sh
@@ -29,6 +29,10 @@ build: wasm sidecar
 ## run: Envoy + filter + sidecar on the embedded default (in-memory store, directory sink)
 run: build
 	@scripts/run.sh
+
+## demo: Alertmanager -> Envoy + filter -> sidecar (in-memory store, directory sink), fires a small storm
+demo: build
+	@scripts/demo.sh
 
 ## test: everything, against real Envoy, Redis, kube-apiserver and Alertmanager
 test: deps wasm k8s-build

@@ -66,7 +66,7 @@ pub const KNOBS: &[Knob] = &[
     Knob { name: "STORM_MAX_AFFECTED", default: "100", help: "cap on a storm's affected-resource list (the rest is counted)" },
     Knob { name: "CLAIM_LEASE", default: "15s", help: "how long a claim waits for its creator before another request takes it over" },
     Knob { name: "FALLBACK_NAMESPACE", default: "default", help: "namespace for signals without one, and for namespaces that do not exist" },
-    Knob { name: "REQUEST_DEADLINE", default: "10s", help: "total time one request may take before it is answered 503" },
+    Knob { name: "REQUEST_DEADLINE", default: "5s", help: "total time one request may take before it is answered 503" },
     Knob { name: "FLUSH_INTERVAL", default: "1s", help: "occurrence/storm updates are written at most once per resource per interval" },
     Knob { name: "MAX_BODY_BYTES", default: "1048576", help: "largest request body the sidecar reads" },
     Knob { name: "MAX_ALERTS", default: "1000", help: "most alerts in one Alertmanager request" },

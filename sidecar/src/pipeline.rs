@@ -26,6 +26,8 @@ pub struct Limits {
     pub request_deadline: Duration,
     /// One store call.
     pub store_timeout: Duration,
+    /// The dedup window: a resource last seen within it is the live incident's.
+    pub dedup_ttl: Duration,
 }
 
 pub struct Pipeline {
@@ -154,15 +156,14 @@ impl Pipeline {
             }
         }
 
-        let mut created_any = !creates.is_empty();
-        let locations = self.create_all(&creates, received_ms, deadline).await?;
-        for (plan, location) in creates.iter().zip(locations) {
-            results[plan.index].resource = Some(location.to_string());
+        let mut created_any = false;
+        let written = self.create_all(&creates, received_ms, deadline).await?;
+        for (plan, w) in creates.iter().zip(written) {
+            record(&mut results[plan.index], &w, &mut created_any);
         }
         for plan in &awaits {
-            if let Some(location) = self.await_claim(plan, received_ms, deadline).await? {
-                results[plan.index].resource = Some(location.to_string());
-                created_any = true;
+            if let Some(w) = self.await_claim(plan, received_ms, deadline).await? {
+                record(&mut results[plan.index], &w, &mut created_any);
             }
         }
 
@@ -215,7 +216,7 @@ impl Pipeline {
         plans: &[Plan<'_>],
         received_ms: i64,
         deadline: Instant,
-    ) -> Result<Vec<Location>, Failure> {
+    ) -> Result<Vec<Written>, Failure> {
         if plans.is_empty() {
             return Ok(Vec::new());
         }
@@ -224,11 +225,11 @@ impl Pipeline {
             .map(|p| self.create_one(p.signal, &p.decision, received_ms, deadline));
         let results = futures::future::join_all(writes).await;
         let keys: Vec<ClaimKey> = plans.iter().map(|p| p.decision.key.clone()).collect();
-        let mut locations = Vec::with_capacity(results.len());
+        let mut written = Vec::with_capacity(results.len());
         let mut failure = None;
         for r in results {
             match r {
-                Ok(location) => locations.push(location),
+                Ok(w) => written.push(w),
                 Err(e) => failure = Some(e),
             }
         }
@@ -241,12 +242,16 @@ impl Pipeline {
             return Err(e);
         }
         self.timed("commit", self.store.commit(&keys)).await?;
-        for p in plans {
-            // Counters may have moved while we created: the next flush checks.
-            let written = Progress::from_snapshot(&p.decision.snapshot);
-            self.coalescer.created(p.decision.key.clone(), written);
+        for (p, w) in plans.iter().zip(&written) {
+            if w.adopted {
+                self.coalescer.mark(p.decision.key.clone());
+            } else {
+                // Counters may have moved while we created: the next flush checks.
+                let progress = Progress::from_snapshot(&p.decision.snapshot);
+                self.coalescer.created(p.decision.key.clone(), progress);
+            }
         }
-        Ok(locations)
+        Ok(written)
     }
 
     async fn create_one(
@@ -255,7 +260,26 @@ impl Pipeline {
         decision: &Decision,
         received_ms: i64,
         deadline: Instant,
-    ) -> Result<Location, Failure> {
+    ) -> Result<Written, Failure> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let adopted =
+            tokio::time::timeout(remaining, self.adopt_existing(decision, received_ms)).await;
+        match adopted {
+            Ok(Ok(Some(location))) => {
+                return Ok(Written {
+                    location,
+                    adopted: true,
+                })
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Failure::Deadline {
+                    what: format!("looking for {}", decision.snapshot.resource),
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+        }
         let rr = match &decision.key {
             ClaimKey::Fingerprint { fingerprint, .. } => {
                 resource::for_signal(signal, fingerprint, &decision.snapshot, received_ms)
@@ -270,7 +294,10 @@ impl Pipeline {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let result = tokio::time::timeout(remaining, self.sink.create(&rr)).await;
         let outcome = match result {
-            Ok(Ok(location)) => Ok(location),
+            Ok(Ok(location)) => Ok(Written {
+                location,
+                adopted: false,
+            }),
             Ok(Err(e)) => Err(Failure::Sink(e)),
             Err(_) => Err(Failure::Deadline {
                 what: format!("creating {}", decision.snapshot.resource),
@@ -285,14 +312,46 @@ impl Pipeline {
         outcome
     }
 
-    /// Waits for a claim another request holds. `Some(location)` if the
-    /// lease expired and this request created the resource itself.
+    /// A live incident's resource already in the sink (the store lost its
+    /// state): adopt it into the claim instead of creating a second one.
+    /// Storm resources are not looked up (see the README's failure modes).
+    async fn adopt_existing(
+        &self,
+        decision: &Decision,
+        received_ms: i64,
+    ) -> Result<Option<Location>, Failure> {
+        let ClaimKey::Fingerprint {
+            namespace,
+            fingerprint,
+        } = &decision.key
+        else {
+            return Ok(None);
+        };
+        let since = received_ms - self.limits.dedup_ttl.as_millis() as i64;
+        let Some(found) = self.sink.find_recent(namespace, fingerprint, since).await? else {
+            return Ok(None);
+        };
+        let existing = crate::store::Snapshot {
+            resource: found.location.name.clone(),
+            first_seen_ms: found.first_seen_ms,
+            last_seen_ms: found.last_seen_ms,
+            occurrence_count: found.occurrence_count,
+            storm: None,
+        };
+        self.timed("adopt", self.store.adopt(&decision.key, &existing))
+            .await?;
+        tracing::info!(resource = %found.location, "the store had lost this incident; adopted its resource");
+        Ok(Some(found.location))
+    }
+
+    /// Waits for a claim another request holds. `Some(written)` if the
+    /// lease expired and this request wrote the resource itself.
     async fn await_claim(
         &self,
         plan: &Plan<'_>,
         received_ms: i64,
         deadline: Instant,
-    ) -> Result<Option<Location>, Failure> {
+    ) -> Result<Option<Written>, Failure> {
         let key = &plan.decision.key;
         loop {
             match self.timed("poll", self.store.poll(key)).await? {
@@ -351,6 +410,22 @@ impl Pipeline {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(self.limits.store_timeout)),
         }
+    }
+}
+
+/// A resource this request wrote: created, or adopted from the sink.
+struct Written {
+    location: Location,
+    adopted: bool,
+}
+
+/// Fills in a signal's result from what was written for it.
+fn record(result: &mut SignalResult, w: &Written, created_any: &mut bool) {
+    result.resource = Some(w.location.to_string());
+    if w.adopted {
+        result.outcome = Outcome::Duplicate.as_str();
+    } else {
+        *created_any = true;
     }
 }
 

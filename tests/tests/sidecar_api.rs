@@ -438,3 +438,33 @@ fn two_sidecars_on_one_redis_create_each_incident_once() {
     });
     assert_eq!(all.len(), 5);
 }
+
+#[test]
+fn redis_restarted_empty_does_not_make_a_second_resource() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let s = Sidecar::start(&[("SIGNALGATE_REDIS_URL", &url)]);
+    let hook = webhook(vec![alert("Flushed", "shop", "p1")]);
+    let first = s.post_alerts(&hook);
+    assert_eq!(first.status, 201, "{}", first.body);
+    s.wait_resources("the resource", |r| r.len() == 1);
+    // As after a failover to a fresh replica: the same address, no data.
+    redis.stop();
+    redis.start_again();
+    wait_for("readiness back", Duration::from_secs(15), || {
+        (s.admin_get("/readyz").status == 200).then_some(())
+    });
+    let again = s.post_alerts(&hook);
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.json()["signals"][0]["outcome"], "duplicate");
+    assert_eq!(
+        again.json()["signals"][0]["resource"],
+        first.json()["signals"][0]["resource"]
+    );
+    // The adopted claim is in Redis again: the next repeat is a plain duplicate.
+    assert_eq!(s.post_alerts(&hook).status, 202);
+    let all = s.wait_resources("one resource counting 3", |r| {
+        r.len() == 1 && r[0]["spec"]["deduplication"]["occurrenceCount"] == 3
+    });
+    assert_eq!(all.len(), 1);
+}

@@ -355,6 +355,7 @@ behaviour!(
     killed_owner_is_replaced_with_the_same_resource,
     storm_claims_follow_the_protocol,
     every_key_expires,
+    adopting_an_existing_resource_keeps_its_name_and_count,
 );
 
 async fn created_then_duplicate(b: Backend) {
@@ -855,6 +856,33 @@ async fn killed_owner_is_replaced_with_the_same_resource(b: Backend) {
     let after = f.one(&a).await;
     assert_own(&after, &a, Outcome::Duplicate, Write::Update);
     assert_eq!(after.snapshot.occurrence_count, 4);
+}
+
+async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
+    let f = b.store(settings()).await;
+    let ns = namespace("adopt");
+    let a = claim(&ns, "a");
+    // The store lost its state: the signal looks new, but its resource exists.
+    let owner = f.one(&a).await;
+    assert_own(&owner, &a, Outcome::Created, Write::Create);
+    let name = format!("rr-{}-{}", &a.fingerprint[..16], base36(1_000));
+    let existing = signalgate_sidecar::store::Snapshot {
+        resource: name.clone(),
+        first_seen_ms: 1_000,
+        last_seen_ms: 2_000,
+        occurrence_count: 5,
+        storm: None,
+    };
+    let adopted = f.store.adopt(&owner.key, &existing).await.expect("adopt");
+    assert_eq!(adopted.resource, name);
+    assert_eq!(adopted.first_seen_ms, 1_000);
+    assert_eq!(adopted.occurrence_count, 6);
+    // Adopted means committed: repeats are plain duplicates of that resource.
+    let again = f.one(&a).await;
+    assert_own(&again, &a, Outcome::Duplicate, Write::Update);
+    assert_eq!(again.snapshot.resource, name);
+    assert_eq!(again.snapshot.occurrence_count, 7);
+    assert_eq!(f.poll(&owner.key).await, ClaimState::Committed);
 }
 
 async fn storm_claims_follow_the_protocol(b: Backend) {

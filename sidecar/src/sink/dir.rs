@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Location, Sink, SinkError};
+use super::{most_recent, Found, Location, Sink, SinkError};
 use crate::resource::{Progress, RemediationRequest};
 
 pub struct DirSink {
@@ -101,6 +101,33 @@ fn join_error(e: tokio::task::JoinError) -> SinkError {
 
 #[async_trait::async_trait]
 impl Sink for DirSink {
+    async fn find_recent(
+        &self,
+        namespace: &str,
+        fingerprint: &str,
+        seen_since_ms: i64,
+    ) -> Result<Option<Found>, SinkError> {
+        let dir = self.root.join(namespace);
+        // Resource names start with 16 hex of the fingerprint.
+        let prefix = format!("rr-{}-", fingerprint.get(..16).unwrap_or(fingerprint));
+        let fingerprint = fingerprint.to_string();
+        tokio::task::spawn_blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_error(e)),
+            };
+            let candidates = entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice::<RemediationRequest>(&b).ok());
+            Ok(most_recent(candidates, &fingerprint, seen_since_ms))
+        })
+        .await
+        .map_err(join_error)?
+    }
+
     async fn create(&self, rr: &RemediationRequest) -> Result<Location, SinkError> {
         let this = DirSink {
             root: self.root.clone(),

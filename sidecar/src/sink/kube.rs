@@ -14,8 +14,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 
-use super::{Location, Sink, SinkError};
-use crate::resource::{Progress, RemediationRequest, LABEL_ORIGINAL_NAMESPACE};
+use super::{most_recent, Found, Location, Sink, SinkError};
+use crate::resource::{Progress, RemediationRequest, LABEL_FINGERPRINT, LABEL_ORIGINAL_NAMESPACE};
 
 /// The field manager signalgate writes as.
 pub const FIELD_MANAGER: &str = "signalgate";
@@ -135,6 +135,41 @@ fn jitter(d: Duration) -> Duration {
 
 #[async_trait::async_trait]
 impl Sink for KubeSink {
+    async fn find_recent(
+        &self,
+        namespace: &str,
+        fingerprint: &str,
+        seen_since_ms: i64,
+    ) -> Result<Option<Found>, SinkError> {
+        let label = format!(
+            "{LABEL_FINGERPRINT}={}",
+            fingerprint.get(..63).unwrap_or(fingerprint)
+        );
+        let mut places = vec![(namespace.to_string(), label.clone())];
+        if namespace != self.fallback_namespace {
+            places.push((
+                self.fallback_namespace.clone(),
+                format!("{label},{LABEL_ORIGINAL_NAMESPACE}={namespace}"),
+            ));
+        }
+        let mut candidates = Vec::new();
+        for (ns, selector) in places {
+            let params = ListParams::default().labels(&selector);
+            let list = with_retries(Some(UPDATE_RETRY_FOR), || {
+                let (api, params, ns) = (self.api(&ns), &params, &ns);
+                async move {
+                    match api.list(params).await {
+                        Ok(list) => Attempt::Done(list.items),
+                        Err(e) => classify(e, &format!("list {ns}")),
+                    }
+                }
+            })
+            .await?;
+            candidates.extend(list);
+        }
+        Ok(most_recent(candidates, fingerprint, seen_since_ms))
+    }
+
     async fn create(&self, rr: &RemediationRequest) -> Result<Location, SinkError> {
         let first = with_retries(None, || self.create_in(rr)).await;
         let namespace = rr.metadata.namespace.clone().unwrap_or_default();

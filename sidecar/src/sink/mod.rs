@@ -1,6 +1,8 @@
 //! Where resources are written: a directory (the embedded default) or the
 //! Kubernetes API. Both write the same [`RemediationRequest`] objects.
 
+use signalgate_model::rfc3339;
+
 use crate::resource::{Progress, RemediationRequest};
 
 pub mod dir;
@@ -33,8 +35,55 @@ pub enum SinkError {
     NotFound(String),
 }
 
+/// An incident's resource found in the sink, with its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub location: Location,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub occurrence_count: u64,
+}
+
+/// Of `candidates`, the resource of incident `fingerprint` seen most
+/// recently, if that was at or after `seen_since_ms`.
+pub fn most_recent(
+    candidates: impl IntoIterator<Item = RemediationRequest>,
+    fingerprint: &str,
+    seen_since_ms: i64,
+) -> Option<Found> {
+    let millis =
+        |t: &str| rfc3339::parse(t).map(|t| t.unix_seconds * 1000 + i64::from(t.nanos / 1_000_000));
+    candidates
+        .into_iter()
+        .filter(|rr| rr.spec.signal_fingerprint == fingerprint)
+        .filter_map(|rr| {
+            let d = &rr.spec.deduplication;
+            Some(Found {
+                first_seen_ms: millis(&d.first_seen)?,
+                last_seen_ms: millis(&d.last_seen)?,
+                occurrence_count: d.occurrence_count,
+                location: Location {
+                    namespace: rr.metadata.namespace.clone()?,
+                    name: rr.metadata.name.clone()?,
+                },
+            })
+        })
+        .filter(|f| f.last_seen_ms >= seen_since_ms)
+        .max_by_key(|f| f.last_seen_ms)
+}
+
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync {
+    /// The resource of incident `fingerprint` (in `namespace`, or moved from
+    /// it to the fallback namespace) last seen at or after `seen_since_ms`.
+    /// Asked before every create, so that a store that lost its state (Redis
+    /// restarted empty) does not make a second resource for a live incident.
+    async fn find_recent(
+        &self,
+        namespace: &str,
+        fingerprint: &str,
+        seen_since_ms: i64,
+    ) -> Result<Option<Found>, SinkError>;
     /// Creates the resource. Idempotent: if a resource of that name already
     /// exists (a retried create), that is success, and it is left as it is.
     async fn create(&self, rr: &RemediationRequest) -> Result<Location, SinkError>;

@@ -2,9 +2,12 @@
 --
 -- A fingerprint claim: KEYS[1] sg:{ns}:f:<fp>.
 -- A storm claim:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a, KEYS[3] sg:{ns}:x.
--- ARGV: 1 op ('commit', 'release', 'poll'), 2 kind ('f' or 's'),
---       3 storm resource name (storm claims), 4 claim lease ms, 5 dedup ttl ms
+-- ARGV: 1 op ('commit', 'release', 'poll', 'adopt'), 2 kind ('f' or 's'),
+--       3 storm resource name (storm claims), 4 claim lease ms, 5 dedup ttl ms;
+--       adopt (fingerprint claims only): 6 resource name, 7 first seen ms,
+--       8 occurrence count of the existing resource
 -- Reply: commit and release: 1 done, 0 the claim is gone.
+--        adopt: { name, first seen ms, last seen ms, count }, or 0 if gone.
 --        poll: 0 gone, 1 committed, 2 pending (live lease), 3 owned (the lease
 --        had expired: the caller now holds a fresh one).
 
@@ -20,6 +23,12 @@ if kind == 'f' then
     return 0
   end
   local pending, lease_until = num(v[3]), num(v[4])
+  if op == 'adopt' then
+    local c = redis.call('HINCRBY', F, 'c', tonumber(ARGV[8]))
+    redis.call('HSET', F, 'r', ARGV[6], 'f', ARGV[7], 'p', 0)
+    redis.call('PEXPIRE', F, int(math.max(1, num(v[2]) + dedup - now)))
+    return { ARGV[6], tonumber(ARGV[7]), num(v[2]), c }
+  end
   if op == 'commit' then
     if pending == 1 then
       redis.call('HSET', F, 'p', 0)

@@ -526,6 +526,39 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn adopt(&self, key: &ClaimKey, existing: &Snapshot) -> Result<Snapshot, StoreError> {
+        let p = Params::new(&self.settings);
+        let mut state = self.lock();
+        let now = now_ms();
+        let gone = || StoreError::Unavailable("the claim to adopt into is gone".into());
+        let ClaimKey::Fingerprint {
+            namespace,
+            fingerprint,
+        } = key
+        else {
+            return Err(StoreError::Unavailable(
+                "only fingerprint claims are adopted".into(),
+            ));
+        };
+        let k = (namespace.clone(), fingerprint.clone());
+        let entry = state.fingerprint(&k, now).ok_or_else(gone)?;
+        let FpKind::Own(own) = &mut entry.kind else {
+            return Err(gone());
+        };
+        own.resource = existing.resource.clone();
+        own.first_ms = existing.first_seen_ms;
+        own.count += existing.occurrence_count;
+        own.pending = false;
+        entry.expires_ms = (own.last_ms + p.dedup).max(now + 1);
+        Ok(Snapshot {
+            resource: own.resource.clone(),
+            first_seen_ms: own.first_ms,
+            last_seen_ms: own.last_ms,
+            occurrence_count: own.count,
+            storm: None,
+        })
+    }
+
     async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
         let p = Params::new(&self.settings);
         let mut state = self.lock();

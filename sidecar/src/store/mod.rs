@@ -210,6 +210,12 @@ pub trait Store: Send + Sync {
     async fn commit(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
     /// Gives up the caller's leases after a failed create, so the next try takes them at once.
     async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
+    /// For a fingerprint claim the caller owns (`Write::Create`) whose
+    /// resource turned out to exist already (the store had lost its state,
+    /// e.g. Redis restarted empty): takes over that resource's name, first
+    /// sighting and count (adding the ones counted since), commits the claim,
+    /// and returns the counters now held.
+    async fn adopt(&self, key: &ClaimKey, existing: &Snapshot) -> Result<Snapshot, StoreError>;
     /// For `Write::Await`: the claim's state now (may hand the caller the claim).
     async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError>;
     /// The current counters of the resources (storm lists filled), `None` where gone.

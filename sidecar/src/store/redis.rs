@@ -608,6 +608,37 @@ impl Store for RedisStore {
         self.claim_all("release", keys).await
     }
 
+    async fn adopt(&self, key: &ClaimKey, existing: &Snapshot) -> Result<Snapshot, StoreError> {
+        let mut call = self.claim_call("adopt", key);
+        call.args.push(existing.resource.as_bytes().to_vec());
+        call.args
+            .push(existing.first_seen_ms.to_string().into_bytes());
+        call.args
+            .push(existing.occurrence_count.to_string().into_bytes());
+        let calls = [call];
+        self.bounded(async {
+            let reply = self
+                .eval_all(&self.scripts.claim, &calls)
+                .await?
+                .pop()
+                .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
+            let parsed = match &reply {
+                redis::Value::Array(v) if v.len() == 4 => (|| {
+                    Some(Snapshot {
+                        resource: text(&v[0])?,
+                        first_seen_ms: int(&v[1])?,
+                        last_seen_ms: int(&v[2])?,
+                        occurrence_count: count(&v[3])?,
+                        storm: None,
+                    })
+                })(),
+                _ => None,
+            };
+            parsed.ok_or_else(|| unexpected("adopt", &reply))
+        })
+        .await
+    }
+
     async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
         let calls = [self.claim_call("poll", key)];
         self.bounded(async {
