@@ -187,10 +187,6 @@ impl Headers {
             .collect();
         (!values.is_empty()).then(|| values.join(","))
     }
-
-    fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|(n, _)| n == name)
-    }
 }
 
 impl Edge {
@@ -268,11 +264,9 @@ impl HttpContext for Edge {
             HeadersAction::Refuse(reply) => self.refuse(&reply),
             HeadersAction::ReadBody(admitted) => {
                 for (name, value) in admitted.forward_headers() {
-                    // Drop every copy the client sent, then add ours.
-                    if headers.has(name) {
-                        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
-                    }
-                    let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+                    // Replaces every copy the client sent.
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
                 }
                 if let Some(why) = &admitted.limit_error {
                     self.metrics.count_limit_error();

@@ -1,15 +1,11 @@
 //! The Alertmanager webhook payload (version "4") and its validation.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 
 use crate::invalid::{pointer, Invalid};
+pub use crate::labels::Labels;
 use crate::labels::is_valid_label_name;
 use crate::{json, rfc3339, Text};
-
-/// Label or annotation set: string keys, string values.
-pub type Labels<'a> = BTreeMap<Text<'a>, Text<'a>>;
 
 /// The webhook body. Every field is optional at the serde level so that
 /// [`parse`] can name what is missing; unknown fields are ignored (newer
