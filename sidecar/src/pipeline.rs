@@ -327,6 +327,10 @@ impl Pipeline {
         else {
             return Ok(None);
         };
+        if !decision.cold {
+            // The store remembers this namespace's window: nothing to find.
+            return Ok(None);
+        }
         let since = received_ms - self.limits.dedup_ttl.as_millis() as i64;
         let Some(found) = self.sink.find_recent(namespace, fingerprint, since).await? else {
             return Ok(None);

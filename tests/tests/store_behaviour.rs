@@ -356,6 +356,7 @@ behaviour!(
     storm_claims_follow_the_protocol,
     every_key_expires,
     adopting_an_existing_resource_keeps_its_name_and_count,
+    a_namespace_is_cold_for_one_dedup_window,
 );
 
 async fn created_then_duplicate(b: Backend) {
@@ -521,11 +522,11 @@ async fn storm_of_ten_thousand_signals(b: Backend) {
     assert_eq!(snap.occurrence_count, 9_990);
     assert_eq!(storm.affected.len(), 100);
     assert_eq!(storm.affected_overflow, 9_890);
-    // Every key has a TTL (on Redis: 9 990 members, 10 own, 4 namespace keys).
+    // Every key has a TTL (on Redis: 9 990 members, 10 own, 5 namespace keys).
     let keys = f.keys(&ns);
     assert!(keys.iter().all(|(_, ttl)| *ttl > 0));
     if b != Backend::Memory {
-        assert_eq!(keys.len(), 10_004);
+        assert_eq!(keys.len(), 10_005);
         // The window never holds more than the threshold needs.
         assert_eq!(f.window_size(&ns), Some(10));
     }
@@ -885,6 +886,40 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
     assert_eq!(f.poll(&owner.key).await, ClaimState::Committed);
 }
 
+async fn a_namespace_is_cold_for_one_dedup_window(b: Backend) {
+    let ttl = Duration::from_millis(600);
+    let f = b
+        .store(Settings {
+            dedup_ttl: ttl,
+            ..settings()
+        })
+        .await;
+    let ns = namespace("cold");
+    let first = f.one(&claim(&ns, "a")).await;
+    assert!(first.cold, "nothing was known of the namespace");
+    let started = Instant::now();
+    assert!(
+        f.one(&claim(&ns, "b")).await.cold,
+        "memory younger than a window"
+    );
+    let other = f.one(&claim(&namespace("cold-other"), "a")).await;
+    assert!(other.cold, "each namespace has its own memory");
+    // Keep it busy for a whole window: then it knows every live incident.
+    let mut i = 0;
+    while started.elapsed() < ttl + Duration::from_millis(100) {
+        f.one(&claim(&ns, &format!("keep-{}", i % 3))).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !f.one(&claim(&ns, "c")).await.cold,
+        "a whole window of memory"
+    );
+    // Quiet for longer than a window: the memory starts again.
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    assert!(f.one(&claim(&ns, "d")).await.cold, "quiet for a window");
+}
+
 async fn storm_claims_follow_the_protocol(b: Backend) {
     let lease = Duration::from_millis(400);
     let f = b
@@ -960,8 +995,8 @@ async fn every_key_expires(b: Backend) {
     // Every key has a TTL.
     assert!(live.iter().all(|(_, ttl)| *ttl > 0), "{live:?}");
     if b != Backend::Memory {
-        // 10 fingerprints + window + storms + affected + expiry index.
-        assert_eq!(live.len(), 14, "{live:?}");
+        // 10 fingerprints + window + storms + affected + expiry index + warm marker.
+        assert_eq!(live.len(), 15, "{live:?}");
         assert_eq!(f.window_size(&ns), Some(2));
     }
     // Nothing outlives the longest window (storm end, dedup, lease).

@@ -1,7 +1,9 @@
 -- decide: one signal, one atomic step (common.lua is prepended).
 --
 -- KEYS[1] sg:{ns}:f:<fp>   KEYS[2] sg:{ns}:w   KEYS[3] sg:{ns}:s
--- KEYS[4] sg:{ns}:a        KEYS[5] sg:{ns}:x
+-- KEYS[4] sg:{ns}:a        KEYS[5] sg:{ns}:x   KEYS[6] sg:{ns}:m (warm marker:
+-- when the store's memory of this namespace began; kept alive by every
+-- decide for the dedup TTL)
 -- ARGV: 1 fingerprint, 2 affected, 3 storm name prefix
 --       ('storm-<12 hex of sha256(ns)>-'), 4 dedup ttl ms, 5 storm threshold,
 --       6 storm window ms, 7 storm max duration ms, 8 max affected,
@@ -10,9 +12,10 @@
 --          4 storm_aggregated), write (1 create, 2 update, 3 await),
 --          kind (0 fingerprint, 1 storm), resource name, first seen ms,
 --          last seen ms, occurrence count, alert count, affected overflow,
---          storm started ms }
+--          storm started ms, cold (1 while the store's memory of the
+--          namespace is younger than the dedup window) }
 
-local F, W, S, A, X = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local F, W, S, A, X, M = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local fp, affected, storm_prefix = ARGV[1], ARGV[2], ARGV[3]
 local dedup = tonumber(ARGV[4])
 local threshold = tonumber(ARGV[5])
@@ -21,9 +24,20 @@ local max_duration = tonumber(ARGV[7])
 local max_affected = tonumber(ARGV[8])
 local lease = tonumber(ARGV[9])
 local now = now_ms()
+local since = tonumber(redis.call('GET', M))
+if since then
+  redis.call('PEXPIRE', M, ARGV[4])
+else
+  since = now
+  redis.call('SET', M, int(now), 'PX', ARGV[4])
+end
+local cold = 0
+if now - since < tonumber(ARGV[4]) then
+  cold = 1
+end
 
 local function storm_reply(outcome, write, st)
-  return { outcome, write, 1, st.name, st.f, st.l, st.c, st.n, st.o, st.f }
+  return { outcome, write, 1, st.name, st.f, st.l, st.c, st.n, st.o, st.f, cold }
 end
 
 -- Counts one more signal in storm `st` and settles its claim.
@@ -86,7 +100,7 @@ elseif known[1] then
     ttl = lease_until - now
   end
   redis.call('PEXPIRE', F, int(ttl))
-  return { 2, write, 0, known[1], num(known[2]), now, count, 0, 0, 0 }
+  return { 2, write, 0, known[1], num(known[2]), now, count, 0, 0, 0, cold }
 end
 
 -- A new fingerprint. Does a storm run in this namespace?
@@ -117,7 +131,7 @@ if redis.call('ZCARD', W) < threshold then
   redis.call('DEL', F)
   redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease)
   redis.call('PEXPIRE', F, int(math.max(dedup, lease)))
-  return { 1, 1, 0, name, now, now, 1, 0, 0, 0 }
+  return { 1, 1, 0, name, now, now, 1, 0, 0, 0, cold }
 end
 
 -- The (threshold+1)-th: a new storm, ONE resource.

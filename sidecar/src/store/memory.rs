@@ -38,6 +38,9 @@ struct State {
     /// Keyed by (namespace, fingerprint).
     fingerprints: HashMap<(String, String), FpEntry>,
     namespaces: HashMap<String, Namespace>,
+    /// Namespace → (when the memory of it began, until when it lasts: the
+    /// dedup window after its last decide); see `Decision::cold`.
+    warm: HashMap<String, (i64, i64)>,
     last_sweep_ms: i64,
 }
 
@@ -233,6 +236,7 @@ impl State {
     fn sweep(&mut self, now: i64, window: i64) {
         self.last_sweep_ms = now;
         self.fingerprints.retain(|_, e| e.expires_ms > now);
+        self.warm.retain(|_, (_, until)| *until > now);
         self.namespaces.retain(|_, ns| {
             ns.window.retain(|(_, at)| *at > now - window);
             ns.storms.retain(|_, s| s.keep_until_ms > now);
@@ -295,6 +299,7 @@ impl State {
                     }
                     entry.expires_ms = now + ttl;
                     return Decision {
+                        cold: false,
                         outcome: Outcome::Duplicate,
                         write,
                         key: fp_key(),
@@ -318,6 +323,7 @@ impl State {
                     entry.expires_ms = now + p.dedup;
                 }
                 return Decision {
+                    cold: false,
                     outcome: Outcome::Duplicate,
                     write,
                     key: storm_key(&name),
@@ -350,6 +356,7 @@ impl State {
                     let snapshot = storm.snapshot(&name, false);
                     self.join_storm(key, &name, now + p.dedup);
                     return Decision {
+                        cold: false,
                         outcome: Outcome::StormAggregated,
                         write,
                         key: storm_key(&name),
@@ -382,6 +389,7 @@ impl State {
                 },
             );
             return Decision {
+                cold: false,
                 outcome: Outcome::Created,
                 write: Write::Create,
                 key: fp_key(),
@@ -410,6 +418,7 @@ impl State {
         ns.current = Some(name.clone());
         self.join_storm(key, &name, now + p.dedup);
         Decision {
+            cold: false,
             outcome: Outcome::StormStarted,
             write: Write::Create,
             key: storm_key(&name),
@@ -459,7 +468,18 @@ impl Store for MemoryStore {
         }
         Ok(claims
             .iter()
-            .map(|claim| state.decide_one(claim, &p, now))
+            .map(|claim| {
+                let since = match state.warm.get(&claim.namespace) {
+                    Some(&(since, until)) if until > now => since,
+                    _ => now,
+                };
+                state
+                    .warm
+                    .insert(claim.namespace.clone(), (since, now + p.dedup));
+                let mut d = state.decide_one(claim, &p, now);
+                d.cold = now - since < p.dedup;
+                d
+            })
             .collect())
     }
 

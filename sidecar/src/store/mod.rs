@@ -143,6 +143,14 @@ pub struct Decision {
     pub key: ClaimKey,
     /// The state of that resource right after this step.
     pub snapshot: Snapshot,
+    /// The store's memory of this namespace is younger than the dedup
+    /// window: it began with a signal less than a window ago, after the
+    /// namespace had been quiet that long or after the store lost its data
+    /// (Redis restarted empty, a failover without the data, a restart on the
+    /// memory store). A resource this step asks to create may then already
+    /// exist from before: look in the sink first (and [`Store::adopt`] it).
+    /// Once the memory spans a whole window, it knows every live incident.
+    pub cold: bool,
 }
 
 /// The counters of one resource, as the store holds them.

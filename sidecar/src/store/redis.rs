@@ -137,6 +137,9 @@ impl Keys<'_> {
     fn expiry(&self) -> String {
         self.key("x")
     }
+    fn marker(&self) -> String {
+        self.key("m")
+    }
 }
 
 impl RedisStore {
@@ -358,6 +361,7 @@ impl RedisStore {
                 k.storms(),
                 k.affected(),
                 k.expiry(),
+                k.marker(),
             ],
             args: vec![
                 claim.fingerprint.clone().into_bytes(),
@@ -475,7 +479,7 @@ fn parse_decision(claim: &Claim, value: &Value) -> Option<Decision> {
     let Value::Array(v) = value else {
         return None;
     };
-    if v.len() != 10 {
+    if v.len() != 11 {
         return None;
     }
     let outcome = match int(&v[0])? {
@@ -525,6 +529,7 @@ fn parse_decision(claim: &Claim, value: &Value) -> Option<Decision> {
         write,
         key,
         snapshot,
+        cold: int(&v[10])? == 1,
     })
 }
 
