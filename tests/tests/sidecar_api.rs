@@ -468,3 +468,22 @@ fn redis_restarted_empty_does_not_make_a_second_resource() {
     });
     assert_eq!(all.len(), 1);
 }
+
+#[test]
+fn a_restart_on_the_memory_store_keeps_counting_in_the_same_file() {
+    let mut s = Sidecar::start(&[]);
+    let hook = webhook(vec![alert("Restarted", "shop", "p1")]);
+    let first = s.post_alerts(&hook);
+    assert_eq!(first.status, 201, "{}", first.body);
+    s.restart();
+    let again = s.post_alerts(&hook);
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(
+        again.json()["signals"][0]["resource"],
+        first.json()["signals"][0]["resource"]
+    );
+    let all = s.wait_resources("one file counting 2", |r| {
+        r.len() == 1 && r[0]["spec"]["deduplication"]["occurrenceCount"] == 2
+    });
+    assert_eq!(all.len(), 1);
+}

@@ -1,7 +1,10 @@
 //! The directory sink: `<dir>/<namespace>/<name>.json`, one complete
 //! `RemediationRequest` object per file (what `kubectl apply -f` takes).
 //! Files are replaced atomically (write to a temporary file, then rename),
-//! so a reader never sees half an object.
+//! so a reader never sees half an object. Next to them,
+//! `<namespace>/.by-fingerprint/<fingerprint>` is a symbolic link to the
+//! latest resource of each incident, so finding one is a single lookup
+//! (`kubectl apply -f <dir>/<namespace>` skips the hidden directory).
 
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +29,25 @@ impl DirSink {
 
     pub fn path_of(&self, namespace: &str, name: &str) -> PathBuf {
         self.root.join(namespace).join(format!("{name}.json"))
+    }
+
+    fn link_of(&self, namespace: &str, fingerprint: &str) -> PathBuf {
+        self.root
+            .join(namespace)
+            .join(".by-fingerprint")
+            .join(fingerprint)
+    }
+
+    /// Points the incident's link at `name` (atomically: a new link renamed over the old).
+    fn link(&self, namespace: &str, fingerprint: &str, name: &str) -> std::io::Result<()> {
+        let link = self.link_of(namespace, fingerprint);
+        let dir = link.parent().unwrap_or(&self.root).to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let tmp = Self::temp_path(&dir);
+        std::os::unix::fs::symlink(format!("../{name}.json"), &tmp)?;
+        std::fs::rename(&tmp, &link).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
     }
 
     fn temp_path(dir: &Path) -> PathBuf {
@@ -55,7 +77,11 @@ impl DirSink {
         let linked = std::fs::hard_link(&tmp, &path);
         let _ = std::fs::remove_file(&tmp);
         match linked {
-            Ok(()) => Ok(Location { namespace, name }),
+            Ok(()) => {
+                self.link(&namespace, &rr.spec.signal_fingerprint, &name)
+                    .map_err(io_error)?;
+                Ok(Location { namespace, name })
+            }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Location { namespace, name }),
             Err(e) => Err(io_error(e)),
         }
@@ -107,22 +133,16 @@ impl Sink for DirSink {
         fingerprint: &str,
         seen_since_ms: i64,
     ) -> Result<Option<Found>, SinkError> {
-        let dir = self.root.join(namespace);
-        // Resource names start with 16 hex of the fingerprint.
-        let prefix = format!("rr-{}-", fingerprint.get(..16).unwrap_or(fingerprint));
+        let link = self.link_of(namespace, fingerprint);
         let fingerprint = fingerprint.to_string();
         tokio::task::spawn_blocking(move || {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
+            let bytes = match std::fs::read(&link) {
+                Ok(b) => b,
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(io_error(e)),
             };
-            let candidates = entries
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-                .filter_map(|e| std::fs::read(e.path()).ok())
-                .filter_map(|b| serde_json::from_slice::<RemediationRequest>(&b).ok());
-            Ok(most_recent(candidates, &fingerprint, seen_since_ms))
+            let candidate = serde_json::from_slice::<RemediationRequest>(&bytes).ok();
+            Ok(most_recent(candidate, &fingerprint, seen_since_ms))
         })
         .await
         .map_err(join_error)?
