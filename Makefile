@@ -59,6 +59,10 @@ k8s-down:
 clean:
 	$(CARGO) clean
 
+## bench: benchmarks side by side with their baselines; report in target/bench/ (BENCH_QUICK=1: smoke, < 2 min)
+bench: deps
+	@scripts/bench.sh
+
 ## crd: regenerate deploy/crds/ from the Rust types
 crd:
 	$(CARGO) run -q -p signalgate-sidecar -- --print-crd > deploy/crds/remediationrequests.signalgate.io.yaml

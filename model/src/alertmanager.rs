@@ -3,8 +3,8 @@
 use serde::Deserialize;
 
 use crate::invalid::{pointer, Invalid};
-pub use crate::labels::Labels;
 use crate::labels::is_valid_label_name;
+pub use crate::labels::Labels;
 use crate::{json, rfc3339, Text};
 
 /// The webhook body. Every field is optional at the serde level so that
