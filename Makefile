@@ -39,7 +39,7 @@ test: deps wasm k8s-build
 	$(CARGO) build -p signalgate-sidecar
 	$(CARGO) test --workspace --no-fail-fast
 
-lint:
+lint: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p signalgate-filter --target wasm32-wasip1 -- -D warnings

@@ -220,24 +220,7 @@ fn alertmanager_v2(count: usize, pad: usize, starts_at: &str) -> String {
 
 /// `t` (seconds since the Unix epoch) as RFC 3339 UTC, e.g. `2025-01-02T03:04:05Z`.
 pub fn rfc3339(t: u64) -> String {
-    let days = (t / 86_400) as i64;
-    let secs = t % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3_600,
-        secs % 3_600 / 60,
-        secs % 60
-    )
+    signalgate_model::rfc3339::format_unix_seconds(t as i64)
 }
 
 /// Now, as RFC 3339.

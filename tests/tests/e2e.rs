@@ -806,6 +806,35 @@ fn s2_storm_in_one_burst_gives_threshold_resources_and_one_storm() {
 // 3-5. Faults mid-stream
 // ---------------------------------------------------------------------------
 
+/// Pushes `alerts` while `component` is down (since `down`): waits until
+/// Alertmanager's webhook requests fail, keeps the fault in place for
+/// `OUTAGE`, and checks the sidecar answered 503 meanwhile (how many times).
+fn push_during_outage(
+    am: &Alertmanager,
+    s: &Sidecar,
+    alerts: &[Value],
+    failed_before: f64,
+    down: Instant,
+    component: &str,
+    d: impl Fn() -> String,
+) -> f64 {
+    am.push(alerts);
+    wait_failed_requests(
+        am,
+        failed_before,
+        2.0,
+        &format!("webhook requests to fail while {component} is down"),
+    );
+    hold_outage(down);
+    let refused = sidecar_503s(s);
+    assert!(
+        refused > 0.0,
+        "the sidecar never answered 503 while {component} was down\n{}",
+        d()
+    );
+    refused
+}
+
 /// After the fault: every alert has its resource, and it stays exactly one
 /// while Alertmanager re-sends every group twice more.
 fn settle_exactly_once(
@@ -862,20 +891,7 @@ fn s3_redis_restarted_empty_mid_stream_every_alert_once() {
     redis.stop();
     let down = Instant::now();
     let during = alerts("E2eRedisOutage", ns[1], "api", 4);
-    am.push(&during);
-    wait_failed_requests(
-        &am,
-        failed,
-        2.0,
-        "webhook requests to fail while Redis is down",
-    );
-    hold_outage(down);
-    let refused = sidecar_503s(&s);
-    assert!(
-        refused > 0.0,
-        "the sidecar never answered 503 while Redis was down\n{}",
-        d()
-    );
+    let refused = push_during_outage(&am, &s, &during, failed, down, "Redis", d);
     redis.start_again();
     let outage = down.elapsed();
     let after = alerts("E2eRedisOutage", ns[2], "api", 4);
@@ -1052,20 +1068,9 @@ fn s5_api_server_unavailable_mid_stream_every_resource_once() {
     k.stop();
     let down = Instant::now();
     let during = alerts("E2eApiOutage", ns[1], "queue", 4);
-    am.push(&during);
-    wait_failed_requests(
-        &am,
-        failed,
-        2.0,
-        "webhook requests to fail while the API server is down",
-    );
-    hold_outage(down);
-    let refused = sidecar_503s(&s);
-    assert!(
-        refused > 0.0,
-        "the sidecar never answered 503 while the API server was down\n{}",
+    let refused = push_during_outage(&am, &s, &during, failed, down, "the API server", || {
         diag(&[&s], Some(&am), Some(&edge))
-    );
+    });
     k.restart();
     let outage = down.elapsed();
     let after = alerts("E2eApiOutage", ns[2], "queue", 4);

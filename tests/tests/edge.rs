@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use signalgate_tests::envoy::{Envoy, Options, Request, Response, StartError};
+use signalgate_tests::payloads;
 use signalgate_tests::upstream::Upstream;
 
 const PROM: &str = "/api/v1/signals/prometheus";
@@ -20,40 +21,15 @@ fn second_source() -> IpAddr {
 }
 
 fn webhook() -> Value {
-    json!({
-        "version": "4",
-        "receiver": "signalgate",
-        "status": "firing",
-        "groupKey": "{}:{alertname=\"KubePodCrashLooping\"}",
-        "truncatedAlerts": 0,
-        "groupLabels": {"alertname": "KubePodCrashLooping"},
-        "commonLabels": {"alertname": "KubePodCrashLooping", "namespace": "shop"},
-        "commonAnnotations": {},
-        "externalURL": "http://alertmanager:9093",
-        "alerts": [{
-            "status": "firing",
-            "labels": {"alertname": "KubePodCrashLooping", "namespace": "shop", "pod": "cart-1", "severity": "critical"},
-            "annotations": {"summary": "cart-1 is crash looping"},
-            "startsAt": "2026-11-26T20:57:15.123Z",
-            "endsAt": "0001-01-01T00:00:00Z",
-            "generatorURL": "http://prometheus/graph",
-            "fingerprint": "0123456789abcdef"
-        }]
-    })
+    payloads::webhook(vec![payloads::alert(
+        "KubePodCrashLooping",
+        "shop",
+        "cart-1",
+    )])
 }
 
 fn event() -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": "cart-1.17a", "namespace": "shop"},
-        "involvedObject": {"kind": "Pod", "name": "cart-1", "namespace": "shop", "apiVersion": "v1"},
-        "reason": "BackOff",
-        "message": "Back-off restarting failed container",
-        "type": "Warning",
-        "count": 3,
-        "source": {"component": "kubelet", "host": "node-1"}
-    })
+    payloads::pod_event("shop", "cart-1", "BackOff", 3)
 }
 
 fn body(v: &Value) -> Vec<u8> {

@@ -154,7 +154,9 @@ impl Sink for KubeSink {
         }
         let mut candidates = Vec::new();
         for (ns, selector) in places {
-            let params = ListParams::default().labels(&selector);
+            // Served from the API server's watch cache (resourceVersion 0):
+            // what we look for was written long before any data loss.
+            let params = ListParams::default().labels(&selector).match_any();
             let list = with_retries(Some(UPDATE_RETRY_FOR), || {
                 let (api, params, ns) = (self.api(&ns), &params, &ns);
                 async move {
