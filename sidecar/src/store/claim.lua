@@ -16,68 +16,64 @@ local lease = tonumber(ARGV[4])
 local dedup = tonumber(ARGV[5])
 local now = now_ms()
 
-if kind == 'f' then
-  local F = KEYS[1]
-  local v = redis.call('HMGET', F, 'r', 'l', 'p', 'u')
-  if not v[1] then
-    return 0
-  end
-  local pending, lease_until = num(v[3]), num(v[4])
-  if op == 'adopt' then
-    local c = redis.call('HINCRBY', F, 'c', tonumber(ARGV[8]))
-    redis.call('HSET', F, 'r', ARGV[6], 'f', ARGV[7], 'p', 0)
-    redis.call('PEXPIRE', F, int(math.max(1, num(v[2]) + dedup - now)))
-    return { ARGV[6], tonumber(ARGV[7]), num(v[2]), c }
-  end
-  if op == 'commit' then
-    if pending == 1 then
-      redis.call('HSET', F, 'p', 0)
-      -- The lease no longer keeps it: the dedup window from the last sighting does.
-      redis.call('PEXPIRE', F, int(math.max(1, num(v[2]) + dedup - now)))
-    end
-    return 1
-  elseif op == 'release' then
-    if pending == 1 then
-      redis.call('HSET', F, 'u', 0)
-    end
-    return 1
-  end
-  if pending == 0 then
-    return 1
-  end
-  if lease_until > now then
-    return 2
-  end
-  redis.call('HSET', F, 'u', now + lease)
-  if redis.call('PTTL', F) < lease then
-    redis.call('PEXPIRE', F, int(lease))
-  end
-  return 3
+-- Where the claim's fields live: a fingerprint claim in its own hash (it
+-- exists while it has a resource name 'r'), a storm claim as '<name>|<field>'
+-- in the namespace's storm hash (it exists while it has a start '<name>|f').
+local H, prefix, exists = KEYS[1], '', 'r'
+if kind == 's' then
+  prefix = name .. '|'
+  exists = prefix .. 'f'
 end
-
-local S, A, X = KEYS[1], KEYS[2], KEYS[3]
-local v = redis.call('HMGET', S, name .. '|f', name .. '|p', name .. '|u')
+local v = redis.call('HMGET', H, exists, prefix .. 'l', prefix .. 'p', prefix .. 'u')
 if not v[1] then
   return 0
 end
-local pending, lease_until = num(v[2]), num(v[3])
-if op == 'commit' then
+local last, pending, lease_until = num(v[2]), num(v[3]), num(v[4])
+
+-- A fingerprint claim no longer held by a lease lives for the dedup window
+-- from its last sighting.
+local function expire_after_last_sighting()
+  redis.call('PEXPIRE', H, int(math.max(1, last + dedup - now)))
+end
+
+if op == 'adopt' then
+  if kind ~= 'f' then
+    return 0
+  end
+  local c = redis.call('HINCRBY', H, 'c', tonumber(ARGV[8]))
+  redis.call('HSET', H, 'r', ARGV[6], 'f', ARGV[7], 'p', 0)
+  expire_after_last_sighting()
+  return { ARGV[6], tonumber(ARGV[7]), last, c }
+elseif op == 'commit' then
   if pending == 1 then
-    redis.call('HSET', S, name .. '|p', 0)
+    redis.call('HSET', H, prefix .. 'p', 0)
+    if kind == 'f' then
+      expire_after_last_sighting()
+    end
   end
   return 1
 elseif op == 'release' then
   if pending == 1 then
-    redis.call('HSET', S, name .. '|u', 0)
+    redis.call('HSET', H, prefix .. 'u', 0)
   end
   return 1
 end
+
+-- poll
 if pending == 0 then
   return 1
 end
 if lease_until > now then
   return 2
 end
-redis.call('HSET', S, name .. '|u', now + lease)
-storm_keep(S, A, X, name, now + lease, now)
+-- The lease had expired: the caller takes the claim, and its record must
+-- outlive the new lease.
+redis.call('HSET', H, prefix .. 'u', now + lease)
+if kind == 'f' then
+  if redis.call('PTTL', H) < lease then
+    redis.call('PEXPIRE', H, int(lease))
+  end
+else
+  storm_keep(KEYS[1], KEYS[2], KEYS[3], name, now + lease, now)
+end
 return 3
