@@ -263,18 +263,7 @@ fn cmd_load(args: &[String]) -> Result<(), String> {
         redis: f.get("redis").map(str::to_string),
         sidecar_metrics: f.get("sidecar-metrics").map(str::to_string),
     };
-    let threads = f.num("threads", 1usize)?.max(1);
-    let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    }
-    .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = runtime(f.num("threads", 1usize)?)?;
     let mut rec = runtime.block_on(load::run(spec))?;
     for l in f.all("label") {
         let (k, v) = key_value(l)?;
@@ -337,18 +326,7 @@ fn cmd_upstream(args: &[String]) -> Result<(), String> {
         .first()
         .cloned()
         .unwrap_or_else(|| "127.0.0.1:0".to_string());
-    let threads = f.num("threads", 1usize)?.max(1);
-    let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    }
-    .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = runtime(f.num("threads", 1usize)?)?;
     runtime.block_on(upstream::serve(&listen))
 }
 
@@ -425,4 +403,19 @@ fn cmd_report(args: &[String]) -> Result<(), String> {
         println!("{}", p.display());
     }
     Ok(())
+}
+
+/// A tokio runtime with `threads` workers (a current-thread one for 1).
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| format!("cannot start the runtime: {e}"))
 }
