@@ -6,12 +6,12 @@ CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/signalgate_filter.wasm
 ENVOY := .venv/bin/envoy
 
-# The filter's size profile, for the wasm build only (see Cargo.toml).
-WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_LTO=true \
+# The filter's build profile, for the wasm build only (see Cargo.toml).
+WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=true \
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
 	CARGO_PROFILE_RELEASE_STRIP=true
 
-.PHONY: deps build wasm sidecar run test lint fmt bench k8s-build k8s-up k8s-down clean crd demo
+.PHONY: deps build wasm bench-wasm sidecar run test lint fmt bench k8s-build k8s-up k8s-down clean crd demo
 
 deps:
 	@scripts/install-deps.sh
@@ -19,6 +19,10 @@ deps:
 wasm: deps
 	$(WASM_PROFILE) $(CARGO) build --release --target wasm32-wasip1 -p signalgate-filter
 	@ls -l $(WASM)
+
+## bench-wasm: the filter plus the benchmark's floor module (bench/wasm-floor)
+bench-wasm: wasm
+	$(WASM_PROFILE) $(CARGO) build --release --target wasm32-wasip1 -p signalgate-wasm-floor
 
 sidecar:
 	$(CARGO) build --release -p signalgate-sidecar

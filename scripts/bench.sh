@@ -3,9 +3,11 @@
 # one run on this machine; report in target/bench/ (report.md, report.json,
 # chart.png, and the raw runs in results.jsonl).
 #
-#   1. edge      the same Envoy binary, three configurations — no filter, Envoy's
-#                native local_ratelimit per source, the signalgate filter (limit
-#                high enough never to refuse, full validation) — in front of a
+#   1. edge      the same Envoy binary, four configurations — no filter, Envoy's
+#                native local_ratelimit per source, the wasm floor (an empty
+#                proxy-wasm filter that waits for the body and reads it:
+#                bench/wasm-floor), the signalgate filter (limit high enough
+#                never to refuse, full validation) — in front of a
 #                real upstream that reads every body (`signalgate-bench upstream`),
 #                1 KB / 4 KB / 64 KB Alertmanager webhooks, 1 and 2 Envoy workers:
 #                req/s, p50, p99, Envoy CPU per request. Then Envoy's RSS while
@@ -33,7 +35,8 @@
 #                        kube-apiserver binaries are built: scripts/k8s.sh build)
 #   BENCH_OUT            report directory (target/bench)
 #   BENCH_SKIP_BUILD=1   use what is built (with SIGNALGATE_BENCH_BIN,
-#                        SIGNALGATE_SIDECAR_BIN, SIGNALGATE_FILTER_WASM, ENVOY_BIN)
+#                        SIGNALGATE_SIDECAR_BIN, SIGNALGATE_FILTER_WASM,
+#                        SIGNALGATE_FLOOR_WASM, ENVOY_BIN)
 # Only free loopback ports are used; every process started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,15 +74,16 @@ die() {
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
-    log "building (make wasm; cargo build --release -p signalgate-sidecar -p signalgate-bench)"
-    make --no-print-directory wasm >&2
+    log "building (make bench-wasm; cargo build --release -p signalgate-sidecar -p signalgate-bench)"
+    make --no-print-directory bench-wasm >&2
     cargo build --release -p signalgate-sidecar -p signalgate-bench >&2
 fi
 BENCH=${SIGNALGATE_BENCH_BIN:-$TARGET/release/signalgate-bench}
 SIDECAR=${SIGNALGATE_SIDECAR_BIN:-$TARGET/release/signalgate-sidecar}
 WASM=${SIGNALGATE_FILTER_WASM:-$TARGET/wasm32-wasip1/release/signalgate_filter.wasm}
+FLOOR_WASM=${SIGNALGATE_FLOOR_WASM:-$TARGET/wasm32-wasip1/release/signalgate_wasm_floor.wasm}
 ENVOY=${ENVOY_BIN:-$ROOT/.venv/bin/envoy}
-for f in "$BENCH" "$SIDECAR" "$WASM" "$ENVOY"; do
+for f in "$BENCH" "$SIDECAR" "$WASM" "$FLOOR_WASM" "$ENVOY"; do
     [ -e "$f" ] || die "$f is missing (run without BENCH_SKIP_BUILD, or make deps)"
 done
 for cmd in redis-server redis-cli redis-benchmark prometheus-alertmanager curl python3; do
@@ -219,7 +223,7 @@ post() { # post URL FILE [CURL ARGS...] -> status code
 }
 
 # ================================================================== 1. edge
-log "1. edge: starting the upstream and 6 Envoys (3 configurations x 1, 2 workers)"
+log "1. edge: starting the upstream and 8 Envoys (4 configurations x 1, 2 workers)"
 UP_PORT=$(free_port)
 start upstream "$BENCH" upstream "127.0.0.1:$UP_PORT"
 UP_PID=$PID
@@ -231,13 +235,15 @@ done
 FILTER_CONFIG="{\"requests_per_minute\": $RATE, \"max_body_bytes\": 262144, \"max_alerts_per_request\": 1000}"
 declare -A EDGE_PORT EDGE_PID EDGE_ADMIN
 for w in "${WORKERS[@]}"; do
-    for c in nofilter native filter; do
+    for c in nofilter native floor filter; do
         port=$(free_port) admin=$(free_port)
         case $c in
         nofilter) render envoy/envoy-nofilter.yaml "$WORK/$c-$w.yaml" LISTEN_PORT="$port" \
             ADMIN_PORT="$admin" UPSTREAM_PORT="$UP_PORT" ;;
         native) render envoy/envoy-native-ratelimit.yaml "$WORK/$c-$w.yaml" LISTEN_PORT="$port" \
             ADMIN_PORT="$admin" UPSTREAM_PORT="$UP_PORT" REQUESTS_PER_MINUTE="$RATE" ;;
+        floor) render envoy/envoy.template.yaml "$WORK/$c-$w.yaml" LISTEN_PORT="$port" \
+            ADMIN_PORT="$admin" UPSTREAM_PORT="$UP_PORT" WASM_PATH="$FLOOR_WASM" PLUGIN_CONFIG="{}" ;;
         filter) render envoy/envoy.template.yaml "$WORK/$c-$w.yaml" LISTEN_PORT="$port" \
             ADMIN_PORT="$admin" UPSTREAM_PORT="$UP_PORT" WASM_PATH="$WASM" PLUGIN_CONFIG="$FILTER_CONFIG" ;;
         esac
@@ -264,7 +270,7 @@ for w in "${WORKERS[@]}"; do
     [ "$code" = 400 ] || die "the filter ($w workers) answered $code to an invalid webhook: validation is off?"
 done
 
-CONFIGS=(nofilter native filter)
+CONFIGS=(nofilter native floor filter)
 for run in $(seq "$RUNS"); do
     for w in "${WORKERS[@]}"; do
         pin=()
@@ -277,8 +283,8 @@ for run in $(seq "$RUNS"); do
         for p in "${PAYLOADS[@]}"; do
             name=${p%%:*} size=${p#*:}
             # Rotate the order of the configurations from run to run.
-            for i in 0 1 2; do
-                c=${CONFIGS[$(((i + run) % 3))]}
+            for i in "${!CONFIGS[@]}"; do
+                c=${CONFIGS[$(((i + run) % ${#CONFIGS[@]}))]}
                 "${pin[@]}" "$BENCH" load "http://127.0.0.1:${EDGE_PORT[$c-$w]}/api/v1/signals/prometheus" \
                     --size "$size" --connections "$CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP" \
                     --expect 200 --max-unexpected 0 --pid "envoy=${EDGE_PID[$c-$w]}" \
@@ -388,13 +394,12 @@ DECIDE_ARGS=()
 if [ -f sidecar/src/store/common.lua ] && [ -f sidecar/src/store/decide.lua ]; then
     DECIDE_SHA=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD \
         "$(cat sidecar/src/store/common.lua; echo; cat sidecar/src/store/decide.lua)" 2>/dev/null || true)
-    # KEYS[1] is the fingerprint's key; the others (as many as the script
-    # reads) are namespace keys whose names only need the same hash tag.
-    nkeys=$(grep -o 'KEYS\[[0-9]*\]' sidecar/src/store/decide.lua | tr -dc '0-9\n' | sort -n | tail -1)
-    keys=('sg:{bench}:f:0123456789abcdef')
-    for i in $(seq 2 "${nkeys:-5}"); do keys+=("sg:{bench}:k$i"); done
-    DECIDE_ARGS=("$DECIDE_SHA" "${#keys[@]}" "${keys[@]}" 0123456789abcdef Pod/cart-0
-        storm-0123456789ab- 300000 1000000000 60000 300000 100 15000)
+    # One signal per call (decide.lua: the namespace's five keys, then the
+    # fingerprint's key; the settings, then fingerprint and affected value).
+    keys=('sg:{bench}:w' 'sg:{bench}:s' 'sg:{bench}:a' 'sg:{bench}:x' 'sg:{bench}:m'
+        'sg:{bench}:f:0123456789abcdef')
+    DECIDE_ARGS=("$DECIDE_SHA" "${#keys[@]}" "${keys[@]}" storm-0123456789ab- 300000 1000000000
+        60000 300000 100 15000 0123456789abcdef Pod/cart-0)
     for _ in 1 2; do
         reply=$(redis-cli -p "$REDIS_PORT" EVALSHA "${DECIDE_ARGS[@]}" 2>&1 | head -1)
     done

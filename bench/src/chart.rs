@@ -18,7 +18,7 @@ const FONT_PATHS: &[&str] = &[
 
 pub const LEGEND: &str = "Chart, four panels, log scales, whiskers = min–max over the runs: \
 top left, edge throughput (req/s) and top right, edge p99 (ms), grouped by payload and Envoy \
-workers (w1, w2), bars grey = no filter, blue = native local_ratelimit, orange = signalgate filter; \
+workers (w1, w2), bars grey = no filter, blue = native local_ratelimit, brown = wasm floor (empty filter reading the body), orange = signalgate filter; \
 bottom left, alerts/s and bottom right, p99 (ms) of: green `sidecar dup dir` = sidecar duplicate \
 path, dark green `sidecar new dir` = created path (directory sink), purple `sidecar new kube` = \
 created path (kube sink), red `AM same` = Alertmanager fed repeated alerts, dark red `AM new` = \
@@ -30,6 +30,7 @@ const ORANGE: RGBColor = RGBColor(255, 127, 14);
 const GREEN: RGBColor = RGBColor(44, 160, 44);
 const DARK_GREEN: RGBColor = RGBColor(20, 90, 20);
 const PURPLE: RGBColor = RGBColor(148, 103, 189);
+const BROWN: RGBColor = RGBColor(140, 86, 75);
 const RED: RGBColor = RGBColor(214, 39, 40);
 const DARK_RED: RGBColor = RGBColor(120, 20, 20);
 const TEAL: RGBColor = RGBColor(23, 190, 207);
@@ -99,7 +100,8 @@ pub fn draw(
         let (slot, color) = match g.labels.get("config").map(String::as_str) {
             Some("nofilter") => (0, GREY),
             Some("native") => (1, BLUE),
-            _ => (2, ORANGE),
+            Some("floor") => (2, BROWN),
+            _ => (3, ORANGE),
         };
         if let Some(stat) = g.stat("rps") {
             rps_bars.push(Bar {
@@ -171,13 +173,13 @@ pub fn draw(
         Panel {
             title: "Edge req/s — grey: no filter, blue: native local_ratelimit, orange: signalgate",
             groups: edge_groups.clone(),
-            slots: 3,
+            slots: 4,
             bars: rps_bars,
         },
         Panel {
             title: "Edge p99 ms — grey: no filter, blue: native, orange: signalgate",
             groups: edge_groups,
-            slots: 3,
+            slots: 4,
             bars: p99_bars,
         },
         Panel {

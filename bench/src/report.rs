@@ -200,10 +200,11 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
-const EDGE_CONFIGS: [&str; 3] = ["nofilter", "native", "filter"];
-const CONFIG_NAMES: [(&str, &str); 3] = [
+const EDGE_CONFIGS: [&str; 4] = ["nofilter", "native", "floor", "filter"];
+const CONFIG_NAMES: [(&str, &str); 4] = [
     ("nofilter", "no filter (router only)"),
     ("native", "native local_ratelimit per source"),
+    ("floor", "wasm floor (empty filter that reads the body)"),
     ("filter", "signalgate filter (limit + validation)"),
 ];
 
@@ -372,6 +373,33 @@ pub fn write(records: &[Record], out: &Path) -> Result<Vec<PathBuf>, String> {
                     num(n.median("rps").unwrap_or(f64::NAN))
                 ),
                 met: r.map(|s| s.median >= 0.75),
+            });
+        }
+    }
+
+    for w in &workers {
+        let f = find(
+            &edge,
+            &[("workers", w), ("payload", "4k"), ("config", "floor")],
+        );
+        let n = find(
+            &edge,
+            &[("workers", w), ("payload", "4k"), ("config", "native")],
+        );
+        if let (Some(f), Some(n)) = (f, n) {
+            let r = paired_ratio(f, n, "rps");
+            targets.push(Target {
+                name: format!(
+                    "reference: wasm floor vs native local_ratelimit, 4 KB, {w} worker(s)"
+                ),
+                goal: "none: the ceiling of any body-reading proxy-wasm filter here".into(),
+                measured: format!(
+                    "{} ({} vs {} req/s)",
+                    ratio_cell(r),
+                    num(f.median("rps").unwrap_or(f64::NAN)),
+                    num(n.median("rps").unwrap_or(f64::NAN))
+                ),
+                met: None,
             });
         }
     }
@@ -742,9 +770,12 @@ pub fn write(records: &[Record], out: &Path) -> Result<Vec<PathBuf>, String> {
     let _ = writeln!(md, "{}\n", chart::LEGEND);
     let _ = writeln!(
         md,
-        "## 1. Edge: the same Envoy, three configurations\n\nLoad generator → Envoy → a body-reading upstream \
+        "## 1. Edge: the same Envoy, four configurations\n\nLoad generator → Envoy → a body-reading upstream \
          (`signalgate-bench upstream`: reads every body, answers 200) so the edge is measured without \
-         a direct_response shortcut. Limits are high enough that nothing is refused; every answer was checked.{edge_md}{mem_md}"
+         a direct_response shortcut. Limits are high enough that nothing is refused; every answer was checked. \
+         The wasm floor (`bench/wasm-floor`) is a proxy-wasm module that only waits for the whole body, copies \
+         it into the VM and lets the request through: the least any filter that checks bodies in Envoy's wasm \
+         VM costs, so the gap between it and the signalgate filter is the filter's own work.{edge_md}{mem_md}"
     );
     let _ = writeln!(
         md,

@@ -25,7 +25,7 @@ impl<'a> Labels<'a> {
     }
 
     /// Names and values in document order (repeated names included).
-    pub fn iter(&self) -> impl Iterator<Item = (&Text<'a>, &Text<'a>)> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&Text<'a>, &Text<'a>)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 

@@ -189,25 +189,42 @@ fn owned(labels: Option<&Labels<'_>>) -> BTreeMap<String, String> {
 /// One signal per alert of the webhook, `commonLabels` (and
 /// `commonAnnotations`) merged under each alert's own.
 pub fn from_alertmanager(w: &Webhook<'_>, ctx: &Context<'_>) -> Vec<Signal> {
-    let common_labels = owned(w.common_labels.as_ref());
-    let common_annotations = owned(w.common_annotations.as_ref());
     w.alerts
         .iter()
         .flatten()
-        .map(|a| from_alert(a, &common_labels, &common_annotations, ctx))
+        .map(|a| {
+            from_alert(
+                a,
+                w.common_labels.as_ref(),
+                w.common_annotations.as_ref(),
+                ctx,
+            )
+        })
         .collect()
+}
+
+/// The alert's own pairs over the common ones. Alertmanager's common labels
+/// are usually also each alert's own, so the alert's are copied first and a
+/// common pair only when its name is not there yet (one copy per name; the
+/// common set read backwards so that its last repeat wins, as in a map).
+fn merged(own: Option<&Labels<'_>>, common: Option<&Labels<'_>>) -> BTreeMap<String, String> {
+    let mut map = owned(own);
+    for (k, v) in common.iter().flat_map(|c| c.iter().rev()) {
+        if !map.contains_key(k.as_str()) {
+            map.insert(k.to_string(), v.to_string());
+        }
+    }
+    map
 }
 
 fn from_alert(
     a: &Alert<'_>,
-    common_labels: &BTreeMap<String, String>,
-    common_annotations: &BTreeMap<String, String>,
+    common_labels: Option<&Labels<'_>>,
+    common_annotations: Option<&Labels<'_>>,
     ctx: &Context<'_>,
 ) -> Signal {
-    let mut labels = common_labels.clone();
-    labels.extend(owned(a.labels.as_ref()));
-    let mut annotations = common_annotations.clone();
-    annotations.extend(owned(a.annotations.as_ref()));
+    let labels = merged(a.labels.as_ref(), common_labels);
+    let annotations = merged(a.annotations.as_ref(), common_annotations);
     let label = |k: &str| labels.get(k).filter(|v| !v.is_empty()).cloned();
 
     let name = label("alertname").unwrap_or_default();
@@ -347,6 +364,22 @@ mod tests {
         ));
         assert_eq!(s[0].namespace, "own");
         assert_eq!(s[0].labels.get("team").map(String::as_str), Some("x"));
+    }
+
+    #[test]
+    fn a_name_repeated_in_common_labels_keeps_its_last_value() {
+        let body = br#"{"version": "4", "status": "firing",
+            "alerts": [{"status": "firing", "labels": {"alertname": "A", "team": "own"},
+                "startsAt": "2026-11-26T20:57:15Z"}],
+            "commonLabels": {"tier": "1", "team": "c", "tier": "2"}}"#;
+        let w = alertmanager::parse(body, 1000).unwrap();
+        let s = from_alertmanager(&w, &CTX);
+        let labels: Vec<(&str, &str)> = s[0]
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(labels, [("alertname", "A"), ("team", "own"), ("tier", "2")]);
     }
 
     #[test]

@@ -1132,7 +1132,8 @@ fn cmdstat_calls(info: &str, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// One `decide` of 50 claims = 50 EVALSHA, nothing else, in one pipeline.
+/// One `decide` = one EVALSHA per namespace (at most 64 signals a call),
+/// nothing else, in one pipeline; replies come back in claim order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_decide_is_one_pipeline_of_script_calls() {
     let server = RedisServer::start();
@@ -1142,8 +1143,18 @@ async fn one_decide_is_one_pipeline_of_script_calls() {
         .decide(&[claim(&namespace("warm"), "w")])
         .await
         .expect("warm-up");
-    let ns = namespace("trip");
-    let claims: Vec<Claim> = (0..50).map(|i| claim(&ns, &format!("t{i}"))).collect();
+    // 100 claims of one namespace (two calls: 64 + 36) interleaved with 30
+    // of another (one call).
+    let (ns, other) = (namespace("trip"), namespace("trip-other"));
+    let claims: Vec<Claim> = (0..130)
+        .map(|i| {
+            if i % 13 < 10 {
+                claim(&ns, &format!("t{i}"))
+            } else {
+                claim(&other, &format!("t{i}"))
+            }
+        })
+        .collect();
 
     // Socket reads and writes on the server: one INFO call costs some of
     // its own, measured first without a decide in between.
@@ -1168,13 +1179,16 @@ async fn one_decide_is_one_pipeline_of_script_calls() {
     let ds = store.decide(&claims).await.expect("decide");
     let (r3, w3) = measure(&server);
     let after = server.cli(&["INFO", "commandstats"]);
-    assert_eq!(count(&ds, Outcome::Created), 50);
+    assert_eq!(count(&ds, Outcome::Created), 130);
+    for (d, c) in ds.iter().zip(&claims) {
+        assert_eq!(d.key, fp_key(c), "replies are in claim order");
+    }
     let calls = cmdstat_calls(&after, "evalsha") - cmdstat_calls(&before, "evalsha");
-    assert_eq!(calls, 50, "EVALSHA calls");
-    // 50 unpipelined calls would need 50 reads and 50 writes on the server.
+    assert_eq!(calls, 3, "EVALSHA calls");
+    // Unpipelined calls would need a read and a write each on the server.
     let reads = (r3 - r2) - noise_r;
     let writes = (w3 - w2) - noise_w;
-    eprintln!("decide of 50 claims: {reads} socket reads, {writes} writes on the server");
+    eprintln!("decide of 130 claims: {reads} socket reads, {writes} writes on the server");
     assert!(reads <= 4, "{reads} reads: not one pipeline");
     assert!(writes <= 4, "{writes} writes: not one pipeline");
 
@@ -1187,6 +1201,8 @@ async fn one_decide_is_one_pipeline_of_script_calls() {
     let ds = store.decide(&claims).await.expect("decide");
     server.cli(&["ECHO", "trip-end"]);
     assert_eq!(count(&ds, Outcome::Created), 50);
+    let again = store.decide(&claims).await.expect("decide");
+    assert!(again.iter().all(|d| d.outcome == Outcome::Duplicate));
     let lines = monitor.wait_for_line("trip-end");
     let start = lines
         .iter()
@@ -1196,7 +1212,7 @@ async fn one_decide_is_one_pipeline_of_script_calls() {
         .iter()
         .filter(|l| !l.contains(" lua]"))
         .collect();
-    assert_eq!(sent.len(), 50, "{sent:#?}");
+    assert_eq!(sent.len(), 1, "{sent:#?}");
     assert!(sent.iter().all(|l| l.contains("\"EVALSHA\"")), "{sent:#?}");
 }
 
@@ -1231,7 +1247,7 @@ async fn noscript_reloads_and_runs_every_call_once() {
 }
 
 /// On a cluster, a batch spanning namespaces on several masters goes to
-/// each master (one pipeline per slot) and runs once per claim.
+/// each master (one pipeline per slot), one script call per namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_batches_are_routed_by_slot() {
     let cluster = RedisCluster::start(3);
@@ -1277,7 +1293,7 @@ async fn cluster_batches_are_routed_by_slot() {
     for (i, port) in ports.iter().enumerate() {
         assert_eq!(
             after[i] - before[i],
-            10,
+            1,
             "EVALSHA on the master at port {port}"
         );
     }
