@@ -43,6 +43,8 @@ pub struct Config {
     pub max_alerts: usize,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// Threads of the async runtime; `None`: one per CPU the process may use.
+    pub worker_threads: Option<usize>,
 }
 
 /// One knob: its name, default and what it means (printed by `--help`).
@@ -72,6 +74,7 @@ pub const KNOBS: &[Knob] = &[
     Knob { name: "MAX_ALERTS", default: "1000", help: "most alerts in one Alertmanager request" },
     Knob { name: "SHUTDOWN_GRACE", default: "10s", help: "on SIGTERM, how long in-flight requests may finish" },
     Knob { name: "LOG_FORMAT", default: "text", help: "text or json (level from RUST_LOG, default info)" },
+    Knob { name: "WORKER_THREADS", default: "1", help: "threads serving requests; auto = one per CPU the pod may use (scale with replicas first)" },
 ];
 
 #[derive(Debug, PartialEq, Eq)]
@@ -183,6 +186,10 @@ impl Config {
             max_body_bytes: number("MAX_BODY_BYTES", &get("MAX_BODY_BYTES"))?,
             max_alerts: number("MAX_ALERTS", &get("MAX_ALERTS"))?,
             shutdown_grace: duration("SHUTDOWN_GRACE", &get("SHUTDOWN_GRACE"))?,
+            worker_threads: match get("WORKER_THREADS").trim() {
+                "auto" => None,
+                n => Some(number("WORKER_THREADS", n)?),
+            },
             log_format: match get("LOG_FORMAT").as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
@@ -306,6 +313,19 @@ mod tests {
         assert_eq!(c.sink, SinkConfig::Dir("./remediationrequests".into()));
         assert_eq!(c.store, Settings::default());
         assert_eq!(c.redis_timeout, Duration::from_secs(1));
+        assert_eq!(c.worker_threads, Some(1));
+    }
+
+    #[test]
+    fn worker_threads_take_a_count_or_auto() {
+        let c = cfg(&[("SIGNALGATE_WORKER_THREADS", "auto")], &[]).unwrap();
+        assert_eq!(c.worker_threads, None);
+        let c = cfg(&[], &["--worker-threads", "3"]).unwrap();
+        assert_eq!(c.worker_threads, Some(3));
+        for bad in ["0", "-1", "many"] {
+            let e = cfg(&[("SIGNALGATE_WORKER_THREADS", bad)], &[]).unwrap_err();
+            assert!(e.0.contains("SIGNALGATE_WORKER_THREADS"), "{e}");
+        }
     }
 
     #[test]
