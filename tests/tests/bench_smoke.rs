@@ -111,9 +111,14 @@ fn quick_benchmark_writes_a_complete_report() {
     let edge = section(&report, "edge");
     assert_eq!(
         edge.len(),
-        18,
-        "3 configurations x 3 payloads x 2 worker counts"
+        24,
+        "4 configurations x 3 payloads x 2 worker counts"
     );
+    let floor = edge
+        .iter()
+        .filter(|e| e["labels"]["config"] == "floor")
+        .count();
+    assert_eq!(floor, 6, "the wasm floor at every payload and worker count");
     for e in edge {
         for m in [
             "rps",
