@@ -171,13 +171,15 @@ pub fn draw(
 
     let panels = [
         Panel {
-            title: "Edge req/s — grey: no filter, blue: native, brown: wasm floor, orange: signalgate",
+            title:
+                "Edge req/s — grey: no filter, blue: native, brown: wasm floor, orange: signalgate",
             groups: edge_groups.clone(),
             slots: 4,
             bars: rps_bars,
         },
         Panel {
-            title: "Edge p99 ms — grey: no filter, blue: native, brown: wasm floor, orange: signalgate",
+            title:
+                "Edge p99 ms — grey: no filter, blue: native, brown: wasm floor, orange: signalgate",
             groups: edge_groups,
             slots: 4,
             bars: p99_bars,
