@@ -1453,6 +1453,31 @@ fn dockerfiles_match_the_build_and_the_manifests() {
             .any(|r| r.args.contains(&format!("-p {bin}"))),
         "Dockerfile.sidecar builds {bin}"
     );
+    // Cargo loads every workspace member even to build one package: the
+    // build stage must copy each member's directory.
+    let build_sources: Vec<String> = sidecar_stages[0]
+        .all("COPY")
+        .into_iter()
+        .flat_map(|c| copy_parts(c).1)
+        .collect();
+    let manifest = read("Cargo.toml");
+    let members: Vec<&str> = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("members = ["))
+        .expect("Cargo.toml lists the workspace members on one line")
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    assert!(members.len() >= 5, "{members:?}");
+    for member in members {
+        assert!(
+            build_sources
+                .iter()
+                .any(|src| member == src || member.starts_with(&format!("{src}/"))),
+            "Dockerfile.sidecar does not copy workspace member {member}: cargo would not load the workspace"
+        );
+    }
     let last = sidecar_stages.last().expect("stage");
     let entry = exec_form(&last.all("ENTRYPOINT")[0].args);
     let copied: Vec<String> = last
