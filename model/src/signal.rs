@@ -180,7 +180,7 @@ fn owned(labels: Option<&Labels<'_>>) -> BTreeMap<String, String> {
     labels
         .map(|l| {
             l.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_str().to_owned()))
                 .collect()
         })
         .unwrap_or_default()
@@ -211,7 +211,7 @@ fn merged(own: Option<&Labels<'_>>, common: Option<&Labels<'_>>) -> BTreeMap<Str
     let mut map = owned(own);
     for (k, v) in common.iter().flat_map(|c| c.iter().rev()) {
         if !map.contains_key(k.as_str()) {
-            map.insert(k.to_string(), v.to_string());
+            map.insert(k.as_str().to_owned(), v.as_str().to_owned());
         }
     }
     map
@@ -265,7 +265,7 @@ fn from_alert(
         target,
         labels,
         annotations,
-        firing_time: a.starts_at.as_ref().map(|t| t.to_string()),
+        firing_time: a.starts_at.as_ref().map(|t| t.as_str().to_owned()),
         status,
         source: ctx.source.to_string(),
         message,

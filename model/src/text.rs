@@ -17,6 +17,10 @@ impl Text<'_> {
     }
 }
 
+// (An owned copy is `as_str().to_owned()`: `to_string()` would go through
+// `Display` and the formatting machinery, which costs more than the copy on
+// the sidecar's hot path.)
+
 impl Deref for Text<'_> {
     type Target = str;
     fn deref(&self) -> &str {

@@ -176,7 +176,17 @@ fn quick_benchmark_writes_a_complete_report() {
     }
     let targets = section(&report, "targets");
     assert!(targets.len() >= 5, "every target stated: {targets:?}");
-    for t in targets {
+    // Reference rows (the wasm floor) carry no verdict; every target does.
+    let (references, goals): (Vec<&Value>, Vec<&Value>) = targets.iter().partition(|t| {
+        t["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("reference:"))
+    });
+    assert_eq!(references.len(), 2, "the wasm floor, 1 and 2 workers");
+    for t in references {
+        assert!(t["met"].is_null(), "a reference with a verdict: {t}");
+    }
+    for t in goals {
         assert!(t["met"].is_boolean(), "target without a verdict: {t}");
     }
     assert!(report["ratios"]["stages"].is_array(), "where the time goes");

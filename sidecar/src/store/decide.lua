@@ -30,10 +30,8 @@ local max_duration = tonumber(ARGV[5])
 local max_affected = tonumber(ARGV[6])
 local lease = tonumber(ARGV[7])
 local now = now_ms()
-local since = tonumber(redis.call('GET', M))
-if since then
-  redis.call('PEXPIRE', M, ARGV[2])
-else
+local since = tonumber(redis.call('GETEX', M, 'PX', ARGV[2]))
+if not since then
   since = now
   redis.call('SET', M, int(now), 'PX', ARGV[2])
 end
