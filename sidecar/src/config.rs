@@ -187,7 +187,7 @@ impl Config {
             max_alerts: number("MAX_ALERTS", &get("MAX_ALERTS"))?,
             shutdown_grace: duration("SHUTDOWN_GRACE", &get("SHUTDOWN_GRACE"))?,
             worker_threads: match get("WORKER_THREADS").trim() {
-                "auto" => None,
+                n if n.eq_ignore_ascii_case("auto") => None,
                 n => Some(number("WORKER_THREADS", n)?),
             },
             log_format: match get("LOG_FORMAT").as_str() {

@@ -39,10 +39,11 @@ fn main() -> ExitCode {
     // second; more threads on few cores mostly add wake-ups between them
     // (make bench: 1.3x the duplicate path's throughput with 1 thread rather
     // than 2 on 2 cores). Scale with replicas, or set WORKER_THREADS.
+    let threads = config.worker_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.worker_threads {
-        builder.worker_threads(n);
-    }
+    builder.worker_threads(threads);
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

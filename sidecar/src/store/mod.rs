@@ -3,8 +3,9 @@
 //! A [`Store`] decides, for every firing signal, whether it is new, a
 //! duplicate, or part of a storm, in ONE atomic step per signal (a Redis
 //! script call, which decides the signals of one namespace in order, or one
-//! critical section in memory) and, for a whole request, in ONE round trip. It also runs the *claim protocol* that makes resource
-//! creation exactly-once and loss-free:
+//! critical section in memory) and, for a whole request, in ONE round trip.
+//! It also runs the *claim protocol* that makes resource creation
+//! exactly-once and loss-free:
 //!
 //! - A first sighting (or a storm start) makes a **pending claim** with a
 //!   lease ([`Settings::claim_lease`]) and hands the caller

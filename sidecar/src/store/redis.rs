@@ -38,9 +38,13 @@
 //! them exactly as separate calls would, in the batch's order, but Redis does
 //! its per-call work (script dispatch, `TIME`, the warm marker) once: on the
 //! duplicate path with 5 signals per request this cut Redis CPU per signal by
-//! about a third (see README, Performance). A script error part-way leaves
-//! the claims its earlier signals took pending; they wait out their lease
-//! like those of a call that timed out (below). The cluster client of the `redis` crate routes a pipeline by its
+//! about a third (see README, Performance). Errors are per call: a script
+//! error part-way fails every signal of its call, and leaves the claims its
+//! earlier signals took pending; they wait out their lease like those of a
+//! call that timed out (below). `GETEX` (the warm marker) needs Redis 6.2 or
+//! newer.
+//!
+//! The cluster client of the `redis` crate routes a pipeline by its
 //! first command and rejects pipelines spanning several slots, so on a
 //! cluster the claims are grouped by slot (= by namespace hash tag), one
 //! pipeline per slot, and the groups are sent concurrently; pipelines for
