@@ -163,12 +163,18 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts `redis-server` on a free port, ready (answers PING).
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`], with extra `redis-server` arguments
+    /// (configuration directives such as `--rename-command GETEX ""`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let dir = temp_dir("redis");
         let mut node = Node {
             port: free_port(),
             dir: dir.path().to_path_buf(),
             name: "redis-server".to_string(),
-            extra: Vec::new(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             proc: None,
         };
         node.spawn();

@@ -1217,6 +1217,27 @@ async fn one_decide_is_one_pipeline_of_script_calls() {
     assert!(sent.iter().all(|l| l.contains("\"EVALSHA\"")), "{sent:#?}");
 }
 
+/// A Redis without GETEX (as before 6.2; here the command is renamed away)
+/// is never ready, and says why; nothing is decided on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_without_getex_is_refused_with_the_version_it_needs() {
+    let server = RedisServer::start_with(&["--rename-command", "GETEX", ""]);
+    let store = redis_store(&server.url(), settings()).await;
+    let err = store
+        .ping()
+        .await
+        .expect_err("ready on a Redis without GETEX");
+    assert!(err.to_string().contains("Redis 6.2 or newer"), "{err}");
+    let ns = namespace("old-redis");
+    assert!(store.decide(&[claim(&ns, "a")]).await.is_err());
+    assert_eq!(server.cli(&["DBSIZE"]).trim(), "0", "nothing written");
+
+    // The same store code on a current Redis is ready.
+    let current = RedisServer::start();
+    let store = redis_store(&current.url(), settings()).await;
+    store.ping().await.expect("ready");
+}
+
 /// A flushed script cache: every call runs exactly once, then on reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noscript_reloads_and_runs_every_call_once() {

@@ -758,14 +758,30 @@ impl Store for RedisStore {
         .await
     }
 
+    /// `GETEX` of a key nobody writes rather than `PING`: it answers like a
+    /// ping and also proves the server runs the newest command the scripts
+    /// use (Redis 6.2), so an older Redis keeps the sidecar unready with a
+    /// message saying so instead of failing every signal.
     async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(async {
-            let cmd = redis::cmd("PING");
-            let pong: Result<String, RedisError> = match &self.conn {
+            let mut cmd = redis::cmd("GETEX");
+            cmd.arg(Keys("").key("ping"));
+            let pong: Result<Option<String>, RedisError> = match &self.conn {
                 Conn::Standalone(cm) => cmd.query_async(&mut cm.clone()).await,
                 Conn::Cluster(cc) => cmd.query_async(&mut cc.clone()).await,
             };
-            pong.map(|_| ()).map_err(|e| self.error(e))
+            pong.map(|_| ()).map_err(|e| {
+                if e.to_string()
+                    .to_ascii_lowercase()
+                    .contains("unknown command")
+                {
+                    StoreError::Unavailable(format!(
+                        "Redis does not know GETEX ({e}): signalgate needs Redis 6.2 or newer"
+                    ))
+                } else {
+                    self.error(e)
+                }
+            })
         })
         .await
     }
