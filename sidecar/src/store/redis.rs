@@ -560,22 +560,7 @@ fn parse_decision(claim: &Claim, value: &Value) -> Option<Decision> {
             fingerprint: claim.fingerprint.clone(),
         }
     };
-    let snapshot = Snapshot {
-        resource,
-        first_seen_ms: int(&v[4])?,
-        last_seen_ms: int(&v[5])?,
-        occurrence_count: count(&v[6])?,
-        storm: if storm {
-            Some(StormSnapshot {
-                alert_count: count(&v[7])?,
-                affected: Vec::new(),
-                affected_overflow: count(&v[8])?,
-                started_ms: int(&v[9])?,
-            })
-        } else {
-            None
-        },
-    };
+    let snapshot = snapshot_from(resource, &v[4..10], storm, Vec::new())?;
     Some(Decision {
         outcome,
         write,
@@ -596,22 +581,35 @@ fn parse_snapshot(storm: bool, value: &Value) -> Option<Option<Snapshot>> {
         return None;
     }
     let affected = v[7..].iter().map(text).collect::<Option<Vec<String>>>()?;
-    Some(Some(Snapshot {
-        resource: text(&v[0])?,
-        first_seen_ms: int(&v[1])?,
-        last_seen_ms: int(&v[2])?,
-        occurrence_count: count(&v[3])?,
+    snapshot_from(text(&v[0])?, &v[1..7], storm, affected).map(Some)
+}
+
+/// A [`Snapshot`] from the fields every script reply lays out alike: first
+/// seen ms, last seen ms, occurrence count, then (read for a storm only)
+/// alert count, affected overflow, started ms.
+fn snapshot_from(
+    resource: String,
+    fields: &[Value],
+    storm: bool,
+    affected: Vec<String>,
+) -> Option<Snapshot> {
+    let field = |i: usize| fields.get(i);
+    Some(Snapshot {
+        resource,
+        first_seen_ms: int(field(0)?)?,
+        last_seen_ms: int(field(1)?)?,
+        occurrence_count: count(field(2)?)?,
         storm: if storm {
             Some(StormSnapshot {
-                alert_count: count(&v[4])?,
+                alert_count: count(field(3)?)?,
                 affected,
-                affected_overflow: count(&v[5])?,
-                started_ms: int(&v[6])?,
+                affected_overflow: count(field(4)?)?,
+                started_ms: int(field(5)?)?,
             })
         } else {
             None
         },
-    }))
+    })
 }
 
 #[async_trait::async_trait]
@@ -690,15 +688,9 @@ impl Store for RedisStore {
                 .pop()
                 .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
             let parsed = match &reply {
-                redis::Value::Array(v) if v.len() == 4 => (|| {
-                    Some(Snapshot {
-                        resource: text(&v[0])?,
-                        first_seen_ms: int(&v[1])?,
-                        last_seen_ms: int(&v[2])?,
-                        occurrence_count: count(&v[3])?,
-                        storm: None,
-                    })
-                })(),
+                redis::Value::Array(v) if v.len() == 4 => {
+                    text(&v[0]).and_then(|r| snapshot_from(r, &v[1..], false, Vec::new()))
+                }
                 _ => None,
             };
             parsed.ok_or_else(|| unexpected("adopt", &reply))
