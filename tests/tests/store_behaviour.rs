@@ -357,6 +357,7 @@ behaviour!(
     every_key_expires,
     adopting_an_existing_resource_keeps_its_name_and_count,
     a_namespace_is_cold_for_one_dedup_window,
+    repeats_within_one_decide_count_in_order,
 );
 
 async fn created_then_duplicate(b: Backend) {
@@ -886,6 +887,61 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
     assert_eq!(f.poll(&owner.key).await, ClaimState::Committed);
 }
 
+/// A fingerprint repeated within one decide (Redis: one script call, which
+/// writes a repeated record once, at the end) is counted signal by signal,
+/// exactly as separate decides would count it, and every repeat keeps the
+/// record alive for the full window.
+async fn repeats_within_one_decide_count_in_order(b: Backend) {
+    let ttl = Duration::from_millis(800);
+    let f = b
+        .store(Settings {
+            dedup_ttl: ttl,
+            claim_lease: Duration::from_millis(300),
+            ..settings()
+        })
+        .await;
+    let ns = namespace("repeat");
+    let (a, c) = (claim(&ns, "a"), claim(&ns, "c"));
+    let ds = f
+        .decide(&[a.clone(), a.clone(), c.clone(), a.clone(), c.clone()])
+        .await;
+    assert_own(&ds[0], &a, Outcome::Created, Write::Create);
+    assert_own(&ds[1], &a, Outcome::Duplicate, Write::Await);
+    assert_own(&ds[2], &c, Outcome::Created, Write::Create);
+    assert_own(&ds[3], &a, Outcome::Duplicate, Write::Await);
+    assert_own(&ds[4], &c, Outcome::Duplicate, Write::Await);
+    let counts: Vec<u64> = ds.iter().map(|d| d.snapshot.occurrence_count).collect();
+    assert_eq!(counts, [1, 2, 1, 3, 2]);
+    for (d, first) in [(&ds[1], &ds[0]), (&ds[3], &ds[0]), (&ds[4], &ds[2])] {
+        assert_eq!(d.snapshot.resource, first.snapshot.resource);
+        assert_eq!(d.snapshot.first_seen_ms, first.snapshot.first_seen_ms);
+    }
+    f.commit(&ds[0].key).await;
+    f.commit(&ds[2].key).await;
+    assert_eq!(f.snapshot(&ds[0].key).await.expect("a").occurrence_count, 3);
+
+    // Known records repeated: counted on from what the store held, and kept
+    // alive by repeats every 200 ms for three times the TTL.
+    let started = Instant::now();
+    let mut n = 3;
+    while started.elapsed() < ttl * 3 {
+        let ds = f.decide(&[a.clone(), c.clone(), a.clone()]).await;
+        for d in &ds {
+            assert_eq!(d.outcome, Outcome::Duplicate, "{d:?}");
+            assert_eq!(d.write, Write::Update, "{d:?}");
+        }
+        assert_eq!(ds[0].snapshot.occurrence_count, n + 1);
+        assert_eq!(ds[2].snapshot.occurrence_count, n + 2);
+        assert_eq!(ds[2].snapshot.resource, ds[0].snapshot.resource);
+        assert_eq!(ds[2].snapshot.last_seen_ms, ds[0].snapshot.last_seen_ms);
+        n += 2;
+        let held = f.snapshot(&ds[0].key).await.expect("still known");
+        assert_eq!(held.occurrence_count, n);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(n >= 13, "only {n} sightings");
+}
+
 async fn a_namespace_is_cold_for_one_dedup_window(b: Backend) {
     let ttl = Duration::from_millis(600);
     let f = b
@@ -1215,6 +1271,67 @@ async fn one_decide_is_one_pipeline_of_script_calls() {
         .collect();
     assert_eq!(sent.len(), 1, "{sent:#?}");
     assert!(sent.iter().all(|l| l.contains("\"EVALSHA\"")), "{sent:#?}");
+}
+
+/// Concurrent decides share script calls (the store batches them): 100
+/// requests of one claim each cost a handful of EVALSHA, and each still gets
+/// its own decision, exactly one of them the creator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decides_share_script_calls() {
+    let server = RedisServer::start();
+    let store = redis_store(&server.url(), settings()).await;
+    store
+        .decide(&[claim(&namespace("warm"), "w")])
+        .await
+        .expect("warm-up");
+    let ns = namespace("share");
+    let (a, other) = (claim(&ns, "a"), claim(&namespace("share-other"), "b"));
+    let before = server.cli(&["INFO", "commandstats"]);
+    let requests: Vec<Vec<Claim>> = (0..100)
+        .map(|i| {
+            if i % 10 == 9 {
+                vec![other.clone(), a.clone()]
+            } else {
+                vec![a.clone()]
+            }
+        })
+        .collect();
+    let answers =
+        futures::future::join_all(requests.iter().map(|claims| store.decide(claims))).await;
+    let after = server.cli(&["INFO", "commandstats"]);
+    let mut creates = 0;
+    let mut counts_of_a = std::collections::BTreeSet::new();
+    for (claims, answer) in requests.iter().zip(answers) {
+        let ds = answer.expect("decide");
+        assert_eq!(ds.len(), claims.len());
+        for (d, c) in ds.iter().zip(claims) {
+            assert_eq!(d.key, fp_key(c), "{d:?}");
+            creates += usize::from(d.write == Write::Create);
+            if *c == a {
+                counts_of_a.insert(d.snapshot.occurrence_count);
+            }
+        }
+    }
+    assert_eq!(creates, 2, "one creator per fingerprint");
+    assert_eq!(
+        counts_of_a,
+        (1..=100).collect(),
+        "each sighting counted once"
+    );
+    let snap = store
+        .snapshot(&[fp_key(&a)])
+        .await
+        .expect("snapshot")
+        .pop()
+        .flatten()
+        .expect("a is known");
+    assert_eq!(snap.occurrence_count, 100);
+    let calls = cmdstat_calls(&after, "evalsha") - cmdstat_calls(&before, "evalsha");
+    eprintln!("100 concurrent decides: {calls} EVALSHA");
+    assert!(
+        (2..=12).contains(&calls),
+        "{calls} EVALSHA for 100 requests"
+    );
 }
 
 /// A Redis without GETEX (as before 6.2; here the command is renamed away)

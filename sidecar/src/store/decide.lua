@@ -11,12 +11,23 @@
 --       ms, 3 storm threshold, 4 storm window ms, 5 storm max duration ms,
 --       6 max affected, 7 claim lease ms; then per signal i: ARGV[6 + 2i]
 --       fingerprint, ARGV[7 + 2i] affected
+-- A fingerprint repeated within a call (the sidecar batches the signals of
+-- concurrent requests, and senders repeat their alerts) is decided from the
+-- record this call already holds: its count, last-seen and lease are written
+-- once, at the end of the call (one HSET + PEXPIRE per record), instead of
+-- once per signal. The outcome of every signal is the one separate calls
+-- would give: nothing outside this script can run in between.
+--
 -- Reply: one entry per signal, in order: { outcome (1 created, 2 duplicate,
 --          3 storm_started, 4 storm_aggregated), write (1 create, 2 update,
 --          3 await), kind (0 fingerprint, 1 storm), resource name, first
---          seen ms, last seen ms, occurrence count, alert count, affected
---          overflow, storm started ms, cold (1 while the store's memory of
---          the namespace is younger than the dedup window) }. (Tables of
+--          seen ms, last seen ms, occurrence count, [storm only: alert
+--          count, affected overflow, storm started ms,] cold (1 while the
+--          store's memory of the namespace is younger than the dedup
+--          window) }; a repeat of a fingerprint already answered in full by
+--          this call gets { 2, write, occurrence count, index of that
+--          signal } (the rest is the same: same resource, same instant).
+--          (Tables of
 --          numbers rather than one formatted string a signal: Lua formats a
 --          number into a string at a cost that, on the duplicate path, would
 --          add a quarter to this script's CPU time.)
@@ -81,8 +92,46 @@ local function join_storm(F, name)
   redis.call('PEXPIRE', F, int(dedup))
 end
 
--- One signal: fingerprint key F, fingerprint fp, affected value.
-local function decide(F, fp, affected)
+-- Own-resource fingerprint records read or created by this call, by key:
+-- { r name, f first seen, c count, p pending, u lease until, ttl, dirty,
+-- at: the signal whose reply gave it in full }.
+-- A dirty record's c, l, u and TTL are written by flush() at the end.
+local held = {}
+local dirty = {}
+
+local function own_duplicate(i, F, rec)
+  rec.c = rec.c + 1
+  local write, lease_until = claim_write(rec.p, rec.u, now, lease)
+  rec.u = lease_until
+  rec.ttl = dedup
+  if rec.p == 1 and lease_until - now > dedup then
+    rec.ttl = lease_until - now
+  end
+  if not rec.dirty then
+    rec.dirty = true
+    dirty[#dirty + 1] = F
+  end
+  if rec.at then
+    return { 2, write, rec.c, rec.at }
+  end
+  rec.at = i
+  return { 2, write, 0, rec.r, rec.f, now, rec.c, cold }
+end
+
+local function flush()
+  for _, F in ipairs(dirty) do
+    local rec = held[F]
+    redis.call('HSET', F, 'c', rec.c, 'l', now, 'u', rec.u)
+    redis.call('PEXPIRE', F, int(rec.ttl))
+  end
+end
+
+-- Signal i: fingerprint key F, fingerprint fp, affected value.
+local function decide(i, F, fp, affected)
+  local rec = held[F]
+  if rec then
+    return own_duplicate(i, F, rec)
+  end
   local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's')
 
   if known[6] then
@@ -98,15 +147,9 @@ local function decide(F, fp, affected)
     redis.call('DEL', F)
   elseif known[1] then
     -- A known fingerprint with its own resource.
-    local count = num(known[3]) + 1
-    local write, lease_until = claim_write(num(known[4]), num(known[5]), now, lease)
-    redis.call('HSET', F, 'c', count, 'l', now, 'u', lease_until)
-    local ttl = dedup
-    if num(known[4]) == 1 and lease_until - now > ttl then
-      ttl = lease_until - now
-    end
-    redis.call('PEXPIRE', F, int(ttl))
-    return { 2, write, 0, known[1], num(known[2]), now, count, 0, 0, 0, cold }
+    rec = { r = known[1], f = num(known[2]), c = num(known[3]), p = num(known[4]), u = num(known[5]) }
+    held[F] = rec
+    return own_duplicate(i, F, rec)
   end
 
   -- A new fingerprint. Does a storm run in this namespace?
@@ -137,7 +180,8 @@ local function decide(F, fp, affected)
     redis.call('DEL', F)
     redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease)
     redis.call('PEXPIRE', F, int(math.max(dedup, lease)))
-    return { 1, 1, 0, name, now, now, 1, 0, 0, 0, cold }
+    held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, at = i }
+    return { 1, 1, 0, name, now, now, 1, cold }
   end
 
   -- The (threshold+1)-th: a new storm, ONE resource.
@@ -160,6 +204,7 @@ end
 
 local replies = {}
 for i = 1, #KEYS - 5 do
-  replies[i] = decide(KEYS[5 + i], ARGV[6 + 2 * i], ARGV[7 + 2 * i])
+  replies[i] = decide(i, KEYS[5 + i], ARGV[6 + 2 * i], ARGV[7 + 2 * i])
 end
+flush()
 return replies

@@ -29,6 +29,7 @@
 
 use std::time::Duration;
 
+mod batch;
 pub mod memory;
 pub mod redis;
 
@@ -115,6 +116,10 @@ pub enum ClaimKey {
 }
 
 impl ClaimKey {
+    pub fn is_storm(&self) -> bool {
+        matches!(self, ClaimKey::Storm { .. })
+    }
+
     pub fn namespace(&self) -> &str {
         match self {
             ClaimKey::Fingerprint { namespace, .. } | ClaimKey::Storm { namespace, .. } => {
@@ -200,7 +205,7 @@ pub enum ClaimState {
 }
 
 /// A store failure: the request is answered 503 with `Retry-After`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),

@@ -33,12 +33,17 @@
 //!
 //! # Round trips
 //!
-//! `decide` sends one `EVALSHA` per namespace of the batch, all in one
-//! pipeline (one round trip). One call for several signals decides each of
-//! them exactly as separate calls would, in the batch's order, but Redis does
-//! its per-call work (script dispatch, `TIME`, the warm marker) once: on the
-//! duplicate path with 5 signals per request this cut Redis CPU per signal by
-//! about a third (see README, Performance). Errors are per call: a script
+//! `decide` hands its claims to the store's batching task
+//! ([`super::batch`]), which sends the claims of the requests that queued up
+//! together (a lone request goes out at once): one `EVALSHA` per namespace
+//! of the batch, at most 64 signals a call, all in one pipeline (one round
+//! trip). One call for several signals decides each of them exactly as
+//! separate calls would, in the batch's order, but Redis does its per-call
+//! work (script dispatch, `TIME`, the warm marker) once, and a fingerprint
+//! repeated within the call is read once and written once (its repeats are
+//! answered in a 4-field short form that the parser completes from the
+//! earlier answer). On the duplicate path this cut Redis CPU per signal by
+//! about two thirds (see README, Performance). Errors are per call: a script
 //! error part-way fails every signal of its call, and leaves the claims its
 //! earlier signals took pending; they wait out their lease like those of a
 //! call that timed out (below). `GETEX` (the warm marker) needs Redis 6.2 or
@@ -76,6 +81,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{RedisError, Script, ServerErrorKind, Value};
 
+use super::batch::{Batcher, DecideEach};
 use super::memory::{ms, storm_prefix};
 use super::{
     Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
@@ -94,13 +100,20 @@ const NOSCRIPT_ATTEMPTS: usize = 3;
 /// is split, so one script never holds Redis for long (about 5 µs a signal).
 const MAX_SIGNALS_PER_CALL: usize = 64;
 
-/// The Redis store. Cheap to clone; clones share the connection.
+/// The Redis store. Cheap to clone; clones share the connection and the
+/// batching of `decide` (see [`super::batch`]).
 #[derive(Clone)]
 pub struct RedisStore {
+    core: Arc<Core>,
+    batcher: Batcher,
+}
+
+/// The connection and scripts; every store call but the batching.
+struct Core {
     conn: Conn,
     settings: Settings,
     timeout: Duration,
-    scripts: Arc<Scripts>,
+    scripts: Scripts,
 }
 
 #[derive(Clone)]
@@ -198,26 +211,30 @@ impl RedisStore {
             }
         };
         let script = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
-        Ok(RedisStore {
+        let core = Arc::new(Core {
             conn,
             settings,
             timeout,
-            scripts: Arc::new(Scripts {
+            scripts: Scripts {
                 decide: script(DECIDE),
                 claim: script(CLAIM),
                 snapshot: script(SNAPSHOT),
-            }),
-        })
+            },
+        });
+        let batcher = Batcher::start(core.clone());
+        Ok(RedisStore { core, batcher })
     }
 
     pub fn settings(&self) -> &Settings {
-        &self.settings
+        &self.core.settings
     }
 
     pub fn is_cluster(&self) -> bool {
-        matches!(self.conn, Conn::Cluster(_))
+        matches!(self.core.conn, Conn::Cluster(_))
     }
+}
 
+impl Core {
     fn error(&self, e: RedisError) -> StoreError {
         if e.is_timeout() {
             StoreError::Timeout(self.timeout)
@@ -520,34 +537,57 @@ fn parse_decisions(claims: &[Claim], group: &[usize], value: &Value) -> Option<V
     if v.len() != group.len() {
         return None;
     }
-    group
-        .iter()
-        .zip(v)
-        .map(|(&i, reply)| parse_decision(&claims[i], reply))
-        .collect()
+    let mut decisions: Vec<Decision> = Vec::with_capacity(v.len());
+    for (&i, reply) in group.iter().zip(v) {
+        let Value::Array(fields) = reply else {
+            return None;
+        };
+        let decision = match fields.len() {
+            4 => repeat_decision(&decisions, fields)?,
+            _ => parse_decision(&claims[i], fields)?,
+        };
+        decisions.push(decision);
+    }
+    Some(decisions)
 }
 
-fn parse_decision(claim: &Claim, value: &Value) -> Option<Decision> {
-    let Value::Array(v) = value else {
-        return None;
-    };
-    if v.len() != 11 {
+/// A repeat of a fingerprint answered in full earlier in the same call:
+/// `{ 2, write, occurrence count, 1-based index of that answer }`.
+fn repeat_decision(earlier: &[Decision], v: &[Value]) -> Option<Decision> {
+    let first = usize::try_from(int(&v[3])?).ok()?.checked_sub(1)?;
+    let mut decision = earlier.get(first)?.clone();
+    if int(&v[0])? != 2 || decision.key.is_storm() {
         return None;
     }
-    let outcome = match int(&v[0])? {
+    decision.outcome = Outcome::Duplicate;
+    decision.write = write_code(int(&v[1])?)?;
+    decision.snapshot.occurrence_count = count(&v[2])?;
+    Some(decision)
+}
+
+fn write_code(code: i64) -> Option<Write> {
+    match code {
+        1 => Some(Write::Create),
+        2 => Some(Write::Update),
+        3 => Some(Write::Await),
+        _ => None,
+    }
+}
+
+/// A reply in full: 8 fields for a signal's own resource, 11 for a storm.
+fn parse_decision(claim: &Claim, v: &[Value]) -> Option<Decision> {
+    let outcome = match int(v.first()?)? {
         1 => Outcome::Created,
         2 => Outcome::Duplicate,
         3 => Outcome::StormStarted,
         4 => Outcome::StormAggregated,
         _ => return None,
     };
-    let write = match int(&v[1])? {
-        1 => Write::Create,
-        2 => Write::Update,
-        3 => Write::Await,
-        _ => return None,
-    };
-    let storm = int(&v[2])? == 1;
+    let write = write_code(int(v.get(1)?)?)?;
+    let storm = int(v.get(2)?)? == 1;
+    if v.len() != if storm { 11 } else { 8 } {
+        return None;
+    }
     let resource = text(&v[3])?;
     let key = if storm {
         ClaimKey::Storm {
@@ -560,13 +600,14 @@ fn parse_decision(claim: &Claim, value: &Value) -> Option<Decision> {
             fingerprint: claim.fingerprint.clone(),
         }
     };
-    let snapshot = snapshot_from(resource, &v[4..10], storm, Vec::new())?;
+    let (cold, fields) = v[4..].split_last()?;
+    let snapshot = snapshot_from(resource, fields, storm, Vec::new())?;
     Some(Decision {
         outcome,
         write,
         key,
         snapshot,
-        cold: int(&v[10])? == 1,
+        cold: int(cold)? == 1,
     })
 }
 
@@ -612,65 +653,45 @@ fn snapshot_from(
     })
 }
 
-#[async_trait::async_trait]
-impl Store for RedisStore {
-    async fn decide(&self, claims: &[Claim]) -> Result<Vec<Decision>, StoreError> {
-        if claims.is_empty() {
-            return Ok(Vec::new());
-        }
+impl Core {
+    /// One `decide.lua` call per namespace group of `claims`, all in one
+    /// round trip; a call that failed fails the claims it carried.
+    async fn decide_calls(&self, claims: &[Claim]) -> Vec<Result<Decision, StoreError>> {
         let groups = namespace_groups(claims);
         let calls: Vec<Call> = groups
             .iter()
             .map(|group| self.decide_call(&group.iter().map(|&i| &claims[i]).collect::<Vec<_>>()))
             .collect();
-        self.bounded(async {
-            let replies = self.eval_all(&self.scripts.decide, &calls).await?;
-            let mut slots: Vec<Option<Decision>> = (0..claims.len()).map(|_| None).collect();
-            let mut failure = None;
-            for (group, reply) in groups.iter().zip(replies) {
-                let parsed = reply.and_then(|v| {
-                    parse_decisions(claims, group, &v).ok_or_else(|| unexpected("decide", &v))
-                });
-                match parsed {
-                    Ok(ds) => {
-                        for (&i, d) in group.iter().zip(ds) {
-                            slots[i] = Some(d);
-                        }
+        let replies = match self
+            .bounded(self.eval_all(&self.scripts.decide, &calls))
+            .await
+        {
+            Ok(replies) => replies,
+            Err(e) => return claims.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let mut slots: Vec<Option<Result<Decision, StoreError>>> =
+            (0..claims.len()).map(|_| None).collect();
+        for (group, reply) in groups.iter().zip(replies) {
+            let parsed = reply.and_then(|v| {
+                parse_decisions(claims, group, &v).ok_or_else(|| unexpected("decide", &v))
+            });
+            match parsed {
+                Ok(ds) => {
+                    for (&i, d) in group.iter().zip(ds) {
+                        slots[i] = Some(Ok(d));
                     }
-                    Err(e) => {
-                        failure.get_or_insert(e);
+                }
+                Err(e) => {
+                    for &i in group {
+                        slots[i] = Some(Err(e.clone()));
                     }
                 }
             }
-            let decisions: Vec<Decision> = slots.into_iter().flatten().collect();
-            let Some(failure) = failure else {
-                return Ok(decisions);
-            };
-            // Some claims ran, others failed: the caller answers 503 and never
-            // creates, so hand the claims it took back at once for the retry.
-            let taken: Vec<ClaimKey> = decisions
-                .into_iter()
-                .filter(|d| d.write == Write::Create)
-                .map(|d| d.key)
-                .collect();
-            if !taken.is_empty() {
-                let calls: Vec<Call> = taken
-                    .iter()
-                    .map(|k| self.claim_call("release", k))
-                    .collect();
-                let _ = self.eval_all(&self.scripts.claim, &calls).await;
-            }
-            Err(failure)
-        })
-        .await
-    }
-
-    async fn commit(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
-        self.claim_all("commit", keys).await
-    }
-
-    async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
-        self.claim_all("release", keys).await
+        }
+        slots
+            .into_iter()
+            .map(|slot| slot.unwrap_or_else(|| Err(StoreError::Unavailable("no reply".into()))))
+            .collect()
     }
 
     async fn adopt(&self, key: &ClaimKey, existing: &Snapshot) -> Result<Snapshot, StoreError> {
@@ -742,7 +763,7 @@ impl Store for RedisStore {
                 .zip(replies)
                 .map(|(key, reply)| {
                     let v = reply?;
-                    let storm = matches!(key, ClaimKey::Storm { .. });
+                    let storm = key.is_storm();
                     parse_snapshot(storm, &v).ok_or_else(|| unexpected("snapshot", &v))
                 })
                 .collect()
@@ -776,6 +797,48 @@ impl Store for RedisStore {
             })
         })
         .await
+    }
+}
+
+#[async_trait::async_trait]
+impl DecideEach for Core {
+    async fn decide_each(&self, claims: &[Claim]) -> Vec<Result<Decision, StoreError>> {
+        self.decide_calls(claims).await
+    }
+
+    async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
+        self.claim_all("release", keys).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedisStore {
+    async fn decide(&self, claims: &[Claim]) -> Result<Vec<Decision>, StoreError> {
+        self.core.bounded(self.batcher.decide(claims)).await
+    }
+
+    async fn commit(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
+        self.core.claim_all("commit", keys).await
+    }
+
+    async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
+        self.core.claim_all("release", keys).await
+    }
+
+    async fn adopt(&self, key: &ClaimKey, existing: &Snapshot) -> Result<Snapshot, StoreError> {
+        self.core.adopt(key, existing).await
+    }
+
+    async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
+        self.core.poll(key).await
+    }
+
+    async fn snapshot(&self, keys: &[ClaimKey]) -> Result<Vec<Option<Snapshot>>, StoreError> {
+        self.core.snapshot(keys).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.core.ping().await
     }
 }
 
