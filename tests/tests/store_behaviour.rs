@@ -1334,6 +1334,62 @@ async fn concurrent_decides_share_script_calls() {
     );
 }
 
+/// On a cluster requests are not batched together: with one master not
+/// answering, a request for a namespace on another master is answered at
+/// once, while those with a signal on the silent one fail within the timeout
+/// (and all recover when it answers again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_cluster_node_holds_up_only_its_own_requests() {
+    let cluster = RedisCluster::start(3);
+    let timeout = Duration::from_millis(500);
+    let store = RedisStore::connect(&cluster.url(), settings(), timeout)
+        .await
+        .expect("connect");
+    // Two namespaces whose keys live on different masters.
+    let node_of = |ns: &str| cluster.master_port_for_key(&format!("sg:{{{ns}}}:w"));
+    let slow = namespace("slow-node");
+    let fast = (0..100)
+        .map(|i| namespace(&format!("fast-node-{i}")))
+        .find(|ns| node_of(ns) != node_of(&slow))
+        .expect("a namespace on another master");
+    for ns in [&slow, &fast] {
+        store.decide(&[claim(ns, "warm")]).await.expect("warm-up");
+    }
+    let paused = cluster
+        .ports()
+        .iter()
+        .position(|p| *p == node_of(&slow))
+        .expect("node");
+    cluster.cli(paused, &["CLIENT", "PAUSE", "3000", "ALL"]);
+
+    let on_fast = claim(&fast, "f");
+    let only_slow = [claim(&slow, "s")];
+    let both = [on_fast.clone(), claim(&slow, "s2")];
+    let only_fast = [claim(&fast, "g")];
+    let started = Instant::now();
+    let (held, mixed, free) = tokio::join!(store.decide(&only_slow), store.decide(&both), async {
+        let r = store.decide(&only_fast).await;
+        (r, started.elapsed())
+    });
+    let (free, free_took) = free;
+    let free = free.expect("a request on the other master");
+    assert_eq!(free[0].outcome, Outcome::Created);
+    assert!(free_took < timeout / 2, "held up for {free_took:?}");
+    assert!(held.is_err(), "{held:?}");
+    assert!(mixed.is_err(), "{mixed:?}");
+    assert!(started.elapsed() < timeout * 3, "{:?}", started.elapsed());
+
+    cluster.cli(paused, &["CLIENT", "UNPAUSE"]);
+    let t = Instant::now();
+    let back = loop {
+        match store.decide(&[claim(&slow, "after")]).await {
+            Ok(d) => break d,
+            Err(e) => assert!(t.elapsed() < Duration::from_secs(15), "no recovery: {e}"),
+        }
+    };
+    assert_eq!(back[0].outcome, Outcome::Created);
+}
+
 /// A Redis without GETEX (as before 6.2; here the command is renamed away)
 /// is never ready, and says why; nothing is decided on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,22 +3,26 @@
 //!
 //! Requests hand their claims to one batching task through a bounded queue.
 //! The task sends whatever has queued up (at most [`MAX_BATCH_CLAIMS`]
-//! claims, in arrival order, each request's claims kept together and in
-//! order) as one [`DecideEach::decide_each`], and keeps at most
-//! [`IN_FLIGHT`] of those running at once. A lone request goes out at once,
-//! so a quiet sidecar adds no wait; under load the requests that arrive
-//! while calls run are decided together, so the store's per-call work (and,
-//! on Redis, the work for a fingerprint repeated by several requests) is
-//! paid once per batch instead of once per request.
+//! claims unless one request alone has more, in arrival order, each
+//! request's claims kept together and in order) as one
+//! [`DecideEach::decide_each`], and keeps at most [`IN_FLIGHT`] of those
+//! running at once. A lone request goes out at once, so a quiet sidecar adds
+//! no wait; under load the requests that arrive while calls run are decided
+//! together, so the store's per-call work (and, on Redis, the work for a
+//! fingerprint repeated by several requests) is paid once per batch instead
+//! of once per request.
 //!
-//! Every claim is still decided in one atomic step of its own, exactly as it
-//! would be alone: batching changes which calls carry it, never the rules.
-//! Each request gets its own answer: if any of its claims failed it gets the
-//! error (and the claims it took are released at once, so its retry takes
-//! them over), while the other requests of the batch are unaffected. A
-//! request that gave up (its deadline passed) before its batch was sent is
-//! skipped; one that gave up while its batch ran has the claims it took
-//! released, as if it had failed.
+//! Batching changes which store calls carry a claim, never the rules: each
+//! claim is decided, in its request's order, exactly as it would be in a
+//! call of its own. Each request gets its own answer: if any of its claims
+//! failed it gets the error, and the claims it took are released right after
+//! (so its retry takes them over at once); a request none of whose claims
+//! failed is answered normally. A request that gave up (its deadline passed)
+//! before its batch was sent is skipped; one that gave up while its batch
+//! ran has the claims it took released, as if it had failed.
+//!
+//! [`decide_alone`] is the same without the batching (one request, one call),
+//! for stores where requests must not wait on each other.
 
 use std::sync::Arc;
 
@@ -26,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{Claim, ClaimKey, Decision, StoreError, Write};
 
-/// Claims sent in one batch at most (a request bigger than this goes alone).
+/// Claims sent in one batch at most (a request with more goes alone).
 pub const MAX_BATCH_CLAIMS: usize = 256;
 
 /// Batches running at once: while they run, new requests queue up and form
@@ -68,6 +72,11 @@ impl Batcher {
         Batcher { jobs }
     }
 
+    /// Whether the batching task still runs (it only stops with the runtime).
+    pub fn is_running(&self) -> bool {
+        !self.jobs.is_closed()
+    }
+
     /// Decides `claims` in the next batch; the caller bounds the wait.
     pub async fn decide(&self, claims: &[Claim]) -> Result<Vec<Decision>, StoreError> {
         if claims.is_empty() {
@@ -86,19 +95,29 @@ impl Batcher {
 
 async fn run(store: Arc<dyn DecideEach>, mut queue: mpsc::Receiver<Job>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // A job that did not fit in the previous batch opens the next one.
+    let mut carried: Option<Job> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = queue.recv().await else {
-            return;
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match queue.recv().await {
+                Some(job) => job,
+                None => return,
+            },
         };
+        let mut claims = first.claims.len();
         let mut jobs = vec![first];
-        let mut claims = jobs[0].claims.len();
         while claims < MAX_BATCH_CLAIMS {
             let Ok(job) = queue.try_recv() else {
                 break;
             };
+            if claims + job.claims.len() > MAX_BATCH_CLAIMS {
+                carried = Some(job);
+                break;
+            }
             claims += job.claims.len();
             jobs.push(job);
         }
@@ -108,14 +127,41 @@ async fn run(store: Arc<dyn DecideEach>, mut queue: mpsc::Receiver<Job>) {
         }
         let store = store.clone();
         tokio::spawn(async move {
-            decide_batch(store.as_ref(), jobs).await;
+            let unclaimed = decide_batch(store.as_ref(), jobs).await;
+            // The next batch need not wait for the releases.
             drop(slot);
+            release(store.as_ref(), &unclaimed).await;
         });
     }
 }
 
-/// Decides the claims of `jobs` in one call and answers each job.
-async fn decide_batch(store: &dyn DecideEach, jobs: Vec<Job>) {
+/// Decides `claims` for one request in a call of its own: failed claims fail
+/// the request, and the claims it took are then released.
+pub async fn decide_alone(
+    store: &dyn DecideEach,
+    claims: &[Claim],
+) -> Result<Vec<Decision>, StoreError> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (outcome, taken) = settle(store.decide_each(claims).await, claims.len());
+    release(store, &taken).await;
+    outcome
+}
+
+async fn release(store: &dyn DecideEach, keys: &[ClaimKey]) {
+    if keys.is_empty() {
+        return;
+    }
+    if let Err(e) = store.release(keys).await {
+        tracing::warn!(error = %e, claims = keys.len(),
+            "could not release claims of failed requests; they wait out their lease");
+    }
+}
+
+/// Decides the claims of `jobs` in one call and answers each job; returns
+/// the claims taken for jobs that failed or whose caller gave up.
+async fn decide_batch(store: &dyn DecideEach, jobs: Vec<Job>) -> Vec<ClaimKey> {
     let mut claims = Vec::with_capacity(jobs.iter().map(|j| j.claims.len()).sum());
     let mut answers = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -132,12 +178,7 @@ async fn decide_batch(store: &dyn DecideEach, jobs: Vec<Job>) {
             unclaimed.extend(created(decisions));
         }
     }
-    if !unclaimed.is_empty() {
-        if let Err(e) = store.release(&unclaimed).await {
-            tracing::warn!(error = %e, claims = unclaimed.len(),
-                "could not release claims of failed requests; they wait out their lease");
-        }
-    }
+    unclaimed
 }
 
 /// One request's answer from its claims' results, and the claims to release
@@ -298,10 +339,40 @@ mod tests {
             .all(|a| a.as_ref().is_ok_and(|d| d.len() == 10)));
         let calls = stub.calls.lock().unwrap().clone();
         assert!(calls.len() >= 2, "{calls:?}");
-        assert!(
-            calls.iter().all(|&n| n < MAX_BATCH_CLAIMS + 10),
-            "{calls:?}"
-        );
+        assert!(calls.iter().all(|&n| n <= MAX_BATCH_CLAIMS), "{calls:?}");
         assert_eq!(calls.iter().sum::<usize>(), requests.len() * 10);
+    }
+
+    #[tokio::test]
+    async fn a_request_bigger_than_the_cap_goes_alone() {
+        let stub = Arc::new(Stub::default());
+        let batcher = Batcher::start(stub.clone());
+        let small = [claim("small")];
+        let big: Vec<Claim> = (0..MAX_BATCH_CLAIMS + 1)
+            .map(|i| claim(&format!("big{i}")))
+            .collect();
+        let (a, b, c) = tokio::join!(
+            batcher.decide(&small),
+            batcher.decide(&big),
+            batcher.decide(&small)
+        );
+        assert!(a.is_ok() && b.is_ok() && c.is_ok());
+        assert_eq!(
+            *stub.calls.lock().unwrap(),
+            vec![1, MAX_BATCH_CLAIMS + 1, 1]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lone_request_with_a_failed_claim_releases_the_others() {
+        let stub = Stub::default();
+        let claims = [claim("good"), claim("bad"), claim("fine")];
+        assert!(decide_alone(&stub, &claims).await.is_err());
+        assert_eq!(
+            *stub.released.lock().unwrap(),
+            vec![key(&claims[0]), key(&claims[2])]
+        );
+        let ok = decide_alone(&stub, &claims[..1]).await.expect("decided");
+        assert_eq!(ok.len(), 1);
     }
 }

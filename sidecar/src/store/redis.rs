@@ -33,21 +33,30 @@
 //!
 //! # Round trips
 //!
-//! `decide` hands its claims to the store's batching task
-//! ([`super::batch`]), which sends the claims of the requests that queued up
-//! together (a lone request goes out at once): one `EVALSHA` per namespace
-//! of the batch, at most 64 signals a call, all in one pipeline (one round
+//! On a standalone server `decide` hands its claims to the store's batching
+//! task ([`super::batch`]), which sends the claims of the requests that
+//! queued up together (a lone request goes out at once); on a cluster each
+//! request is sent alone, so that a slow node only holds up the requests
+//! with signals on it (a batch would wait for its slowest node; once a node
+//! stops answering, the crate's refresh of the slot map can still hold up
+//! the others for up to the timeout). Either way the claims go as one `EVALSHA`
+//! per namespace, at most 64 signals a call, all in one pipeline (one round
 //! trip). One call for several signals decides each of them exactly as
-//! separate calls would, in the batch's order, but Redis does its per-call
-//! work (script dispatch, `TIME`, the warm marker) once, and a fingerprint
-//! repeated within the call is read once and written once (its repeats are
-//! answered in a 4-field short form that the parser completes from the
-//! earlier answer). On the duplicate path this cut Redis CPU per signal by
-//! about two thirds (see README, Performance). Errors are per call: a script
-//! error part-way fails every signal of its call, and leaves the claims its
-//! earlier signals took pending; they wait out their lease like those of a
-//! call that timed out (below). `GETEX` (the warm marker) needs Redis 6.2 or
-//! newer.
+//! separate calls would, in order, but Redis does its per-call work (script
+//! dispatch, `TIME`, the warm marker) once, and a fingerprint repeated within
+//! the call is read once and written once (its repeats are answered in a
+//! 4-field short form that the parser completes from the earlier answer). On
+//! the duplicate path this cut Redis CPU per signal by more than half (see
+//! README, Performance). `GETEX` (the warm marker) needs Redis 6.2 or newer.
+//!
+//! Errors are per call: a script error part-way fails every signal of its
+//! call (the counts of the fingerprints it had read are not written; records
+//! it created stay, pending, and wait out their lease like those of a call
+//! that timed out, below), and a failed pipeline or node fails every call
+//! it carried. A request with a failed signal is answered with the error and
+//! the claims its other signals took are released right after, so its retry
+//! takes them at once; a request none of whose calls failed is answered
+//! normally, even when it shared a batch with one that failed.
 //!
 //! The cluster client of the `redis` crate routes a pipeline by its
 //! first command and rejects pipelines spanning several slots, so on a
@@ -63,13 +72,12 @@
 //! Cluster: one multiplexed async cluster connection. Both connect lazily, so
 //! the sidecar starts (not ready) while Redis is down and recovers without a
 //! restart when it comes back. Every call, retries included, is bounded by
-//! the constructor's timeout ([`StoreError::Timeout`]); connection and server
-//! errors are [`StoreError::Unavailable`]. A call that timed out may still
-//! have run in Redis: claims it took then stay pending until their lease
-//! expires, when a retry (or a poller) takes them over, so nothing is lost or
-//! created twice. When some calls of a `decide` ran and others failed, the
-//! store releases the claims that ran before answering the error, so the
-//! retry takes them at once.
+//! the constructor's timeout ([`StoreError::Timeout`]), and so is a
+//! request's whole `decide`, its wait for a batch included; connection and
+//! server errors are [`StoreError::Unavailable`]. A call that timed out may
+//! still have run in Redis: claims it took then stay pending until their
+//! lease expires, when a retry (or a poller) takes them over, so nothing is
+//! lost or created twice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,7 +89,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{RedisError, Script, ServerErrorKind, Value};
 
-use super::batch::{Batcher, DecideEach};
+use super::batch::{self, Batcher, DecideEach};
 use super::memory::{ms, storm_prefix};
 use super::{
     Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
@@ -105,7 +113,9 @@ const MAX_SIGNALS_PER_CALL: usize = 64;
 #[derive(Clone)]
 pub struct RedisStore {
     core: Arc<Core>,
-    batcher: Batcher,
+    /// Standalone only: on a cluster a batch would wait for its slowest
+    /// node, so a failing node would hold up requests that never touch it.
+    batcher: Option<Batcher>,
 }
 
 /// The connection and scripts; every store call but the batching.
@@ -221,7 +231,10 @@ impl RedisStore {
                 snapshot: script(SNAPSHOT),
             },
         });
-        let batcher = Batcher::start(core.clone());
+        let batcher = match core.conn {
+            Conn::Standalone(_) => Some(Batcher::start(core.clone())),
+            Conn::Cluster(_) => None,
+        };
         Ok(RedisStore { core, batcher })
     }
 
@@ -255,36 +268,45 @@ impl Core {
 
     /// Runs every call of `script` (pipelined, one round trip per slot
     /// group, groups concurrently) and returns each call's reply, or its
-    /// server error. `NOSCRIPT` calls are resent after `SCRIPT LOAD`.
-    async fn eval_all(
-        &self,
-        script: &Script,
-        calls: &[Call],
-    ) -> Result<Vec<Result<Value, StoreError>>, StoreError> {
+    /// error: a server error, or the failure of the connection (on a
+    /// cluster, of the node) it went to. `NOSCRIPT` calls are resent after
+    /// `SCRIPT LOAD`. All of it within the store's timeout: a pipeline
+    /// still unanswered then fails its calls with [`StoreError::Timeout`],
+    /// the answers of the others are kept.
+    async fn eval_all(&self, script: &Script, calls: &[Call]) -> Vec<Result<Value, StoreError>> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut replies: Vec<Option<Result<Value, StoreError>>> =
             (0..calls.len()).map(|_| None).collect();
         let mut todo: Vec<usize> = (0..calls.len()).collect();
         for _ in 0..NOSCRIPT_ATTEMPTS {
-            let answers = self.send(script, calls, &todo).await?;
+            let answers = self.send(script, calls, &todo, deadline).await;
             let mut again = Vec::new();
             for (&i, answer) in todo.iter().zip(answers) {
                 match answer {
-                    Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
+                    Ok(Value::ServerError(e)) if e.kind() == Some(ServerErrorKind::NoScript) => {
                         again.push(i)
                     }
-                    Value::ServerError(e) => {
+                    Ok(Value::ServerError(e)) => {
                         replies[i] = Some(Err(StoreError::Unavailable(format!("Redis error: {e}"))))
                     }
-                    value => replies[i] = Some(Ok(value)),
+                    answer => replies[i] = Some(answer),
                 }
             }
             if again.is_empty() {
                 break;
             }
-            self.load(script).await?;
+            let loaded = tokio::time::timeout_at(deadline, self.load(script))
+                .await
+                .unwrap_or(Err(StoreError::Timeout(self.timeout)));
+            if let Err(e) = loaded {
+                for i in again {
+                    replies[i] = Some(Err(e.clone()));
+                }
+                break;
+            }
             todo = again;
         }
-        Ok(replies
+        replies
             .into_iter()
             .map(|r| {
                 r.unwrap_or_else(|| {
@@ -293,18 +315,19 @@ impl Core {
                     ))
                 })
             })
-            .collect())
+            .collect()
     }
 
     /// Sends the calls `idx` of `calls`: one pipeline on a standalone
     /// server; one pipeline per slot, concurrently, on a cluster. Returns
-    /// one value per index, in order.
+    /// one result per index, in order: a pipeline that failed fails its calls.
     async fn send(
         &self,
         script: &Script,
         calls: &[Call],
         idx: &[usize],
-    ) -> Result<Vec<Value>, StoreError> {
+        deadline: tokio::time::Instant,
+    ) -> Vec<Result<Value, StoreError>> {
         let pipeline = |group: &[usize]| {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
@@ -320,24 +343,26 @@ impl Core {
             }
             pipe
         };
-        let check = |values: Vec<Value>, want: usize| {
-            if values.len() == want {
-                Ok(values)
-            } else {
-                Err(StoreError::Unavailable(format!(
+        // One result per call of a pipeline.
+        // One result per call of a pipeline (`None`: no answer by the deadline).
+        let each = |answer: Option<Result<Vec<Value>, RedisError>>, want: usize| {
+            let failed = |e: StoreError| (0..want).map(|_| Err(e.clone())).collect();
+            match answer {
+                Some(Ok(values)) if values.len() == want => values.into_iter().map(Ok).collect(),
+                Some(Ok(values)) => failed(StoreError::Unavailable(format!(
                     "Redis answered {} replies to a pipeline of {want}",
                     values.len()
-                )))
+                ))),
+                Some(Err(e)) => failed(self.error(e)),
+                None => failed(StoreError::Timeout(self.timeout)),
             }
         };
         match &self.conn {
             Conn::Standalone(cm) => {
-                let pipe = pipeline(idx);
-                let values: Vec<Value> = pipe
-                    .query_async(&mut cm.clone())
-                    .await
-                    .map_err(|e| self.error(e))?;
-                check(values, idx.len())
+                let (pipe, mut conn) = (pipeline(idx), cm.clone());
+                let query = pipe.query_async(&mut conn);
+                let answer = tokio::time::timeout_at(deadline, query).await.ok();
+                each(answer, idx.len())
             }
             Conn::Cluster(cc) => {
                 let mut groups: HashMap<Slot, Vec<usize>> = HashMap::new();
@@ -350,22 +375,24 @@ impl Core {
                     let pipe = pipeline(&group);
                     let mut conn = cc.clone();
                     tasks.spawn(async move {
-                        let r: Result<Vec<Value>, RedisError> = pipe.query_async(&mut conn).await;
-                        (n, r)
+                        let query = pipe.query_async::<Vec<Value>>(&mut conn);
+                        (n, tokio::time::timeout_at(deadline, query).await.ok())
                     });
                     slots.push(group);
                 }
-                let mut by_call: HashMap<usize, Value> = HashMap::with_capacity(idx.len());
+                let mut by_call: HashMap<usize, Result<Value, StoreError>> =
+                    HashMap::with_capacity(idx.len());
                 while let Some(joined) = tasks.join_next().await {
-                    let (n, r) = joined
-                        .map_err(|e| StoreError::Unavailable(format!("Redis task failed: {e}")))?;
-                    let values = check(r.map_err(|e| self.error(e))?, slots[n].len())?;
-                    by_call.extend(slots[n].iter().copied().zip(values));
+                    // A task only fails by panicking; its calls then get no reply.
+                    let Ok((n, answer)) = joined else { continue };
+                    by_call.extend(slots[n].iter().copied().zip(each(answer, slots[n].len())));
                 }
                 idx.iter()
                     .map(|i| {
-                        by_call.remove(i).ok_or_else(|| {
-                            StoreError::Unavailable("missing pipeline reply".to_string())
+                        by_call.remove(i).unwrap_or_else(|| {
+                            Err(StoreError::Unavailable(
+                                "missing pipeline reply".to_string(),
+                            ))
                         })
                     })
                     .collect()
@@ -435,7 +462,7 @@ impl Core {
         }
         let calls: Vec<Call> = keys.iter().map(|k| self.claim_call(op, k)).collect();
         self.bounded(async {
-            for reply in self.eval_all(&self.scripts.claim, &calls).await? {
+            for reply in self.eval_all(&self.scripts.claim, &calls).await {
                 reply?;
             }
             Ok(())
@@ -543,7 +570,7 @@ fn parse_decisions(claims: &[Claim], group: &[usize], value: &Value) -> Option<V
             return None;
         };
         let decision = match fields.len() {
-            4 => repeat_decision(&decisions, fields)?,
+            4 => repeat_decision(&claims[i], &decisions, fields)?,
             _ => parse_decision(&claims[i], fields)?,
         };
         decisions.push(decision);
@@ -553,10 +580,12 @@ fn parse_decisions(claims: &[Claim], group: &[usize], value: &Value) -> Option<V
 
 /// A repeat of a fingerprint answered in full earlier in the same call:
 /// `{ 2, write, occurrence count, 1-based index of that answer }`.
-fn repeat_decision(earlier: &[Decision], v: &[Value]) -> Option<Decision> {
+fn repeat_decision(claim: &Claim, earlier: &[Decision], v: &[Value]) -> Option<Decision> {
     let first = usize::try_from(int(&v[3])?).ok()?.checked_sub(1)?;
     let mut decision = earlier.get(first)?.clone();
-    if int(&v[0])? != 2 || decision.key.is_storm() {
+    let same = matches!(&decision.key, ClaimKey::Fingerprint { fingerprint, .. }
+        if *fingerprint == claim.fingerprint);
+    if int(&v[0])? != 2 || !same {
         return None;
     }
     decision.outcome = Outcome::Duplicate;
@@ -662,13 +691,7 @@ impl Core {
             .iter()
             .map(|group| self.decide_call(&group.iter().map(|&i| &claims[i]).collect::<Vec<_>>()))
             .collect();
-        let replies = match self
-            .bounded(self.eval_all(&self.scripts.decide, &calls))
-            .await
-        {
-            Ok(replies) => replies,
-            Err(e) => return claims.iter().map(|_| Err(e.clone())).collect(),
-        };
+        let replies = self.eval_all(&self.scripts.decide, &calls).await;
         let mut slots: Vec<Option<Result<Decision, StoreError>>> =
             (0..claims.len()).map(|_| None).collect();
         for (group, reply) in groups.iter().zip(replies) {
@@ -705,7 +728,7 @@ impl Core {
         self.bounded(async {
             let reply = self
                 .eval_all(&self.scripts.claim, &calls)
-                .await?
+                .await
                 .pop()
                 .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
             let parsed = match &reply {
@@ -724,7 +747,7 @@ impl Core {
         self.bounded(async {
             let reply = self
                 .eval_all(&self.scripts.claim, &calls)
-                .await?
+                .await
                 .pop()
                 .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
             match int(&reply) {
@@ -758,7 +781,7 @@ impl Core {
             })
             .collect();
         self.bounded(async {
-            let replies = self.eval_all(&self.scripts.snapshot, &calls).await?;
+            let replies = self.eval_all(&self.scripts.snapshot, &calls).await;
             keys.iter()
                 .zip(replies)
                 .map(|(key, reply)| {
@@ -814,7 +837,10 @@ impl DecideEach for Core {
 #[async_trait::async_trait]
 impl Store for RedisStore {
     async fn decide(&self, claims: &[Claim]) -> Result<Vec<Decision>, StoreError> {
-        self.core.bounded(self.batcher.decide(claims)).await
+        match &self.batcher {
+            Some(batcher) => self.core.bounded(batcher.decide(claims)).await,
+            None => batch::decide_alone(self.core.as_ref(), claims).await,
+        }
     }
 
     async fn commit(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
@@ -838,6 +864,11 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.batcher.as_ref().is_some_and(|b| !b.is_running()) {
+            return Err(StoreError::Unavailable(
+                "the store's batching task stopped".into(),
+            ));
+        }
         self.core.ping().await
     }
 }
