@@ -215,6 +215,16 @@ fn settings() -> Settings {
 }
 
 /// A namespace no other case (or run) uses.
+/// Settings with a dedup window of `ttl` (and a shorter claim lease), for
+/// tests that watch records expire.
+fn short_window(ttl: Duration) -> Settings {
+    Settings {
+        dedup_ttl: ttl,
+        claim_lease: Duration::from_millis(300),
+        ..settings()
+    }
+}
+
 fn namespace(case: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
@@ -392,13 +402,7 @@ async fn created_then_duplicate(b: Backend) {
 
 async fn ttl_refreshed_on_every_duplicate(b: Backend) {
     let ttl = Duration::from_millis(800);
-    let f = b
-        .store(Settings {
-            dedup_ttl: ttl,
-            claim_lease: Duration::from_millis(300),
-            ..settings()
-        })
-        .await;
+    let f = b.store(short_window(ttl)).await;
     let ns = namespace("ttl");
     let a = claim(&ns, "a");
     let first = f.one(&a).await;
@@ -893,13 +897,7 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
 /// record alive for the full window.
 async fn repeats_within_one_decide_count_in_order(b: Backend) {
     let ttl = Duration::from_millis(800);
-    let f = b
-        .store(Settings {
-            dedup_ttl: ttl,
-            claim_lease: Duration::from_millis(300),
-            ..settings()
-        })
-        .await;
+    let f = b.store(short_window(ttl)).await;
     let ns = namespace("repeat");
     let (a, c) = (claim(&ns, "a"), claim(&ns, "c"));
     let ds = f
@@ -1188,17 +1186,23 @@ fn cmdstat_calls(info: &str, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// One `decide` = one EVALSHA per namespace (at most 64 signals a call),
-/// nothing else, in one pipeline; replies come back in claim order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_decide_is_one_pipeline_of_script_calls() {
+/// A private Redis and a store on it that has connected and loaded the
+/// decide script, so the commands a test counts are its own.
+async fn private_warm_store() -> (RedisServer, RedisStore) {
     let server = RedisServer::start();
     let store = redis_store(&server.url(), settings()).await;
-    // Warm up: connect and load the script.
     store
         .decide(&[claim(&namespace("warm"), "w")])
         .await
         .expect("warm-up");
+    (server, store)
+}
+
+/// One `decide` = one EVALSHA per namespace (at most 64 signals a call),
+/// nothing else, in one pipeline; replies come back in claim order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_decide_is_one_pipeline_of_script_calls() {
+    let (server, store) = private_warm_store().await;
     // 100 claims of one namespace (two calls: 64 + 36) interleaved with 30
     // of another (one call).
     let (ns, other) = (namespace("trip"), namespace("trip-other"));
@@ -1274,16 +1278,12 @@ async fn one_decide_is_one_pipeline_of_script_calls() {
 }
 
 /// Concurrent decides share script calls (the store batches them): 100
-/// requests of one claim each cost a handful of EVALSHA, and each still gets
-/// its own decision, exactly one of them the creator.
+/// requests (one claim each, every tenth with a second one) cost a handful of
+/// EVALSHA, and each still gets its own decision: one creator per
+/// fingerprint, every sighting counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_decides_share_script_calls() {
-    let server = RedisServer::start();
-    let store = redis_store(&server.url(), settings()).await;
-    store
-        .decide(&[claim(&namespace("warm"), "w")])
-        .await
-        .expect("warm-up");
+    let (server, store) = private_warm_store().await;
     let ns = namespace("share");
     let (a, other) = (claim(&ns, "a"), claim(&namespace("share-other"), "b"));
     let before = server.cli(&["INFO", "commandstats"]);
