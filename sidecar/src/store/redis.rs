@@ -343,7 +343,6 @@ impl Core {
             }
             pipe
         };
-        // One result per call of a pipeline.
         // One result per call of a pipeline (`None`: no answer by the deadline).
         let each = |answer: Option<Result<Vec<Value>, RedisError>>, want: usize| {
             let failed = |e: StoreError| (0..want).map(|_| Err(e.clone())).collect();
