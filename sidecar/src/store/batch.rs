@@ -31,11 +31,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::{Claim, ClaimKey, Decision, StoreError, Write};
 
 /// Claims sent in one batch at most (a request with more goes alone).
-pub const MAX_BATCH_CLAIMS: usize = 256;
+const MAX_BATCH_CLAIMS: usize = 256;
 
 /// Batches running at once: while they run, new requests queue up and form
 /// the next batch.
-pub const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 2;
 
 /// Requests waiting for a batch at most; a full queue makes callers wait
 /// (within their deadline) rather than grow memory.

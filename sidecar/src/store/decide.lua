@@ -27,10 +27,9 @@
 --          window) }; a repeat of a fingerprint already answered in full by
 --          this call gets { 2, write, occurrence count, index of that
 --          signal } (the rest is the same: same resource, same instant).
---          (Tables of
---          numbers rather than one formatted string a signal: Lua formats a
---          number into a string at a cost that, on the duplicate path, would
---          add a quarter to this script's CPU time.)
+--          (Tables of numbers rather than one formatted string a signal: Lua
+--          formats a number into a string at a cost that, on the duplicate
+--          path, would add a quarter to this script's CPU time.)
 
 local W, S, A, X, M = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local storm_prefix = ARGV[1]
