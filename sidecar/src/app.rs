@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
+
 use crate::coalesce::Coalescer;
 use crate::config::{Config, SinkConfig};
 use crate::metrics::Metrics;
@@ -19,6 +21,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub pipeline: Pipeline,
     pub coalescer: Arc<Coalescer>,
+    /// One permit per signal request being served (`max_in_flight`).
+    pub in_flight: Semaphore,
     shutting_down: AtomicBool,
 }
 
@@ -64,6 +68,7 @@ impl App {
             },
         };
         App {
+            in_flight: Semaphore::new(config.max_in_flight.min(Semaphore::MAX_PERMITS)),
             config,
             metrics,
             pipeline,

@@ -41,6 +41,9 @@ pub struct Config {
     pub flush_interval: Duration,
     pub max_body_bytes: usize,
     pub max_alerts: usize,
+    /// Signal requests served at once (memory is bounded by this times
+    /// `max_body_bytes`); the next one is answered 503 without being read.
+    pub max_in_flight: usize,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     /// Threads of the async runtime; `None`: one per CPU the process may use.
@@ -72,6 +75,7 @@ pub const KNOBS: &[Knob] = &[
     Knob { name: "FLUSH_INTERVAL", default: "1s", help: "occurrence/storm updates are written at most once per resource per interval" },
     Knob { name: "MAX_BODY_BYTES", default: "1048576", help: "largest request body the sidecar reads" },
     Knob { name: "MAX_ALERTS", default: "1000", help: "most alerts in one Alertmanager request" },
+    Knob { name: "MAX_IN_FLIGHT", default: "256", help: "signal requests served at once; more are answered 503 with Retry-After before their body is read" },
     Knob { name: "SHUTDOWN_GRACE", default: "10s", help: "on SIGTERM, how long in-flight requests may finish" },
     Knob { name: "LOG_FORMAT", default: "text", help: "text or json (level from RUST_LOG, default info)" },
     Knob { name: "WORKER_THREADS", default: "1", help: "threads serving requests; auto = one per CPU the pod may use (scale with replicas first)" },
@@ -185,6 +189,7 @@ impl Config {
             flush_interval: duration("FLUSH_INTERVAL", &get("FLUSH_INTERVAL"))?,
             max_body_bytes: number("MAX_BODY_BYTES", &get("MAX_BODY_BYTES"))?,
             max_alerts: number("MAX_ALERTS", &get("MAX_ALERTS"))?,
+            max_in_flight: number("MAX_IN_FLIGHT", &get("MAX_IN_FLIGHT"))?,
             shutdown_grace: duration("SHUTDOWN_GRACE", &get("SHUTDOWN_GRACE"))?,
             worker_threads: match get("WORKER_THREADS").trim() {
                 n if n.eq_ignore_ascii_case("auto") => None,
@@ -314,6 +319,7 @@ mod tests {
         assert_eq!(c.store, Settings::default());
         assert_eq!(c.redis_timeout, Duration::from_secs(1));
         assert_eq!(c.worker_threads, Some(1));
+        assert_eq!(c.max_in_flight, 256);
     }
 
     #[test]

@@ -14,10 +14,11 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTE
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::IntGauge;
 use signalgate_model::problem::{self, Problem};
 use signalgate_model::SignalType;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, SemaphorePermit};
 use tracing::Instrument;
 
 use crate::app::App;
@@ -185,6 +186,9 @@ async fn signal_request(app: &App, req: Request<Incoming>) -> Response<Body> {
         .filter(|v| !v.is_empty())
         .unwrap_or("unknown")
         .to_string();
+    let Some(_in_flight) = InFlight::enter(app) else {
+        return overloaded(app);
+    };
     let body = match Limited::new(req.into_body(), max).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(max),
@@ -208,6 +212,52 @@ async fn signal_request(app: &App, req: Request<Incoming>) -> Response<Body> {
         }
         Err(failure) => failure_response(app, &failure),
     }
+}
+
+/// A signal request being served: holds one of the `max_in_flight` permits
+/// and counts itself in `signalgate_requests_in_flight` until dropped.
+struct InFlight<'a> {
+    _permit: SemaphorePermit<'a>,
+    gauge: &'a IntGauge,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(app: &'a App) -> Option<InFlight<'a>> {
+        let permit = app.in_flight.try_acquire().ok()?;
+        let gauge = &app.metrics.requests_in_flight;
+        gauge.inc();
+        Some(InFlight {
+            _permit: permit,
+            gauge,
+        })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// 503 for a request over `max_in_flight`, sent before its body is read.
+fn overloaded(app: &App) -> Response<Body> {
+    app.metrics.errors.with_label_values(&["overloaded"]).inc();
+    let max = app.config.max_in_flight;
+    tracing::debug!(
+        max_in_flight = max,
+        "too many requests in flight; answered 503"
+    );
+    retry_later(
+        Problem::new(
+            503,
+            "overloaded",
+            "Overloaded",
+            format!(
+                "this sidecar is already serving {max} requests (SIGNALGATE_MAX_IN_FLIGHT); retry"
+            ),
+        ),
+        1,
+    )
 }
 
 fn failure_response(app: &App, failure: &Failure) -> Response<Body> {

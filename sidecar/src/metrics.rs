@@ -19,8 +19,11 @@ pub struct Metrics {
     pub store_duration: HistogramVec,
     /// `signalgate_request_duration_seconds{status}`.
     pub request_duration: HistogramVec,
-    /// `signalgate_errors_total{kind}`: invalid, store, sink, deadline, internal.
+    /// `signalgate_errors_total{kind}`: invalid, store, sink, deadline,
+    /// overloaded, internal.
     pub errors: IntCounterVec,
+    /// `signalgate_requests_in_flight`: signal requests being served.
+    pub requests_in_flight: IntGauge,
     /// `signalgate_pending_updates`: resources waiting for the next coalesced write.
     pub pending_updates: IntGauge,
 }
@@ -73,6 +76,11 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let requests_in_flight = IntGauge::new(
+            "signalgate_requests_in_flight",
+            "Signal requests being served (at most SIGNALGATE_MAX_IN_FLIGHT)",
+        )
+        .expect("valid metric");
         let pending_updates = IntGauge::new(
             "signalgate_pending_updates",
             "Resources waiting for their next coalesced update",
@@ -85,6 +93,7 @@ impl Metrics {
             Box::new(store_duration.clone()),
             Box::new(request_duration.clone()),
             Box::new(errors.clone()),
+            Box::new(requests_in_flight.clone()),
             Box::new(pending_updates.clone()),
         ] {
             registry.register(c).expect("metric registered once");
@@ -97,6 +106,7 @@ impl Metrics {
             store_duration,
             request_duration,
             errors,
+            requests_in_flight,
             pending_updates,
         }
     }
