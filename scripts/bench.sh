@@ -344,37 +344,43 @@ for _ in $(seq 100); do
 done
 [ "$(redis-cli -p "$REDIS_PORT" ping)" = PONG ] || die "redis-server did not start"
 
-# start_sidecar NAME SINK [ENV...]: sets SC_PID, SC_PORT, SC_ADMIN
+# start_sidecar NAME SINK [ENV...]: sets SC_PID, SC_PORT, SC_ADMIN. The storm
+# threshold is raised (every new alert creates its own resource) unless
+# SC_STORM_THRESHOLD is set; SC_REDIS_DB picks the Redis database.
 start_sidecar() {
     local name=$1 sink=$2
     shift 2
     SC_PORT=$(free_port) SC_ADMIN=$(free_port)
     start "$name" env "$@" SIGNALGATE_LISTEN="127.0.0.1:$SC_PORT" \
         SIGNALGATE_ADMIN_LISTEN="127.0.0.1:$SC_ADMIN" \
-        SIGNALGATE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" SIGNALGATE_SINK="$sink" \
-        SIGNALGATE_STORM_THRESHOLD=1000000000 "$SIDECAR"
+        SIGNALGATE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/${SC_REDIS_DB:-0}" SIGNALGATE_SINK="$sink" \
+        SIGNALGATE_STORM_THRESHOLD="${SC_STORM_THRESHOLD:-1000000000}" "$SIDECAR"
     SC_PID=$PID
     wait_http "$name" "$SC_PID" "http://127.0.0.1:$SC_ADMIN/readyz"
 }
 
-# sidecar_runs LABEL-SINK PATHS...: the load runs against the current sidecar.
+# sidecar_run SINK PATH RUN: the load runs against the current sidecar
+# (SC_*). Paths: duplicate (the same alerts every time), created (new alerts,
+# each its own resource), storm (new alerts at the default storm threshold:
+# after the first ten, all aggregated into the namespace's storm resource).
 sidecar_run() {
     local sink=$1 path=$2 run=$3 mode=identical expect=2xx
     [ "$path" = created ] && mode=distinct expect=201
+    [ "$path" = storm ] && mode=distinct
     load "http://127.0.0.1:$SC_PORT/api/v1/signals/prometheus" --size 4096 --mode "$mode" \
         --header x-signalgate-source:bench --header x-signalgate-signal-type:prometheus \
         --connections "$CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP" --expect "$expect" \
         --max-unexpected "$MAX_UNEXPECTED" --pid "sidecar=$SC_PID" --pid "redis=$REDIS_PID" --redis "127.0.0.1:$REDIS_PORT" \
         --sidecar-metrics "http://127.0.0.1:$SC_ADMIN/metrics" \
         --label part=sidecar --label "path=$path" --label "sink=$sink" --label "run=$run" \
-        --metric "resources_before=$(resources "$sink")"
+        --metric "resources_before=$(resources "$sink" "$path")"
 }
 
-# resources SINK: how many resources the sink holds now (the created path's
-# cost may grow with it).
+# resources SINK [PATH]: how many resources the sink (the storm sidecar's
+# for PATH storm) holds now (the created path's cost may grow with it).
 resources() {
     case $1 in
-    dir) find "$WORK/resources" -name '*.json' 2>/dev/null | wc -l ;;
+    dir) find "$WORK/$([ "${2:-}" = storm ] && echo storm-)resources" -name '*.json' 2>/dev/null | wc -l ;;
     kube) "$KUBECTL" get remediationrequests -A --no-headers 2>/dev/null | wc -l ;;
     esac
 }
@@ -433,11 +439,20 @@ bench_redis() { # bench_redis RUN
     fi
 }
 
+# The storm path: a second sidecar with the default storm threshold, on its
+# own Redis database so the two never share a namespace's storm state.
+SC_STORM_THRESHOLD=10 SC_REDIS_DB=1 start_sidecar sidecar-storm "dir:$WORK/storm-resources"
+STORM_SC_PID=$SC_PID STORM_SC_PORT=$SC_PORT STORM_SC_ADMIN=$SC_ADMIN
+
 for run in $(seq "$RUNS"); do
+    SC_PID=$DIR_SC_PID SC_PORT=$DIR_SC_PORT SC_ADMIN=$DIR_SC_ADMIN
     sidecar_run dir duplicate "$run"
     sidecar_run dir created "$run"
+    SC_PID=$STORM_SC_PID SC_PORT=$STORM_SC_PORT SC_ADMIN=$STORM_SC_ADMIN
+    sidecar_run dir storm "$run"
     bench_redis "$run"
 done
+stop "$STORM_SC_PID"
 
 # ------------------------------------------------------------------ 2b. kube sink
 KUBE=${BENCH_KUBE:-auto}

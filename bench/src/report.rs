@@ -609,6 +609,7 @@ pub fn write(records: &[Record], out: &Path) -> Result<Vec<PathBuf>, String> {
     let mut peer_md = String::new();
     let sc_dup = find(&sidecar, &[("path", "duplicate"), ("sink", "dir")]);
     let sc_new = find(&sidecar, &[("path", "created"), ("sink", "dir")]);
+    let sc_storm = find(&sidecar, &[("path", "storm"), ("sink", "dir")]);
     let am_same = find(&peer, &[("mode", "identical")]);
     let am_new = find(&peer, &[("mode", "distinct")]);
     if !peer.is_empty() {
@@ -621,6 +622,11 @@ pub fn write(records: &[Record], out: &Path) -> Result<Vec<PathBuf>, String> {
         for (g, sc, what) in [
             (am_same, sc_dup, "repeated alerts (sidecar: duplicate path)"),
             (am_new, sc_new, "new alerts (sidecar: created path)"),
+            (
+                am_new,
+                sc_storm,
+                "new alerts, default storm threshold (sidecar: storm path)",
+            ),
         ] {
             let Some(g) = g else { continue };
             let alerts = g.median("alerts_per_request").unwrap_or(1.0).max(1.0);
@@ -638,7 +644,8 @@ pub fn write(records: &[Record], out: &Path) -> Result<Vec<PathBuf>, String> {
                 ratio_cell(r),
             );
             peer_ratios.push(
-                json!({"mode": g.label("mode"), "sidecar_vs_alertmanager": r.map(|s| s.json())}),
+                json!({"mode": g.label("mode"), "sidecar_path": sc.map(|s| s.label("path")),
+                       "sidecar_vs_alertmanager": r.map(|s| s.json())}),
             );
         }
         if let (Some(s), Some(a)) = (sc_dup, am_same) {
@@ -773,7 +780,9 @@ pub fn write(records: &[Record], out: &Path) -> Result<Vec<PathBuf>, String> {
         "## 2. Sidecar alone, real Redis\n\nLoad generator → sidecar (Redis store on a private redis-server, \
          directory sink{}) with `x-signalgate-source` set as Envoy would. Duplicate path: the same webhook \
          every time; created path: new alerts in every request (storm threshold raised so every new alert \
-         creates its own resource). Redis figures are `INFO commandstats` deltas over the window; round trips \
+         creates its own resource); storm path: new alerts in every request at the default storm threshold \
+         (a second sidecar on its own Redis database: after the first ten, every alert is aggregated into \
+         the namespace's one storm resource, as in a real alert storm). Redis figures are `INFO commandstats` deltas over the window; round trips \
          are the sidecar's own store calls (`signalgate_store_duration_seconds_count`).{sc_md}",
         if find(&sidecar, &[("sink", "kube")]).is_some() { "; and the kube sink against a real kube-apiserver" } else { "" }
     );

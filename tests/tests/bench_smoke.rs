@@ -137,7 +137,7 @@ fn quick_benchmark_writes_a_complete_report() {
         positive("edge_memory", e, "rss_kib");
     }
     let sidecar = section(&report, "sidecar");
-    for path in ["duplicate", "created"] {
+    for path in ["duplicate", "created", "storm"] {
         let e = sidecar
             .iter()
             .find(|e| e["labels"]["path"] == path && e["labels"]["sink"] == "dir")

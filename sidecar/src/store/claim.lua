@@ -74,6 +74,6 @@ if kind == 'f' then
     redis.call('PEXPIRE', H, int(lease))
   end
 else
-  storm_keep(KEYS[1], KEYS[2], KEYS[3], name, now + lease, now)
+  storm_keep(KEYS[1], KEYS[2], KEYS[3], { { name, now + lease } }, now)
 end
 return 3

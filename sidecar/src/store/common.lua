@@ -90,12 +90,13 @@ local function storm_drop(S, A, X, name)
   end
 end
 
--- Keeps storm `name` at least until `until_ms`, sweeps storms whose time is
--- up, and sets the TTL of the namespace's storm keys to the last storm's.
-local function storm_keep(S, A, X, name, until_ms, now)
-  local cur = redis.call('ZSCORE', X, name)
-  if (not cur) or tonumber(cur) < until_ms then
-    redis.call('ZADD', X, until_ms, name)
+-- Keeps each storm of `keeps` ({ name, until_ms } pairs) at least until its
+-- until_ms, then sweeps storms whose time is up and sets the TTL of the
+-- namespace's storm keys to the last storm's. (Every storm is kept before the
+-- sweep, so none of them can be swept.)
+local function storm_keep(S, A, X, keeps, now)
+  for _, k in ipairs(keeps) do
+    redis.call('ZADD', X, 'GT', k[2], k[1])
   end
   local dead = redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, 16)
   for _, d in ipairs(dead) do

@@ -54,13 +54,44 @@ local function storm_reply(outcome, write, st)
   return { outcome, write, 1, st.name, st.f, st.l, st.c, st.n, st.o, st.f, cold }
 end
 
+-- Storm records read or started by this call, by name (false: gone). Like
+-- the fingerprint records below, a storm is read once and its fields, its
+-- place in X and the keys' TTL are written once, by flush_storms().
+local storms = {}
+local changed_storms = {}
+
+local function storm_get(name)
+  local st = storms[name]
+  if st == nil then
+    st = storm_load(S, name) or false
+    storms[name] = st
+  end
+  return st or nil
+end
+
+local function storm_changed(st)
+  if not st.changed then
+    st.changed = true
+    changed_storms[#changed_storms + 1] = st
+  end
+end
+
+-- The namespace's latest storm (field 'cur' of S), read once.
+local current
+local function current_storm()
+  if current == nil then
+    current = redis.call('HGET', S, 'cur') or false
+  end
+  return current or nil
+end
+
 -- Counts one more signal in storm `st` and settles its claim.
 local function storm_count(st)
-  st.c = redis.call('HINCRBY', S, st.name .. '|c', 1)
+  st.c = st.c + 1
   st.l = now
   local write, lease_until = claim_write(st.p, st.u, now, lease)
   st.u = lease_until
-  redis.call('HSET', S, st.name .. '|l', now, st.name .. '|u', lease_until)
+  storm_changed(st)
   return write
 end
 
@@ -69,24 +100,37 @@ local function add_affected(st, affected)
     return
   end
   local member = st.name .. '|' .. affected
-  if redis.call('ZSCORE', A, member) then
+  if st.k < max_affected then
+    if redis.call('ZADD', A, 'NX', 0, member) == 1 then
+      st.k = st.k + 1
+    end
+  elseif not redis.call('ZSCORE', A, member) then
+    st.o = st.o + 1
+  end
+end
+
+-- Writes every storm this call changed; each record must outlive its
+-- members' keys, the storm itself and the lease.
+local function flush_storms()
+  if #changed_storms == 0 then
     return
   end
-  if st.k < max_affected then
-    redis.call('ZADD', A, 0, member)
-    st.k = redis.call('HINCRBY', S, st.name .. '|k', 1)
-  else
-    st.o = redis.call('HINCRBY', S, st.name .. '|o', 1)
+  local keeps = {}
+  for i, st in ipairs(changed_storms) do
+    local fields = {}
+    for j, f in ipairs(STORM) do
+      fields[2 * j - 1] = st.name .. '|' .. f
+      fields[2 * j] = int(st[f])
+    end
+    redis.call('HSET', S, unpack(fields))
+    keeps[i] = { st.name, math.max(now + dedup, st.e, st.u) }
   end
+  storm_keep(S, A, X, keeps, now)
 end
 
--- The record must outlive its members' keys, the storm itself and the lease.
-local function keep(st)
-  storm_keep(S, A, X, st.name, math.max(now + dedup, st.e, st.u), now)
-end
-
+-- F holds nothing here: decide() found neither 'r' nor 's' in it (or
+-- deleted a record whose storm was gone), and no record lacks both.
 local function join_storm(F, name)
-  redis.call('DEL', F)
   redis.call('HSET', F, 's', name)
   redis.call('PEXPIRE', F, int(dedup))
 end
@@ -135,11 +179,10 @@ local function decide(i, F, fp, affected)
 
   if known[6] then
     -- A storm member: repeats are duplicates of the storm resource.
-    local st = storm_load(S, known[6])
+    local st = storm_get(known[6])
     if st then
       local write = storm_count(st)
       redis.call('PEXPIRE', F, int(dedup))
-      keep(st)
       return storm_reply(2, write, st)
     end
     -- The storm record is gone: the signal is new again.
@@ -152,20 +195,15 @@ local function decide(i, F, fp, affected)
   end
 
   -- A new fingerprint. Does a storm run in this namespace?
-  local cur = redis.call('HGET', S, 'cur')
+  local cur = current_storm()
   if cur then
-    local st = storm_load(S, cur)
+    local st = storm_get(cur)
     if st and st.e > now then
-      st.n = redis.call('HINCRBY', S, cur .. '|n', 1)
+      st.n = st.n + 1
       local write = storm_count(st)
-      local ends = math.min(now + window, st.f + max_duration)
-      if ends > st.e then
-        st.e = ends
-        redis.call('HSET', S, cur .. '|e', ends)
-      end
+      st.e = math.max(st.e, math.min(now + window, st.f + max_duration))
       add_affected(st, affected)
       join_storm(F, cur)
-      keep(st)
       return storm_reply(4, write, st)
     end
   end
@@ -191,13 +229,12 @@ local function decide(i, F, fp, affected)
     p = 1, u = now + lease, o = 0, k = 0,
   }
   storm_drop(S, A, X, name)
-  redis.call('HSET', S, 'cur', name,
-    name .. '|f', st.f, name .. '|l', st.l, name .. '|c', st.c, name .. '|n', st.n,
-    name .. '|e', st.e, name .. '|p', st.p, name .. '|u', st.u, name .. '|o', 0,
-    name .. '|k', 0)
+  redis.call('HSET', S, 'cur', name)
+  current = name
+  storms[name] = st
+  storm_changed(st)
   add_affected(st, affected)
   join_storm(F, name)
-  keep(st)
   return storm_reply(3, 1, st)
 end
 
@@ -206,4 +243,5 @@ for i = 1, #KEYS - 5 do
   replies[i] = decide(i, KEYS[5 + i], ARGV[6 + 2 * i], ARGV[7 + 2 * i])
 end
 flush()
+flush_storms()
 return replies
