@@ -19,9 +19,10 @@ const FONT_PATHS: &[&str] = &[
 pub const LEGEND: &str = "Chart, four panels, log scales, whiskers = min–max over the runs: \
 top left, edge throughput (req/s) and top right, edge p99 (ms), grouped by payload and Envoy \
 workers (w1, w2), bars grey = no filter, blue = native local_ratelimit, brown = wasm floor (empty filter reading the body), orange = signalgate filter; \
-bottom left, alerts/s and bottom right, p99 (ms) of: green `sidecar dup dir` = sidecar duplicate \
-path, dark green `sidecar new dir` = created path (directory sink), purple `sidecar new kube` = \
-created path (kube sink), red `AM same` = Alertmanager fed repeated alerts, dark red `AM new` = \
+bottom left, alerts/s and bottom right, p99 (ms) of the sidecar alone (`sc`): green `sc dup` = \
+duplicate path, dark green `sc new` = created path (directory sink), olive `sc storm` = \
+storm path (new alerts at the default storm threshold), purple `sc kube` = \
+created path (kube sink); red `AM same` = Alertmanager fed repeated alerts, dark red `AM new` = \
 Alertmanager fed new alerts, teal `chain dup` / navy `chain new` = full chain, duplicate / created.";
 
 const GREY: RGBColor = RGBColor(150, 150, 150);
@@ -35,6 +36,7 @@ const RED: RGBColor = RGBColor(214, 39, 40);
 const DARK_RED: RGBColor = RGBColor(120, 20, 20);
 const TEAL: RGBColor = RGBColor(23, 190, 207);
 const NAVY: RGBColor = RGBColor(20, 40, 120);
+const OLIVE: RGBColor = RGBColor(150, 150, 20);
 
 /// Loads a system font for plotters; false when there is none.
 fn load_font() -> bool {
@@ -150,11 +152,17 @@ pub fn draw(
         let sink = g.labels.get("sink").map(String::as_str).unwrap_or("");
         let color = match (path, sink) {
             ("duplicate", _) => GREEN,
+            ("storm", _) => OLIVE,
             (_, "kube") => PURPLE,
             _ => DARK_GREEN,
         };
-        let short = if path == "duplicate" { "dup" } else { "new" };
-        add(format!("sidecar {short} {sink}"), color, g);
+        let short = match (path, sink) {
+            ("duplicate", _) => "dup",
+            ("storm", _) => "storm",
+            (_, "kube") => "kube",
+            _ => "new",
+        };
+        add(format!("sc {short}"), color, g);
     }
     for g in peer {
         let mode = g.labels.get("mode").map(String::as_str).unwrap_or("");
