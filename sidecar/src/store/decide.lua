@@ -60,10 +60,13 @@ end
 local storms = {}
 local changed_storms = {}
 
+-- A storm whose time in X is up counts as gone even before a sweep drops it
+-- (the sweep runs once, at the end of the call).
 local function storm_get(name)
   local st = storms[name]
   if st == nil then
-    st = storm_load(S, name) or false
+    local until_ms = tonumber(redis.call('ZSCORE', X, name))
+    st = until_ms and until_ms > now and storm_load(S, name) or false
     storms[name] = st
   end
   return st or nil
