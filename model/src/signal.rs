@@ -103,6 +103,34 @@ pub struct Signal {
     pub message: Option<String>,
 }
 
+/// What identifies a signal: everything the store and the claim protocol
+/// need (its fingerprint, namespace, target and status). An alert's is read
+/// straight from its label sets, without copying them: most signals are
+/// duplicates, and only a signal whose resource is written needs the whole
+/// [`Signal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub signal_type: SignalType,
+    pub name: String,
+    pub namespace: String,
+    pub namespace_from: NamespaceFrom,
+    pub target: Target,
+    pub status: Status,
+}
+
+impl Identity {
+    /// See [`Signal::fingerprint`].
+    pub fn fingerprint(&self) -> String {
+        fingerprint(
+            self.signal_type,
+            &self.namespace,
+            &self.target.kind,
+            &self.target.name,
+            &self.name,
+        )
+    }
+}
+
 /// What the adapters need besides the payload.
 #[derive(Debug, Clone)]
 pub struct Context<'c> {
@@ -139,6 +167,18 @@ impl Signal {
             &self.target.name,
             &self.name,
         )
+    }
+
+    /// Its identity (a copy of those fields).
+    pub fn identity(&self) -> Identity {
+        Identity {
+            signal_type: self.signal_type,
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            namespace_from: self.namespace_from,
+            target: self.target.clone(),
+            status: self.status,
+        }
     }
 }
 
@@ -189,18 +229,61 @@ fn owned(labels: Option<&Labels<'_>>) -> BTreeMap<String, String> {
 /// One signal per alert of the webhook, `commonLabels` (and
 /// `commonAnnotations`) merged under each alert's own.
 pub fn from_alertmanager(w: &Webhook<'_>, ctx: &Context<'_>) -> Vec<Signal> {
-    w.alerts
+    (0..alerts(w).len())
+        .filter_map(|i| alert_signal(w, i, ctx))
+        .collect()
+}
+
+/// The identity of every alert of the webhook, in order: what
+/// [`from_alertmanager`] would give, without copying label sets.
+pub fn alert_identities(w: &Webhook<'_>, ctx: &Context<'_>) -> Vec<Identity> {
+    alerts(w)
         .iter()
-        .flatten()
         .map(|a| {
-            from_alert(
+            alert_identity(
+                &LabelView::new(a.labels.as_ref(), w.common_labels.as_ref()),
                 a,
-                w.common_labels.as_ref(),
-                w.common_annotations.as_ref(),
                 ctx,
             )
         })
         .collect()
+}
+
+/// The signal of alert `i` of the webhook (`None` past the last one).
+pub fn alert_signal(w: &Webhook<'_>, i: usize, ctx: &Context<'_>) -> Option<Signal> {
+    let a = alerts(w).get(i)?;
+    Some(from_alert(
+        a,
+        w.common_labels.as_ref(),
+        w.common_annotations.as_ref(),
+        ctx,
+    ))
+}
+
+fn alerts<'w, 'a>(w: &'w Webhook<'a>) -> &'w [Alert<'a>] {
+    w.alerts.as_deref().unwrap_or_default()
+}
+
+/// An alert's own label set over the webhook's common one, read in place: a
+/// name the alert has is looked up there (even if its value is empty), any
+/// other in the common set (its last repeat), as in the merged map.
+struct LabelView<'l, 'a> {
+    own: Option<&'l Labels<'a>>,
+    common: Option<&'l Labels<'a>>,
+}
+
+impl<'l, 'a> LabelView<'l, 'a> {
+    fn new(own: Option<&'l Labels<'a>>, common: Option<&'l Labels<'a>>) -> Self {
+        LabelView { own, common }
+    }
+
+    /// The value of `name`, if present and not empty.
+    fn get(&self, name: &str) -> Option<&'l str> {
+        let own = self.own.and_then(|l| l.get(name));
+        own.or_else(|| self.common.and_then(|l| l.get(name)))
+            .map(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
 }
 
 /// The alert's own pairs over the common ones. Alertmanager's common labels
@@ -217,33 +300,25 @@ fn merged(own: Option<&Labels<'_>>, common: Option<&Labels<'_>>) -> BTreeMap<Str
     map
 }
 
-fn from_alert(
-    a: &Alert<'_>,
-    common_labels: Option<&Labels<'_>>,
-    common_annotations: Option<&Labels<'_>>,
-    ctx: &Context<'_>,
-) -> Signal {
-    let labels = merged(a.labels.as_ref(), common_labels);
-    let annotations = merged(a.annotations.as_ref(), common_annotations);
-    let label = |k: &str| labels.get(k).filter(|v| !v.is_empty()).cloned();
-
-    let name = label("alertname").unwrap_or_default();
-    let (namespace, namespace_from) = match (label("namespace"), label("exported_namespace")) {
-        (Some(ns), _) => (ns, NamespaceFrom::Label),
-        (None, Some(ns)) => (ns, NamespaceFrom::ExportedLabel),
-        (None, None) => (ctx.fallback_namespace.to_string(), NamespaceFrom::Fallback),
-    };
+fn alert_identity(labels: &LabelView<'_, '_>, a: &Alert<'_>, ctx: &Context<'_>) -> Identity {
+    let name = labels.get("alertname").unwrap_or_default().to_owned();
+    let (namespace, namespace_from) =
+        match (labels.get("namespace"), labels.get("exported_namespace")) {
+            (Some(ns), _) => (ns.to_owned(), NamespaceFrom::Label),
+            (None, Some(ns)) => (ns.to_owned(), NamespaceFrom::ExportedLabel),
+            (None, None) => (ctx.fallback_namespace.to_owned(), NamespaceFrom::Fallback),
+        };
     let target = TARGET_LABELS
         .iter()
         .find_map(|(label_name, kind, namespaced)| {
-            label(label_name).map(|n| Target {
-                kind: (*kind).to_string(),
-                name: n,
+            labels.get(label_name).map(|n| Target {
+                kind: (*kind).to_owned(),
+                name: n.to_owned(),
                 namespace: namespaced.then(|| namespace.clone()),
             })
         })
         .unwrap_or_else(|| Target {
-            kind: ALERT_KIND.to_string(),
+            kind: ALERT_KIND.to_owned(),
             name: name.clone(),
             namespace: Some(namespace.clone()),
         });
@@ -251,22 +326,41 @@ fn from_alert(
         Some("resolved") => Status::Resolved,
         _ => Status::Firing,
     };
+    Identity {
+        signal_type: SignalType::Prometheus,
+        name,
+        namespace,
+        namespace_from,
+        target,
+        status,
+    }
+}
+
+fn from_alert(
+    a: &Alert<'_>,
+    common_labels: Option<&Labels<'_>>,
+    common_annotations: Option<&Labels<'_>>,
+    ctx: &Context<'_>,
+) -> Signal {
+    let view = LabelView::new(a.labels.as_ref(), common_labels);
+    let id = alert_identity(&view, a, ctx);
+    let annotations = merged(a.annotations.as_ref(), common_annotations);
     let message = annotations
         .get("summary")
         .or_else(|| annotations.get("description"))
         .or_else(|| annotations.get("message"))
         .cloned();
     Signal {
-        signal_type: SignalType::Prometheus,
-        severity: label("severity").unwrap_or_else(|| UNKNOWN_SEVERITY.to_string()),
-        name,
-        namespace,
-        namespace_from,
-        target,
-        labels,
+        signal_type: id.signal_type,
+        severity: view.get("severity").unwrap_or(UNKNOWN_SEVERITY).to_owned(),
+        name: id.name,
+        namespace: id.namespace,
+        namespace_from: id.namespace_from,
+        target: id.target,
+        labels: merged(a.labels.as_ref(), common_labels),
         annotations,
         firing_time: a.starts_at.as_ref().map(|t| t.as_str().to_owned()),
-        status,
+        status: id.status,
         source: ctx.source.to_string(),
         message,
     }
@@ -337,6 +431,48 @@ mod tests {
 
     fn webhook(list: Vec<Value>, common: Value) -> Value {
         json!({"version": "4", "status": "firing", "alerts": list, "commonLabels": common})
+    }
+
+    #[test]
+    fn identities_read_in_place_match_the_full_signals() {
+        let body = br#"{"version": "4", "status": "firing",
+            "alerts": [
+              {"status": "firing", "labels": {"alertname": "A", "pod": "p1"}, "startsAt": "2026-11-26T20:57:15Z"},
+              {"status": "resolved", "labels": {"alertname": "B", "namespace": "", "exported_namespace": "exp", "node": "n1"}, "startsAt": "2026-11-26T20:57:15Z"},
+              {"status": "firing", "labels": {"alertname": "C", "pod": "", "deployment": "d", "pod": "p2"}, "startsAt": "2026-11-26T20:57:15Z"},
+              {"status": "firing", "labels": {"alertname": "D", "namespace": "own", "service": ""}, "startsAt": "2026-11-26T20:57:15Z"},
+              {"status": "firing", "labels": {"alertname": "E"}, "startsAt": "2026-11-26T20:57:15Z"}
+            ],
+            "commonLabels": {"namespace": "shop", "service": "svc", "namespace": "shop2"}}"#;
+        let w = alertmanager::parse(body, 1000).unwrap();
+        let full: Vec<Identity> = from_alertmanager(&w, &CTX)
+            .iter()
+            .map(Signal::identity)
+            .collect();
+        assert_eq!(alert_identities(&w, &CTX), full);
+        // The cases the lookups must get right, spelled out.
+        let ns: Vec<&str> = full.iter().map(|i| i.namespace.as_str()).collect();
+        assert_eq!(ns, ["shop2", "exp", "shop2", "own", "shop2"]);
+        let targets: Vec<(&str, &str)> = full
+            .iter()
+            .map(|i| (i.target.kind.as_str(), i.target.name.as_str()))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("Pod", "p1"),
+                ("Node", "n1"),
+                ("Pod", "p2"),
+                ("Alert", "D"),
+                ("Service", "svc")
+            ]
+        );
+        assert_eq!(full[1].status, Status::Resolved);
+        assert!(alert_signal(&w, 5, &CTX).is_none());
+        assert_eq!(
+            alert_signal(&w, 2, &CTX).map(|s| s.fingerprint()),
+            Some(full[2].fingerprint())
+        );
     }
 
     #[test]

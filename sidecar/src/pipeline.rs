@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use signalgate_model::signal::{self, Context};
-use signalgate_model::{alertmanager, kube_event, Invalid, Signal, SignalType, Status};
+use signalgate_model::alertmanager::{self, Webhook};
+use signalgate_model::signal::{self, Context, Identity};
+use signalgate_model::{kube_event, Invalid, Signal, SignalType, Status};
 
 use crate::coalesce::Coalescer;
 use crate::metrics::Metrics;
@@ -84,10 +85,37 @@ impl Failure {
     }
 }
 
-struct Plan<'s> {
-    signal: &'s Signal,
+/// A signal whose resource this request writes or waits for.
+struct Plan {
+    signal: Signal,
     index: usize,
     decision: Decision,
+}
+
+/// A parsed body: the identity of every signal, and the whole signal built
+/// on demand. Most signals are duplicates, which need only their identity;
+/// the label and annotation sets are copied for the few whose resource is
+/// written.
+struct Parsed<'b> {
+    identities: Vec<Identity>,
+    payload: Payload<'b>,
+    ctx: Context<'b>,
+}
+
+enum Payload<'b> {
+    Alerts(Webhook<'b>),
+    /// One event: its signal, already whole.
+    Event(Signal),
+}
+
+impl Parsed<'_> {
+    /// The whole signal `i`.
+    fn signal(&self, i: usize) -> Option<Signal> {
+        match &self.payload {
+            Payload::Alerts(w) => signal::alert_signal(w, i, &self.ctx),
+            Payload::Event(s) => (i == 0).then(|| s.clone()),
+        }
+    }
 }
 
 impl Pipeline {
@@ -101,8 +129,9 @@ impl Pipeline {
         let started = Instant::now();
         let deadline = started + self.limits.request_deadline;
         let received_ms = now_ms();
-        let signals = self.parse(signal_type, source, body)?;
-        let fingerprints: Vec<String> = signals.iter().map(Signal::fingerprint).collect();
+        let parsed = self.parse(signal_type, source, body)?;
+        let signals = &parsed.identities;
+        let fingerprints: Vec<String> = signals.iter().map(Identity::fingerprint).collect();
         tracing::Span::current().record("fingerprints", tracing::field::debug(&fingerprints));
 
         let mut results: Vec<SignalResult> = fingerprints
@@ -121,7 +150,7 @@ impl Pipeline {
             .map(|&i| Claim {
                 namespace: signals[i].namespace.clone(),
                 fingerprint: fingerprints[i].clone(),
-                affected: resource::affected_name(&signals[i]),
+                affected: resource::affected_name(&signals[i].target),
             })
             .collect();
 
@@ -144,15 +173,21 @@ impl Pipeline {
             if decision.outcome == Outcome::StormStarted {
                 self.metrics.storms.inc();
             }
+            if decision.write == Write::Update {
+                self.coalescer.mark(decision.key.clone());
+                continue;
+            }
+            let Some(signal) = parsed.signal(index) else {
+                continue;
+            };
             let plan = Plan {
-                signal: &signals[index],
+                signal,
                 index,
                 decision,
             };
             match plan.decision.write {
                 Write::Create => creates.push(plan),
-                Write::Update => self.coalescer.mark(plan.decision.key.clone()),
-                Write::Await => awaits.push(plan),
+                _ => awaits.push(plan),
             }
         }
 
@@ -167,10 +202,10 @@ impl Pipeline {
             }
         }
 
-        for (i, r) in results.iter().enumerate() {
+        for r in &results {
             self.metrics
                 .signals
-                .with_label_values(&[signals[i].signal_type.as_str(), r.outcome])
+                .with_label_values(&[signal_type.as_str(), r.outcome])
                 .inc();
         }
         let status = if created_any {
@@ -186,34 +221,43 @@ impl Pipeline {
         })
     }
 
-    fn parse(
-        &self,
+    fn parse<'b>(
+        &'b self,
         signal_type: SignalType,
-        source: &str,
-        body: &[u8],
-    ) -> Result<Vec<Signal>, Failure> {
+        source: &'b str,
+        body: &'b [u8],
+    ) -> Result<Parsed<'b>, Failure> {
         let ctx = Context {
             source,
             fallback_namespace: &self.limits.fallback_namespace,
         };
-        match signal_type {
+        let (identities, payload) = match signal_type {
             SignalType::Prometheus => {
                 let webhook =
                     alertmanager::parse(body, self.limits.max_alerts).map_err(Failure::Invalid)?;
-                Ok(signal::from_alertmanager(&webhook, &ctx))
+                (
+                    signal::alert_identities(&webhook, &ctx),
+                    Payload::Alerts(webhook),
+                )
             }
             SignalType::KubernetesEvent => {
                 let event = kube_event::parse(body).map_err(Failure::Invalid)?;
-                Ok(vec![signal::from_kube_event(&event, &ctx)])
+                let signal = signal::from_kube_event(&event, &ctx);
+                (vec![signal.identity()], Payload::Event(signal))
             }
-        }
+        };
+        Ok(Parsed {
+            identities,
+            payload,
+            ctx,
+        })
     }
 
     /// Creates the resources this request owns, commits their claims in one
     /// round trip, or releases them all if any create failed.
     async fn create_all(
         &self,
-        plans: &[Plan<'_>],
+        plans: &[Plan],
         received_ms: i64,
         deadline: Instant,
     ) -> Result<Vec<Written>, Failure> {
@@ -222,7 +266,7 @@ impl Pipeline {
         }
         let writes = plans
             .iter()
-            .map(|p| self.create_one(p.signal, &p.decision, received_ms, deadline));
+            .map(|p| self.create_one(&p.signal, &p.decision, received_ms, deadline));
         let results = futures::future::join_all(writes).await;
         let keys: Vec<ClaimKey> = plans.iter().map(|p| p.decision.key.clone()).collect();
         let mut written = Vec::with_capacity(results.len());
@@ -286,7 +330,7 @@ impl Pipeline {
             }
             ClaimKey::Storm { .. } => resource::for_storm(
                 signal,
-                &resource::affected_name(signal),
+                &resource::affected_name(&signal.target),
                 &decision.snapshot,
                 received_ms,
             ),
@@ -352,7 +396,7 @@ impl Pipeline {
     /// lease expired and this request wrote the resource itself.
     async fn await_claim(
         &self,
-        plan: &Plan<'_>,
+        plan: &Plan,
         received_ms: i64,
         deadline: Instant,
     ) -> Result<Option<Written>, Failure> {
@@ -365,7 +409,7 @@ impl Pipeline {
                 }
                 ClaimState::Owned => {
                     let single = [Plan {
-                        signal: plan.signal,
+                        signal: plan.signal.clone(),
                         index: plan.index,
                         decision: plan.decision.clone(),
                     }];

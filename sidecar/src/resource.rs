@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use signalgate_model::rfc3339::format_unix_millis;
 use signalgate_model::signal::hex;
+use signalgate_model::signal::Target;
 use signalgate_model::{Signal, SignalType};
 
 use crate::store::Snapshot;
@@ -155,8 +156,8 @@ pub fn crd_yaml() -> String {
 }
 
 /// `Kind/name` of a signal's target, as storms list it.
-pub fn affected_name(signal: &Signal) -> String {
-    format!("{}/{}", signal.target.kind, signal.target.name)
+pub fn affected_name(target: &Target) -> String {
+    format!("{}/{}", target.kind, target.name)
 }
 
 /// The fingerprint of a storm resource: SHA-256 hex of namespace and start.
