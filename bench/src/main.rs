@@ -375,7 +375,7 @@ fn cmd_record(args: &[String]) -> Result<(), String> {
 
 fn cmd_micro(args: &[String]) -> Result<(), String> {
     let usage = "signalgate-bench micro [--size BYTES (4096)] [--iterations N (20000)] \
-                 [--only value|validate|signals|fingerprints]";
+                 [--only value|validate|signals|identities]";
     let f = Flags::parse(args, usage)?;
     f.check_known(&["size", "iterations", "only"], usage)?;
     let size = f.num("size", 4096usize)?;

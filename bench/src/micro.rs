@@ -6,8 +6,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use signalgate_model::signal::{self, Context};
-use signalgate_model::{alertmanager, Signal};
+use signalgate_model::alertmanager;
+use signalgate_model::signal::{self, Context, Identity};
 
 use crate::payload::{self, BodyGen, Kind};
 
@@ -67,13 +67,15 @@ pub fn run(size: usize, iterations: u64, only: Option<&str>) -> Result<Vec<Step>
             }),
         });
     }
-    if wanted("fingerprints") {
+    if wanted("identities") {
+        // The sidecar's per-body work on the duplicate path: parse, the
+        // identity of every alert and its fingerprint.
         steps.push(Step {
-            name: "fingerprints",
+            name: "identities",
             ns_per_call: time(iterations, || {
                 if let Ok(w) = alertmanager::parse(black_box(&body), 1000) {
-                    let s = signal::from_alertmanager(&w, &ctx);
-                    let f: Vec<String> = s.iter().map(Signal::fingerprint).collect();
+                    let ids = signal::alert_identities(&w, &ctx);
+                    let f: Vec<String> = ids.iter().map(Identity::fingerprint).collect();
                     let _ = black_box(f);
                 }
             }),
