@@ -20,7 +20,7 @@ pub struct Metrics {
     /// `signalgate_request_duration_seconds{status}`.
     pub request_duration: HistogramVec,
     /// `signalgate_errors_total{kind}`: invalid, store, sink, deadline,
-    /// overloaded, internal.
+    /// overloaded.
     pub errors: IntCounterVec,
     /// `signalgate_requests_in_flight`: signal requests being served.
     pub requests_in_flight: IntGauge,
