@@ -119,7 +119,9 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// See [`Signal::fingerprint`].
+    /// SHA-256 hex over signal type, namespace, target kind, target name and
+    /// signal name: repeats of one incident share it whatever their
+    /// timestamps, label order or annotations.
     pub fn fingerprint(&self) -> String {
         fingerprint(
             self.signal_type,
@@ -156,19 +158,6 @@ const TARGET_LABELS: [(&str, &str, bool); 6] = [
 ];
 
 impl Signal {
-    /// SHA-256 hex over signal type, namespace, target kind, target name and
-    /// signal name: repeats of one incident share it whatever their
-    /// timestamps, label order or annotations.
-    pub fn fingerprint(&self) -> String {
-        fingerprint(
-            self.signal_type,
-            &self.namespace,
-            &self.target.kind,
-            &self.target.name,
-            &self.name,
-        )
-    }
-
     /// Its identity (a copy of those fields).
     pub fn identity(&self) -> Identity {
         Identity {
@@ -182,7 +171,7 @@ impl Signal {
     }
 }
 
-/// See [`Signal::fingerprint`]. Each part is length-prefixed, so no two
+/// See [`Identity::fingerprint`]. Each part is length-prefixed, so no two
 /// different tuples hash the same input.
 pub fn fingerprint(
     signal_type: SignalType,
@@ -470,7 +459,7 @@ mod tests {
         assert_eq!(full[1].status, Status::Resolved);
         assert!(alert_signal(&w, 5, &CTX).is_none());
         assert_eq!(
-            alert_signal(&w, 2, &CTX).map(|s| s.fingerprint()),
+            alert_signal(&w, 2, &CTX).map(|s| s.identity().fingerprint()),
             Some(full[2].fingerprint())
         );
     }
@@ -593,8 +582,8 @@ mod tests {
         other["startsAt"] = json!("2026-11-27T00:00:00Z");
         other["annotations"] = json!({"summary": "different"});
         let b = alerts(webhook(vec![other], json!({})));
-        assert_eq!(a[0].fingerprint(), b[0].fingerprint());
-        assert_eq!(a[0].fingerprint().len(), 64);
+        assert_eq!(a[0].identity().fingerprint(), b[0].identity().fingerprint());
+        assert_eq!(a[0].identity().fingerprint().len(), 64);
     }
 
     #[test]
@@ -663,7 +652,9 @@ mod tests {
                 "reason": "BackOff", "message": "Back-off", "type": "Warning", "count": count
             });
             let body = serde_json::to_vec(&v).unwrap();
-            from_kube_event(&kube_event::parse(&body).unwrap(), &CTX).fingerprint()
+            from_kube_event(&kube_event::parse(&body).unwrap(), &CTX)
+                .identity()
+                .fingerprint()
         };
         assert_eq!(mk(1), mk(42));
     }

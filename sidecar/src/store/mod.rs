@@ -73,7 +73,7 @@ impl Default for Settings {
 pub struct Claim {
     /// The namespace the resource goes to (the hash tag of every key).
     pub namespace: String,
-    /// SHA-256 hex of the signal ([`signalgate_model::Signal::fingerprint`]).
+    /// SHA-256 hex of the signal ([`signalgate_model::signal::Identity::fingerprint`]).
     pub fingerprint: String,
     /// How a storm lists this signal's target, e.g. `Pod/cart-1`.
     pub affected: String,

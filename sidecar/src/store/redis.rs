@@ -34,7 +34,7 @@
 //! # Round trips
 //!
 //! On a standalone server `decide` hands its claims to the store's batching
-//! task ([`super::batch`]), which sends the claims of the requests that
+//! task (`store/batch.rs`), which sends the claims of the requests that
 //! queued up together (a lone request goes out at once); on a cluster each
 //! request is sent alone, so that a slow node only holds up the requests
 //! with signals on it (a batch would wait for its slowest node; once a node
@@ -109,7 +109,7 @@ const NOSCRIPT_ATTEMPTS: usize = 3;
 const MAX_SIGNALS_PER_CALL: usize = 64;
 
 /// The Redis store. Cheap to clone; clones share the connection and the
-/// batching of `decide` (see [`super::batch`]).
+/// batching of `decide` (see `store/batch.rs`).
 #[derive(Clone)]
 pub struct RedisStore {
     core: Arc<Core>,
