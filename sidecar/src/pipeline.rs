@@ -177,6 +177,8 @@ impl Pipeline {
                 self.coalescer.mark(decision.key.clone());
                 continue;
             }
+            // Always there: `firing` indexes `parsed.identities`, one per
+            // alert (or the one event), in order.
             let Some(signal) = parsed.signal(index) else {
                 continue;
             };
