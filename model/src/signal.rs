@@ -218,8 +218,16 @@ fn owned(labels: Option<&Labels<'_>>) -> BTreeMap<String, String> {
 /// One signal per alert of the webhook, `commonLabels` (and
 /// `commonAnnotations`) merged under each alert's own.
 pub fn from_alertmanager(w: &Webhook<'_>, ctx: &Context<'_>) -> Vec<Signal> {
-    (0..alerts(w).len())
-        .filter_map(|i| alert_signal(w, i, ctx))
+    alerts(w)
+        .iter()
+        .map(|a| {
+            from_alert(
+                a,
+                w.common_labels.as_ref(),
+                w.common_annotations.as_ref(),
+                ctx,
+            )
+        })
         .collect()
 }
 

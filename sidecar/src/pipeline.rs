@@ -130,8 +130,8 @@ impl Pipeline {
         let deadline = started + self.limits.request_deadline;
         let received_ms = now_ms();
         let parsed = self.parse(signal_type, source, body)?;
-        let signals = &parsed.identities;
-        let fingerprints: Vec<String> = signals.iter().map(Identity::fingerprint).collect();
+        let identities = &parsed.identities;
+        let fingerprints: Vec<String> = identities.iter().map(Identity::fingerprint).collect();
         tracing::Span::current().record("fingerprints", tracing::field::debug(&fingerprints));
 
         let mut results: Vec<SignalResult> = fingerprints
@@ -142,15 +142,15 @@ impl Pipeline {
                 resource: None,
             })
             .collect();
-        let firing: Vec<usize> = (0..signals.len())
-            .filter(|&i| signals[i].status == Status::Firing)
+        let firing: Vec<usize> = (0..identities.len())
+            .filter(|&i| identities[i].status == Status::Firing)
             .collect();
         let claims: Vec<Claim> = firing
             .iter()
             .map(|&i| Claim {
-                namespace: signals[i].namespace.clone(),
+                namespace: identities[i].namespace.clone(),
                 fingerprint: fingerprints[i].clone(),
-                affected: resource::affected_name(&signals[i].target),
+                affected: resource::affected_name(&identities[i].target),
             })
             .collect();
 
