@@ -68,13 +68,18 @@ impl App {
             },
         };
         App {
-            in_flight: Semaphore::new(config.max_in_flight.min(Semaphore::MAX_PERMITS)),
+            in_flight: Semaphore::new(in_flight_places(&config)),
             config,
             metrics,
             pipeline,
             coalescer,
             shutting_down: AtomicBool::new(false),
         }
+    }
+
+    /// Signal requests being served now (places of `max_in_flight` taken).
+    pub fn requests_in_flight(&self) -> usize {
+        in_flight_places(&self.config).saturating_sub(self.in_flight.available_permits())
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -103,4 +108,9 @@ impl App {
             Err(_) => Err(format!("sink: no answer within {timeout:?}")),
         }
     }
+}
+
+/// Places in the in-flight semaphore: `max_in_flight`, within its bound.
+fn in_flight_places(config: &Config) -> usize {
+    config.max_in_flight.min(Semaphore::MAX_PERMITS)
 }

@@ -14,11 +14,10 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTE
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::IntGauge;
 use signalgate_model::problem::{self, Problem};
 use signalgate_model::SignalType;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, SemaphorePermit};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::app::App;
@@ -186,7 +185,8 @@ async fn signal_request(app: &App, req: Request<Incoming>) -> Response<Body> {
         .filter(|v| !v.is_empty())
         .unwrap_or("unknown")
         .to_string();
-    let Some(_in_flight) = InFlight::enter(app) else {
+    // Held until the answer is built: one of the `max_in_flight` places.
+    let Ok(_in_flight) = app.in_flight.try_acquire() else {
         return overloaded(app);
     };
     let body = match Limited::new(req.into_body(), max).collect().await {
@@ -211,31 +211,6 @@ async fn signal_request(app: &App, req: Request<Incoming>) -> Response<Body> {
             r
         }
         Err(failure) => failure_response(app, &failure),
-    }
-}
-
-/// A signal request being served: holds one of the `max_in_flight` permits
-/// and counts itself in `signalgate_requests_in_flight` until dropped.
-struct InFlight<'a> {
-    _permit: SemaphorePermit<'a>,
-    gauge: &'a IntGauge,
-}
-
-impl<'a> InFlight<'a> {
-    fn enter(app: &'a App) -> Option<InFlight<'a>> {
-        let permit = app.in_flight.try_acquire().ok()?;
-        let gauge = &app.metrics.requests_in_flight;
-        gauge.inc();
-        Some(InFlight {
-            _permit: permit,
-            gauge,
-        })
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.gauge.dec();
     }
 }
 
@@ -320,6 +295,9 @@ fn failure_response(app: &App, failure: &Failure) -> Response<Body> {
 pub async fn admin_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/metrics" => {
+            app.metrics
+                .requests_in_flight
+                .set(app.requests_in_flight() as i64);
             let mut r = Response::new(Full::new(Bytes::from(app.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -22,7 +22,8 @@ pub struct Metrics {
     /// `signalgate_errors_total{kind}`: invalid, store, sink, deadline,
     /// overloaded.
     pub errors: IntCounterVec,
-    /// `signalgate_requests_in_flight`: signal requests being served.
+    /// `signalgate_requests_in_flight`: signal requests being served (set
+    /// from the in-flight semaphore when `/metrics` is read).
     pub requests_in_flight: IntGauge,
     /// `signalgate_pending_updates`: resources waiting for the next coalesced write.
     pub pending_updates: IntGauge,

@@ -131,8 +131,9 @@ local function flush_storms()
   storm_keep(S, A, X, keeps, now)
 end
 
--- F holds nothing here: decide() found neither 'r' nor 's' in it (or
--- deleted a record whose storm was gone), and no record lacks both.
+-- A new fingerprint's F holds nothing: decide() found neither 'r' nor 's'
+-- in it (or deleted a record whose storm was gone), and no record lacks
+-- both. So it is written without deleting it first, here and on create.
 local function join_storm(F, name)
   redis.call('HSET', F, 's', name)
   redis.call('PEXPIRE', F, int(dedup))
@@ -217,7 +218,6 @@ local function decide(i, F, fp, affected)
     redis.call('ZADD', W, now, fp)
     redis.call('PEXPIRE', W, int(window))
     local name = 'rr-' .. string.sub(fp, 1, 16) .. '-' .. base36(now)
-    redis.call('DEL', F)
     redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease)
     redis.call('PEXPIRE', F, int(math.max(dedup, lease)))
     held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, at = i }
