@@ -2,8 +2,10 @@
 //! what [`crate::decide`] needs, carries out what it decides, keeps the
 //! counters and writes the logs. No policy lives here.
 //!
-//! Host calls go through `proxy_wasm::hostcalls` (which return `Result`)
-//! rather than the trait helpers (which unwrap).
+//! Host calls go through `proxy_wasm::hostcalls`, which return `Result` for
+//! the statuses a call documents (a missing value, a CAS mismatch) rather
+//! than the trait helpers, which unwrap. The SDK still panics (a VM trap)
+//! on a status a call never returns in Envoy, which this code cannot catch.
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -177,6 +179,16 @@ impl Headers {
             .map(|(_, v)| String::from_utf8_lossy(v))
     }
 
+    /// The last value of `name`: of a header a trusted proxy appends, the
+    /// copy it wrote rather than one the client sent.
+    fn last(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v))
+    }
+
     /// Every value of `name` joined with `,` (a list header sent as several lines).
     fn joined(&self, name: &str) -> Option<String> {
         let values: Vec<Cow<'_, str>> = self
@@ -227,7 +239,7 @@ impl Edge {
             SourceMode::RemoteAddress => None,
             // Every x-forwarded-for value, not just the first one.
             SourceMode::ForwardedFor { .. } => headers.joined("x-forwarded-for"),
-            SourceMode::Header(name) => headers.get(name).map(Cow::into_owned),
+            SourceMode::Header(name) => headers.last(name).map(Cow::into_owned),
         }
     }
 }

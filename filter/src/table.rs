@@ -12,15 +12,19 @@
 //!   bucket was last used with;
 //! - a source not in its slot takes an empty way, else the way whose bucket
 //!   is already full again (forgetting a full bucket changes nothing: a new
-//!   source starts full), else the least recently used way.
+//!   source starts full), else the least recently used way, whose bucket
+//!   level it inherits.
 //!
 //! So at most `SLOTS * WAYS` = 16 384 sources are tracked at once, in
 //! `SLOTS` values of [`SLOT_BYTES`] = 129 bytes: about 0.5 MiB of values, and
 //! with the keys and Envoy's per-entry bookkeeping (roughly 100-150 bytes a
 //! key) about 1 MiB for the whole process, whatever the number of sources.
 //! Evicting a bucket that is not full only happens when more than `WAYS`
-//! sources that hash to one slot are active at once; it can only make the
-//! limit looser for the evicted source, never refuse anyone wrongly.
+//! sources that hash to one slot are active at once. The newcomer then
+//! starts with the evicted bucket's level, not a full bucket: a crowded slot
+//! makes the limit stricter for the sources in it, never looser. (Starting
+//! full would let five sources of one slot taking turns each find a fresh
+//! bucket every time: no limit at all.)
 //!
 //! A slot update reads the value and its CAS token, computes, and writes back
 //! with that token; a concurrent write from another worker makes the write
@@ -173,7 +177,8 @@ impl Slot {
         v
     }
 
-    /// The way holding `tag`, else the way to (re)use for it.
+    /// The way holding `tag`, else the way to (re)use for it; with the bucket
+    /// to start from (`None`: a full one).
     fn way_for(&self, tag: u64, now_ns: u64) -> (usize, Option<Bucket>) {
         if let Some(i) = self
             .ways
@@ -185,24 +190,23 @@ impl Slot {
         if let Some(i) = self.ways.iter().position(Option::is_none) {
             return (i, None);
         }
-        let full = self
+        if let Some(i) = self
             .ways
             .iter()
-            .position(|w| w.is_some_and(|e| e.bucket.is_full_at(e.limit, now_ns)));
-        let victim = full.unwrap_or_else(|| {
-            let mut lru = 0;
-            let mut oldest = u64::MAX;
-            for (i, e) in self.ways.iter().enumerate() {
-                if let Some(e) = e {
-                    if e.bucket.last_ns < oldest {
-                        oldest = e.bucket.last_ns;
-                        lru = i;
-                    }
-                }
-            }
-            lru
-        });
-        (victim, None)
+            .position(|w| w.is_some_and(|e| e.bucket.is_full_at(e.limit, now_ns)))
+        {
+            return (i, None);
+        }
+        let lru = self
+            .ways
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.map(|e| (i, e)))
+            .min_by_key(|(_, e)| e.bucket.last_ns);
+        match lru {
+            Some((i, e)) => (i, Some(e.bucket.refilled(e.limit, now_ns))),
+            None => (0, None),
+        }
     }
 }
 
@@ -523,6 +527,40 @@ mod tests {
         assert!(!tags.contains(&hash(&keys[1])));
         assert!(!tags.contains(&hash(&keys[2])));
         assert!(tags.contains(&hash(&keys[0])));
+    }
+
+    #[test]
+    fn sources_of_one_slot_taking_turns_do_not_get_fresh_buckets() {
+        let store = FakeStore::default();
+        let _ = init(&store);
+        let l = limit(1, 1);
+        // One more source than the slot has ways, each asking in turn: every
+        // request evicts the source that asks next.
+        let keys = same_slot_keys("s:10.0.1.253", WAYS + 1);
+        let mut allowed_total = 0;
+        for i in 0..10_000u64 {
+            let k = &keys[(i % keys.len() as u64) as usize];
+            if let Ok(Decision::Allowed { .. }) = take(&store, k, l, T0 + i) {
+                allowed_total += 1;
+            }
+        }
+        // Only the first requests, which found empty ways, got a token.
+        assert_eq!(allowed_total, WAYS);
+    }
+
+    #[test]
+    fn a_newcomer_inherits_the_level_of_the_bucket_it_evicts_capped_by_its_own_burst() {
+        let store = FakeStore::default();
+        let _ = init(&store);
+        let keys = same_slot_keys("s:a", WAYS + 2);
+        // Four sources with 10 tokens each use 7: 3 left each.
+        for (i, k) in keys.iter().take(WAYS).enumerate() {
+            assert_eq!(allowed(&store, k, limit(1, 10), T0 + i as u64, 7), 7);
+        }
+        // A newcomer under a burst of 5 gets the 3 tokens left, not 5.
+        assert_eq!(allowed(&store, &keys[WAYS], limit(1, 5), T0 + 9, 5), 3);
+        // One under a burst of 2 gets min(3, 2) = 2.
+        assert_eq!(allowed(&store, &keys[WAYS + 1], limit(1, 2), T0 + 9, 5), 2);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use crate::invalid::{pointer, Invalid};
 use crate::labels::is_valid_label_name;
 pub use crate::labels::Labels;
+use crate::signal::{is_namespace_name, not_a_namespace, LabelView};
 use crate::{json, rfc3339, Text};
 
 /// The webhook body. Every field is optional at the serde level so that
@@ -113,12 +114,12 @@ pub fn validate(w: &Webhook<'_>, max_alerts: usize) -> Result<(), Invalid> {
         }
     }
     for (i, alert) in alerts.iter().enumerate() {
-        validate_alert(i, alert)?;
+        validate_alert(i, alert, w.common_labels.as_ref())?;
     }
     Ok(())
 }
 
-fn validate_alert(i: usize, a: &Alert<'_>) -> Result<(), Invalid> {
+fn validate_alert(i: usize, a: &Alert<'_>, common: Option<&Labels<'_>>) -> Result<(), Invalid> {
     let idx = i.to_string();
     let at = |field: &str| pointer(["alerts", &idx, field]);
     match a.status.as_deref() {
@@ -158,6 +159,16 @@ fn validate_alert(i: usize, a: &Alert<'_>) -> Result<(), Invalid> {
         }
     }
     check_label_names(&["alerts", &idx, "labels"], labels)?;
+    if let Some(ns) = LabelView::new(Some(labels), common).namespace() {
+        if !is_namespace_name(ns.value) {
+            let field = if ns.own {
+                pointer(["alerts", &idx, "labels", ns.label])
+            } else {
+                pointer(["commonLabels", ns.label])
+            };
+            return Err(Invalid::field(field, not_a_namespace(ns.value)));
+        }
+    }
     match a.starts_at.as_deref() {
         Some(t) if rfc3339::parse(t).is_some() => {}
         Some(t) => {
@@ -317,6 +328,68 @@ mod tests {
             .as_object_mut()
             .map(|o| o.remove("alertname"));
         assert_eq!(field_of(&v).as_deref(), Some("/alerts/0/labels/alertname"));
+    }
+
+    #[test]
+    fn a_repeated_key_is_named_in_the_detail() {
+        let e = parse(br#"{"version":"4","version":"4","alerts":[]}"#, 10).err();
+        let e = e.expect("refused");
+        assert_eq!(e.field.as_deref(), Some(""));
+        assert!(
+            e.detail.contains("duplicate field `version`"),
+            "{}",
+            e.detail
+        );
+        assert!(!e.detail.contains("must be a JSON object"), "{}", e.detail);
+    }
+
+    #[test]
+    fn the_namespace_an_alert_is_filed_under_must_be_a_namespace_name() {
+        for bad in [
+            "../escaped",
+            "/etc",
+            "Shop",
+            "a\u{0}b",
+            "-shop",
+            "shop-",
+            "a b",
+            &"x".repeat(64),
+        ] {
+            let mut v = webhook();
+            v["alerts"][0]["labels"]["namespace"] = json!(bad);
+            assert_eq!(
+                field_of(&v).as_deref(),
+                Some("/alerts/0/labels/namespace"),
+                "{bad:?}"
+            );
+        }
+        // Read from the common labels when the alert has none of its own.
+        let mut v = webhook();
+        v["alerts"][0]["labels"]
+            .as_object_mut()
+            .map(|o| o.remove("namespace"));
+        v["commonLabels"]["namespace"] = json!("../x");
+        assert_eq!(field_of(&v).as_deref(), Some("/commonLabels/namespace"));
+        // exported_namespace counts only when namespace is absent or empty.
+        let mut v = webhook();
+        v["alerts"][0]["labels"]["exported_namespace"] = json!("../x");
+        assert!(check(&v).is_ok());
+        v["alerts"][0]["labels"]["namespace"] = json!("");
+        assert_eq!(
+            field_of(&v).as_deref(),
+            Some("/alerts/0/labels/exported_namespace")
+        );
+        // The longest valid name, and no namespace at all (the fallback), pass.
+        let mut v = webhook();
+        v["alerts"][0]["labels"]["namespace"] = json!(format!("a{}9", "-".repeat(61)));
+        assert!(check(&v).is_ok());
+        v["alerts"][0]["labels"]
+            .as_object_mut()
+            .map(|o| o.remove("namespace"));
+        v["commonLabels"]
+            .as_object_mut()
+            .map(|o| o.remove("namespace"));
+        assert!(check(&v).is_ok());
     }
 
     #[test]

@@ -30,14 +30,9 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Invalid
         let pointer = pointer_of(err.path());
         let inner = err.into_inner();
         match inner.classify() {
-            Category::Data => {
-                let detail = if pointer.is_empty() {
-                    format!("the body must be a JSON object ({inner})")
-                } else {
-                    inner.to_string()
-                };
-                Invalid::field(pointer, detail)
-            }
+            // The body is an object (checked above): a data error at its
+            // root is about its members, e.g. a repeated key.
+            Category::Data => Invalid::field(pointer, inner.to_string()),
             Category::Syntax | Category::Eof | Category::Io => {
                 Invalid::not_json(format!("the body is not valid JSON: {inner}"))
             }

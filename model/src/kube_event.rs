@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::alertmanager::Labels;
 use crate::invalid::Invalid;
+use crate::signal::{is_namespace_name, not_a_namespace};
 use crate::{json, Text};
 
 /// One event, in any of the accepted shapes. All fields are optional at the
@@ -117,6 +118,18 @@ impl<'a> KubeEvent<'a> {
         }
     }
 
+    /// The namespace the event is filed under, and the JSON pointer it was
+    /// read from: the object's, else the event's own (`None`: neither is set).
+    pub fn namespace(&self) -> Option<(String, &str)> {
+        if let Some((field, object)) = self.object() {
+            if let Some(ns) = non_empty(object.namespace.as_ref()) {
+                return Some((format!("/{field}/namespace"), ns));
+            }
+        }
+        let own = non_empty(self.metadata.as_ref().and_then(|m| m.namespace.as_ref()))?;
+        Some(("/metadata/namespace".to_string(), own))
+    }
+
     /// The event's message (`message`, else events.k8s.io's `note`).
     pub fn text(&self) -> Option<&str> {
         self.message.as_deref().or(self.note.as_deref())
@@ -147,6 +160,10 @@ impl<'a> KubeEvent<'a> {
     }
 }
 
+fn non_empty<'t>(t: Option<&'t Text<'_>>) -> Option<&'t str> {
+    t.map(|t| t.as_str()).filter(|v| !v.is_empty())
+}
+
 /// Parses and validates an event body.
 pub fn parse(body: &[u8]) -> Result<KubeEvent<'_>, Invalid> {
     let event: KubeEvent<'_> = json::parse(body)?;
@@ -168,6 +185,11 @@ pub fn validate(e: &KubeEvent<'_>) -> Result<(), Invalid> {
                 format!("/{field}/{name}"),
                 format!("missing or empty: the {field} needs a {name}"),
             ));
+        }
+    }
+    if let Some((field, ns)) = e.namespace() {
+        if !is_namespace_name(ns) {
+            return Err(Invalid::field(field, not_a_namespace(ns)));
         }
     }
     if e.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
@@ -213,6 +235,25 @@ mod tests {
     fn field_of(v: &Value) -> Option<String> {
         let body = serde_json::to_vec(v).unwrap();
         parse(&body).err().and_then(|e| e.field)
+    }
+
+    #[test]
+    fn the_namespace_an_event_is_filed_under_must_be_a_namespace_name() {
+        let mut v = core_event();
+        v["involvedObject"]["namespace"] = json!("../escaped");
+        assert_eq!(field_of(&v).as_deref(), Some("/involvedObject/namespace"));
+        // The event's own namespace counts when the object has none.
+        let mut v = core_event();
+        v["involvedObject"]["namespace"] = json!("");
+        v["metadata"]["namespace"] = json!("Not Valid");
+        assert_eq!(field_of(&v).as_deref(), Some("/metadata/namespace"));
+        v["metadata"]["namespace"] = json!("kube-system");
+        let body = serde_json::to_vec(&v).unwrap();
+        let e = parse(&body).unwrap();
+        assert_eq!(
+            e.namespace(),
+            Some(("/metadata/namespace".to_string(), "kube-system"))
+        );
     }
 
     #[test]

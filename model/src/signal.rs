@@ -171,6 +171,29 @@ impl Signal {
     }
 }
 
+/// A Kubernetes namespace name (an RFC 1123 label): what a signal's
+/// namespace must be, since it names a directory of the directory sink and a
+/// path segment of the Kubernetes API.
+pub fn is_namespace_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The error detail for a namespace that is not [`is_namespace_name`].
+pub(crate) fn not_a_namespace(v: &str) -> String {
+    const RULE: &str = "a Kubernetes namespace name is at most 63 lower-case letters, \
+                        digits and '-', starting and ending with a letter or digit";
+    if v.len() > 63 {
+        format!("{} bytes is too long: {RULE}", v.len())
+    } else {
+        format!("{v:?} is not a namespace name: {RULE}")
+    }
+}
+
 /// See [`Identity::fingerprint`]. Each part is length-prefixed, so no two
 /// different tuples hash the same input.
 pub fn fingerprint(
@@ -264,22 +287,56 @@ fn alerts<'w, 'a>(w: &'w Webhook<'a>) -> &'w [Alert<'a>] {
 /// An alert's own label set over the webhook's common one, read in place: a
 /// name the alert has is looked up there (even if its value is empty), any
 /// other in the common set (its last repeat), as in the merged map.
-struct LabelView<'l, 'a> {
+pub(crate) struct LabelView<'l, 'a> {
     own: Option<&'l Labels<'a>>,
     common: Option<&'l Labels<'a>>,
 }
 
+/// The label an alert's namespace is read from.
+pub(crate) struct NamespaceLabel<'l> {
+    pub value: &'l str,
+    /// `namespace` or `exported_namespace`.
+    pub label: &'static str,
+    pub from: NamespaceFrom,
+    /// The alert's own set holds it (else the common set).
+    pub own: bool,
+}
+
 impl<'l, 'a> LabelView<'l, 'a> {
-    fn new(own: Option<&'l Labels<'a>>, common: Option<&'l Labels<'a>>) -> Self {
+    pub(crate) fn new(own: Option<&'l Labels<'a>>, common: Option<&'l Labels<'a>>) -> Self {
         LabelView { own, common }
     }
 
     /// The value of `name`, if present and not empty.
     fn get(&self, name: &str) -> Option<&'l str> {
-        let own = self.own.and_then(|l| l.get(name));
-        own.or_else(|| self.common.and_then(|l| l.get(name)))
-            .map(|v| v.as_str())
-            .filter(|v| !v.is_empty())
+        self.find(name).map(|(v, _)| v)
+    }
+
+    /// The value of `name` if present and not empty, and whether it is the alert's own.
+    fn find(&self, name: &str) -> Option<(&'l str, bool)> {
+        let found = match self.own.and_then(|l| l.get(name)) {
+            Some(v) => (v, true),
+            None => (self.common.and_then(|l| l.get(name))?, false),
+        };
+        Some((found.0.as_str(), found.1)).filter(|(v, _)| !v.is_empty())
+    }
+
+    /// The alert's namespace label: `namespace`, else `exported_namespace`
+    /// (set when Prometheus renamed a scraped `namespace` label).
+    pub(crate) fn namespace(&self) -> Option<NamespaceLabel<'l>> {
+        [
+            ("namespace", NamespaceFrom::Label),
+            ("exported_namespace", NamespaceFrom::ExportedLabel),
+        ]
+        .into_iter()
+        .find_map(|(name, from)| {
+            self.find(name).map(|(value, own)| NamespaceLabel {
+                value,
+                label: name,
+                from,
+                own,
+            })
+        })
     }
 }
 
@@ -299,12 +356,10 @@ fn merged(own: Option<&Labels<'_>>, common: Option<&Labels<'_>>) -> BTreeMap<Str
 
 fn alert_identity(labels: &LabelView<'_, '_>, a: &Alert<'_>, ctx: &Context<'_>) -> Identity {
     let name = labels.get("alertname").unwrap_or_default().to_owned();
-    let (namespace, namespace_from) =
-        match (labels.get("namespace"), labels.get("exported_namespace")) {
-            (Some(ns), _) => (ns.to_owned(), NamespaceFrom::Label),
-            (None, Some(ns)) => (ns.to_owned(), NamespaceFrom::ExportedLabel),
-            (None, None) => (ctx.fallback_namespace.to_owned(), NamespaceFrom::Fallback),
-        };
+    let (namespace, namespace_from) = match labels.namespace() {
+        Some(ns) => (ns.value.to_owned(), ns.from),
+        None => (ctx.fallback_namespace.to_owned(), NamespaceFrom::Fallback),
+    };
     let target = TARGET_LABELS
         .iter()
         .find_map(|(label_name, kind, namespaced)| {
@@ -370,8 +425,7 @@ fn non_empty(v: Option<&str>) -> Option<String> {
 /// The signal of one event.
 pub fn from_kube_event(e: &KubeEvent<'_>, ctx: &Context<'_>) -> Signal {
     let object = e.object().map(|(_, o)| o);
-    let object_ns = non_empty(object.and_then(|o| o.namespace.as_deref()))
-        .or_else(|| non_empty(e.metadata.as_ref().and_then(|m| m.namespace.as_deref())));
+    let object_ns = e.namespace().map(|(_, ns)| ns.to_string());
     let (namespace, namespace_from) = match object_ns.clone() {
         Some(ns) => (ns, NamespaceFrom::Object),
         None => (ctx.fallback_namespace.to_string(), NamespaceFrom::Fallback),

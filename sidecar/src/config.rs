@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::store::Settings;
+use signalgate_model::signal::is_namespace_name;
 
 /// Where resources go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,7 +173,7 @@ impl Config {
             }
         }
         let fallback_namespace = get("FALLBACK_NAMESPACE");
-        if !is_dns_label(&fallback_namespace) {
+        if !is_namespace_name(&fallback_namespace) {
             return Err(ConfigError(format!(
                 "SIGNALGATE_FALLBACK_NAMESPACE: {fallback_namespace:?} is not a valid namespace name"
             )));
@@ -230,7 +231,11 @@ impl Config {
     }
 }
 
-/// Parses `300ms`, `4s`, `5m`, `1h`.
+/// Longest duration a knob takes: far beyond any sensible setting, and small
+/// enough that adding it to a clock reading can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Parses `300ms`, `4s`, `5m`, `1h` (positive, at most [`MAX_DURATION`]).
 pub fn parse_duration(v: &str) -> Option<Duration> {
     let v = v.trim();
     let split = v.find(|c: char| !c.is_ascii_digit())?;
@@ -243,13 +248,13 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
         "h" => Duration::from_secs(n.checked_mul(3600)?),
         _ => return None,
     };
-    (!d.is_zero()).then_some(d)
+    (!d.is_zero() && d <= MAX_DURATION).then_some(d)
 }
 
 fn duration(name: &str, v: &str) -> Result<Duration, ConfigError> {
     parse_duration(v).ok_or_else(|| {
         ConfigError(format!(
-            "SIGNALGATE_{name}: {v:?} is not a positive duration (examples: 300ms, 4s, 5m, 1h)"
+            "SIGNALGATE_{name}: {v:?} is not a positive duration of at most a year (examples: 300ms, 4s, 5m, 1h)"
         ))
     })
 }
@@ -284,16 +289,6 @@ fn sink(v: &str) -> Result<SinkConfig, ConfigError> {
             "SIGNALGATE_SINK: {v:?} is not dir:<path> or kube"
         ))),
     }
-}
-
-/// A Kubernetes namespace name (RFC 1123 label).
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 #[cfg(test)]
@@ -340,7 +335,19 @@ mod tests {
         assert_eq!(parse_duration("4s"), Some(Duration::from_secs(4)));
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        for bad in ["", "5", "m", "5x", "-1s", "0s", "1.5s"] {
+        assert_eq!(parse_duration("8784h"), Some(MAX_DURATION));
+        // Longer ones would overflow a deadline computed from them.
+        for bad in [
+            "",
+            "5",
+            "m",
+            "5x",
+            "-1s",
+            "0s",
+            "1.5s",
+            "8785h",
+            "2500000000000000h",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }

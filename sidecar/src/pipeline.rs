@@ -199,8 +199,13 @@ impl Pipeline {
             record(&mut results[plan.index], &w, &mut created_any);
         }
         for plan in &awaits {
-            if let Some(w) = self.await_claim(plan, received_ms, deadline).await? {
-                record(&mut results[plan.index], &w, &mut created_any);
+            match self.await_claim(plan, received_ms, deadline).await? {
+                Awaited::Written(w) => record(&mut results[plan.index], &w, &mut created_any),
+                Awaited::Committed(Some(name)) => {
+                    let namespace = plan.decision.key.namespace();
+                    results[plan.index].resource = Some(format!("{namespace}/{name}"));
+                }
+                Awaited::Committed(None) => {}
             }
         }
 
@@ -394,20 +399,25 @@ impl Pipeline {
         Ok(Some(found.location))
     }
 
-    /// Waits for a claim another request holds. `Some(written)` if the
-    /// lease expired and this request wrote the resource itself.
+    /// Waits for a claim another request holds.
     async fn await_claim(
         &self,
         plan: &Plan,
         received_ms: i64,
         deadline: Instant,
-    ) -> Result<Option<Written>, Failure> {
+    ) -> Result<Awaited, Failure> {
         let key = &plan.decision.key;
         loop {
             match self.timed("poll", self.store.poll(key)).await? {
                 ClaimState::Committed => {
                     self.coalescer.mark(key.clone());
-                    return Ok(None);
+                    // Its name, which is not the claim's when the owner
+                    // adopted a resource made before the store lost its data.
+                    let now = self
+                        .timed("snapshot", self.store.snapshot(std::slice::from_ref(key)))
+                        .await?;
+                    let name = now.into_iter().flatten().next().map(|s| s.resource);
+                    return Ok(Awaited::Committed(name));
                 }
                 ClaimState::Owned => {
                     let single = [Plan {
@@ -416,7 +426,10 @@ impl Pipeline {
                         decision: plan.decision.clone(),
                     }];
                     let mut created = self.create_all(&single, received_ms, deadline).await?;
-                    return Ok(created.pop());
+                    return Ok(match created.pop() {
+                        Some(w) => Awaited::Written(w),
+                        None => Awaited::Committed(None),
+                    });
                 }
                 ClaimState::Gone => {
                     return Err(Failure::Deadline {
@@ -461,6 +474,14 @@ impl Pipeline {
             Err(_) => Err(StoreError::Timeout(self.limits.store_timeout)),
         }
     }
+}
+
+/// What waiting on another request's claim came to.
+enum Awaited {
+    /// The lease had expired: this request wrote the resource itself.
+    Written(Written),
+    /// The other request committed it, under this name (`None`: gone again).
+    Committed(Option<String>),
 }
 
 /// A resource this request wrote: created, or adopted from the sink.

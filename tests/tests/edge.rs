@@ -397,6 +397,24 @@ fn cases() -> Vec<Case> {
             Some("/involvedObject/name"),
         ),
         case(
+            "alert namespace that is not a namespace name",
+            prom(with(webhook(), |v| {
+                v["alerts"][0]["labels"]["namespace"] = json!("../escaped")
+            })),
+            400,
+            "invalid-signal",
+            Some("/alerts/0/labels/namespace"),
+        ),
+        case(
+            "event namespace that is not a namespace name",
+            kube(with(event(), |v| {
+                v["involvedObject"]["namespace"] = json!("a/b")
+            })),
+            400,
+            "invalid-signal",
+            Some("/involvedObject/namespace"),
+        ),
+        case(
             "event reason",
             kube(with(event(), |v| v["reason"] = json!(""))),
             400,
@@ -721,6 +739,12 @@ fn the_source_can_come_from_a_header_or_x_forwarded_for() {
     let got = up.wait_for_count(4, WAIT);
     assert_eq!(got[3].header("x-signalgate-source"), Some("caf-team"));
     assert_eq!(c.send(&valid().header("x-team", "other")).status, 200);
+    // Sent twice (a client's copy, then the one a proxy appended): the last
+    // one counts, so the forged copy does not buy a fresh bucket.
+    let twice = valid()
+        .header("x-team", "forged-by-client")
+        .header("x-team", "payments");
+    assert_eq!(c.send(&twice).status, 429);
     drop(envoy);
 
     let up = Upstream::start();

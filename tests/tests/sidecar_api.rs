@@ -290,6 +290,21 @@ fn invalid_input_is_refused_and_changes_nothing(b: &Backend) {
     assert_eq!(a.status, 400);
     assert_eq!(a.json()["field"], "/involvedObject");
 
+    // The namespace becomes a directory (or an API path segment): one alert
+    // with a namespace that is not a namespace name refuses the whole webhook.
+    let escaping = webhook(vec![
+        alert("A", "shop", "p1"),
+        alert("B", "../escaped", "p2"),
+    ]);
+    let a = s.post_alerts(&escaping);
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["field"], "/alerts/1/labels/namespace");
+    let mut event = pod_event("shop", "cart-1", "BackOff", 1);
+    event["involvedObject"]["namespace"] = json!("a b");
+    let a = s.post_event(&event);
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["field"], "/involvedObject/namespace");
+
     let a = s.post("/api/v1/signals/nope", b"{}", "t");
     assert_eq!(a.status, 404);
     let a = signalgate_tests::client::get(&format!("http://{}/api/v1/signals/prometheus", s.api))
@@ -304,7 +319,10 @@ fn invalid_input_is_refused_and_changes_nothing(b: &Backend) {
     assert_eq!(status_of_declared_length(s.api, 2 * 1024 * 1024), 413);
 
     assert!(s.resources().is_empty());
-    assert_eq!(s.metric("signalgate_errors_total{kind=\"invalid\"}"), 3.0);
+    assert_eq!(s.metric("signalgate_errors_total{kind=\"invalid\"}"), 5.0);
+    // Nothing was recorded: the valid alert of the refused webhook is new.
+    let a = s.post_alerts(&webhook(vec![alert("A", "shop", "p1")]));
+    assert_eq!(a.status, 201);
 }
 
 /// Sends only the headers of a POST declaring `length` bytes; returns the status.
@@ -476,14 +494,27 @@ fn a_restart_on_the_memory_store_keeps_counting_in_the_same_file() {
     let first = s.post_alerts(&hook);
     assert_eq!(first.status, 201, "{}", first.body);
     s.restart();
-    let again = s.post_alerts(&hook);
-    assert_eq!(again.status, 202, "{}", again.body);
-    assert_eq!(
-        again.json()["signals"][0]["resource"],
-        first.json()["signals"][0]["resource"]
-    );
-    let all = s.wait_resources("one file counting 2", |r| {
-        r.len() == 1 && r[0]["spec"]["deduplication"]["occurrenceCount"] == 2
+    // Re-sent by several senders at once: one request adopts the file, the
+    // others wait for it (or come after); all name the file that exists.
+    let body = serde_json::to_vec(&hook).unwrap();
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| scope.spawn(|| s.post("/api/v1/signals/prometheus", &body, "t")))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for again in &answers {
+        assert_eq!(again.status, 202, "{}", again.body);
+        assert_eq!(again.json()["signals"][0]["outcome"], "duplicate");
+        assert_eq!(
+            again.json()["signals"][0]["resource"],
+            first.json()["signals"][0]["resource"],
+            "{}",
+            again.body
+        );
+    }
+    let all = s.wait_resources("one file counting 13", |r| {
+        r.len() == 1 && r[0]["spec"]["deduplication"]["occurrenceCount"] == 13
     });
     assert_eq!(all.len(), 1);
 }
