@@ -15,7 +15,7 @@ use signalgate_model::{alertmanager, kube_event, Invalid, SignalType};
 use crate::config::Config;
 use crate::ratelimit::{Decision, Limit};
 use crate::source;
-use crate::table::{self, SharedStore};
+use crate::table::{self, Seed, SharedStore};
 
 /// Header carrying the request's source to the sidecar.
 pub const SOURCE_HEADER: &str = "x-signalgate-source";
@@ -183,14 +183,15 @@ pub fn ratelimit_header(remaining: u64, secs: u64) -> String {
     format!("\"{POLICY_NAME}\";r={remaining};t={secs}")
 }
 
-/// The headers phase.
+/// The headers phase. `store` and `seed` are the bucket table's.
 pub fn on_headers(
     cfg: &Config,
     head: &RequestHead<'_>,
     store: &dyn SharedStore,
+    seed: &Seed,
     now_ns: u64,
 ) -> HeadersAction {
-    match admit(cfg, head, store, now_ns) {
+    match admit(cfg, head, store, seed, now_ns) {
         Ok(a) => HeadersAction::ReadBody(a),
         Err(r) => HeadersAction::Refuse(r),
     }
@@ -200,6 +201,7 @@ fn admit(
     cfg: &Config,
     head: &RequestHead<'_>,
     store: &dyn SharedStore,
+    seed: &Seed,
     now_ns: u64,
 ) -> Result<Admitted, Reply> {
     let signal_type = route(head.method, head.path)?;
@@ -228,7 +230,7 @@ fn admit(
     let policy = policy_header(limit);
     let mut response_headers = Vec::new();
     let mut limit_error = None;
-    match table::take(store, &bucket_key, limit, now_ns) {
+    match table::take(store, seed, &bucket_key, limit, now_ns) {
         Ok(Decision::Allowed {
             remaining,
             full_in_secs,
@@ -477,7 +479,7 @@ mod tests {
     fn signal_paths_are_routed() {
         let cfg = Config::default();
         let store = Store::default();
-        let a = admitted(on_headers(&cfg, &head(PROM), &store, T0));
+        let a = admitted(on_headers(&cfg, &head(PROM), &store, &Seed::default(), T0));
         assert_eq!(
             a.as_ref().map(|a| a.signal_type),
             Some(SignalType::Prometheus)
@@ -487,6 +489,7 @@ mod tests {
             &cfg,
             &head("/api/v1/signals/kubernetes-event?x=1"),
             &store,
+            &Seed::default(),
             T0,
         ));
         assert_eq!(a.map(|a| a.signal_type), Some(SignalType::KubernetesEvent));
@@ -502,7 +505,7 @@ mod tests {
             "/api/v1/signals/prometheus/x",
             "/API/v1/signals/prometheus",
         ] {
-            let r = refused(on_headers(&cfg, &head(path), &store, T0));
+            let r = refused(on_headers(&cfg, &head(path), &store, &Seed::default(), T0));
             assert_eq!(r.as_ref().map(|r| r.status), Some(404), "{path}");
             assert_eq!(r.as_ref().map(|r| r.outcome), Some(Outcome::NotFound));
             let p = r.as_ref().map(problem).unwrap_or_default();
@@ -514,7 +517,7 @@ mod tests {
                 method,
                 ..head(KUBE)
             };
-            let r = refused(on_headers(&cfg, &h, &store, T0));
+            let r = refused(on_headers(&cfg, &h, &store, &Seed::default(), T0));
             assert_eq!(r.as_ref().map(|r| r.status), Some(405), "{method}");
             assert_eq!(r.as_ref().and_then(|r| header(r, "allow")), Some("POST"));
         }
@@ -529,7 +532,7 @@ mod tests {
         let mut ok = 0;
         let mut last = None;
         for _ in 0..30 {
-            match on_headers(&cfg, &head(PROM), &store, T0) {
+            match on_headers(&cfg, &head(PROM), &store, &Seed::default(), T0) {
                 HeadersAction::ReadBody(a) => {
                     ok += 1;
                     assert_eq!(
@@ -560,7 +563,7 @@ mod tests {
             remote_address: Some("127.0.0.2:1"),
             ..head(PROM)
         };
-        assert!(admitted(on_headers(&cfg, &other, &store, T0)).is_some());
+        assert!(admitted(on_headers(&cfg, &other, &store, &Seed::default(), T0)).is_some());
     }
 
     #[test]
@@ -568,7 +571,7 @@ mod tests {
         let cfg =
             config::parse(Some(br#"{"requests_per_minute": 60, "burst": 10}"#)).unwrap_or_default();
         let store = Store::default();
-        let a = admitted(on_headers(&cfg, &head(PROM), &store, T0));
+        let a = admitted(on_headers(&cfg, &head(PROM), &store, &Seed::default(), T0));
         let h = a.map(|a| a.response_headers).unwrap_or_default();
         assert_eq!(
             h,
@@ -586,8 +589,8 @@ mod tests {
         ))
         .unwrap_or_default();
         let store = Store::default();
-        assert!(admitted(on_headers(&cfg, &head(PROM), &store, T0)).is_some());
-        let r = refused(on_headers(&cfg, &head(PROM), &store, T0));
+        assert!(admitted(on_headers(&cfg, &head(PROM), &store, &Seed::default(), T0)).is_some());
+        let r = refused(on_headers(&cfg, &head(PROM), &store, &Seed::default(), T0));
         assert_eq!(r.as_ref().map(|r| r.status), Some(503));
         assert_eq!(
             r.as_ref().and_then(|r| header(r, "retry-after")),
@@ -599,7 +602,7 @@ mod tests {
     #[test]
     fn a_broken_store_lets_requests_through_and_says_so() {
         let cfg = Config::default();
-        let a = admitted(on_headers(&cfg, &head(PROM), &Broken, T0));
+        let a = admitted(on_headers(&cfg, &head(PROM), &Broken, &Seed::default(), T0));
         assert!(a.as_ref().and_then(|a| a.limit_error.as_ref()).is_some());
         assert!(a.is_some_and(|a| a.response_headers.is_empty()));
     }
@@ -615,7 +618,7 @@ mod tests {
             source_header: Some("payments"),
             ..head(PROM)
         };
-        let a = admitted(on_headers(&cfg, &h, &store, T0));
+        let a = admitted(on_headers(&cfg, &h, &store, &Seed::default(), T0));
         assert_eq!(a.map(|a| a.source), Some("payments".to_string()));
     }
 
@@ -652,13 +655,39 @@ mod tests {
             authorization: auth,
             ..head(PROM)
         };
-        let a = admitted(on_headers(&cfg, &with(Some("Bearer token-a")), &store, T0));
+        let a = admitted(on_headers(
+            &cfg,
+            &with(Some("Bearer token-a")),
+            &store,
+            &Seed::default(),
+            T0,
+        ));
         assert_eq!(a.map(|a| a.source), Some("team-a".to_string()));
-        assert!(admitted(on_headers(&cfg, &with(Some("Bearer token-a")), &store, T0)).is_some());
-        let r = refused(on_headers(&cfg, &with(Some("Bearer token-a")), &store, T0));
+        assert!(admitted(on_headers(
+            &cfg,
+            &with(Some("Bearer token-a")),
+            &store,
+            &Seed::default(),
+            T0
+        ))
+        .is_some());
+        let r = refused(on_headers(
+            &cfg,
+            &with(Some("Bearer token-a")),
+            &store,
+            &Seed::default(),
+            T0,
+        ));
         assert_eq!(r.map(|r| r.status), Some(429));
         // team-b, from the same address, is not affected.
-        assert!(admitted(on_headers(&cfg, &with(Some("Bearer token-b")), &store, T0)).is_some());
+        assert!(admitted(on_headers(
+            &cfg,
+            &with(Some("Bearer token-b")),
+            &store,
+            &Seed::default(),
+            T0
+        ))
+        .is_some());
     }
 
     #[test]
@@ -671,7 +700,7 @@ mod tests {
                 ..head(PROM)
             };
             for _ in 0..5 {
-                let r = refused(on_headers(&cfg, &h, &store, T0));
+                let r = refused(on_headers(&cfg, &h, &store, &Seed::default(), T0));
                 assert_eq!(r.as_ref().map(|r| r.status), Some(401), "{auth:?}");
                 assert_eq!(r.as_ref().map(|r| r.outcome), Some(Outcome::Unauthorized));
                 assert!(r
@@ -682,7 +711,7 @@ mod tests {
         }
         assert!(store.0.borrow().is_empty(), "401s are not counted");
         // Unknown paths are 404 even without a token.
-        let r = refused(on_headers(&cfg, &head("/x"), &store, T0));
+        let r = refused(on_headers(&cfg, &head("/x"), &store, &Seed::default(), T0));
         assert_eq!(r.map(|r| r.status), Some(404));
     }
 
@@ -699,7 +728,10 @@ mod tests {
                 content_type: Some(ct),
                 ..head(PROM)
             };
-            assert!(admitted(on_headers(&cfg, &h, &store, T0)).is_some(), "{ct}");
+            assert!(
+                admitted(on_headers(&cfg, &h, &store, &Seed::default(), T0)).is_some(),
+                "{ct}"
+            );
         }
         for ct in [
             Some("text/plain"),
@@ -711,7 +743,7 @@ mod tests {
                 content_type: ct,
                 ..head(PROM)
             };
-            let r = refused(on_headers(&cfg, &h, &store, T0));
+            let r = refused(on_headers(&cfg, &h, &store, &Seed::default(), T0));
             assert_eq!(r.as_ref().map(|r| r.status), Some(415), "{ct:?}");
             assert_eq!(r.map(|r| r.outcome), Some(Outcome::UnsupportedMediaType));
         }
@@ -725,7 +757,7 @@ mod tests {
             content_length: Some("1001"),
             ..head(PROM)
         };
-        let r = refused(on_headers(&cfg, &h, &store, T0));
+        let r = refused(on_headers(&cfg, &h, &store, &Seed::default(), T0));
         assert_eq!(r.as_ref().map(|r| r.status), Some(413));
         assert_eq!(r.map(|r| r.outcome), Some(Outcome::TooLarge));
         for len in [Some("1000"), Some("0"), None, Some("junk")] {
@@ -734,7 +766,7 @@ mod tests {
                 ..head(PROM)
             };
             assert!(
-                admitted(on_headers(&cfg, &h, &store, T0)).is_some(),
+                admitted(on_headers(&cfg, &h, &store, &Seed::default(), T0)).is_some(),
                 "{len:?}"
             );
         }

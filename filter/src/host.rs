@@ -8,8 +8,9 @@
 //! on a status a call never returns in Envoy, which this code cannot catch.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -18,7 +19,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 use crate::config::{self, Config};
 use crate::decide::{self, Admitted, BodyAction, HeadersAction, Outcome, Reply, RequestHead};
 use crate::source::SourceMode;
-use crate::table::{self, SharedStore, StoreError};
+use crate::table::{self, Seed, SharedStore, StoreError};
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(Root::default()));
@@ -85,10 +86,29 @@ impl Metrics {
     }
 }
 
+/// Random bytes for a seed (WASI `random_get`, through the standard
+/// library's hash-map keys: each `RandomState` is freshly keyed).
+fn random_seed() -> Seed {
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = [0u8; 16];
+    for (i, half) in bytes.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(i);
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    Seed(bytes)
+}
+
+/// How often a VM re-reads the seed, in case another VM stored another one
+/// at the same instant as it did (only possible at start-up).
+const SEED_CHECK: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 struct Root {
     config: Rc<Config>,
     metrics: Rc<Metrics>,
+    /// The bucket table's hash seed, shared with this VM's requests.
+    seed: Rc<Cell<Seed>>,
 }
 
 impl Context for Root {}
@@ -116,6 +136,14 @@ impl RootContext for Root {
                 &format!("cannot create the rate-limit slots: {e:?}"),
             ),
         }
+        match table::seed(&HostStore, random_seed()) {
+            Ok(seed) => self.seed.set(seed),
+            Err(e) => log(
+                LogLevel::Warn,
+                &format!("cannot share the hash seed: {e:?}"),
+            ),
+        }
+        let _ = hostcalls::set_tick_period(SEED_CHECK);
         if self.metrics.outcomes.is_empty() {
             self.metrics = Rc::new(Metrics::define());
         }
@@ -137,10 +165,17 @@ impl RootContext for Root {
         true
     }
 
+    fn on_tick(&mut self) {
+        if let Ok(Some(seed)) = table::stored_seed(&HostStore) {
+            self.seed.set(seed);
+        }
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Edge {
             config: Rc::clone(&self.config),
             metrics: Rc::clone(&self.metrics),
+            seed: Rc::clone(&self.seed),
             admitted: None,
             forwarded: false,
         }))
@@ -155,6 +190,7 @@ impl RootContext for Root {
 struct Edge {
     config: Rc<Config>,
     metrics: Rc<Metrics>,
+    seed: Rc<Cell<Seed>>,
     /// Set once the headers passed: the body is being read.
     admitted: Option<Admitted>,
     /// Set once the request went on to the sidecar.
@@ -272,7 +308,8 @@ impl HttpContext for Edge {
             remote_address: remote.as_deref(),
             source_header: source_header.as_deref(),
         };
-        match decide::on_headers(&self.config, &head, &HostStore, now_ns()) {
+        let seed = self.seed.get();
+        match decide::on_headers(&self.config, &head, &HostStore, &seed, now_ns()) {
             HeadersAction::Refuse(reply) => self.refuse(&reply),
             HeadersAction::ReadBody(admitted) => {
                 for (name, value) in admitted.forward_headers() {

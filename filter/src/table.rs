@@ -6,7 +6,7 @@
 //! without bound. Instead the table has a fixed shape:
 //!
 //! - [`SLOTS`] keys (`signalgate.rl.v1.<n>`); a source's key hashes
-//!   (FNV-1a 64) to one slot;
+//!   (SipHash-1-3, keyed by the process's random [`Seed`]) to one slot;
 //! - each slot's value holds [`WAYS`] entries (a small set-associative
 //!   group): the source's 64-bit hash as tag, its bucket, and the limit the
 //!   bucket was last used with;
@@ -26,6 +26,11 @@
 //! full would let five sources of one slot taking turns each find a fresh
 //! bucket every time: no limit at all.)
 //!
+//! The hash is keyed so that nobody can pick sources that land in the slot
+//! of another source (and crowd it): the seed is made at random by the first
+//! VM that finds none in shared data, and read from there by every other
+//! (see [`seed`]).
+//!
 //! A slot update reads the value and its CAS token, computes, and writes back
 //! with that token; a concurrent write from another worker makes the write
 //! fail and the whole step is retried on the fresh value, up to
@@ -43,6 +48,8 @@ pub const ENTRY_BYTES: usize = 32;
 pub const SLOT_BYTES: usize = 1 + WAYS * ENTRY_BYTES;
 /// Prefix of the slot keys.
 pub const KEY_PREFIX: &str = "signalgate.rl.v1.";
+/// The shared-data key of the [`Seed`].
+pub const SEED_KEY: &str = "signalgate.rl.v1.seed";
 /// CAS attempts before giving up on one request.
 pub const MAX_ATTEMPTS: u32 = 64;
 
@@ -82,14 +89,36 @@ impl std::fmt::Display for TableError {
     }
 }
 
-/// FNV-1a 64 of the bucket key; never 0 (0 marks an empty way).
-pub fn hash(key: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// The secret key of the source hash, one per Envoy process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Seed(pub [u8; 16]);
+
+/// The process's seed: the one in shared data, else `fresh` (random bytes),
+/// stored there for the others. Two VMs starting at the same instant may
+/// both store theirs; the one read back is the one that stays, and a VM
+/// that kept another one picks it up from [`stored_seed`] later.
+pub fn seed(store: &dyn SharedStore, fresh: Seed) -> Result<Seed, StoreError> {
+    if let Some(s) = stored_seed(store)? {
+        return Ok(s);
     }
-    h.max(1)
+    store.set(SEED_KEY, &fresh.0, None)?;
+    Ok(stored_seed(store)?.unwrap_or(fresh))
+}
+
+/// The seed in shared data, if one was stored.
+pub fn stored_seed(store: &dyn SharedStore) -> Result<Option<Seed>, StoreError> {
+    let (value, _) = store.get(SEED_KEY)?;
+    Ok(value
+        .and_then(|v| <[u8; 16]>::try_from(v.as_slice()).ok())
+        .map(Seed))
+}
+
+/// SipHash-1-3 of the bucket key under `seed`; never 0 (0 marks an empty way).
+pub fn hash(seed: &Seed, key: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new_with_key(&seed.0);
+    h.write(key.as_bytes());
+    h.finish().max(1)
 }
 
 /// The slot a hash lives in.
@@ -230,11 +259,12 @@ pub fn init(store: &dyn SharedStore) -> Result<u32, StoreError> {
 /// Takes one token from the bucket of `bucket_key` under `limit` at `now_ns`.
 pub fn take(
     store: &dyn SharedStore,
+    seed: &Seed,
     bucket_key: &str,
     limit: Limit,
     now_ns: u64,
 ) -> Result<Decision, TableError> {
-    let tag = hash(bucket_key);
+    let tag = hash(seed, bucket_key);
     let key = slot_key(slot_of(tag));
     for _ in 0..MAX_ATTEMPTS {
         let (value, cas) = store
@@ -262,6 +292,7 @@ mod tests {
     use std::collections::HashMap;
 
     const SEC: u64 = 1_000_000_000;
+    const SEED: Seed = Seed([7; 16]);
     const T0: u64 = 1_700_000_000 * SEC;
 
     /// An in-memory shared data store with CAS tokens, like Envoy's. It can
@@ -305,7 +336,7 @@ mod tests {
                 if let Some((other_key, limit, now)) = other {
                     let (v, _) = self.map.borrow().get(key).cloned().unwrap_or_default();
                     let mut slot = Slot::decode(Some(&v));
-                    let tag = hash(&other_key);
+                    let tag = hash(&SEED, &other_key);
                     let (way, bucket) = slot.way_for(tag, now);
                     let (bucket, _) = ratelimit::take(bucket, limit, now);
                     slot.ways[way] = Some(Entry { tag, bucket, limit });
@@ -339,7 +370,12 @@ mod tests {
 
     fn allowed(store: &FakeStore, key: &str, l: Limit, now: u64, n: u32) -> u32 {
         (0..n)
-            .filter(|_| matches!(take(store, key, l, now), Ok(Decision::Allowed { .. })))
+            .filter(|_| {
+                matches!(
+                    take(store, &SEED, key, l, now),
+                    Ok(Decision::Allowed { .. })
+                )
+            })
             .count() as u32
     }
 
@@ -383,7 +419,7 @@ mod tests {
         // 3 s later: one token back for each.
         assert_eq!(allowed(&store, "s:127.0.0.1", l, T0 + 3 * SEC, 5), 1);
         assert_eq!(
-            take(&store, "s:127.0.0.1", l, T0 + 3 * SEC),
+            take(&store, &SEED, "s:127.0.0.1", l, T0 + 3 * SEC),
             Ok(Decision::Limited {
                 retry_after_secs: 3
             })
@@ -401,21 +437,24 @@ mod tests {
         let mut ours = 0;
         for _ in 0..10 {
             store.conflicts.set(1);
-            if matches!(take(&store, "s:a", l, T0), Ok(Decision::Allowed { .. })) {
+            if matches!(
+                take(&store, &SEED, "s:a", l, T0),
+                Ok(Decision::Allowed { .. })
+            ) {
                 ours += 1;
             }
         }
         // Every retry saw the interloper's write: together the two "workers"
         // got exactly the burst, half each.
         let (v, _) = store
-            .get(&slot_key(slot_of(hash("s:a"))))
+            .get(&slot_key(slot_of(hash(&SEED, "s:a"))))
             .unwrap_or_default();
         let slot = Slot::decode(v.as_deref());
         let tokens_left: u64 = slot
             .ways
             .iter()
             .flatten()
-            .filter(|e| e.tag == hash("s:a"))
+            .filter(|e| e.tag == hash(&SEED, "s:a"))
             .map(|e| e.bucket.tokens())
             .sum();
         assert_eq!(tokens_left, 0);
@@ -429,12 +468,12 @@ mod tests {
         store.conflicts.set(u32::MAX);
         store.gets.set(0);
         assert_eq!(
-            take(&store, "s:a", limit(1, 1), T0),
+            take(&store, &SEED, "s:a", limit(1, 1), T0),
             Err(TableError::Contended)
         );
         assert_eq!(store.gets.get(), MAX_ATTEMPTS);
         store.conflicts.set(MAX_ATTEMPTS - 1);
-        assert!(take(&store, "s:a", limit(1, 1), T0).is_ok());
+        assert!(take(&store, &SEED, "s:a", limit(1, 1), T0).is_ok());
     }
 
     #[test]
@@ -442,7 +481,7 @@ mod tests {
         let store = FakeStore::default();
         store.fail.set(true);
         assert!(matches!(
-            take(&store, "s:a", limit(1, 1), T0),
+            take(&store, &SEED, "s:a", limit(1, 1), T0),
             Err(TableError::Store(_))
         ));
         assert!(init(&store).is_err());
@@ -455,7 +494,7 @@ mod tests {
         let l = limit(100, 100);
         for i in 0..1_000_000u32 {
             let key = format!("s:10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
-            let _ = take(&store, &key, l, T0 + u64::from(i));
+            let _ = take(&store, &SEED, &key, l, T0 + u64::from(i));
         }
         let map = store.map.borrow();
         assert_eq!(map.len(), SLOTS as usize);
@@ -471,22 +510,25 @@ mod tests {
     fn hashing_spreads_sources_over_the_slots() {
         let mut used = std::collections::HashSet::new();
         for i in 0..20_000u32 {
-            used.insert(slot_of(hash(&format!("s:10.0.{}.{}", i >> 8, i & 255))));
+            used.insert(slot_of(hash(
+                &SEED,
+                &format!("s:10.0.{}.{}", i >> 8, i & 255),
+            )));
         }
         // 20k keys in 4096 slots: nearly all slots used.
         assert!(used.len() > 4000, "{}", used.len());
-        assert_ne!(hash(""), 0);
+        assert_ne!(hash(&SEED, ""), 0);
         assert_eq!(slot_key(7), "signalgate.rl.v1.7");
     }
 
     /// Finds `n` distinct keys that hash to the same slot as `first`.
     fn same_slot_keys(first: &str, n: usize) -> Vec<String> {
-        let slot = slot_of(hash(first));
+        let slot = slot_of(hash(&SEED, first));
         let mut keys = vec![first.to_string()];
         let mut i = 0u32;
         while keys.len() < n {
             let k = format!("s:probe-{i}");
-            if slot_of(hash(&k)) == slot {
+            if slot_of(hash(&SEED, &k)) == slot {
                 keys.push(k);
             }
             i += 1;
@@ -516,7 +558,7 @@ mod tests {
         // (keys[2], touched at T0 + 2 ns) goes.
         assert_eq!(allowed(&store, &keys[WAYS + 1], l, t, 1), 1);
         let (v, _) = store
-            .get(&slot_key(slot_of(hash("s:victim"))))
+            .get(&slot_key(slot_of(hash(&SEED, "s:victim"))))
             .unwrap_or_default();
         let tags: Vec<u64> = Slot::decode(v.as_deref())
             .ways
@@ -524,9 +566,33 @@ mod tests {
             .flatten()
             .map(|e| e.tag)
             .collect();
-        assert!(!tags.contains(&hash(&keys[1])));
-        assert!(!tags.contains(&hash(&keys[2])));
-        assert!(tags.contains(&hash(&keys[0])));
+        assert!(!tags.contains(&hash(&SEED, &keys[1])));
+        assert!(!tags.contains(&hash(&SEED, &keys[2])));
+        assert!(tags.contains(&hash(&SEED, &keys[0])));
+    }
+
+    #[test]
+    fn the_first_seed_stored_is_the_one_every_vm_uses() {
+        let store = FakeStore::default();
+        assert_eq!(stored_seed(&store), Ok(None));
+        assert_eq!(seed(&store, Seed([1; 16])), Ok(Seed([1; 16])));
+        // Another VM, with its own random bytes, reads the stored one.
+        assert_eq!(seed(&store, Seed([2; 16])), Ok(Seed([1; 16])));
+        assert_eq!(stored_seed(&store), Ok(Some(Seed([1; 16]))));
+        store.fail.set(true);
+        assert!(seed(&store, Seed([3; 16])).is_err());
+    }
+
+    #[test]
+    fn sources_crowding_one_slot_under_one_seed_spread_under_another() {
+        let crowd = same_slot_keys("s:victim", 8);
+        let other = Seed([9; 16]);
+        let slots: std::collections::HashSet<u32> =
+            crowd.iter().map(|k| slot_of(hash(&other, k))).collect();
+        // Eight keys in one slot under SEED: under another seed, eight slots
+        // but for a chance collision.
+        assert!(slots.len() >= 7, "{slots:?}");
+        assert_ne!(hash(&SEED, "s:a"), hash(&other, "s:a"));
     }
 
     #[test]
@@ -540,7 +606,7 @@ mod tests {
         let mut allowed_total = 0;
         for i in 0..10_000u64 {
             let k = &keys[(i % keys.len() as u64) as usize];
-            if let Ok(Decision::Allowed { .. }) = take(&store, k, l, T0 + i) {
+            if let Ok(Decision::Allowed { .. }) = take(&store, &SEED, k, l, T0 + i) {
                 allowed_total += 1;
             }
         }
@@ -567,11 +633,11 @@ mod tests {
     fn a_missing_slot_is_created_on_first_use() {
         let store = FakeStore::default();
         assert!(matches!(
-            take(&store, "s:a", limit(1, 1), T0),
+            take(&store, &SEED, "s:a", limit(1, 1), T0),
             Ok(Decision::Allowed { .. })
         ));
         assert!(matches!(
-            take(&store, "s:a", limit(1, 1), T0),
+            take(&store, &SEED, "s:a", limit(1, 1), T0),
             Ok(Decision::Limited { .. })
         ));
     }

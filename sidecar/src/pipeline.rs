@@ -151,25 +151,32 @@ impl Pipeline {
                 namespace: identities[i].namespace.clone(),
                 fingerprint: fingerprints[i].clone(),
                 affected: resource::affected_name(&identities[i].target),
+                absent: false,
             })
             .collect();
 
-        let decisions = if claims.is_empty() {
+        let mut decisions = if claims.is_empty() {
             Vec::new()
         } else {
             self.timed("decide", self.store.decide(&claims)).await?
         };
+        let adopted = self
+            .resolve_lookups(&claims, &mut decisions, received_ms, deadline)
+            .await?;
 
         let mut creates = Vec::new();
         let mut awaits = Vec::new();
-        for (&index, decision) in firing.iter().zip(decisions) {
+        for (j, (&index, decision)) in firing.iter().zip(decisions).enumerate() {
             let result = &mut results[index];
             result.outcome = decision.outcome.as_str();
-            result.resource = Some(format!(
-                "{}/{}",
-                decision.key.namespace(),
-                decision.snapshot.resource
-            ));
+            result.resource = Some(match adopted.iter().find(|(at, _)| *at == j) {
+                Some((_, location)) => location.to_string(),
+                None => format!(
+                    "{}/{}",
+                    decision.key.namespace(),
+                    decision.snapshot.resource
+                ),
+            });
             if decision.outcome == Outcome::StormStarted {
                 self.metrics.storms.inc();
             }
@@ -267,7 +274,7 @@ impl Pipeline {
         plans: &[Plan],
         received_ms: i64,
         deadline: Instant,
-    ) -> Result<Vec<Written>, Failure> {
+    ) -> Result<Vec<Location>, Failure> {
         if plans.is_empty() {
             return Ok(Vec::new());
         }
@@ -293,14 +300,10 @@ impl Pipeline {
             return Err(e);
         }
         self.timed("commit", self.store.commit(&keys)).await?;
-        for (p, w) in plans.iter().zip(&written) {
-            if w.adopted {
-                self.coalescer.mark(p.decision.key.clone());
-            } else {
-                // Counters may have moved while we created: the next flush checks.
-                let progress = Progress::from_snapshot(&p.decision.snapshot);
-                self.coalescer.created(p.decision.key.clone(), progress);
-            }
+        for p in plans {
+            // Counters may have moved while we created: the next flush checks.
+            let progress = Progress::from_snapshot(&p.decision.snapshot);
+            self.coalescer.created(p.decision.key.clone(), progress);
         }
         Ok(written)
     }
@@ -311,26 +314,7 @@ impl Pipeline {
         decision: &Decision,
         received_ms: i64,
         deadline: Instant,
-    ) -> Result<Written, Failure> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let adopted =
-            tokio::time::timeout(remaining, self.adopt_existing(decision, received_ms)).await;
-        match adopted {
-            Ok(Ok(Some(location))) => {
-                return Ok(Written {
-                    location,
-                    adopted: true,
-                })
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(Failure::Deadline {
-                    what: format!("looking for {}", decision.snapshot.resource),
-                    retry_after: Duration::from_secs(1),
-                })
-            }
-        }
+    ) -> Result<Location, Failure> {
         let rr = match &decision.key {
             ClaimKey::Fingerprint { fingerprint, .. } => {
                 resource::for_signal(signal, fingerprint, &decision.snapshot, received_ms)
@@ -345,10 +329,7 @@ impl Pipeline {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let result = tokio::time::timeout(remaining, self.sink.create(&rr)).await;
         let outcome = match result {
-            Ok(Ok(location)) => Ok(Written {
-                location,
-                adopted: false,
-            }),
+            Ok(Ok(location)) => Ok(location),
             Ok(Err(e)) => Err(Failure::Sink(e)),
             Err(_) => Err(Failure::Deadline {
                 what: format!("creating {}", decision.snapshot.resource),
@@ -363,40 +344,83 @@ impl Pipeline {
         outcome
     }
 
-    /// A live incident's resource already in the sink (the store lost its
-    /// state): adopt it into the claim instead of creating a second one.
-    /// Storm resources are not looked up (see the README's failure modes).
-    async fn adopt_existing(
+    /// The new fingerprints the store may have lost ([`Write::Lookup`]): a
+    /// live resource of the incident found in the sink is adopted (the
+    /// signal is its duplicate), the rest are decided again as absent. One
+    /// more store round trip, only while a namespace is cold. Returns where
+    /// the adopted resources are, by index into `decisions`.
+    async fn resolve_lookups(
         &self,
-        decision: &Decision,
+        claims: &[Claim],
+        decisions: &mut [Decision],
         received_ms: i64,
-    ) -> Result<Option<Location>, Failure> {
-        let ClaimKey::Fingerprint {
-            namespace,
-            fingerprint,
-        } = &decision.key
-        else {
-            return Ok(None);
-        };
-        if !decision.cold {
-            // The store remembers this namespace's window: nothing to find.
-            return Ok(None);
+        deadline: Instant,
+    ) -> Result<Vec<(usize, Location)>, Failure> {
+        let lookups: Vec<usize> = (0..decisions.len())
+            .filter(|&j| decisions[j].write == Write::Lookup)
+            .collect();
+        if lookups.is_empty() {
+            return Ok(Vec::new());
         }
         let since = received_ms - self.limits.dedup_ttl.as_millis() as i64;
-        let Some(found) = self.sink.find_recent(namespace, fingerprint, since).await? else {
-            return Ok(None);
-        };
-        let existing = crate::store::Snapshot {
-            resource: found.location.name.clone(),
-            first_seen_ms: found.first_seen_ms,
-            last_seen_ms: found.last_seen_ms,
-            occurrence_count: found.occurrence_count,
-            storm: None,
-        };
-        self.timed("adopt", self.store.adopt(&decision.key, &existing))
-            .await?;
-        tracing::info!(resource = %found.location, "the store had lost this incident; adopted its resource");
-        Ok(Some(found.location))
+        let finds = lookups.iter().map(|&j| {
+            self.sink
+                .find_recent(&claims[j].namespace, &claims[j].fingerprint, since)
+        });
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let found = tokio::time::timeout(remaining, futures::future::join_all(finds))
+            .await
+            .map_err(|_| Failure::Deadline {
+                what: "looking in the sink for live resources".into(),
+                retry_after: Duration::from_secs(1),
+            })?;
+        let mut adopted = Vec::new();
+        let mut again = Vec::new();
+        for (&j, found) in lookups.iter().zip(found) {
+            let Some(found) = found? else {
+                again.push(j);
+                continue;
+            };
+            let existing = crate::store::Snapshot {
+                resource: found.location.name.clone(),
+                first_seen_ms: found.first_seen_ms,
+                last_seen_ms: found.last_seen_ms,
+                occurrence_count: found.occurrence_count,
+                storm: None,
+            };
+            let key = decisions[j].key.clone();
+            match self
+                .timed("adopt", self.store.adopt(&key, &existing))
+                .await?
+            {
+                Some(snapshot) => {
+                    tracing::info!(resource = %found.location, "the store did not know this live incident; adopted its resource");
+                    decisions[j] = Decision {
+                        outcome: Outcome::Duplicate,
+                        write: Write::Update,
+                        key,
+                        snapshot,
+                    };
+                    adopted.push((j, found.location));
+                }
+                // It joined a storm meanwhile: decide it again.
+                None => again.push(j),
+            }
+        }
+        if !again.is_empty() {
+            let absent: Vec<Claim> = again
+                .iter()
+                .map(|&j| Claim {
+                    absent: true,
+                    ..claims[j].clone()
+                })
+                .collect();
+            let redecided = self.timed("decide", self.store.decide(&absent)).await?;
+            for (&j, d) in again.iter().zip(redecided) {
+                decisions[j] = d;
+            }
+        }
+        Ok(adopted)
     }
 
     /// Waits for a claim another request holds.
@@ -478,26 +502,16 @@ impl Pipeline {
 
 /// What waiting on another request's claim came to.
 enum Awaited {
-    /// The lease had expired: this request wrote the resource itself.
-    Written(Written),
+    /// The lease had expired: this request created the resource itself.
+    Written(Location),
     /// The other request committed it, under this name (`None`: gone again).
     Committed(Option<String>),
 }
 
-/// A resource this request wrote: created, or adopted from the sink.
-struct Written {
-    location: Location,
-    adopted: bool,
-}
-
-/// Fills in a signal's result from what was written for it.
-fn record(result: &mut SignalResult, w: &Written, created_any: &mut bool) {
-    result.resource = Some(w.location.to_string());
-    if w.adopted {
-        result.outcome = Outcome::Duplicate.as_str();
-    } else {
-        *created_any = true;
-    }
+/// Fills in a signal's result from the resource this request created for it.
+fn record(result: &mut SignalResult, created: &Location, created_any: &mut bool) {
+    result.resource = Some(created.to_string());
+    *created_any = true;
 }
 
 /// Milliseconds since the Unix epoch.

@@ -975,9 +975,16 @@ fn memory_stays_bounded_with_many_distinct_sources() {
         growth < 1024 * 1024,
         "Envoy grew by {growth} bytes for {N} new sources ({before} -> {after})"
     );
-    // An early source, evicted or refilled since, has a full bucket again.
+    // An early source, evicted since, is let through again: it takes over a
+    // way whose bucket (one token used a moment ago) is nearly full.
     let r = envoy.client().send(&valid().header("x-team", "warm-0"));
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("ratelimit"), Some("\"per-source\";r=99;t=1"));
+    let left: u32 = r
+        .header("ratelimit")
+        .and_then(|v| v.split(";r=").nth(1))
+        .and_then(|v| v.split(';').next())
+        .and_then(|v| v.parse().ok())
+        .expect("RateLimit r=");
+    assert!((98..=99).contains(&left), "{:?}", r.header("ratelimit"));
     assert_eq!(up.count(), 1);
 }

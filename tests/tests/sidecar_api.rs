@@ -520,6 +520,40 @@ fn a_restart_on_the_memory_store_keeps_counting_in_the_same_file() {
 }
 
 #[test]
+fn live_incidents_re_sent_after_a_restart_are_adopted_not_taken_for_a_storm() {
+    let mut s = Sidecar::start(&[
+        ("SIGNALGATE_STORM_THRESHOLD", "2"),
+        ("SIGNALGATE_STORM_WINDOW", "200ms"),
+    ]);
+    // Three incidents, each created on its own (more than a window apart).
+    let pods = ["p1", "p2", "p3"];
+    let mut names = Vec::new();
+    for pod in pods {
+        let a = s.post_alerts(&webhook(vec![alert("Live", "shop", pod)]));
+        assert_eq!(a.status, 201, "{}", a.body);
+        names.push(a.json()["signals"][0]["resource"].clone());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The store forgets everything; Alertmanager re-sends the group.
+    s.restart();
+    let all = webhook(pods.iter().map(|p| alert("Live", "shop", p)).collect());
+    let a = s.post_alerts(&all);
+    assert_eq!(a.status, 202, "{}", a.body);
+    for (signal, name) in a.json()["signals"].as_array().unwrap().iter().zip(&names) {
+        assert_eq!(signal["outcome"], "duplicate", "{}", a.body);
+        assert_eq!(&signal["resource"], name, "{}", a.body);
+    }
+    let rrs = s.wait_resources("the three resources, counting 2 each", |r| {
+        r.len() == 3
+            && r.iter()
+                .all(|x| x["spec"]["deduplication"]["occurrenceCount"] == 2)
+    });
+    assert!(rrs
+        .iter()
+        .all(|x| x["metadata"]["labels"]["signalgate.io/storm"] == "false"));
+}
+
+#[test]
 fn requests_over_max_in_flight_are_answered_503_before_their_body_is_read() {
     use std::io::{Read, Write};
     let s = Sidecar::start(&[("SIGNALGATE_MAX_IN_FLIGHT", "2")]);

@@ -18,6 +18,7 @@ use signalgate_sidecar::store::memory::MemoryStore;
 use signalgate_sidecar::store::redis::RedisStore;
 use signalgate_sidecar::store::{
     Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Store, StoreError, Write,
+    WARM_MARKER_TTL,
 };
 use signalgate_tests::redis::{parse_info, RedisCluster, RedisServer};
 
@@ -249,11 +250,23 @@ fn claim(ns: &str, seed: &str) -> Claim {
     claim_on(ns, seed, &format!("Pod/{seed}"))
 }
 
+/// A claim as the pipeline sends it once the sink was searched (`absent`):
+/// decided as new even in a namespace the store has just started to
+/// remember. The cases about lookups clear `absent`.
 fn claim_on(ns: &str, seed: &str, affected: &str) -> Claim {
     Claim {
         namespace: ns.to_string(),
         fingerprint: fingerprint(&format!("{ns}/{seed}")),
         affected: affected.to_string(),
+        absent: true,
+    }
+}
+
+/// The same claim, not looked up yet.
+fn unchecked(c: &Claim) -> Claim {
+    Claim {
+        absent: false,
+        ..c.clone()
     }
 }
 
@@ -366,7 +379,7 @@ behaviour!(
     storm_claims_follow_the_protocol,
     every_key_expires,
     adopting_an_existing_resource_keeps_its_name_and_count,
-    a_namespace_is_cold_for_one_dedup_window,
+    new_fingerprints_are_looked_up_while_the_namespace_is_cold,
     repeats_within_one_decide_count_in_order,
 );
 
@@ -868,9 +881,11 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
     let f = b.store(settings()).await;
     let ns = namespace("adopt");
     let a = claim(&ns, "a");
-    // The store lost its state: the signal looks new, but its resource exists.
-    let owner = f.one(&a).await;
-    assert_own(&owner, &a, Outcome::Created, Write::Create);
+    // The store does not know the namespace: look in the sink first.
+    let lookup = f.one(&unchecked(&a)).await;
+    assert_eq!(lookup.write, Write::Lookup, "{lookup:?}");
+    assert_eq!(f.snapshot(&lookup.key).await, None, "nothing recorded");
+    // The sink has the incident's resource: adopt it.
     let name = format!("rr-{}-{}", &a.fingerprint[..16], base36(1_000));
     let existing = signalgate_sidecar::store::Snapshot {
         resource: name.clone(),
@@ -879,16 +894,30 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
         occurrence_count: 5,
         storm: None,
     };
-    let adopted = f.store.adopt(&owner.key, &existing).await.expect("adopt");
+    let adopted = f
+        .store
+        .adopt(&lookup.key, &existing)
+        .await
+        .expect("adopt")
+        .expect("a fingerprint claim");
     assert_eq!(adopted.resource, name);
     assert_eq!(adopted.first_seen_ms, 1_000);
     assert_eq!(adopted.occurrence_count, 6);
     // Adopted means committed: repeats are plain duplicates of that resource.
-    let again = f.one(&a).await;
+    let again = f.one(&unchecked(&a)).await;
     assert_own(&again, &a, Outcome::Duplicate, Write::Update);
     assert_eq!(again.snapshot.resource, name);
     assert_eq!(again.snapshot.occurrence_count, 7);
-    assert_eq!(f.poll(&owner.key).await, ClaimState::Committed);
+    assert_eq!(f.poll(&lookup.key).await, ClaimState::Committed);
+    // A second request that found it too: counted in what the store holds.
+    let twice = f
+        .store
+        .adopt(&lookup.key, &existing)
+        .await
+        .expect("adopt")
+        .expect("a fingerprint claim");
+    assert_eq!(twice.resource, name);
+    assert_eq!(twice.occurrence_count, 8);
 }
 
 /// A fingerprint repeated within one decide (Redis: one script call, which
@@ -940,38 +969,76 @@ async fn repeats_within_one_decide_count_in_order(b: Backend) {
     assert!(n >= 13, "only {n} sightings");
 }
 
-async fn a_namespace_is_cold_for_one_dedup_window(b: Backend) {
+async fn new_fingerprints_are_looked_up_while_the_namespace_is_cold(b: Backend) {
     let ttl = Duration::from_millis(600);
     let f = b
         .store(Settings {
             dedup_ttl: ttl,
+            storm_threshold: 1,
+            storm_window: ttl,
             ..settings()
         })
         .await;
     let ns = namespace("cold");
-    let first = f.one(&claim(&ns, "a")).await;
-    assert!(first.cold, "nothing was known of the namespace");
-    let started = Instant::now();
-    assert!(
-        f.one(&claim(&ns, "b")).await.cold,
-        "memory younger than a window"
+    let (a, c, d) = (claim(&ns, "a"), claim(&ns, "c"), claim(&ns, "d"));
+    // Nothing known of the namespace: every new fingerprint is looked up,
+    // and lookups count nowhere, so re-sent live incidents never look like
+    // a storm (the threshold here is 1).
+    let ds = f
+        .decide(&[unchecked(&a), unchecked(&c), unchecked(&d)])
+        .await;
+    for d in &ds {
+        assert_eq!(d.write, Write::Lookup, "{d:?}");
+    }
+    let other = f
+        .one(&unchecked(&claim(&namespace("cold-other"), "a")))
+        .await;
+    assert_eq!(
+        other.write,
+        Write::Lookup,
+        "each namespace has its own memory"
     );
-    let other = f.one(&claim(&namespace("cold-other"), "a")).await;
-    assert!(other.cold, "each namespace has its own memory");
+    let existing = |c: &Claim| signalgate_sidecar::store::Snapshot {
+        resource: format!("rr-{}-{}", &c.fingerprint[..16], base36(1_000)),
+        first_seen_ms: 1_000,
+        last_seen_ms: 2_000,
+        occurrence_count: 1,
+        storm: None,
+    };
+    f.store
+        .adopt(&ds[0].key, &existing(&a))
+        .await
+        .expect("adopt a");
+    f.store
+        .adopt(&ds[1].key, &existing(&c))
+        .await
+        .expect("adopt c");
+    // d has no resource: decided as absent, it is the window's first new one.
+    let created = f.one(&d).await;
+    assert_own(&created, &d, Outcome::Created, Write::Create);
+    f.commit(&created.key).await;
+    let started = Instant::now();
+    // Known fingerprints are never looked up.
+    let known = f.one(&unchecked(&a)).await;
+    assert_own(&known, &a, Outcome::Duplicate, Write::Update);
     // Keep it busy for a whole window: then it knows every live incident.
-    let mut i = 0;
     while started.elapsed() < ttl + Duration::from_millis(100) {
-        f.one(&claim(&ns, &format!("keep-{}", i % 3))).await;
-        i += 1;
+        f.one(&unchecked(&a)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        !f.one(&claim(&ns, "c")).await.cold,
-        "a whole window of memory"
+    let e = claim(&ns, "e");
+    assert_own(
+        &f.one(&unchecked(&e)).await,
+        &e,
+        Outcome::Created,
+        Write::Create,
     );
-    // Quiet for longer than a window: the memory starts again.
+    // Quiet for longer than a window: the store still knows it (its memory
+    // is intact), so no lookup.
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
-    assert!(f.one(&claim(&ns, "d")).await.cold, "quiet for a window");
+    let g = claim(&ns, "g");
+    let quiet = f.one(&unchecked(&g)).await;
+    assert_eq!(quiet.write, Write::Create, "{quiet:?}");
 }
 
 async fn storm_claims_follow_the_protocol(b: Backend) {
@@ -1053,10 +1120,22 @@ async fn every_key_expires(b: Backend) {
         assert_eq!(live.len(), 15, "{live:?}");
         assert_eq!(f.window_size(&ns), Some(2));
     }
-    // Nothing outlives the longest window (storm end, dedup, lease).
+    // The warm marker lives for WARM_MARKER_TTL (one small key a namespace).
+    let marker = format!("sg:{{{ns}}}:m");
+    if let Some((_, ttl)) = live.iter().find(|(k, _)| *k == marker) {
+        assert!(
+            *ttl > 600_000 && *ttl <= WARM_MARKER_TTL.as_millis() as i64,
+            "{ttl}"
+        );
+    }
+    // Nothing else outlives the longest window (storm end, dedup, lease).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let live = f.keys(&ns);
+        let live: Vec<_> = f
+            .keys(&ns)
+            .into_iter()
+            .filter(|(k, _)| *k != marker)
+            .collect();
         if live.is_empty() {
             break;
         }

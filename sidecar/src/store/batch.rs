@@ -243,6 +243,7 @@ mod tests {
             namespace: "ns".into(),
             fingerprint: fingerprint.into(),
             affected: String::new(),
+            absent: false,
         }
     }
 
@@ -265,7 +266,6 @@ mod tests {
                         write: Write::Create,
                         key: key(c),
                         snapshot: Snapshot::default(),
-                        cold: false,
                     })
                 })
                 .collect()

@@ -7,7 +7,8 @@
 --       adopt (fingerprint claims only): 6 resource name, 7 first seen ms,
 --       8 occurrence count of the existing resource
 -- Reply: commit and release: 1 done, 0 the claim is gone.
---        adopt: { name, first seen ms, last seen ms, count }, or 0 if gone.
+--        adopt: { name, first seen ms, last seen ms, count }, or 0 if the
+--        fingerprint has joined a storm meanwhile.
 --        poll: 0 gone, 1 committed, 2 pending (live lease), 3 owned (the lease
 --        had expired: the caller now holds a fresh one).
 
@@ -20,6 +21,33 @@ local now = now_ms()
 -- exists while it has a resource name 'r'), a storm claim as '<name>|<field>'
 -- in the namespace's storm hash (it exists while it has a start '<name>|f').
 local H, prefix, exists = KEYS[1], '', 'r'
+
+-- adopt: a lookup found the incident's resource in the sink. Record it as
+-- the fingerprint's committed resource, counting this signal; or, if the
+-- fingerprint is known by now (another request adopted or created it
+-- first), count the signal in what the store holds.
+if op == 'adopt' then
+  if kind ~= 'f' then
+    return 0
+  end
+  local known = redis.call('HMGET', H, 'r', 'f', 's')
+  if known[3] then
+    return 0
+  end
+  local resource, first, c = known[1], num(known[2]), 0
+  if resource then
+    c = redis.call('HINCRBY', H, 'c', 1)
+    redis.call('HSET', H, 'l', int(now))
+  else
+    resource, first, c = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]) + 1
+    redis.call('HSET', H, 'r', resource, 'f', int(first), 'l', int(now), 'c', int(c), 'p', 0, 'u', 0)
+  end
+  if redis.call('PTTL', H) < dedup then
+    redis.call('PEXPIRE', H, int(dedup))
+  end
+  return { resource, first, now, c }
+end
+
 if kind == 's' then
   prefix = name .. '|'
   exists = prefix .. 'f'
@@ -36,15 +64,7 @@ local function expire_after_last_sighting()
   redis.call('PEXPIRE', H, int(math.max(1, last + dedup - now)))
 end
 
-if op == 'adopt' then
-  if kind ~= 'f' then
-    return 0
-  end
-  local c = redis.call('HINCRBY', H, 'c', tonumber(ARGV[8]))
-  redis.call('HSET', H, 'r', ARGV[6], 'f', ARGV[7], 'p', 0)
-  expire_after_last_sighting()
-  return { ARGV[6], tonumber(ARGV[7]), last, c }
-elseif op == 'commit' then
+if op == 'commit' then
   if pending == 1 then
     redis.call('HSET', H, prefix .. 'p', 0)
     if kind == 'f' then

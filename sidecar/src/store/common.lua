@@ -20,7 +20,8 @@
 --                   record must live; expired storms are swept from s and a.
 --                   s, a and x expire together when their last storm does.
 --   sg:{ns}:m       the warm marker: when the store's memory of the namespace
---                   began (ms); every decide refreshes its TTL (dedup window).
+--                   began (ms); every decide refreshes its TTL (7 days, at
+--                   least the dedup window).
 
 -- Store-clock milliseconds (Redis TIME), so every sidecar agrees.
 local function now_ms()

@@ -5,12 +5,14 @@
 --
 -- KEYS[1] sg:{ns}:w   KEYS[2] sg:{ns}:s   KEYS[3] sg:{ns}:a   KEYS[4] sg:{ns}:x
 -- KEYS[5] sg:{ns}:m (warm marker: when the store's memory of this namespace
--- began; kept alive by every decide for the dedup TTL)
+-- began; kept alive by every decide for the marker TTL)
 -- KEYS[5 + i] sg:{ns}:f:<fp> of signal i (1-based)
 -- ARGV: 1 storm name prefix ('storm-<12 hex of sha256(ns)>-'), 2 dedup ttl
 --       ms, 3 storm threshold, 4 storm window ms, 5 storm max duration ms,
---       6 max affected, 7 claim lease ms; then per signal i: ARGV[6 + 2i]
---       fingerprint, ARGV[7 + 2i] affected
+--       6 max affected, 7 claim lease ms, 8 warm marker ttl ms; then per
+--       signal i: ARGV[6 + 3i] fingerprint, ARGV[7 + 3i] affected,
+--       ARGV[8 + 3i] '1' if the sink was searched and has no live resource
+--       of it (else '0')
 -- A fingerprint repeated within a call (the sidecar batches the signals of
 -- concurrent requests, and senders repeat their alerts) is decided from the
 -- record this call already holds: its count, last-seen and lease are written
@@ -20,11 +22,10 @@
 --
 -- Reply: one entry per signal, in order: { outcome (1 created, 2 duplicate,
 --          3 storm_started, 4 storm_aggregated), write (1 create, 2 update,
---          3 await), kind (0 fingerprint, 1 storm), resource name, first
---          seen ms, last seen ms, occurrence count, [storm only: alert
---          count, affected overflow, storm started ms,] cold (1 while the
---          store's memory of the namespace is younger than the dedup
---          window) }; a repeat of a fingerprint already answered in full by
+--          3 await, 4 lookup: nothing was recorded), kind (0 fingerprint,
+--          1 storm), resource name, first seen ms, last seen ms, occurrence
+--          count, [storm only: alert count, affected overflow, storm started
+--          ms] }; a repeat of a fingerprint already answered in full by
 --          this call gets { 2, write, occurrence count, index of that
 --          signal } (the rest is the same: same resource, same instant).
 --          (Tables of numbers rather than one formatted string a signal: Lua
@@ -40,18 +41,17 @@ local max_duration = tonumber(ARGV[5])
 local max_affected = tonumber(ARGV[6])
 local lease = tonumber(ARGV[7])
 local now = now_ms()
-local since = tonumber(redis.call('GETEX', M, 'PX', ARGV[2]))
+-- While the store's memory of the namespace is younger than a dedup window,
+-- a new fingerprint may have a live resource the store does not know of.
+local since = tonumber(redis.call('GETEX', M, 'PX', ARGV[8]))
 if not since then
   since = now
-  redis.call('SET', M, int(now), 'PX', ARGV[2])
+  redis.call('SET', M, int(now), 'PX', ARGV[8])
 end
-local cold = 0
-if now - since < dedup then
-  cold = 1
-end
+local cold = now - since < dedup
 
 local function storm_reply(outcome, write, st)
-  return { outcome, write, 1, st.name, st.f, st.l, st.c, st.n, st.o, st.f, cold }
+  return { outcome, write, 1, st.name, st.f, st.l, st.c, st.n, st.o, st.f }
 end
 
 -- Storm records read or started by this call, by name (false: gone). Like
@@ -162,7 +162,7 @@ local function own_duplicate(i, F, rec)
     return { 2, write, rec.c, rec.at }
   end
   rec.at = i
-  return { 2, write, 0, rec.r, rec.f, now, rec.c, cold }
+  return { 2, write, 0, rec.r, rec.f, now, rec.c }
 end
 
 local function flush()
@@ -173,8 +173,8 @@ local function flush()
   end
 end
 
--- Signal i: fingerprint key F, fingerprint fp, affected value.
-local function decide(i, F, fp, affected)
+-- Signal i: fingerprint key F, fingerprint fp, affected value, absent flag.
+local function decide(i, F, fp, affected, absent)
   local rec = held[F]
   if rec then
     return own_duplicate(i, F, rec)
@@ -198,7 +198,12 @@ local function decide(i, F, fp, affected)
     return own_duplicate(i, F, rec)
   end
 
-  -- A new fingerprint. Does a storm run in this namespace?
+  -- A new fingerprint. Look in the sink first if the store may have lost it.
+  if cold and absent ~= '1' then
+    return { 1, 4, 0, '', 0, 0, 0 }
+  end
+
+  -- Does a storm run in this namespace?
   local cur = current_storm()
   if cur then
     local st = storm_get(cur)
@@ -221,7 +226,7 @@ local function decide(i, F, fp, affected)
     redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease)
     redis.call('PEXPIRE', F, int(math.max(dedup, lease)))
     held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, at = i }
-    return { 1, 1, 0, name, now, now, 1, cold }
+    return { 1, 1, 0, name, now, now, 1 }
   end
 
   -- The (threshold+1)-th: a new storm, ONE resource.
@@ -243,7 +248,7 @@ end
 
 local replies = {}
 for i = 1, #KEYS - 5 do
-  replies[i] = decide(i, KEYS[5 + i], ARGV[6 + 2 * i], ARGV[7 + 2 * i])
+  replies[i] = decide(i, KEYS[5 + i], ARGV[6 + 3 * i], ARGV[7 + 3 * i], ARGV[8 + 3 * i])
 end
 flush()
 flush_storms()

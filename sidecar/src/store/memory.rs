@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
-    StormSnapshot, Write,
+    StormSnapshot, Write, WARM_MARKER_TTL,
 };
 
 /// How often `decide` sweeps the whole map for expired entries.
@@ -39,7 +39,7 @@ struct State {
     fingerprints: HashMap<(String, String), FpEntry>,
     namespaces: HashMap<String, Namespace>,
     /// Namespace → (when the memory of it began, until when it lasts: the
-    /// dedup window after its last decide); see `Decision::cold`.
+    /// warm-marker TTL after its last decide); see [`WARM_MARKER_TTL`].
     warm: HashMap<String, (i64, i64)>,
     last_sweep_ms: i64,
 }
@@ -182,6 +182,7 @@ struct Params {
     max_duration: i64,
     max_affected: usize,
     lease: i64,
+    warm_marker: i64,
 }
 
 impl Params {
@@ -193,6 +194,7 @@ impl Params {
             max_duration: ms(s.storm_max_duration),
             max_affected: s.storm_max_affected as usize,
             lease: ms(s.claim_lease),
+            warm_marker: ms(s.dedup_ttl.max(WARM_MARKER_TTL)),
         }
     }
 }
@@ -273,7 +275,9 @@ impl State {
         ns.storms.get_mut(name)
     }
 
-    fn decide_one(&mut self, claim: &Claim, p: &Params, now: i64) -> Decision {
+    /// Decides `claim`; `cold`: the memory of its namespace is younger than
+    /// a dedup window (see [`WARM_MARKER_TTL`]).
+    fn decide_one(&mut self, claim: &Claim, p: &Params, now: i64, cold: bool) -> Decision {
         let key = (claim.namespace.clone(), claim.fingerprint.clone());
         let storm_key = |name: &str| ClaimKey::Storm {
             namespace: claim.namespace.clone(),
@@ -299,7 +303,6 @@ impl State {
                     }
                     entry.expires_ms = now + ttl;
                     return Decision {
-                        cold: false,
                         outcome: Outcome::Duplicate,
                         write,
                         key: fp_key(),
@@ -323,7 +326,6 @@ impl State {
                     entry.expires_ms = now + p.dedup;
                 }
                 return Decision {
-                    cold: false,
                     outcome: Outcome::Duplicate,
                     write,
                     key: storm_key(&name),
@@ -334,7 +336,17 @@ impl State {
             self.fingerprints.remove(&key);
         }
 
-        // A new fingerprint. Does a storm run in this namespace?
+        // A new fingerprint. Look in the sink first if the store may have lost it.
+        if cold && !claim.absent {
+            return Decision {
+                outcome: Outcome::Created,
+                write: Write::Lookup,
+                key: fp_key(),
+                snapshot: Snapshot::default(),
+            };
+        }
+
+        // Does a storm run in this namespace?
         let current = self
             .namespaces
             .get(&claim.namespace)
@@ -356,7 +368,6 @@ impl State {
                     let snapshot = storm.snapshot(&name, false);
                     self.join_storm(key, &name, now + p.dedup);
                     return Decision {
-                        cold: false,
                         outcome: Outcome::StormAggregated,
                         write,
                         key: storm_key(&name),
@@ -389,7 +400,6 @@ impl State {
                 },
             );
             return Decision {
-                cold: false,
                 outcome: Outcome::Created,
                 write: Write::Create,
                 key: fp_key(),
@@ -418,7 +428,6 @@ impl State {
         ns.current = Some(name.clone());
         self.join_storm(key, &name, now + p.dedup);
         Decision {
-            cold: false,
             outcome: Outcome::StormStarted,
             write: Write::Create,
             key: storm_key(&name),
@@ -475,10 +484,8 @@ impl Store for MemoryStore {
                 };
                 state
                     .warm
-                    .insert(claim.namespace.clone(), (since, now + p.dedup));
-                let mut d = state.decide_one(claim, &p, now);
-                d.cold = now - since < p.dedup;
-                d
+                    .insert(claim.namespace.clone(), (since, now + p.warm_marker));
+                state.decide_one(claim, &p, now, now - since < p.dedup)
             })
             .collect())
     }
@@ -546,37 +553,49 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn adopt(&self, key: &ClaimKey, existing: &Snapshot) -> Result<Snapshot, StoreError> {
+    async fn adopt(
+        &self,
+        key: &ClaimKey,
+        existing: &Snapshot,
+    ) -> Result<Option<Snapshot>, StoreError> {
         let p = Params::new(&self.settings);
         let mut state = self.lock();
         let now = now_ms();
-        let gone = || StoreError::Unavailable("the claim to adopt into is gone".into());
         let ClaimKey::Fingerprint {
             namespace,
             fingerprint,
         } = key
         else {
-            return Err(StoreError::Unavailable(
-                "only fingerprint claims are adopted".into(),
-            ));
+            return Ok(None);
         };
         let k = (namespace.clone(), fingerprint.clone());
-        let entry = state.fingerprint(&k, now).ok_or_else(gone)?;
-        let FpKind::Own(own) = &mut entry.kind else {
-            return Err(gone());
+        if let Some(entry) = state.fingerprint(&k, now) {
+            // Known by now: count the signal in what the store holds.
+            let FpKind::Own(own) = &mut entry.kind else {
+                return Ok(None);
+            };
+            own.count += 1;
+            own.last_ms = now;
+            entry.expires_ms = entry.expires_ms.max(now + p.dedup);
+            return Ok(Some(own.snapshot()));
+        }
+        let own = Own {
+            resource: existing.resource.clone(),
+            first_ms: existing.first_seen_ms,
+            last_ms: now,
+            count: existing.occurrence_count + 1,
+            pending: false,
+            lease_until_ms: 0,
         };
-        own.resource = existing.resource.clone();
-        own.first_ms = existing.first_seen_ms;
-        own.count += existing.occurrence_count;
-        own.pending = false;
-        entry.expires_ms = (own.last_ms + p.dedup).max(now + 1);
-        Ok(Snapshot {
-            resource: own.resource.clone(),
-            first_seen_ms: own.first_ms,
-            last_seen_ms: own.last_ms,
-            occurrence_count: own.count,
-            storm: None,
-        })
+        let snapshot = own.snapshot();
+        state.fingerprints.insert(
+            k,
+            FpEntry {
+                kind: FpKind::Own(own),
+                expires_ms: now + p.dedup,
+            },
+        );
+        Ok(Some(snapshot))
     }
 
     async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {

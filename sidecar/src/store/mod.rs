@@ -22,6 +22,10 @@
 //! - A signal that finds a pending claim whose lease expired takes the
 //!   claim over ([`Write::Create`]).
 //! - A committed claim makes later repeats [`Write::Update`]: counts only.
+//! - A new fingerprint in a namespace the store has remembered for less
+//!   than a dedup window gets [`Write::Lookup`]: nothing is recorded; the
+//!   caller looks for a live resource in the sink and [`Store::adopt`]s it,
+//!   or decides the claim again with [`Claim::absent`] set.
 //!
 //! Keys of one signal live in one hash slot (tagged by namespace), so the
 //! Redis implementation runs unchanged on Redis Cluster. All timestamps are
@@ -77,6 +81,9 @@ pub struct Claim {
     pub fingerprint: String,
     /// How a storm lists this signal's target, e.g. `Pod/cart-1`.
     pub affected: String,
+    /// The sink was searched for a live resource of this fingerprint (after
+    /// a [`Write::Lookup`]) and has none: decide it as new.
+    pub absent: bool,
 }
 
 /// The outcome reported to the sender and counted in metrics.
@@ -138,6 +145,12 @@ pub enum Write {
     Update,
     /// Another caller holds a live lease: `poll` until committed or owned.
     Await,
+    /// A new fingerprint in a namespace the store has remembered for less
+    /// than a dedup window (new to the store, or its data was lost): its
+    /// incident may have a live resource from before. Nothing was recorded:
+    /// look in the sink, then [`Store::adopt`] what is there, or decide the
+    /// claim again with [`Claim::absent`] set.
+    Lookup,
 }
 
 /// The store's answer for one claim.
@@ -147,17 +160,18 @@ pub struct Decision {
     pub write: Write,
     /// The claim of the resource this signal counts in (its own, or the storm's).
     pub key: ClaimKey,
-    /// The state of that resource right after this step.
+    /// The state of that resource right after this step (empty for a lookup).
     pub snapshot: Snapshot,
-    /// The store's memory of this namespace is younger than the dedup
-    /// window: it began with a signal less than a window ago, after the
-    /// namespace had been quiet that long or after the store lost its data
-    /// (Redis restarted empty, a failover without the data, a restart on the
-    /// memory store). A resource this step asks to create may then already
-    /// exist from before: look in the sink first (and [`Store::adopt`] it).
-    /// Once the memory spans a whole window, it knows every live incident.
-    pub cold: bool,
 }
+
+/// How long the store remembers that it knows a namespace (the warm marker,
+/// refreshed by every decide; at least the dedup window). While that memory
+/// is younger than a dedup window, new fingerprints get [`Write::Lookup`]:
+/// the store may have lost the data (Redis restarted empty, a failover
+/// without the data, a restart on the memory store), or never had it. Once it
+/// spans a window, it knows every live incident of the namespace. Long, so
+/// that a namespace quiet for a while is not looked up again.
+pub const WARM_MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The counters of one resource, as the store holds them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -224,12 +238,17 @@ pub trait Store: Send + Sync {
     async fn commit(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
     /// Gives up the caller's leases after a failed create, so the next try takes them at once.
     async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
-    /// For a fingerprint claim the caller owns (`Write::Create`) whose
-    /// resource turned out to exist already (the store had lost its state,
-    /// e.g. Redis restarted empty): takes over that resource's name, first
-    /// sighting and count (adding the ones counted since), commits the claim,
-    /// and returns the counters now held.
-    async fn adopt(&self, key: &ClaimKey, existing: &Snapshot) -> Result<Snapshot, StoreError>;
+    /// After a [`Write::Lookup`] that found the incident's resource in the
+    /// sink: records it (name, first sighting, count) as the fingerprint's
+    /// committed resource and counts this signal in it. If the fingerprint
+    /// is known by now (another request adopted or created it first), the
+    /// signal is counted as a duplicate of what the store holds. Returns the
+    /// counters now held (`None` for a storm key: storms are not adopted).
+    async fn adopt(
+        &self,
+        key: &ClaimKey,
+        existing: &Snapshot,
+    ) -> Result<Option<Snapshot>, StoreError>;
     /// For `Write::Await`: the claim's state now (may hand the caller the claim).
     async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError>;
     /// The current counters of the resources (storm lists filled), `None` where gone.

@@ -93,7 +93,7 @@ use super::batch::{self, Batcher, DecideEach};
 use super::memory::{ms, storm_prefix};
 use super::{
     Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
-    StormSnapshot, Write,
+    StormSnapshot, Write, WARM_MARKER_TTL,
 };
 
 const COMMON: &str = include_str!("common.lua");
@@ -422,7 +422,7 @@ impl Core {
         let mut keys = Vec::with_capacity(5 + claims.len());
         keys.extend([k.window(), k.storms(), k.affected(), k.expiry(), k.marker()]);
         keys.extend(claims.iter().map(|c| k.fingerprint(&c.fingerprint)));
-        let mut args = Vec::with_capacity(7 + 2 * claims.len());
+        let mut args = Vec::with_capacity(8 + 3 * claims.len());
         args.extend([
             storm_prefix(&first.namespace).into_bytes(),
             ms(s.dedup_ttl).to_string().into_bytes(),
@@ -431,10 +431,18 @@ impl Core {
             ms(s.storm_max_duration).to_string().into_bytes(),
             s.storm_max_affected.to_string().into_bytes(),
             ms(s.claim_lease).to_string().into_bytes(),
+            ms(s.dedup_ttl.max(WARM_MARKER_TTL))
+                .to_string()
+                .into_bytes(),
         ]);
         for c in claims {
             args.push(c.fingerprint.as_bytes().to_vec());
             args.push(c.affected.as_bytes().to_vec());
+            args.push(if c.absent {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            });
         }
         Call { keys, args }
     }
@@ -598,11 +606,12 @@ fn write_code(code: i64) -> Option<Write> {
         1 => Some(Write::Create),
         2 => Some(Write::Update),
         3 => Some(Write::Await),
+        4 => Some(Write::Lookup),
         _ => None,
     }
 }
 
-/// A reply in full: 8 fields for a signal's own resource, 11 for a storm.
+/// A reply in full: 7 fields for a signal's own resource (or a lookup), 10 for a storm.
 fn parse_decision(claim: &Claim, v: &[Value]) -> Option<Decision> {
     let outcome = match int(v.first()?)? {
         1 => Outcome::Created,
@@ -613,7 +622,7 @@ fn parse_decision(claim: &Claim, v: &[Value]) -> Option<Decision> {
     };
     let write = write_code(int(v.get(1)?)?)?;
     let storm = int(v.get(2)?)? == 1;
-    if v.len() != if storm { 11 } else { 8 } {
+    if v.len() != if storm { 10 } else { 7 } {
         return None;
     }
     let resource = text(&v[3])?;
@@ -628,14 +637,12 @@ fn parse_decision(claim: &Claim, v: &[Value]) -> Option<Decision> {
             fingerprint: claim.fingerprint.clone(),
         }
     };
-    let (cold, fields) = v[4..].split_last()?;
-    let snapshot = snapshot_from(resource, fields, storm, Vec::new())?;
+    let snapshot = snapshot_from(resource, &v[4..], storm, Vec::new())?;
     Some(Decision {
         outcome,
         write,
         key,
         snapshot,
-        cold: int(cold)? == 1,
     })
 }
 
@@ -716,7 +723,11 @@ impl Core {
             .collect()
     }
 
-    async fn adopt(&self, key: &ClaimKey, existing: &Snapshot) -> Result<Snapshot, StoreError> {
+    async fn adopt(
+        &self,
+        key: &ClaimKey,
+        existing: &Snapshot,
+    ) -> Result<Option<Snapshot>, StoreError> {
         let mut call = self.claim_call("adopt", key);
         call.args.push(existing.resource.as_bytes().to_vec());
         call.args
@@ -731,9 +742,10 @@ impl Core {
                 .pop()
                 .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
             let parsed = match &reply {
-                redis::Value::Array(v) if v.len() == 4 => {
-                    text(&v[0]).and_then(|r| snapshot_from(r, &v[1..], false, Vec::new()))
-                }
+                redis::Value::Array(v) if v.len() == 4 => text(&v[0])
+                    .and_then(|r| snapshot_from(r, &v[1..], false, Vec::new()))
+                    .map(Some),
+                _ if int(&reply) == Some(0) => Some(None),
                 _ => None,
             };
             parsed.ok_or_else(|| unexpected("adopt", &reply))
@@ -850,7 +862,11 @@ impl Store for RedisStore {
         self.core.claim_all("release", keys).await
     }
 
-    async fn adopt(&self, key: &ClaimKey, existing: &Snapshot) -> Result<Snapshot, StoreError> {
+    async fn adopt(
+        &self,
+        key: &ClaimKey,
+        existing: &Snapshot,
+    ) -> Result<Option<Snapshot>, StoreError> {
         self.core.adopt(key, existing).await
     }
 
