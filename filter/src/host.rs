@@ -100,7 +100,8 @@ fn random_seed() -> Seed {
 }
 
 /// How often a VM re-reads the seed, in case another VM stored another one
-/// at the same instant as it did (only possible at start-up).
+/// at the same instant as it did (only possible at start-up): until then,
+/// for at most this long, the two place a source in different slots.
 const SEED_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -166,7 +167,9 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        if let Ok(Some(seed)) = table::stored_seed(&HostStore) {
+        // The stored seed (another VM's, if two stored theirs at once), or
+        // this VM's stored now if storing it failed at configure time.
+        if let Ok(seed) = table::seed(&HostStore, random_seed()) {
             self.seed.set(seed);
         }
     }

@@ -96,7 +96,7 @@ pub struct Seed(pub [u8; 16]);
 /// The process's seed: the one in shared data, else `fresh` (random bytes),
 /// stored there for the others. Two VMs starting at the same instant may
 /// both store theirs; the one read back is the one that stays, and a VM
-/// that kept another one picks it up from [`stored_seed`] later.
+/// that kept another one picks it up when it calls this again.
 pub fn seed(store: &dyn SharedStore, fresh: Seed) -> Result<Seed, StoreError> {
     if let Some(s) = stored_seed(store)? {
         return Ok(s);
@@ -106,7 +106,7 @@ pub fn seed(store: &dyn SharedStore, fresh: Seed) -> Result<Seed, StoreError> {
 }
 
 /// The seed in shared data, if one was stored.
-pub fn stored_seed(store: &dyn SharedStore) -> Result<Option<Seed>, StoreError> {
+fn stored_seed(store: &dyn SharedStore) -> Result<Option<Seed>, StoreError> {
     let (value, _) = store.get(SEED_KEY)?;
     Ok(value
         .and_then(|v| <[u8; 16]>::try_from(v.as_slice()).ok())

@@ -19,6 +19,9 @@ use crate::store::{Claim, ClaimKey, ClaimState, Decision, Outcome, Store, StoreE
 /// How often a request waiting on another request's claim looks again.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
+/// Sink lookups a request runs at once (see [`Write::Lookup`]).
+const LOOKUPS_AT_ONCE: usize = 8;
+
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub fallback_namespace: String,
@@ -160,9 +163,23 @@ impl Pipeline {
         } else {
             self.timed("decide", self.store.decide(&claims)).await?
         };
-        let adopted = self
+        let adopted = match self
             .resolve_lookups(&claims, &mut decisions, received_ms, deadline)
-            .await?;
+            .await
+        {
+            Ok(adopted) => adopted,
+            Err(e) => {
+                // Claims this request took for its other signals: give them
+                // back, so the sender's retry takes them at once.
+                let taken: Vec<ClaimKey> = decisions
+                    .iter()
+                    .filter(|d| d.write == Write::Create)
+                    .map(|d| d.key.clone())
+                    .collect();
+                self.release(&taken).await;
+                return Err(e);
+            }
+        };
 
         let mut creates = Vec::new();
         let mut awaits = Vec::new();
@@ -206,13 +223,8 @@ impl Pipeline {
             record(&mut results[plan.index], &w, &mut created_any);
         }
         for plan in &awaits {
-            match self.await_claim(plan, received_ms, deadline).await? {
-                Awaited::Written(w) => record(&mut results[plan.index], &w, &mut created_any),
-                Awaited::Committed(Some(name)) => {
-                    let namespace = plan.decision.key.namespace();
-                    results[plan.index].resource = Some(format!("{namespace}/{name}"));
-                }
-                Awaited::Committed(None) => {}
+            if let Some(created) = self.await_claim(plan, received_ms, deadline).await? {
+                record(&mut results[plan.index], &created, &mut created_any);
             }
         }
 
@@ -292,11 +304,7 @@ impl Pipeline {
             }
         }
         if let Some(e) = failure {
-            // Give the leases back so the sender's retry takes them at once;
-            // if the store is down too, the leases simply expire.
-            if let Err(release) = self.timed("release", self.store.release(&keys)).await {
-                tracing::warn!(error = %release, "cannot release claims; they expire with their lease");
-            }
+            self.release(&keys).await;
             return Err(e);
         }
         self.timed("commit", self.store.commit(&keys)).await?;
@@ -344,6 +352,17 @@ impl Pipeline {
         outcome
     }
 
+    /// Gives leases back after a failure, so the sender's retry takes them at
+    /// once; if the store is down too, they simply expire.
+    async fn release(&self, keys: &[ClaimKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(e) = self.timed("release", self.store.release(keys)).await {
+            tracing::warn!(error = %e, "cannot release claims; they expire with their lease");
+        }
+    }
+
     /// The new fingerprints the store may have lost ([`Write::Lookup`]): a
     /// live resource of the incident found in the sink is adopted (the
     /// signal is its duplicate), the rest are decided again as absent. One
@@ -356,31 +375,44 @@ impl Pipeline {
         received_ms: i64,
         deadline: Instant,
     ) -> Result<Vec<(usize, Location)>, Failure> {
+        use futures::StreamExt;
         let lookups: Vec<usize> = (0..decisions.len())
             .filter(|&j| decisions[j].write == Write::Lookup)
             .collect();
         if lookups.is_empty() {
             return Ok(Vec::new());
         }
+        let past_deadline = || Failure::Deadline {
+            what: "looking in the sink for live resources".into(),
+            retry_after: Duration::from_secs(1),
+        };
         let since = received_ms - self.limits.dedup_ttl.as_millis() as i64;
-        let finds = lookups.iter().map(|&j| {
-            self.sink
-                .find_recent(&claims[j].namespace, &claims[j].fingerprint, since)
-        });
+        // A few at a time: a re-sent group may hold many (the kube sink
+        // LISTs the namespace and the fallback namespace for each).
+        let finds: Vec<_> = lookups
+            .iter()
+            .map(|&j| {
+                self.sink
+                    .find_recent(&claims[j].namespace, &claims[j].fingerprint, since)
+            })
+            .collect();
+        let finds = futures::stream::iter(finds)
+            .buffered(LOOKUPS_AT_ONCE)
+            .collect::<Vec<_>>();
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let found = tokio::time::timeout(remaining, futures::future::join_all(finds))
+        let found = tokio::time::timeout(remaining, finds)
             .await
-            .map_err(|_| Failure::Deadline {
-                what: "looking in the sink for live resources".into(),
-                retry_after: Duration::from_secs(1),
-            })?;
-        let mut adopted = Vec::new();
+            .map_err(|_| past_deadline())?;
+
         let mut again = Vec::new();
+        let mut adopts = Vec::new();
         for (&j, found) in lookups.iter().zip(found) {
-            let Some(found) = found? else {
-                again.push(j);
-                continue;
-            };
+            match found? {
+                Some(found) => adopts.push((j, found)),
+                None => again.push(j),
+            }
+        }
+        let adopted_all = futures::future::join_all(adopts.iter().map(|(j, found)| {
             let existing = crate::store::Snapshot {
                 resource: found.location.name.clone(),
                 first_seen_ms: found.first_seen_ms,
@@ -388,26 +420,37 @@ impl Pipeline {
                 occurrence_count: found.occurrence_count,
                 storm: None,
             };
-            let key = decisions[j].key.clone();
-            match self
-                .timed("adopt", self.store.adopt(&key, &existing))
-                .await?
-            {
-                Some(snapshot) => {
-                    tracing::info!(resource = %found.location, "the store did not know this live incident; adopted its resource");
-                    decisions[j] = Decision {
-                        outcome: Outcome::Duplicate,
-                        write: Write::Update,
-                        key,
-                        snapshot,
-                    };
-                    adopted.push((j, found.location));
-                }
+            let key = decisions[*j].key.clone();
+            async move { self.timed("adopt", self.store.adopt(&key, &existing)).await }
+        }))
+        .await;
+        let mut adopted = Vec::new();
+        for ((j, found), result) in adopts.into_iter().zip(adopted_all) {
+            let Some(snapshot) = result? else {
                 // It joined a storm meanwhile: decide it again.
-                None => again.push(j),
+                again.push(j);
+                continue;
+            };
+            tracing::info!(resource = %found.location, "the store did not know this live incident; adopted its resource");
+            // The store's resource, if another request recorded another
+            // one first; else where the sink holds it (maybe the fallback
+            // namespace).
+            if snapshot.resource == found.location.name {
+                adopted.push((j, found.location));
             }
+            let key = decisions[j].key.clone();
+            decisions[j] = Decision {
+                outcome: Outcome::Duplicate,
+                write: Write::Update,
+                key,
+                snapshot,
+            };
         }
         if !again.is_empty() {
+            if Instant::now() >= deadline {
+                return Err(past_deadline());
+            }
+            again.sort_unstable();
             let absent: Vec<Claim> = again
                 .iter()
                 .map(|&j| Claim {
@@ -423,25 +466,20 @@ impl Pipeline {
         Ok(adopted)
     }
 
-    /// Waits for a claim another request holds.
+    /// Waits for a claim another request holds. `Some(location)` if the
+    /// lease expired and this request created the resource itself.
     async fn await_claim(
         &self,
         plan: &Plan,
         received_ms: i64,
         deadline: Instant,
-    ) -> Result<Awaited, Failure> {
+    ) -> Result<Option<Location>, Failure> {
         let key = &plan.decision.key;
         loop {
             match self.timed("poll", self.store.poll(key)).await? {
                 ClaimState::Committed => {
                     self.coalescer.mark(key.clone());
-                    // Its name, which is not the claim's when the owner
-                    // adopted a resource made before the store lost its data.
-                    let now = self
-                        .timed("snapshot", self.store.snapshot(std::slice::from_ref(key)))
-                        .await?;
-                    let name = now.into_iter().flatten().next().map(|s| s.resource);
-                    return Ok(Awaited::Committed(name));
+                    return Ok(None);
                 }
                 ClaimState::Owned => {
                     let single = [Plan {
@@ -450,10 +488,7 @@ impl Pipeline {
                         decision: plan.decision.clone(),
                     }];
                     let mut created = self.create_all(&single, received_ms, deadline).await?;
-                    return Ok(match created.pop() {
-                        Some(w) => Awaited::Written(w),
-                        None => Awaited::Committed(None),
-                    });
+                    return Ok(created.pop());
                 }
                 ClaimState::Gone => {
                     return Err(Failure::Deadline {
@@ -498,14 +533,6 @@ impl Pipeline {
             Err(_) => Err(StoreError::Timeout(self.limits.store_timeout)),
         }
     }
-}
-
-/// What waiting on another request's claim came to.
-enum Awaited {
-    /// The lease had expired: this request created the resource itself.
-    Written(Location),
-    /// The other request committed it, under this name (`None`: gone again).
-    Committed(Option<String>),
 }
 
 /// Fills in a signal's result from the resource this request created for it.

@@ -554,6 +554,54 @@ fn live_incidents_re_sent_after_a_restart_are_adopted_not_taken_for_a_storm() {
 }
 
 #[test]
+fn a_failed_lookup_gives_back_the_claims_the_request_took() {
+    use signalgate_model::signal::fingerprint;
+    use signalgate_model::SignalType;
+    let s = Sidecar::start(&[("SIGNALGATE_DEDUP_TTL", "300ms")]);
+    // `warm` is known to the store for a whole dedup window (time must pass).
+    let first = s.post_alerts(&webhook(vec![alert("First", "warm", "p0")]));
+    assert_eq!(first.status, 201, "{}", first.body);
+    std::thread::sleep(Duration::from_millis(400));
+    // `cold` is new to the store, and looking in the sink for its alert
+    // fails: the link the lookup reads is a directory.
+    let fp = fingerprint(SignalType::Prometheus, "cold", "Pod", "p1", "Broken");
+    let link = s.sink_dir.join("cold").join(".by-fingerprint").join(fp);
+    std::fs::create_dir_all(&link).unwrap();
+    let both = webhook(vec![
+        alert("New", "warm", "p2"),
+        alert("Broken", "cold", "p1"),
+    ]);
+    let a = s.post_alerts(&both);
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(a.header("retry-after").is_some());
+    std::fs::remove_dir(&link).unwrap();
+    // The retry creates both at once: the claim the failed request took for
+    // warm/p2 was given back (kept, its 15 s lease would make the retry
+    // wait past its 5 s deadline).
+    let a = s.post_alerts(&both);
+    assert_eq!(a.status, 201, "{}", a.body);
+    // (warm/p2 was counted by the failed request: its retry is a duplicate
+    // that takes the claim over and creates the resource.)
+    let answer = a.json();
+    let outcomes: Vec<&str> = answer["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["duplicate", "created"]);
+    let names: Vec<String> = s
+        .resources()
+        .iter()
+        .map(|r| r["spec"]["signalName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(["First", "New", "Broken"]
+        .iter()
+        .all(|n| names.iter().any(|x| x == n)));
+}
+
+#[test]
 fn requests_over_max_in_flight_are_answered_503_before_their_body_is_read() {
     use std::io::{Read, Write};
     let s = Sidecar::start(&[("SIGNALGATE_MAX_IN_FLIGHT", "2")]);
