@@ -782,7 +782,10 @@ pub fn write(records: &[Record], out: &Path) -> Result<Vec<PathBuf>, String> {
          every time; created path: new alerts in every request (storm threshold raised so every new alert \
          creates its own resource); storm path: new alerts in every request at the default storm threshold \
          (a second sidecar on its own Redis database: after the first ten, every alert is aggregated into \
-         the namespace's one storm resource, as in a real alert storm). Redis figures are `INFO commandstats` deltas over the window; round trips \
+         the namespace's one storm resource, as in a real alert storm). The namespace is warm, as in steady \
+         state: the sidecars run with a 2 s dedup window, and one alert and a 2 s wait make the store know \
+         the namespace for a whole window before anything is measured (in a cold one every new alert is \
+         first looked up in the sink). Redis figures are `INFO commandstats` deltas over the window; round trips \
          are the sidecar's own store calls (`signalgate_store_duration_seconds_count`).{sc_md}",
         if find(&sidecar, &[("sink", "kube")]).is_some() { "; and the kube sink against a real kube-apiserver" } else { "" }
     );
