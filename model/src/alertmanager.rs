@@ -1,5 +1,9 @@
 //! The Alertmanager webhook payload (version "4") and its validation.
 
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::invalid::{pointer, Invalid};
@@ -20,7 +24,8 @@ pub struct Webhook<'a> {
     pub receiver: Option<Text<'a>>,
     #[serde(borrow)]
     pub status: Option<Text<'a>>,
-    #[serde(borrow)]
+    /// At most the `max_alerts + 1` first (see [`parse`]).
+    #[serde(borrow, default, deserialize_with = "bounded_alerts")]
     pub alerts: Option<Vec<Alert<'a>>>,
     #[serde(borrow)]
     pub group_labels: Option<Labels<'a>>,
@@ -62,11 +67,60 @@ impl<'a> Alert<'a> {
     }
 }
 
-/// Parses and validates a webhook body. `max_alerts` bounds `alerts`.
+/// Parses and validates a webhook body. `max_alerts` bounds `alerts`: the
+/// alerts past the first `max_alerts + 1` are only checked to be JSON, never
+/// built, so a body of many tiny alerts costs no more memory than the limit
+/// allows (this runs in Envoy's Wasm VM, whose memory never shrinks).
 pub fn parse(body: &[u8], max_alerts: usize) -> Result<Webhook<'_>, Invalid> {
-    let webhook: Webhook<'_> = json::parse(body)?;
+    ALERTS_KEPT.with(|k| k.set(max_alerts.saturating_add(1)));
+    let parsed = json::parse::<Webhook<'_>>(body);
+    ALERTS_KEPT.with(|k| k.set(usize::MAX));
+    let webhook = parsed?;
     validate(&webhook, max_alerts)?;
     Ok(webhook)
+}
+
+thread_local! {
+    /// How many alerts [`bounded_alerts`] builds: set by [`parse`] around its
+    /// one synchronous deserialization (a serde field cannot take arguments).
+    static ALERTS_KEPT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// `alerts`, building at most [`ALERTS_KEPT`] of them.
+fn bounded_alerts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Alert<'de>>>, D::Error> {
+    struct Bounded<'a>(Vec<Alert<'a>>);
+
+    impl<'de> Deserialize<'de> for Bounded<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct List;
+            impl<'de> Visitor<'de> for List {
+                type Value = Bounded<'de>;
+
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a list of alerts")
+                }
+
+                fn visit_seq<A: SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Bounded<'de>, A::Error> {
+                    let keep = ALERTS_KEPT.with(Cell::get);
+                    let mut alerts = Vec::new();
+                    while alerts.len() < keep {
+                        match seq.next_element()? {
+                            Some(alert) => alerts.push(alert),
+                            None => return Ok(Bounded(alerts)),
+                        }
+                    }
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Bounded(alerts))
+                }
+            }
+            d.deserialize_seq(List)
+        }
+    }
+
+    Ok(Option::<Bounded<'de>>::deserialize(d)?.map(|b| b.0))
 }
 
 /// The rules a webhook must meet; the first broken one is reported.
@@ -97,10 +151,7 @@ pub fn validate(w: &Webhook<'_>, max_alerts: usize) -> Result<(), Invalid> {
         Some(a) if a.len() > max_alerts => {
             return Err(Invalid::field(
                 "/alerts",
-                format!(
-                    "{} alerts in one request, more than the {max_alerts} allowed",
-                    a.len()
-                ),
+                format!("more than the {max_alerts} alerts allowed in one request"),
             ))
         }
         Some(a) => a,
@@ -306,6 +357,35 @@ mod tests {
         assert!(parse(&body, 3).is_ok());
         let e = parse(&body, 2).err();
         assert_eq!(e.and_then(|e| e.field).as_deref(), Some("/alerts"));
+    }
+
+    #[test]
+    fn alerts_past_the_limit_are_not_built_only_checked_to_be_json() {
+        let mut v = webhook();
+        let one = v["alerts"][0].clone();
+        let mut alerts = vec![one; 3];
+        // Past the limit (2) and the one more that tells it was passed.
+        alerts.extend(std::iter::repeat_n(json!({"status": 5}), 100));
+        v["alerts"] = Value::Array(alerts);
+        let body = serde_json::to_vec(&v).unwrap_or_default();
+        let e = parse(&body, 2).err();
+        // The count is refused, not the wrong type in alert 3, never built.
+        assert_eq!(e.as_ref().and_then(|e| e.field.as_deref()), Some("/alerts"));
+        assert!(
+            e.is_some_and(|e| e.detail.contains("more than the 2 alerts")),
+            "detail"
+        );
+        // Within a larger limit, the same body is read in full.
+        let e = parse(&body, 1000).err();
+        assert_eq!(e.and_then(|e| e.field).as_deref(), Some("/alerts/3/status"));
+        // Not JSON past the limit is still not JSON.
+        let mut text = String::from_utf8(body).unwrap_or_default();
+        text.truncate(text.len() - 40);
+        let e = parse(text.as_bytes(), 2).err();
+        assert_eq!(
+            e.map(|e| e.kind),
+            Some(crate::invalid::InvalidKind::NotJson)
+        );
     }
 
     #[test]
