@@ -124,7 +124,15 @@ impl Coalescer {
             .into_iter()
             .zip(snapshots)
             .filter_map(|(k, s)| {
-                let s = s?;
+                let Some(s) = s else {
+                    // Expired in the store (a dedup window after its last
+                    // sighting) before its counters could be written.
+                    if !checks.contains_key(&k) {
+                        tracing::warn!(resource = ?k, "the store no longer holds these counters; not written");
+                        self.metrics.errors.with_label_values(&["sink"]).inc();
+                    }
+                    return None;
+                };
                 let progress = Progress::from_snapshot(&s);
                 // A re-check that finds what we wrote: done with this resource.
                 (checks.get(&k) != Some(&progress)).then_some((k, s, progress))
@@ -151,11 +159,21 @@ impl Coalescer {
                             .inc();
                     }
                     Err(SinkError::NotFound(what)) => {
-                        tracing::warn!(resource = %snap.resource, %what, "resource gone; counters dropped");
                         self.metrics
                             .resources_written
                             .with_label_values(&["update", "error"])
                             .inc();
+                        // Deleted from the sink: forget the incident, so its
+                        // next sighting makes a new resource.
+                        match self.store.forget(key, &snap.resource).await {
+                            Ok(_) => tracing::warn!(resource = %snap.resource, %what,
+                                "resource deleted from the sink; the incident's next sighting creates a new one"),
+                            Err(e) => {
+                                tracing::warn!(resource = %snap.resource, error = %e, "resource deleted from the sink, but the store cannot forget it yet; will retry");
+                                self.metrics.errors.with_label_values(&["store"]).inc();
+                                self.mark(key.clone());
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(resource = %snap.resource, error = %e, "update failed; will retry");

@@ -13,7 +13,7 @@ use signalgate_model::{kube_event, Invalid, Signal, SignalType, Status};
 use crate::coalesce::Coalescer;
 use crate::metrics::Metrics;
 use crate::resource::{self, Progress};
-use crate::sink::{Location, Sink, SinkError};
+use crate::sink::{Created, Location, Sink, SinkError};
 use crate::store::{Claim, ClaimKey, ClaimState, Decision, Outcome, Store, StoreError, Write};
 
 /// How often a request waiting on another request's claim looks again.
@@ -279,8 +279,10 @@ impl Pipeline {
         })
     }
 
-    /// Creates the resources this request owns, commits their claims in one
-    /// round trip, or releases them all if any create failed.
+    /// Creates the resources this request owns and commits their claims in
+    /// one round trip. If a create failed, the request fails, but the claims
+    /// whose resources were created are still committed (only the failed ones
+    /// are released), so the sender's retry finds them done.
     async fn create_all(
         &self,
         plans: &[Plan],
@@ -294,26 +296,41 @@ impl Pipeline {
             .iter()
             .map(|p| self.create_one(&p.signal, &p.decision, received_ms, deadline));
         let results = futures::future::join_all(writes).await;
-        let keys: Vec<ClaimKey> = plans.iter().map(|p| p.decision.key.clone()).collect();
-        let mut written = Vec::with_capacity(results.len());
+        let mut done: Vec<(&Plan, Created)> = Vec::with_capacity(results.len());
+        let mut failed: Vec<ClaimKey> = Vec::new();
         let mut failure = None;
-        for r in results {
+        for (p, r) in plans.iter().zip(results) {
             match r {
-                Ok(w) => written.push(w),
-                Err(e) => failure = Some(e),
+                Ok(c) => done.push((p, c)),
+                Err(e) => {
+                    failed.push(p.decision.key.clone());
+                    failure = Some(e);
+                }
+            }
+        }
+        if !done.is_empty() {
+            let keys: Vec<ClaimKey> = done.iter().map(|(p, _)| p.decision.key.clone()).collect();
+            let committed = self.timed("commit", self.store.commit(&keys)).await;
+            if let Err(e) = committed {
+                self.release(&failed).await;
+                return Err(e.into());
+            }
+        }
+        for (p, c) in &done {
+            if c.existed {
+                // Left as a retried create had written it: write the counters.
+                self.coalescer.mark(p.decision.key.clone());
+            } else {
+                // Counters may have moved while we created: the next flush checks.
+                let progress = Progress::from_snapshot(&p.decision.snapshot);
+                self.coalescer.created(p.decision.key.clone(), progress);
             }
         }
         if let Some(e) = failure {
-            self.release(&keys).await;
+            self.release(&failed).await;
             return Err(e);
         }
-        self.timed("commit", self.store.commit(&keys)).await?;
-        for p in plans {
-            // Counters may have moved while we created: the next flush checks.
-            let progress = Progress::from_snapshot(&p.decision.snapshot);
-            self.coalescer.created(p.decision.key.clone(), progress);
-        }
-        Ok(written)
+        Ok(done.into_iter().map(|(_, c)| c.location).collect())
     }
 
     async fn create_one(
@@ -322,7 +339,7 @@ impl Pipeline {
         decision: &Decision,
         received_ms: i64,
         deadline: Instant,
-    ) -> Result<Location, Failure> {
+    ) -> Result<Created, Failure> {
         let rr = match &decision.key {
             ClaimKey::Fingerprint { fingerprint, .. } => {
                 resource::for_signal(signal, fingerprint, &decision.snapshot, received_ms)

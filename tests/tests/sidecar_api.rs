@@ -602,6 +602,68 @@ fn a_failed_lookup_gives_back_the_claims_the_request_took() {
 }
 
 #[test]
+fn a_resource_deleted_from_the_sink_is_made_again_on_the_next_sighting() {
+    let s = Sidecar::start(&[("SIGNALGATE_FLUSH_INTERVAL", "100ms")]);
+    let hook = webhook(vec![alert("StillFiring", "shop", "p1")]);
+    let first = s.post_alerts(&hook);
+    assert_eq!(first.status, 201, "{}", first.body);
+    // Whoever acted on it deletes it; the alert keeps firing.
+    for path in std::fs::read_dir(s.sink_dir.join("shop")).unwrap() {
+        let path = path.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    // The next flush finds it gone and the store forgets the incident: a
+    // later sighting creates a new resource (not a duplicate of nothing).
+    let again = wait_for("a new resource", Duration::from_secs(10), || {
+        let a = s.post_alerts(&hook);
+        (a.status == 201).then_some(a)
+    });
+    assert_eq!(again.json()["signals"][0]["outcome"], "created");
+    assert_ne!(
+        again.json()["signals"][0]["resource"],
+        first.json()["signals"][0]["resource"]
+    );
+    assert_eq!(s.resources().len(), 1);
+}
+
+#[test]
+fn counts_catch_up_after_a_request_whose_other_create_failed() {
+    let s = Sidecar::start(&[
+        ("SIGNALGATE_FLUSH_INTERVAL", "100ms"),
+        ("SIGNALGATE_DEDUP_TTL", "300ms"),
+    ]);
+    // Both namespaces known to the store for a window (time must pass), so
+    // nothing is looked up and the creates are what fails.
+    for ns in ["shop", "blocked"] {
+        let a = s.post_alerts(&webhook(vec![alert("Warm", ns, "p0")]));
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    // `blocked` cannot hold resources any more: its directory is a file.
+    std::fs::remove_dir_all(s.sink_dir.join("blocked")).unwrap();
+    std::fs::write(s.sink_dir.join("blocked"), b"").unwrap();
+    let both = webhook(vec![
+        alert("Fine", "shop", "p1"),
+        alert("Stuck", "blocked", "p2"),
+    ]);
+    let a = s.post_alerts(&both);
+    assert_eq!(a.status, 503, "{}", a.body);
+    std::fs::remove_file(s.sink_dir.join("blocked")).unwrap();
+    // The sender's retry: shop/p1's resource was made by the failed request.
+    let a = s.post_alerts(&both);
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.json()["signals"][0]["outcome"], "duplicate", "{}", a.body);
+    // Both of its sightings end up in it.
+    s.wait_resources("shop/p1 counting 2, blocked/p2 created", |r| {
+        r.iter().any(|x| {
+            x["spec"]["signalName"] == "Fine" && x["spec"]["deduplication"]["occurrenceCount"] == 2
+        }) && r.iter().any(|x| x["spec"]["signalName"] == "Stuck")
+    });
+}
+
+#[test]
 fn requests_over_max_in_flight_are_answered_503_before_their_body_is_read() {
     use std::io::{Read, Write};
     let s = Sidecar::start(&[("SIGNALGATE_MAX_IN_FLIGHT", "2")]);

@@ -10,7 +10,7 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{most_recent, Found, Location, Sink, SinkError};
+use super::{most_recent, Created, Found, Location, Sink, SinkError};
 use crate::resource::{Progress, RemediationRequest};
 
 pub struct DirSink {
@@ -18,6 +18,13 @@ pub struct DirSink {
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// When this process started (ns since the epoch), for temporary names.
+static PROCESS_STARTED_NS: std::sync::LazyLock<u128> = std::sync::LazyLock::new(|| {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+});
 
 impl DirSink {
     pub fn new(root: impl Into<PathBuf>) -> Result<DirSink, SinkError> {
@@ -50,9 +57,16 @@ impl DirSink {
         })
     }
 
+    /// A temporary name in `dir`, unique to this process (the start time
+    /// tells apart processes of the same pid, e.g. PID 1 of two containers
+    /// sharing the volume). Files are created with `create_new`.
     fn temp_path(dir: &Path) -> PathBuf {
         let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        dir.join(format!(".tmp-{}-{n}", std::process::id()))
+        dir.join(format!(
+            ".tmp-{}-{}-{n}",
+            std::process::id(),
+            *PROCESS_STARTED_NS
+        ))
     }
 
     fn write_temp(dir: &Path, rr: &RemediationRequest) -> Result<PathBuf, SinkError> {
@@ -61,13 +75,20 @@ impl DirSink {
         let mut json = serde_json::to_vec_pretty(rr)
             .map_err(|e| SinkError::Rejected(format!("cannot serialise resource: {e}")))?;
         json.push(b'\n');
-        let mut f = std::fs::File::create(&tmp).map_err(io_error)?;
-        f.write_all(&json).map_err(io_error)?;
-        f.sync_data().map_err(io_error)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_error)?;
+        let written = f.write_all(&json).and_then(|()| f.sync_data());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_error(e));
+        }
         Ok(tmp)
     }
 
-    fn create_blocking(&self, rr: &RemediationRequest) -> Result<Location, SinkError> {
+    fn create_blocking(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {
         let namespace = rr.metadata.namespace.clone().unwrap_or_default();
         let name = rr.metadata.name.clone().unwrap_or_default();
         let path = self.path_of(&namespace, &name);
@@ -76,15 +97,19 @@ impl DirSink {
         // hard_link fails if the target exists: create-if-absent, atomically.
         let linked = std::fs::hard_link(&tmp, &path);
         let _ = std::fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {
-                self.link(&namespace, &rr.spec.signal_fingerprint, &name)
-                    .map_err(io_error)?;
-                Ok(Location { namespace, name })
-            }
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Location { namespace, name }),
-            Err(e) => Err(io_error(e)),
-        }
+        let existed = match linked {
+            Ok(()) => false,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => true,
+            Err(e) => return Err(io_error(e)),
+        };
+        // Also when it existed: a create that failed between the two steps
+        // left the file without its link, which lookups need.
+        self.link(&namespace, &rr.spec.signal_fingerprint, &name)
+            .map_err(io_error)?;
+        Ok(Created {
+            location: Location { namespace, name },
+            existed,
+        })
     }
 
     fn update_blocking(
@@ -148,7 +173,7 @@ impl Sink for DirSink {
         .map_err(join_error)?
     }
 
-    async fn create(&self, rr: &RemediationRequest) -> Result<Location, SinkError> {
+    async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {
         let this = DirSink {
             root: self.root.clone(),
         };

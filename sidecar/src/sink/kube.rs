@@ -14,7 +14,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 
-use super::{most_recent, Found, Location, Sink, SinkError};
+use super::{most_recent, Created, Found, Location, Sink, SinkError};
 use crate::resource::{Progress, RemediationRequest, LABEL_FINGERPRINT, LABEL_ORIGINAL_NAMESPACE};
 
 /// The field manager signalgate writes as.
@@ -56,17 +56,26 @@ impl KubeSink {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    async fn create_in(&self, rr: &RemediationRequest) -> Attempt<Location> {
+    async fn create_in(&self, rr: &RemediationRequest) -> Attempt<Created> {
         let namespace = rr.metadata.namespace.clone().unwrap_or_default();
         let name = rr.metadata.name.clone().unwrap_or_default();
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..PostParams::default()
         };
+        let created = |existed| {
+            Attempt::Done(Created {
+                location: Location {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                },
+                existed,
+            })
+        };
         match self.api(&namespace).create(&params, rr).await {
-            Ok(_) => Attempt::Done(Location { namespace, name }),
+            Ok(_) => created(false),
             Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
-                Attempt::Done(Location { namespace, name })
+                created(true)
             }
             Err(e) => classify(e, &format!("create {namespace}/{name}")),
         }
@@ -172,7 +181,7 @@ impl Sink for KubeSink {
         Ok(most_recent(candidates, fingerprint, seen_since_ms))
     }
 
-    async fn create(&self, rr: &RemediationRequest) -> Result<Location, SinkError> {
+    async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {
         let first = with_retries(None, || self.create_in(rr)).await;
         let namespace = rr.metadata.namespace.clone().unwrap_or_default();
         match first {

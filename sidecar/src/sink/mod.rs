@@ -21,6 +21,15 @@ impl std::fmt::Display for Location {
     }
 }
 
+/// What a create did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub location: Location,
+    /// The resource was there already (a retried create): it was left as it
+    /// was, so its counters may be older than the store's.
+    pub existed: bool,
+}
+
 /// A failed write.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -86,7 +95,7 @@ pub trait Sink: Send + Sync {
     ) -> Result<Option<Found>, SinkError>;
     /// Creates the resource. Idempotent: if a resource of that name already
     /// exists (a retried create), that is success, and it is left as it is.
-    async fn create(&self, rr: &RemediationRequest) -> Result<Location, SinkError>;
+    async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError>;
     /// Writes the latest counters into an existing resource.
     async fn update(
         &self,

@@ -2,11 +2,13 @@
 --
 -- A fingerprint claim: KEYS[1] sg:{ns}:f:<fp>.
 -- A storm claim:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a, KEYS[3] sg:{ns}:x.
--- ARGV: 1 op ('commit', 'release', 'poll', 'adopt'), 2 kind ('f' or 's'),
---       3 storm resource name (storm claims), 4 claim lease ms, 5 dedup ttl ms;
---       adopt (fingerprint claims only): 6 resource name, 7 first seen ms,
---       8 occurrence count of the existing resource
+-- ARGV: 1 op ('commit', 'release', 'poll', 'adopt', 'forget'), 2 kind ('f'
+--       or 's'), 3 storm resource name (storm claims), 4 claim lease ms, 5
+--       dedup ttl ms; adopt (fingerprint claims only): 6 resource name, 7
+--       first seen ms, 8 occurrence count of the existing resource; forget:
+--       6 the resource name the sink no longer has
 -- Reply: commit and release: 1 done, 0 the claim is gone.
+--        forget: 1 forgotten, 0 left (gone, pending, or another resource).
 --        adopt: { name, first seen ms, last seen ms, count }, or 0 if the
 --        fingerprint has joined a storm meanwhile.
 --        poll: 0 gone, 1 committed, 2 pending (live lease), 3 owned (the lease
@@ -70,6 +72,19 @@ if op == 'commit' then
     if kind == 'f' then
       expire_after_last_sighting()
     end
+  end
+  return 1
+elseif op == 'forget' then
+  if pending == 1 then
+    return 0
+  end
+  if kind == 'f' then
+    if redis.call('HGET', H, 'r') ~= ARGV[6] then
+      return 0
+    end
+    redis.call('DEL', H)
+  else
+    storm_drop(KEYS[1], KEYS[2], KEYS[3], name)
   end
   return 1
 elseif op == 'release' then

@@ -598,6 +598,40 @@ impl Store for MemoryStore {
         Ok(Some(snapshot))
     }
 
+    async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let now = now_ms();
+        Ok(match key {
+            ClaimKey::Fingerprint {
+                namespace,
+                fingerprint,
+            } => {
+                let k = (namespace.clone(), fingerprint.clone());
+                let committed_here = state.fingerprint(&k, now).is_some_and(|entry| {
+                    matches!(&entry.kind, FpKind::Own(own) if !own.pending && own.resource == resource)
+                });
+                if committed_here {
+                    state.fingerprints.remove(&k);
+                }
+                committed_here
+            }
+            ClaimKey::Storm { namespace, name } => {
+                let committed = state
+                    .storm(namespace, name, now)
+                    .is_some_and(|storm| !storm.pending);
+                if committed {
+                    if let Some(ns) = state.namespaces.get_mut(namespace) {
+                        ns.storms.remove(name);
+                        if ns.current.as_deref() == Some(name.as_str()) {
+                            ns.current = None;
+                        }
+                    }
+                }
+                committed
+            }
+        })
+    }
+
     async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
         let p = Params::new(&self.settings);
         let mut state = self.lock();

@@ -249,6 +249,12 @@ pub trait Store: Send + Sync {
         key: &ClaimKey,
         existing: &Snapshot,
     ) -> Result<Option<Snapshot>, StoreError>;
+    /// The committed resource `resource` of `key` is gone from the sink
+    /// (deleted, say by whoever acted on it): forgets the incident (a storm:
+    /// the storm), so that its next sighting claims and creates a new
+    /// resource instead of counting into nothing. Does nothing if the claim
+    /// is pending or names another resource. Returns whether it forgot.
+    async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError>;
     /// For `Write::Await`: the claim's state now (may hand the caller the claim).
     async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError>;
     /// The current counters of the resources (storm lists filled), `None` where gone.

@@ -753,6 +753,24 @@ impl Core {
         .await
     }
 
+    async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {
+        let mut call = self.claim_call("forget", key);
+        call.args.push(resource.as_bytes().to_vec());
+        let calls = [call];
+        self.bounded(async {
+            let reply = self
+                .eval_all(&self.scripts.claim, &calls)
+                .await
+                .pop()
+                .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
+            match int(&reply) {
+                Some(n) => Ok(n == 1),
+                None => Err(unexpected("claim", &reply)),
+            }
+        })
+        .await
+    }
+
     async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
         let calls = [self.claim_call("poll", key)];
         self.bounded(async {
@@ -868,6 +886,10 @@ impl Store for RedisStore {
         existing: &Snapshot,
     ) -> Result<Option<Snapshot>, StoreError> {
         self.core.adopt(key, existing).await
+    }
+
+    async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {
+        self.core.forget(key, resource).await
     }
 
     async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
