@@ -23,6 +23,9 @@ pub struct App {
     pub coalescer: Arc<Coalescer>,
     /// One permit per signal request being served (`max_in_flight`).
     pub in_flight: Semaphore,
+    /// SIGTERM came: readiness is false, signals are still served.
+    draining: AtomicBool,
+    /// The shutdown delay is over: new signal requests are refused.
     shutting_down: AtomicBool,
 }
 
@@ -73,6 +76,7 @@ impl App {
             metrics,
             pipeline,
             coalescer,
+            draining: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -86,14 +90,21 @@ impl App {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Readiness turns false for good: the pod is going away.
+    /// Readiness turns false for good (the pod is going away); signals are
+    /// still served until [`App::begin_shutdown`].
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// New signal requests are refused (503) from now on.
     pub fn begin_shutdown(&self) {
+        self.begin_drain();
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
     /// Ready: not shutting down, the store answers, the sink can write.
     pub async fn readiness(&self) -> Result<(), String> {
-        if self.is_shutting_down() {
+        if self.draining.load(Ordering::SeqCst) {
             return Err("shutting down".into());
         }
         let timeout = self.config.redis_timeout;

@@ -45,6 +45,9 @@ pub struct Config {
     /// Signal requests served at once (memory is bounded by this times
     /// `max_body_bytes`); the next one is answered 503 without being read.
     pub max_in_flight: usize,
+    /// On SIGTERM, serving goes on this long (readiness false) before the
+    /// listeners close.
+    pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     /// Threads of the async runtime; `None`: one per CPU the process may use.
@@ -77,7 +80,8 @@ pub const KNOBS: &[Knob] = &[
     Knob { name: "MAX_BODY_BYTES", default: "1048576", help: "largest request body the sidecar reads" },
     Knob { name: "MAX_ALERTS", default: "1000", help: "most alerts in one Alertmanager request" },
     Knob { name: "MAX_IN_FLIGHT", default: "256", help: "signal requests served at once; more are answered 503 with Retry-After before their body is read" },
-    Knob { name: "SHUTDOWN_GRACE", default: "10s", help: "on SIGTERM, how long in-flight requests may finish" },
+    Knob { name: "SHUTDOWN_DELAY", default: "0s", help: "on SIGTERM, how long to keep serving (readiness false) before stopping: let Envoy stop sending first" },
+    Knob { name: "SHUTDOWN_GRACE", default: "10s", help: "on SIGTERM, after the delay, how long in-flight requests may finish" },
     Knob { name: "LOG_FORMAT", default: "text", help: "text or json (level from RUST_LOG, default info)" },
     Knob { name: "WORKER_THREADS", default: "1", help: "threads serving requests; auto = one per CPU the pod may use (scale with replicas first)" },
 ];
@@ -191,6 +195,10 @@ impl Config {
             max_body_bytes: number("MAX_BODY_BYTES", &get("MAX_BODY_BYTES"))?,
             max_alerts: number("MAX_ALERTS", &get("MAX_ALERTS"))?,
             max_in_flight: number("MAX_IN_FLIGHT", &get("MAX_IN_FLIGHT"))?,
+            shutdown_delay: match get("SHUTDOWN_DELAY").trim() {
+                "0" | "0s" | "0ms" => Duration::ZERO,
+                v => duration("SHUTDOWN_DELAY", v)?,
+            },
             shutdown_grace: duration("SHUTDOWN_GRACE", &get("SHUTDOWN_GRACE"))?,
             worker_threads: match get("WORKER_THREADS").trim() {
                 n if n.eq_ignore_ascii_case("auto") => None,
@@ -350,6 +358,17 @@ mod tests {
         ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_shutdown_delay_is_off_by_default_and_takes_a_duration() {
+        let delay = |env: &[(&str, &str)]| cfg(env, &[]).map(|c| c.shutdown_delay).ok();
+        assert_eq!(delay(&[]), Some(Duration::ZERO));
+        assert_eq!(
+            delay(&[("SIGNALGATE_SHUTDOWN_DELAY", "15s")]),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(delay(&[("SIGNALGATE_SHUTDOWN_DELAY", "soon")]), None);
     }
 
     #[test]

@@ -81,6 +81,7 @@ async fn run(config: Config) -> Result<(), String> {
     let listen = config.listen;
     let admin_listen = config.admin_listen;
     let grace = config.shutdown_grace;
+    let delay = config.shutdown_delay;
     let flush_interval = config.flush_interval;
     let api = TcpListener::bind(listen)
         .await
@@ -115,7 +116,14 @@ async fn run(config: Config) -> Result<(), String> {
     ));
 
     wait_for_signal().await;
-    tracing::info!("shutting down: readiness false, finishing in-flight requests");
+    app.begin_drain();
+    if !delay.is_zero() {
+        // Envoy may still send (its own drain, endpoints being removed):
+        // keep serving, unready, until it has stopped.
+        tracing::info!(?delay, "shutting down: readiness false, still serving");
+        tokio::time::sleep(delay).await;
+    }
+    tracing::info!("shutting down: listeners closed, finishing in-flight requests");
     app.begin_shutdown();
     let _ = stop_tx.send(true);
     let _ = api_server.await;

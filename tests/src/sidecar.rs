@@ -121,6 +121,13 @@ impl Sidecar {
         }
     }
 
+    /// SIGTERM, without waiting.
+    pub fn sigterm(&self) {
+        if let Some(p) = &self.proc {
+            p.signal(libc::SIGTERM);
+        }
+    }
+
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let mut p = self.proc.take()?;

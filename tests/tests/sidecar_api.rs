@@ -664,6 +664,23 @@ fn counts_catch_up_after_a_request_whose_other_create_failed() {
 }
 
 #[test]
+fn on_sigterm_it_keeps_serving_unready_for_the_shutdown_delay_then_exits() {
+    let mut s = Sidecar::start(&[("SIGNALGATE_SHUTDOWN_DELAY", "3s")]);
+    s.sigterm();
+    wait_for("readiness false", Duration::from_secs(5), || {
+        (s.admin_get("/readyz").status == 503).then_some(())
+    });
+    // Envoy may still be sending: served as usual.
+    let a = s.post_alerts(&webhook(vec![alert("Late", "shop", "p1")]));
+    assert_eq!(a.status, 201, "{}", a.body);
+    let status = s
+        .terminate(Duration::from_secs(15))
+        .expect("exits after the delay");
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(s.resources().len(), 1);
+}
+
+#[test]
 fn requests_over_max_in_flight_are_answered_503_before_their_body_is_read() {
     use std::io::{Read, Write};
     let s = Sidecar::start(&[("SIGNALGATE_MAX_IN_FLIGHT", "2")]);
