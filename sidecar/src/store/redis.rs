@@ -723,6 +723,24 @@ impl Core {
             .collect()
     }
 
+    /// One `claim.lua` call, its reply read by `parse` (`None`: unexpected).
+    async fn claim_script<T>(
+        &self,
+        call: Call,
+        parse: impl FnOnce(&Value) -> Option<T>,
+    ) -> Result<T, StoreError> {
+        let calls = [call];
+        self.bounded(async {
+            let reply = self
+                .eval_all(&self.scripts.claim, &calls)
+                .await
+                .pop()
+                .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
+            parse(&reply).ok_or_else(|| unexpected("claim", &reply))
+        })
+        .await
+    }
+
     async fn adopt(
         &self,
         key: &ClaimKey,
@@ -734,21 +752,12 @@ impl Core {
             .push(existing.first_seen_ms.to_string().into_bytes());
         call.args
             .push(existing.occurrence_count.to_string().into_bytes());
-        let calls = [call];
-        self.bounded(async {
-            let reply = self
-                .eval_all(&self.scripts.claim, &calls)
-                .await
-                .pop()
-                .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
-            let parsed = match &reply {
-                redis::Value::Array(v) if v.len() == 4 => text(&v[0])
-                    .and_then(|r| snapshot_from(r, &v[1..], false, Vec::new()))
-                    .map(Some),
-                _ if int(&reply) == Some(0) => Some(None),
-                _ => None,
-            };
-            parsed.ok_or_else(|| unexpected("adopt", &reply))
+        self.claim_script(call, |reply| match reply {
+            redis::Value::Array(v) if v.len() == 4 => text(&v[0])
+                .and_then(|r| snapshot_from(r, &v[1..], false, Vec::new()))
+                .map(Some),
+            _ if int(reply) == Some(0) => Some(None),
+            _ => None,
         })
         .await
     }
@@ -756,36 +765,17 @@ impl Core {
     async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {
         let mut call = self.claim_call("forget", key);
         call.args.push(resource.as_bytes().to_vec());
-        let calls = [call];
-        self.bounded(async {
-            let reply = self
-                .eval_all(&self.scripts.claim, &calls)
-                .await
-                .pop()
-                .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
-            match int(&reply) {
-                Some(n) => Ok(n == 1),
-                None => Err(unexpected("claim", &reply)),
-            }
-        })
-        .await
+        self.claim_script(call, |reply| int(reply).map(|n| n == 1))
+            .await
     }
 
     async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
-        let calls = [self.claim_call("poll", key)];
-        self.bounded(async {
-            let reply = self
-                .eval_all(&self.scripts.claim, &calls)
-                .await
-                .pop()
-                .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
-            match int(&reply) {
-                Some(0) => Ok(ClaimState::Gone),
-                Some(1) => Ok(ClaimState::Committed),
-                Some(2) => Ok(ClaimState::Pending),
-                Some(3) => Ok(ClaimState::Owned),
-                _ => Err(unexpected("claim", &reply)),
-            }
+        self.claim_script(self.claim_call("poll", key), |reply| match int(reply) {
+            Some(0) => Some(ClaimState::Gone),
+            Some(1) => Some(ClaimState::Committed),
+            Some(2) => Some(ClaimState::Pending),
+            Some(3) => Some(ClaimState::Owned),
+            _ => None,
         })
         .await
     }
