@@ -282,6 +282,39 @@ fn a_namespace_that_does_not_exist_sends_the_resource_to_the_fallback() {
 }
 
 #[test]
+fn a_namespace_being_deleted_sends_the_resource_to_the_fallback() {
+    let k = shared();
+    k.create_namespace("leaving");
+    // Without a namespace controller here, a deleted namespace stays
+    // Terminating: the API server refuses new objects in it.
+    k.kubectl_ok(&["delete", "namespace", "leaving", "--wait=false"]);
+    wait_for("namespace Terminating", Duration::from_secs(30), || {
+        let phase = k.kubectl_ok(&[
+            "get",
+            "namespace",
+            "leaving",
+            "-o",
+            "jsonpath={.status.phase}",
+        ]);
+        (phase.trim() == "Terminating").then_some(())
+    });
+    let s = sidecar(k, "sidecar", &[]);
+    let a = s.post_alerts(&webhook(vec![alert("Leaving", "leaving", "p")]));
+    assert_eq!(a.status, 201, "{}\n{}", a.body, s.log_tail(20));
+    let resource = a.json()["signals"][0]["resource"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(resource.starts_with(&format!("{FALLBACK}/")), "{resource}");
+    wait_rrs(k, FALLBACK, "the relocated resource", |r| {
+        r.iter().any(|x| {
+            x["metadata"]["labels"]["signalgate.io/original-namespace"] == "leaving"
+                && x["spec"]["signalName"] == "Leaving"
+        })
+    });
+}
+
+#[test]
 fn api_server_down_answers_503_and_the_retry_creates_exactly_one() {
     let mut k = private();
     k.create_namespace("outage");

@@ -99,8 +99,14 @@ fn classify<T>(e: kube::Error, what: &str) -> Attempt<T> {
     }
 }
 
-fn is_missing_namespace(e: &SinkError) -> bool {
-    matches!(e, SinkError::NotFound(msg) if msg.contains("namespaces \""))
+/// The namespace cannot take the resource: it does not exist, or it is
+/// being deleted (the API server then refuses every new object in it).
+fn namespace_unusable(e: &SinkError) -> bool {
+    match e {
+        SinkError::NotFound(msg) => msg.contains("namespaces \""),
+        SinkError::Rejected(msg) => msg.contains("because it is being terminated"),
+        SinkError::Unavailable(_) => false,
+    }
 }
 
 /// Retries `attempt` with capped, jittered exponential backoff while it says
@@ -185,11 +191,12 @@ impl Sink for KubeSink {
         let first = with_retries(None, || self.create_in(rr)).await;
         let namespace = rr.metadata.namespace.clone().unwrap_or_default();
         match first {
-            Err(e) if is_missing_namespace(&e) && namespace != self.fallback_namespace => {
+            Err(e) if namespace_unusable(&e) && namespace != self.fallback_namespace => {
                 tracing::warn!(
                     %namespace,
                     fallback = %self.fallback_namespace,
-                    "namespace does not exist; writing the resource to the fallback namespace"
+                    error = %e,
+                    "namespace missing or being deleted; writing the resource to the fallback namespace"
                 );
                 let mut moved = rr.clone();
                 moved.metadata.namespace = Some(self.fallback_namespace.clone());
