@@ -245,22 +245,29 @@ fn a_storm_across_two_sidecars_is_one_storm_resource() {
     );
 }
 
-#[test]
-fn a_namespace_that_does_not_exist_sends_the_resource_to_the_fallback() {
-    let k = shared();
-    let s = sidecar(k, "sidecar", &[]);
-    let a = s.post_alerts(&webhook(vec![alert("Orphan", "no-such-namespace", "p")]));
+/// Posts alert `name` about namespace `ns`, expects it created in the
+/// fallback namespace labelled with `ns`, and returns the fallback's resources.
+fn created_in_fallback(k: &ApiServer, s: &Sidecar, name: &str, ns: &str) -> Vec<Value> {
+    let a = s.post_alerts(&webhook(vec![alert(name, ns, "p")]));
     assert_eq!(a.status, 201, "{}\n{}", a.body, s.log_tail(20));
     let resource = a.json()["signals"][0]["resource"]
         .as_str()
         .unwrap()
         .to_string();
     assert!(resource.starts_with(&format!("{FALLBACK}/")), "{resource}");
-    let items = wait_rrs(k, FALLBACK, "the relocated resource", |r| {
+    wait_rrs(k, FALLBACK, "the relocated resource", |r| {
         r.iter().any(|x| {
-            x["metadata"]["labels"]["signalgate.io/original-namespace"] == "no-such-namespace"
+            x["metadata"]["labels"]["signalgate.io/original-namespace"] == ns
+                && x["spec"]["signalName"] == name
         })
-    });
+    })
+}
+
+#[test]
+fn a_namespace_that_does_not_exist_sends_the_resource_to_the_fallback() {
+    let k = shared();
+    let s = sidecar(k, "sidecar", &[]);
+    let items = created_in_fallback(k, &s, "Orphan", "no-such-namespace");
     let rr = items
         .iter()
         .find(|x| x["spec"]["signalName"] == "Orphan")
@@ -299,19 +306,7 @@ fn a_namespace_being_deleted_sends_the_resource_to_the_fallback() {
         (phase.trim() == "Terminating").then_some(())
     });
     let s = sidecar(k, "sidecar", &[]);
-    let a = s.post_alerts(&webhook(vec![alert("Leaving", "leaving", "p")]));
-    assert_eq!(a.status, 201, "{}\n{}", a.body, s.log_tail(20));
-    let resource = a.json()["signals"][0]["resource"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(resource.starts_with(&format!("{FALLBACK}/")), "{resource}");
-    wait_rrs(k, FALLBACK, "the relocated resource", |r| {
-        r.iter().any(|x| {
-            x["metadata"]["labels"]["signalgate.io/original-namespace"] == "leaving"
-                && x["spec"]["signalName"] == "Leaving"
-        })
-    });
+    created_in_fallback(k, &s, "Leaving", "leaving");
 }
 
 #[test]
