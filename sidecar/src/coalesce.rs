@@ -166,8 +166,11 @@ impl Coalescer {
                         // Deleted from the sink: forget the incident, so its
                         // next sighting makes a new resource.
                         match self.store.forget(key, &snap.resource).await {
-                            Ok(_) => tracing::warn!(resource = %snap.resource, %what,
+                            Ok(true) => tracing::warn!(resource = %snap.resource, %what,
                                 "resource deleted from the sink; the incident's next sighting creates a new one"),
+                            // A claim pending on it, or the store holds another resource by now.
+                            Ok(false) => tracing::warn!(resource = %snap.resource, %what,
+                                "resource deleted from the sink; the store has moved on from it"),
                             Err(e) => {
                                 tracing::warn!(resource = %snap.resource, error = %e, "resource deleted from the sink, but the store cannot forget it yet; will retry");
                                 self.metrics.errors.with_label_values(&["store"]).inc();

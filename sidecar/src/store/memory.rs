@@ -233,6 +233,16 @@ impl MemoryStore {
     }
 }
 
+impl Namespace {
+    /// Drops storm `name` (and its place as the current storm).
+    fn drop_storm(&mut self, name: &str) {
+        self.storms.remove(name);
+        if self.current.as_deref() == Some(name) {
+            self.current = None;
+        }
+    }
+}
+
 impl State {
     /// Drops every expired entry.
     fn sweep(&mut self, now: i64, window: i64) {
@@ -267,10 +277,7 @@ impl State {
     fn storm(&mut self, namespace: &str, name: &str, now: i64) -> Option<&mut Storm> {
         let ns = self.namespaces.get_mut(namespace)?;
         if ns.storms.get(name).is_some_and(|s| s.keep_until_ms <= now) {
-            ns.storms.remove(name);
-            if ns.current.as_deref() == Some(name) {
-                ns.current = None;
-            }
+            ns.drop_storm(name);
         }
         ns.storms.get_mut(name)
     }
@@ -621,10 +628,7 @@ impl Store for MemoryStore {
                     .is_some_and(|storm| !storm.pending);
                 if committed {
                     if let Some(ns) = state.namespaces.get_mut(namespace) {
-                        ns.storms.remove(name);
-                        if ns.current.as_deref() == Some(name.as_str()) {
-                            ns.current = None;
-                        }
+                        ns.drop_storm(name);
                     }
                 }
                 committed
