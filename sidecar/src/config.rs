@@ -81,7 +81,7 @@ pub const KNOBS: &[Knob] = &[
     Knob { name: "MAX_ALERTS", default: "1000", help: "most alerts in one Alertmanager request" },
     Knob { name: "MAX_IN_FLIGHT", default: "256", help: "signal requests served at once; more are answered 503 with Retry-After before their body is read" },
     Knob { name: "SHUTDOWN_DELAY", default: "0s", help: "on SIGTERM, how long to keep serving (readiness false) before stopping: let Envoy stop sending first" },
-    Knob { name: "SHUTDOWN_GRACE", default: "10s", help: "on SIGTERM, after the delay, how long in-flight requests may finish" },
+    Knob { name: "SHUTDOWN_GRACE", default: "10s", help: "on SIGTERM, after the delay, how long in-flight requests may finish; the final flush of counts then gets as long again" },
     Knob { name: "LOG_FORMAT", default: "text", help: "text or json (level from RUST_LOG, default info)" },
     Knob { name: "WORKER_THREADS", default: "1", help: "threads serving requests; auto = one per CPU the pod may use (scale with replicas first)" },
 ];

@@ -1,5 +1,6 @@
 //! `signalgate-sidecar`: see `--help` and the README.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -51,7 +52,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let result = runtime.block_on(run(config));
+    // A sink call stuck in the blocking pool (a directory sink on a hung
+    // volume) must not keep the process from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -64,8 +69,10 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log collector would store the escapes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder
@@ -128,7 +135,16 @@ async fn run(config: Config) -> Result<(), String> {
     let _ = stop_tx.send(true);
     let _ = api_server.await;
     app.coalescer.stop();
-    let _ = flusher.await;
+    // The last flush gets one more grace period: a slow or hung sink must
+    // not hold the pod until it is killed. Counts it leaves unwritten stay in
+    // the store and reach the resource at the incident's next sighting.
+    if tokio::time::timeout(grace, flusher).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "the final flush did not finish within SIGNALGATE_SHUTDOWN_GRACE; \
+             exiting with counts unwritten"
+        );
+    }
     let _ = admin_server.await;
     tracing::info!(pending = app.coalescer.pending(), "stopped");
     Ok(())

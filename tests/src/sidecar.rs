@@ -146,9 +146,9 @@ impl Sidecar {
         &self.log_dir
     }
 
-    /// Whole log so far.
+    /// Whole log so far (also after the process exited).
     pub fn log(&self) -> String {
-        self.proc.as_ref().map(|p| p.log()).unwrap_or_default()
+        std::fs::read_to_string(self.log_dir.join(format!("{}.log", self.name))).unwrap_or_default()
     }
 
     /// `POST` a raw body to `path` on the signal API as `source`.
@@ -191,6 +191,11 @@ impl Sidecar {
         read_resources(&self.sink_dir)
     }
 
+    /// The paths of the directory sink's resource files, sorted.
+    pub fn resources_paths(&self) -> Vec<PathBuf> {
+        resource_paths(&self.sink_dir)
+    }
+
     /// Waits until `cond` holds for the resources in the directory sink.
     pub fn wait_resources(&self, what: &str, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         wait_for(what, Duration::from_secs(15), || {
@@ -202,6 +207,15 @@ impl Sidecar {
 
 /// Reads `<dir>/<namespace>/<name>.json` files, sorted by path.
 pub fn read_resources(dir: &Path) -> Vec<Value> {
+    resource_paths(dir)
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect()
+}
+
+/// The `<dir>/<namespace>/<name>.json` files, sorted.
+fn resource_paths(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     if let Ok(namespaces) = std::fs::read_dir(dir) {
         for ns in namespaces.flatten() {
@@ -217,8 +231,4 @@ pub fn read_resources(dir: &Path) -> Vec<Value> {
     }
     files.sort();
     files
-        .iter()
-        .filter_map(|p| std::fs::read(p).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
-        .collect()
 }

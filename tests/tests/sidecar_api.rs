@@ -681,6 +681,34 @@ fn on_sigterm_it_keeps_serving_unready_for_the_shutdown_delay_then_exits() {
 }
 
 #[test]
+fn a_final_flush_stuck_on_the_sink_does_not_keep_it_from_exiting() {
+    // Only the shutdown flush writes counts; it gets SHUTDOWN_GRACE.
+    let mut s = Sidecar::start(&[
+        ("SIGNALGATE_FLUSH_INTERVAL", "1h"),
+        ("SIGNALGATE_SHUTDOWN_GRACE", "1s"),
+    ]);
+    let hook = webhook(vec![alert("Hung", "shop", "p1")]);
+    assert_eq!(s.post_alerts(&hook).status, 201);
+    // The resource file becomes a FIFO nobody writes: reading it (the
+    // directory sink's update) blocks for ever, like a hung volume.
+    let file = s.resources_paths().pop().expect("one resource file");
+    std::fs::remove_file(&file).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert_eq!(s.post_alerts(&hook).status, 202);
+
+    let status = s
+        .terminate(Duration::from_secs(15))
+        .expect("exits although its final flush hangs");
+    assert!(status.success(), "exit status {status}");
+    let log = s.log();
+    assert!(log.contains("the final flush did not finish"), "{log}");
+}
+
+#[test]
 fn requests_over_max_in_flight_are_answered_503_before_their_body_is_read() {
     use std::io::{Read, Write};
     let s = Sidecar::start(&[("SIGNALGATE_MAX_IN_FLIGHT", "2")]);
