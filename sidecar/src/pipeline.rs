@@ -135,7 +135,10 @@ impl Pipeline {
         let parsed = self.parse(signal_type, source, body)?;
         let identities = &parsed.identities;
         let fingerprints: Vec<String> = identities.iter().map(Identity::fingerprint).collect();
-        tracing::Span::current().record("fingerprints", tracing::field::debug(&fingerprints));
+        tracing::Span::current().record(
+            "fingerprints",
+            tracing::field::display(Joined(&fingerprints)),
+        );
 
         let mut results: Vec<SignalResult> = fingerprints
             .iter()
@@ -553,6 +556,23 @@ impl Pipeline {
 }
 
 /// Fills in a signal's result from the resource this request created for it.
+/// A list written `a,b,c` in logs: the request span's `fingerprints`. Its
+/// text is made for every request (the log layer formats a span's fields when
+/// they are recorded), so it is plain text rather than a quoted `Debug` list.
+struct Joined<'a>(&'a [String]);
+
+impl std::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, item) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(item)?;
+        }
+        Ok(())
+    }
+}
+
 fn record(result: &mut SignalResult, created: &Location, created_any: &mut bool) {
     result.resource = Some(created.to_string());
     *created_any = true;
