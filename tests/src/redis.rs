@@ -219,7 +219,8 @@ impl RedisServer {
         self.node.stop();
     }
 
-    /// Starts the server again, empty, on the same port, and waits for PING.
+    /// Starts the server again on the same port, and waits for PING: empty,
+    /// or with what the test last saved (`SAVE` writes its `dump.rdb`).
     pub fn start_again(&mut self) {
         self.node.stop();
         self.node.spawn();

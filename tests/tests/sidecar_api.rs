@@ -458,6 +458,52 @@ fn two_sidecars_on_one_redis_create_each_incident_once() {
 }
 
 #[test]
+fn redis_restored_from_an_older_snapshot_does_not_make_a_second_resource() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let s = Sidecar::start(&[
+        ("SIGNALGATE_REDIS_URL", &url),
+        ("SIGNALGATE_DEDUP_TTL", "3s"),
+    ]);
+    let first = s.post_alerts(&webhook(vec![alert("Old", "shop", "p1")]));
+    assert_eq!(first.status, 201, "{}", first.body);
+    // The store has known `shop` for a whole dedup window (time must pass).
+    std::thread::sleep(Duration::from_millis(3200));
+    // A snapshot, then an incident the snapshot does not hold.
+    redis.cli(&["SAVE"]);
+    let hook = webhook(vec![alert("New", "shop", "p2")]);
+    let created = s.post_alerts(&hook);
+    assert_eq!(created.status, 201, "{}", created.body);
+    let name = created.json()["signals"][0]["resource"].clone();
+    // Redis comes back from that snapshot (as after a crash without AOF, or
+    // a failover to a replica that lagged): `shop` is remembered, p2 is not.
+    redis.start_again();
+    let again = wait_for("the sidecar back on Redis", Duration::from_secs(15), || {
+        let a = s.post_alerts(&hook);
+        (a.status != 503).then_some(a)
+    });
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(
+        again.json()["signals"][0]["outcome"],
+        "duplicate",
+        "{}",
+        again.body
+    );
+    assert_eq!(
+        again.json()["signals"][0]["resource"],
+        name,
+        "{}",
+        again.body
+    );
+    let news: Vec<Value> = s
+        .resources()
+        .into_iter()
+        .filter(|r| r["spec"]["signalName"] == "New")
+        .collect();
+    assert_eq!(news.len(), 1, "{news:#?}");
+}
+
+#[test]
 fn redis_restarted_empty_does_not_make_a_second_resource() {
     let mut redis = RedisServer::start();
     let url = redis.url();

@@ -1510,6 +1510,61 @@ async fn a_paused_cluster_node_holds_up_only_its_own_requests() {
     assert_eq!(back[0].outcome, Outcome::Created);
 }
 
+/// A namespace the store has known for a dedup window, on `store`.
+async fn warm_namespace(store: &RedisStore, case: &str, ttl: Duration) -> String {
+    let ns = namespace(case);
+    store.decide(&[claim(&ns, "first")]).await.expect("decide");
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let d = store
+        .decide(&[unchecked(&claim(&ns, "warm"))])
+        .await
+        .expect("decide");
+    assert_eq!(d[0].write, Write::Create, "warm: {d:?}");
+    ns
+}
+
+/// Data restored from an older snapshot (or a promoted replica that lagged)
+/// brings back the warm marker of a server that is gone: the namespace is
+/// cold again, so new fingerprints are looked up in the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_marker_from_another_server_makes_the_namespace_cold_again() {
+    let server = RedisServer::start();
+    let ttl = Duration::from_millis(300);
+    let store = redis_store(&server.url(), short_window(ttl)).await;
+    let ns = warm_namespace(&store, "restored", ttl).await;
+    let key = format!("sg:{{{ns}}}:m");
+    let marker = server.cli(&["GET", &key]);
+    let (since, owner) = marker.trim().split_once(':').expect("'<ms>:<run id>'");
+    assert_eq!(Some(owner), server.info("server", "run_id").as_deref());
+    // The same marker, written by another server.
+    server.cli(&["SET", &key, &format!("{since}:0123abcd"), "PX", "600000"]);
+    for seed in ["after-1", "after-2"] {
+        let d = store
+            .decide(&[unchecked(&claim(&ns, seed))])
+            .await
+            .expect("decide");
+        assert_eq!(d[0].write, Write::Lookup, "{seed}: {d:?}");
+    }
+    let marker = server.cli(&["GET", &key]);
+    assert!(marker.trim().ends_with(owner), "restarted here: {marker}");
+}
+
+/// Where INFO is not allowed (renamed away), markers are not checked
+/// against the server: a warm namespace stays warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_info_a_warm_namespace_decides_as_before() {
+    let server = RedisServer::start_with(&["--rename-command", "INFO", ""]);
+    let ttl = Duration::from_millis(300);
+    let store = redis_store(&server.url(), short_window(ttl)).await;
+    store.ping().await.expect("ready without INFO");
+    let ns = warm_namespace(&store, "no-info", ttl).await;
+    let d = store
+        .decide(&[unchecked(&claim(&ns, "next"))])
+        .await
+        .expect("decide");
+    assert_eq!(d[0].write, Write::Create, "{d:?}");
+}
+
 /// A Redis without GETEX (as before 6.2; here the command is renamed away)
 /// is never ready, and says why; nothing is decided on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

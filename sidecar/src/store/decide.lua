@@ -5,7 +5,7 @@
 --
 -- KEYS[1] sg:{ns}:w   KEYS[2] sg:{ns}:s   KEYS[3] sg:{ns}:a   KEYS[4] sg:{ns}:x
 -- KEYS[5] sg:{ns}:m (warm marker: when the store's memory of this namespace
--- began; kept alive by every decide for the marker TTL)
+-- began, and on which server; kept alive by every decide for the marker TTL)
 -- KEYS[5 + i] sg:{ns}:f:<fp> of signal i (1-based)
 -- ARGV: 1 storm name prefix ('storm-<12 hex of sha256(ns)>-'), 2 dedup ttl
 --       ms, 3 storm threshold, 4 storm window ms, 5 storm max duration ms,
@@ -43,12 +43,53 @@ local lease = tonumber(ARGV[7])
 local now = now_ms()
 -- While the store's memory of the namespace is younger than a dedup window,
 -- a new fingerprint may have a live resource the store does not know of.
-local since = tonumber(redis.call('GETEX', M, 'PX', ARGV[8]))
-if not since then
-  since = now
-  redis.call('SET', M, int(now), 'PX', ARGV[8])
+-- The marker is '<since ms>:<run id of the server that started it>'. Data
+-- restored from an older snapshot, or a replica that lagged and was
+-- promoted, brings the marker back with only part of what followed: the
+-- run id then differs from this server's, and the memory starts anew (cold).
+local marker = redis.call('GETEX', M, 'PX', ARGV[8])
+local since, owner
+if marker then
+  since, owner = string.match(marker, '^(%d+):?(%x*)$')
+  since = tonumber(since)
 end
-local cold = now - since < dedup
+local cold = not since or now - since < dedup
+local checked = false
+
+-- This server's run id ('' if INFO is not allowed here: then the marker's
+-- owner is not checked, as before run ids were kept).
+local function server_id()
+  local info = redis.pcall('INFO', 'server')
+  if type(info) ~= 'string' then
+    return ''
+  end
+  return string.match(info, 'run_id:(%x+)') or ''
+end
+
+local function restart_memory(id)
+  since = now
+  cold = true
+  redis.call('SET', M, int(now) .. ':' .. id, 'PX', ARGV[8])
+end
+
+if not since then
+  restart_memory(server_id())
+  checked = true
+end
+
+-- Whether a new fingerprint must be looked up in the sink first. A warm
+-- namespace's marker is checked against this server once a call, and only
+-- when a new fingerprint needs it (INFO costs about 5 µs).
+local function is_cold()
+  if not cold and not checked then
+    checked = true
+    local id = server_id()
+    if id ~= owner then
+      restart_memory(id)
+    end
+  end
+  return cold
+end
 
 local function storm_reply(outcome, write, st)
   return { outcome, write, 1, st.name, st.f, st.l, st.c, st.n, st.o, st.f }
@@ -199,7 +240,7 @@ local function decide(i, F, fp, affected, absent)
   end
 
   -- A new fingerprint. Look in the sink first if the store may have lost it.
-  if cold and absent ~= '1' then
+  if absent ~= '1' and is_cold() then
     return { 1, 4, 0, '', 0, 0, 0 }
   end
 
