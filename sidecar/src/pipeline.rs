@@ -19,7 +19,7 @@ use crate::store::{Claim, ClaimKey, ClaimState, Decision, Outcome, Store, StoreE
 /// How often a request waiting on another request's claim looks again.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
-/// Sink lookups a request runs at once (see [`Write::Lookup`]).
+/// Namespaces a request looks up in the sink at once (see [`Write::Lookup`]).
 const LOOKUPS_AT_ONCE: usize = 8;
 
 #[derive(Debug, Clone)]
@@ -407,13 +407,23 @@ impl Pipeline {
             retry_after: Duration::from_secs(1),
         };
         let since = received_ms - self.limits.dedup_ttl.as_millis() as i64;
-        // A few at a time: a re-sent group may hold many (the kube sink
-        // LISTs the namespace and the fallback namespace for each).
-        let finds: Vec<_> = lookups
+        // One sink call per namespace for all of its fingerprints (the kube
+        // sink LISTs the namespace and the fallback namespace by label), a
+        // few namespaces at a time.
+        let mut by_namespace: Vec<(&str, Vec<usize>)> = Vec::new();
+        for &j in &lookups {
+            let ns = claims[j].namespace.as_str();
+            match by_namespace.iter_mut().find(|(n, _)| *n == ns) {
+                Some((_, js)) => js.push(j),
+                None => by_namespace.push((ns, vec![j])),
+            }
+        }
+        let finds: Vec<_> = by_namespace
             .iter()
-            .map(|&j| {
-                self.sink
-                    .find_recent(&claims[j].namespace, &claims[j].fingerprint, since)
+            .map(|(ns, js)| {
+                let fingerprints: Vec<String> =
+                    js.iter().map(|&j| claims[j].fingerprint.clone()).collect();
+                async move { self.sink.find_recent(ns, &fingerprints, since).await }
             })
             .collect();
         let finds = futures::stream::iter(finds)
@@ -426,10 +436,18 @@ impl Pipeline {
 
         let mut again = Vec::new();
         let mut adopts = Vec::new();
-        for (&j, found) in lookups.iter().zip(found) {
-            match found? {
-                Some(found) => adopts.push((j, found)),
-                None => again.push(j),
+        for ((_, js), found) in by_namespace.iter().zip(found) {
+            let found = found?;
+            if found.len() != js.len() {
+                return Err(Failure::Sink(SinkError::Unavailable(
+                    "the sink answered fewer lookups than asked".into(),
+                )));
+            }
+            for (&j, found) in js.iter().zip(found) {
+                match found {
+                    Some(found) => adopts.push((j, found)),
+                    None => again.push(j),
+                }
             }
         }
         let adopted_all = futures::future::join_all(adopts.iter().map(|(j, found)| {

@@ -550,3 +550,48 @@ fn a_10000_signal_storm_keeps_api_writes_bounded() {
         (creates + updates) / elapsed.as_secs_f64()
     );
 }
+
+/// `LIST`s of RemediationRequests the API server has answered so far.
+fn lists_served(k: &ApiServer) -> f64 {
+    let (status, metrics) = k.get(Identity::Admin, "/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains("resource=\"remediationrequests\"")
+                && l.contains("verb=\"LIST\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_group_re_sent_after_the_store_lost_its_data_costs_one_list_per_place() {
+    // A private API server: its LIST count is this test's alone.
+    let k = private();
+    k.create_namespace("relist");
+    let mut s = sidecar(&k, "sidecar", &[("SIGNALGATE_STORM_THRESHOLD", "100")]);
+    let hook = webhook(
+        (0..20)
+            .map(|i| alert("Relist", "relist", &format!("p{i}")))
+            .collect(),
+    );
+    let a = s.post_alerts(&hook);
+    assert_eq!(a.status, 201, "{}", a.body);
+    wait_rrs(&k, "relist", "20 resources", |r| r.len() == 20);
+    // The in-memory store forgets everything; the group comes again.
+    s.restart();
+    let before = lists_served(&k);
+    let a = s.post_alerts(&hook);
+    assert_eq!(a.status, 202, "{}", a.body);
+    let signals = a.json()["signals"].as_array().cloned().unwrap_or_default();
+    assert!(
+        signals.len() == 20 && signals.iter().all(|x| x["outcome"] == "duplicate"),
+        "{}",
+        a.body
+    );
+    // The namespace and the fallback namespace, once each for all 20.
+    assert_eq!(lists_served(&k) - before, 2.0);
+    assert_eq!(rrs(&k, "relist").len(), 20);
+}

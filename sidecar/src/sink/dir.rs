@@ -155,19 +155,26 @@ impl Sink for DirSink {
     async fn find_recent(
         &self,
         namespace: &str,
-        fingerprint: &str,
+        fingerprints: &[String],
         seen_since_ms: i64,
-    ) -> Result<Option<Found>, SinkError> {
-        let link = self.link_of(namespace, fingerprint);
-        let fingerprint = fingerprint.to_string();
+    ) -> Result<Vec<Option<Found>>, SinkError> {
+        let links: Vec<(PathBuf, String)> = fingerprints
+            .iter()
+            .map(|fp| (self.link_of(namespace, fp), fp.clone()))
+            .collect();
         tokio::task::spawn_blocking(move || {
-            let bytes = match std::fs::read(&link) {
-                Ok(b) => b,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(io_error(e)),
-            };
-            let candidate = serde_json::from_slice::<RemediationRequest>(&bytes).ok();
-            Ok(most_recent(candidate, &fingerprint, seen_since_ms))
+            links
+                .iter()
+                .map(|(link, fingerprint)| {
+                    let bytes = match std::fs::read(link) {
+                        Ok(b) => b,
+                        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(io_error(e)),
+                    };
+                    let candidate = serde_json::from_slice::<RemediationRequest>(&bytes).ok();
+                    Ok(most_recent(&candidate, fingerprint, seen_since_ms))
+                })
+                .collect()
         })
         .await
         .map_err(join_error)?

@@ -24,6 +24,9 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// Updates are retried this long before they are left for the next flush.
 const UPDATE_RETRY_FOR: Duration = Duration::from_secs(5);
+/// Fingerprints looked up by one label-selector LIST (`in (…)`): about 3 KB
+/// of selector in the URL at most.
+const FINGERPRINTS_PER_LIST: usize = 50;
 
 pub struct KubeSink {
     client: Client,
@@ -153,38 +156,42 @@ impl Sink for KubeSink {
     async fn find_recent(
         &self,
         namespace: &str,
-        fingerprint: &str,
+        fingerprints: &[String],
         seen_since_ms: i64,
-    ) -> Result<Option<Found>, SinkError> {
-        let label = format!(
-            "{LABEL_FINGERPRINT}={}",
-            fingerprint.get(..63).unwrap_or(fingerprint)
-        );
-        let mut places = vec![(namespace.to_string(), label.clone())];
-        if namespace != self.fallback_namespace {
-            places.push((
-                self.fallback_namespace.clone(),
-                format!("{label},{LABEL_ORIGINAL_NAMESPACE}={namespace}"),
-            ));
-        }
+    ) -> Result<Vec<Option<Found>>, SinkError> {
         let mut candidates = Vec::new();
-        for (ns, selector) in places {
-            // Served from the API server's watch cache (resourceVersion 0):
-            // what we look for was written long before any data loss.
-            let params = ListParams::default().labels(&selector).match_any();
-            let list = with_retries(Some(UPDATE_RETRY_FOR), || {
-                let (api, params, ns) = (self.api(&ns), &params, &ns);
-                async move {
-                    match api.list(params).await {
-                        Ok(list) => Attempt::Done(list.items),
-                        Err(e) => classify(e, &format!("list {ns}")),
+        // One LIST per place for up to FINGERPRINTS_PER_LIST fingerprints.
+        for chunk in fingerprints.chunks(FINGERPRINTS_PER_LIST) {
+            let values: Vec<&str> = chunk.iter().map(|fp| fp.get(..63).unwrap_or(fp)).collect();
+            let label = format!("{LABEL_FINGERPRINT} in ({})", values.join(","));
+            let mut places = vec![(namespace.to_string(), label.clone())];
+            if namespace != self.fallback_namespace {
+                places.push((
+                    self.fallback_namespace.clone(),
+                    format!("{label},{LABEL_ORIGINAL_NAMESPACE}={namespace}"),
+                ));
+            }
+            for (ns, selector) in places {
+                // Served from the API server's watch cache (resourceVersion 0):
+                // what we look for was written long before any data loss.
+                let params = ListParams::default().labels(&selector).match_any();
+                let list = with_retries(Some(UPDATE_RETRY_FOR), || {
+                    let (api, params, ns) = (self.api(&ns), &params, &ns);
+                    async move {
+                        match api.list(params).await {
+                            Ok(list) => Attempt::Done(list.items),
+                            Err(e) => classify(e, &format!("list {ns}")),
+                        }
                     }
-                }
-            })
-            .await?;
-            candidates.extend(list);
+                })
+                .await?;
+                candidates.extend(list);
+            }
         }
-        Ok(most_recent(candidates, fingerprint, seen_since_ms))
+        Ok(fingerprints
+            .iter()
+            .map(|fp| most_recent(&candidates, fp, seen_since_ms))
+            .collect())
     }
 
     async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {

@@ -55,8 +55,8 @@ pub struct Found {
 
 /// Of `candidates`, the resource of incident `fingerprint` seen most
 /// recently, if that was at or after `seen_since_ms`.
-pub fn most_recent(
-    candidates: impl IntoIterator<Item = RemediationRequest>,
+pub fn most_recent<'a>(
+    candidates: impl IntoIterator<Item = &'a RemediationRequest>,
     fingerprint: &str,
     seen_since_ms: i64,
 ) -> Option<Found> {
@@ -83,16 +83,18 @@ pub fn most_recent(
 
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync {
-    /// The resource of incident `fingerprint` (in `namespace`, or moved from
-    /// it to the fallback namespace) last seen at or after `seen_since_ms`.
-    /// Asked before every create, so that a store that lost its state (Redis
-    /// restarted empty) does not make a second resource for a live incident.
+    /// For each of `fingerprints`, the resource of that incident (in
+    /// `namespace`, or moved from it to the fallback namespace) last seen at
+    /// or after `seen_since_ms`: one answer per fingerprint, in order. Asked
+    /// for the new fingerprints of a namespace the store may have lost
+    /// (Redis restarted, a cold namespace), so that a live incident does not
+    /// get a second resource; all of one request's at once.
     async fn find_recent(
         &self,
         namespace: &str,
-        fingerprint: &str,
+        fingerprints: &[String],
         seen_since_ms: i64,
-    ) -> Result<Option<Found>, SinkError>;
+    ) -> Result<Vec<Option<Found>>, SinkError>;
     /// Creates the resource. Idempotent: if a resource of that name already
     /// exists (a retried create), that is success, and it is left as it is.
     async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError>;
