@@ -69,10 +69,13 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: a log collector would store the escapes.
+    // Colours only on a terminal (a log collector would store the escapes),
+    // and never with NO_COLOR set.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder
@@ -137,8 +140,10 @@ async fn run(config: Config) -> Result<(), String> {
     app.coalescer.stop();
     // The last flush gets one more grace period: a slow or hung sink must
     // not hold the pod until it is killed. Counts it leaves unwritten stay in
-    // the store and reach the resource at the incident's next sighting.
-    if tokio::time::timeout(grace, flusher).await.is_err() {
+    // Redis and reach the resource if the incident is seen again within its
+    // dedup window (on the in-memory store they are lost with the process).
+    let flushed = tokio::time::timeout(grace, flusher).await.is_ok();
+    if !flushed {
         tracing::warn!(
             ?grace,
             "the final flush did not finish within SIGNALGATE_SHUTDOWN_GRACE; \
@@ -146,7 +151,11 @@ async fn run(config: Config) -> Result<(), String> {
         );
     }
     let _ = admin_server.await;
-    tracing::info!(pending = app.coalescer.pending(), "stopped");
+    if flushed {
+        tracing::info!(pending = app.coalescer.pending(), "stopped");
+    } else {
+        tracing::info!("stopped");
+    }
     Ok(())
 }
 

@@ -440,7 +440,7 @@ impl Pipeline {
             let found = found?;
             if found.len() != js.len() {
                 return Err(Failure::Sink(SinkError::Unavailable(
-                    "the sink answered fewer lookups than asked".into(),
+                    "the sink did not answer one lookup per fingerprint".into(),
                 )));
             }
             for (&j, found) in js.iter().zip(found) {
@@ -573,7 +573,6 @@ impl Pipeline {
     }
 }
 
-/// Fills in a signal's result from the resource this request created for it.
 /// A list written `a,b,c` in logs: the request span's `fingerprints`. Its
 /// text is made for every request (the log layer formats a span's fields when
 /// they are recorded), so it is plain text rather than a quoted `Debug` list.
@@ -591,6 +590,7 @@ impl std::fmt::Display for Joined<'_> {
     }
 }
 
+/// Fills in a signal's result from the resource this request created for it.
 fn record(result: &mut SignalResult, created: &Location, created_any: &mut bool) {
     result.resource = Some(created.to_string());
     *created_any = true;

@@ -567,19 +567,29 @@ fn lists_served(k: &ApiServer) -> f64 {
 }
 
 #[test]
-fn a_group_re_sent_after_the_store_lost_its_data_costs_one_list_per_place() {
+fn a_group_re_sent_after_the_store_lost_its_data_costs_two_lists_per_50_alerts() {
     // A private API server: its LIST count is this test's alone.
     let k = private();
     k.create_namespace("relist");
-    let mut s = sidecar(&k, "sidecar", &[("SIGNALGATE_STORM_THRESHOLD", "100")]);
-    let hook = webhook(
-        (0..20)
-            .map(|i| alert("Relist", "relist", &format!("p{i}")))
-            .collect(),
-    );
+    let mut s = sidecar(&k, "sidecar", &[("SIGNALGATE_STORM_THRESHOLD", "1000")]);
+    // 60 alerts of an existing namespace and 60 of a missing one (their
+    // resources go to the fallback namespace).
+    let alerts: Vec<Value> = (0..120)
+        .map(|i| {
+            let ns = if i < 60 { "relist" } else { "relist-gone" };
+            alert("Relist", ns, &format!("p{i}"))
+        })
+        .collect();
+    let hook = webhook(alerts);
     let a = s.post_alerts(&hook);
     assert_eq!(a.status, 201, "{}", a.body);
-    wait_rrs(&k, "relist", "20 resources", |r| r.len() == 20);
+    wait_rrs(&k, "relist", "60 resources", |r| r.len() == 60);
+    wait_rrs(&k, FALLBACK, "60 resources", |r| {
+        r.iter()
+            .filter(|x| x["spec"]["signalName"] == "Relist")
+            .count()
+            == 60
+    });
     // The in-memory store forgets everything; the group comes again.
     s.restart();
     let before = lists_served(&k);
@@ -587,11 +597,12 @@ fn a_group_re_sent_after_the_store_lost_its_data_costs_one_list_per_place() {
     assert_eq!(a.status, 202, "{}", a.body);
     let signals = a.json()["signals"].as_array().cloned().unwrap_or_default();
     assert!(
-        signals.len() == 20 && signals.iter().all(|x| x["outcome"] == "duplicate"),
+        signals.len() == 120 && signals.iter().all(|x| x["outcome"] == "duplicate"),
         "{}",
         a.body
     );
-    // The namespace and the fallback namespace, once each for all 20.
-    assert_eq!(lists_served(&k) - before, 2.0);
-    assert_eq!(rrs(&k, "relist").len(), 20);
+    // Per namespace: 50 + 10 fingerprints, each LIST in the namespace and in
+    // the fallback namespace.
+    assert_eq!(lists_served(&k) - before, 8.0);
+    assert_eq!(rrs(&k, "relist").len(), 60);
 }

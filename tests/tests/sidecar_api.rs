@@ -461,14 +461,16 @@ fn two_sidecars_on_one_redis_create_each_incident_once() {
 fn redis_restored_from_an_older_snapshot_does_not_make_a_second_resource() {
     let mut redis = RedisServer::start();
     let url = redis.url();
+    // A window long enough for Redis to restart and the sidecar to reconnect
+    // while the incident below is still live.
     let s = Sidecar::start(&[
         ("SIGNALGATE_REDIS_URL", &url),
-        ("SIGNALGATE_DEDUP_TTL", "3s"),
+        ("SIGNALGATE_DEDUP_TTL", "6s"),
     ]);
     let first = s.post_alerts(&webhook(vec![alert("Old", "shop", "p1")]));
     assert_eq!(first.status, 201, "{}", first.body);
     // The store has known `shop` for a whole dedup window (time must pass).
-    std::thread::sleep(Duration::from_millis(3200));
+    std::thread::sleep(Duration::from_millis(6200));
     // A snapshot, then an incident the snapshot does not hold.
     redis.cli(&["SAVE"]);
     let hook = webhook(vec![alert("New", "shop", "p2")]);
@@ -478,6 +480,11 @@ fn redis_restored_from_an_older_snapshot_does_not_make_a_second_resource() {
     // Redis comes back from that snapshot (as after a crash without AOF, or
     // a failover to a replica that lagged): `shop` is remembered, p2 is not.
     redis.start_again();
+    assert_eq!(
+        redis.cli(&["EXISTS", "sg:{shop}:m"]).trim(),
+        "1",
+        "the snapshot was loaded"
+    );
     let again = wait_for("the sidecar back on Redis", Duration::from_secs(15), || {
         let a = s.post_alerts(&hook);
         (a.status != 503).then_some(a)
@@ -501,6 +508,16 @@ fn redis_restored_from_an_older_snapshot_does_not_make_a_second_resource() {
         .filter(|r| r["spec"]["signalName"] == "New")
         .collect();
     assert_eq!(news.len(), 1, "{news:#?}");
+}
+
+#[test]
+fn a_redis_that_refuses_info_is_used_with_a_warning() {
+    let redis = RedisServer::start_with(&["--rename-command", "INFO", ""]);
+    let url = redis.url();
+    let s = Sidecar::start(&[("SIGNALGATE_REDIS_URL", &url)]);
+    let a = s.post_alerts(&webhook(vec![alert("NoInfo", "shop", "p1")]));
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert!(s.log().contains("Redis refuses INFO"), "{}", s.log_tail(20));
 }
 
 #[test]

@@ -541,11 +541,11 @@ async fn storm_of_ten_thousand_signals(b: Backend) {
     assert_eq!(snap.occurrence_count, 9_990);
     assert_eq!(storm.affected.len(), 100);
     assert_eq!(storm.affected_overflow, 9_890);
-    // Every key has a TTL (on Redis: 9 990 members, 10 own, 5 namespace keys).
+    // Every key has a TTL (on Redis: 9 990 members, 10 own, 6 namespace keys).
     let keys = f.keys(&ns);
     assert!(keys.iter().all(|(_, ttl)| *ttl > 0));
     if b != Backend::Memory {
-        assert_eq!(keys.len(), 10_005);
+        assert_eq!(keys.len(), 10_006);
         // The window never holds more than the threshold needs.
         assert_eq!(f.window_size(&ns), Some(10));
     }
@@ -1155,13 +1155,16 @@ async fn every_key_expires(b: Backend) {
     // Every key has a TTL.
     assert!(live.iter().all(|(_, ttl)| *ttl > 0), "{live:?}");
     if b != Backend::Memory {
-        // 10 fingerprints + window + storms + affected + expiry index + warm marker.
-        assert_eq!(live.len(), 15, "{live:?}");
+        // 10 fingerprints + window + storms + affected + expiry index + warm
+        // marker and its origin.
+        assert_eq!(live.len(), 16, "{live:?}");
         assert_eq!(f.window_size(&ns), Some(2));
     }
-    // The warm marker lives for WARM_MARKER_TTL (one small key a namespace).
+    // The warm marker and its origin live for WARM_MARKER_TTL (two small
+    // keys a namespace).
     let marker = format!("sg:{{{ns}}}:m");
-    if let Some((_, ttl)) = live.iter().find(|(k, _)| *k == marker) {
+    let origin = format!("sg:{{{ns}}}:o");
+    for (_, ttl) in live.iter().filter(|(k, _)| *k == marker || *k == origin) {
         assert!(
             *ttl > 600_000 && *ttl <= WARM_MARKER_TTL.as_millis() as i64,
             "{ttl}"
@@ -1173,7 +1176,7 @@ async fn every_key_expires(b: Backend) {
         let live: Vec<_> = f
             .keys(&ns)
             .into_iter()
-            .filter(|(k, _)| *k != marker)
+            .filter(|(k, _)| *k != marker && *k != origin)
             .collect();
         if live.is_empty() {
             break;
@@ -1524,29 +1527,64 @@ async fn warm_namespace(store: &RedisStore, case: &str, ttl: Duration) -> String
 }
 
 /// Data restored from an older snapshot (or a promoted replica that lagged)
-/// brings back the warm marker of a server that is gone: the namespace is
-/// cold again, so new fingerprints are looked up in the sink.
+/// brings back the warm marker with the origin of a server, or of data, that
+/// is gone: the namespace is cold again, so new fingerprints are looked up in
+/// the sink. The origin is checked lazily, within a call too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_warm_marker_from_another_server_makes_the_namespace_cold_again() {
+async fn a_warm_marker_from_another_origin_makes_the_namespace_cold_again() {
     let server = RedisServer::start();
     let ttl = Duration::from_millis(300);
     let store = redis_store(&server.url(), short_window(ttl)).await;
+    let origin = |ns: &str| server.cli(&["GET", &format!("sg:{{{ns}}}:o")]);
+    let here = format!(
+        "{}:{}",
+        server.info("server", "run_id").expect("run_id"),
+        server
+            .info("replication", "master_replid")
+            .expect("master_replid")
+    );
+
+    // Another server's origin: a duplicate is decided as usual, then the
+    // call's first new fingerprint finds the origin foreign, and the
+    // namespace is cold for the rest of the call and after.
     let ns = warm_namespace(&store, "restored", ttl).await;
-    let key = format!("sg:{{{ns}}}:m");
-    let marker = server.cli(&["GET", &key]);
-    let (since, owner) = marker.trim().split_once(':').expect("'<ms>:<run id>'");
-    assert_eq!(Some(owner), server.info("server", "run_id").as_deref());
-    // The same marker, written by another server.
-    server.cli(&["SET", &key, &format!("{since}:0123abcd"), "PX", "600000"]);
-    for seed in ["after-1", "after-2"] {
-        let d = store
-            .decide(&[unchecked(&claim(&ns, seed))])
-            .await
-            .expect("decide");
-        assert_eq!(d[0].write, Write::Lookup, "{seed}: {d:?}");
-    }
-    let marker = server.cli(&["GET", &key]);
-    assert!(marker.trim().ends_with(owner), "restarted here: {marker}");
+    assert_eq!(origin(&ns).trim(), here);
+    server.cli(&[
+        "SET",
+        &format!("sg:{{{ns}}}:o",),
+        "0123abcd:4567ef",
+        "PX",
+        "600000",
+    ]);
+    let warm = claim(&ns, "warm");
+    let d = store
+        .decide(&[
+            unchecked(&warm),
+            unchecked(&claim(&ns, "after-1")),
+            unchecked(&claim(&ns, "after-2")),
+        ])
+        .await
+        .expect("decide");
+    assert_eq!(d[0].outcome, Outcome::Duplicate, "{d:?}");
+    assert_eq!(
+        [d[1].write, d[2].write],
+        [Write::Lookup, Write::Lookup],
+        "{d:?}"
+    );
+    assert_eq!(origin(&ns).trim(), here, "the memory began again here");
+
+    // An origin-less marker (written by an older sidecar): the same. A
+    // signal the sink was searched for is decided without the check; the
+    // next one in the call is checked.
+    let ns = warm_namespace(&store, "origin-less", ttl).await;
+    server.cli(&["DEL", &format!("sg:{{{ns}}}:o")]);
+    let d = store
+        .decide(&[claim(&ns, "searched"), unchecked(&claim(&ns, "next"))])
+        .await
+        .expect("decide");
+    assert_eq!(d[0].write, Write::Create, "{d:?}");
+    assert_eq!(d[1].write, Write::Lookup, "{d:?}");
+    assert_eq!(origin(&ns).trim(), here);
 }
 
 /// Where INFO is not allowed (renamed away), markers are not checked

@@ -19,10 +19,11 @@
 --   sg:{ns}:x       zset of storm names scored by the ms until which the storm
 --                   record must live; expired storms are swept from s and a.
 --                   s, a and x expire together when their last storm does.
---   sg:{ns}:m       the warm marker: '<ms>:<run id>', when the store's memory
---                   of the namespace began and the run id of the server it
---                   began on; every decide refreshes its TTL (7 days, at
+--   sg:{ns}:m       the warm marker: when the store's memory of the namespace
+--                   began (ms); every decide refreshes its TTL (7 days, at
 --                   least the dedup window).
+--   sg:{ns}:o       where that memory began: '<run id>:<replication id>' of
+--                   the server (decide.lua); same TTL, refreshed when read.
 
 -- Store-clock milliseconds (Redis TIME), so every sidecar agrees.
 local function now_ms()

@@ -5,8 +5,9 @@
 --
 -- KEYS[1] sg:{ns}:w   KEYS[2] sg:{ns}:s   KEYS[3] sg:{ns}:a   KEYS[4] sg:{ns}:x
 -- KEYS[5] sg:{ns}:m (warm marker: when the store's memory of this namespace
--- began, and on which server; kept alive by every decide for the marker TTL)
--- KEYS[5 + i] sg:{ns}:f:<fp> of signal i (1-based)
+-- began; kept alive by every decide for the marker TTL)
+-- KEYS[6] sg:{ns}:o (on which server and data that memory began)
+-- KEYS[6 + i] sg:{ns}:f:<fp> of signal i (1-based)
 -- ARGV: 1 storm name prefix ('storm-<12 hex of sha256(ns)>-'), 2 dedup ttl
 --       ms, 3 storm threshold, 4 storm window ms, 5 storm max duration ms,
 --       6 max affected, 7 claim lease ms, 8 warm marker ttl ms; then per
@@ -32,7 +33,7 @@
 --          formats a number into a string at a cost that, on the duplicate
 --          path, would add a quarter to this script's CPU time.)
 
-local W, S, A, X, M = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local W, S, A, X, M, O = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local storm_prefix = ARGV[1]
 local dedup = tonumber(ARGV[2])
 local threshold = tonumber(ARGV[3])
@@ -43,33 +44,29 @@ local lease = tonumber(ARGV[7])
 local now = now_ms()
 -- While the store's memory of the namespace is younger than a dedup window,
 -- a new fingerprint may have a live resource the store does not know of.
--- The marker is '<since ms>:<run id of the server that started it>'. Data
--- restored from an older snapshot, or a replica that lagged and was
--- promoted, brings the marker back with only part of what followed: the
--- run id then differs from this server's, and the memory starts anew (cold).
-local marker = redis.call('GETEX', M, 'PX', ARGV[8])
-local since, owner
-if marker then
-  since, owner = string.match(marker, '^(%d+):?(%x*)$')
-  since = tonumber(since)
-end
+local since = tonumber(redis.call('GETEX', M, 'PX', ARGV[8]))
 local cold = not since or now - since < dedup
 local checked = false
 
--- This server's run id ('' if INFO is not allowed here: then the marker's
--- owner is not checked, as before run ids were kept).
+-- The data's lineage on this server: its run id (new at every restart) and
+-- replication id (new whenever a replica is promoted); '' where INFO is
+-- refused (renamed, or denied by an ACL).
 local function server_id()
-  local info = redis.pcall('INFO', 'server')
-  if type(info) ~= 'string' then
+  local server = redis.pcall('INFO', 'server')
+  local replication = redis.pcall('INFO', 'replication')
+  if type(server) ~= 'string' or type(replication) ~= 'string' then
     return ''
   end
-  return string.match(info, 'run_id:(%x+)') or ''
+  return (string.match(server, 'run_id:(%x+)') or '') .. ':'
+    .. (string.match(replication, 'master_replid:(%x+)') or '')
 end
 
+-- The memory of the namespace starts now, on this server (O records which).
 local function restart_memory(id)
   since = now
   cold = true
-  redis.call('SET', M, int(now) .. ':' .. id, 'PX', ARGV[8])
+  redis.call('SET', M, int(now), 'PX', ARGV[8])
+  redis.call('SET', O, id, 'PX', ARGV[8])
 end
 
 if not since then
@@ -77,14 +74,18 @@ if not since then
   checked = true
 end
 
--- Whether a new fingerprint must be looked up in the sink first. A warm
--- namespace's marker is checked against this server once a call, and only
--- when a new fingerprint needs it (INFO costs about 5 µs).
+-- Whether a new fingerprint must be looked up in the sink first. Data
+-- restored from an older snapshot, or a replica that lagged and was
+-- promoted, brings the marker back with only part of what followed it: so
+-- a warm namespace's marker must also have been written on this server,
+-- with this data (O). Checked once a call, and only when a new fingerprint
+-- needs it (the two INFO calls cost about 10 µs). An O gone before M (only
+-- duplicates for the marker TTL) costs one cold window.
 local function is_cold()
   if not cold and not checked then
     checked = true
     local id = server_id()
-    if id ~= owner then
+    if redis.call('GETEX', O, 'PX', ARGV[8]) ~= id then
       restart_memory(id)
     end
   end
@@ -288,8 +289,8 @@ local function decide(i, F, fp, affected, absent)
 end
 
 local replies = {}
-for i = 1, #KEYS - 5 do
-  replies[i] = decide(i, KEYS[5 + i], ARGV[6 + 3 * i], ARGV[7 + 3 * i], ARGV[8 + 3 * i])
+for i = 1, #KEYS - 6 do
+  replies[i] = decide(i, KEYS[6 + i], ARGV[6 + 3 * i], ARGV[7 + 3 * i], ARGV[8 + 3 * i])
 end
 flush()
 flush_storms()

@@ -80,6 +80,7 @@
 //! lost or created twice.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,6 +125,8 @@ struct Core {
     settings: Settings,
     timeout: Duration,
     scripts: Scripts,
+    /// Whether the first ping has asked if Redis allows `INFO` (see ping).
+    info_checked: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -178,6 +181,9 @@ impl Keys<'_> {
     fn marker(&self) -> String {
         self.key("m")
     }
+    fn marker_owner(&self) -> String {
+        self.key("o")
+    }
 }
 
 impl RedisStore {
@@ -230,6 +236,7 @@ impl RedisStore {
                 claim: script(CLAIM),
                 snapshot: script(SNAPSHOT),
             },
+            info_checked: AtomicBool::new(false),
         });
         let batcher = match core.conn {
             Conn::Standalone(_) => Some(Batcher::start(core.clone())),
@@ -419,8 +426,15 @@ impl Core {
             };
         };
         let k = Keys(&first.namespace);
-        let mut keys = Vec::with_capacity(5 + claims.len());
-        keys.extend([k.window(), k.storms(), k.affected(), k.expiry(), k.marker()]);
+        let mut keys = Vec::with_capacity(6 + claims.len());
+        keys.extend([
+            k.window(),
+            k.storms(),
+            k.affected(),
+            k.expiry(),
+            k.marker(),
+            k.marker_owner(),
+        ]);
         keys.extend(claims.iter().map(|c| k.fingerprint(&c.fingerprint)));
         let mut args = Vec::with_capacity(8 + 3 * claims.len());
         args.extend([
@@ -836,9 +850,37 @@ impl Core {
                 } else {
                     self.error(e)
                 }
-            })
+            })?;
+            self.check_info_once().await;
+            Ok(())
         })
         .await
+    }
+
+    /// Warns once if Redis refuses `INFO` (renamed, or denied by an ACL):
+    /// decide.lua then cannot tell a restored snapshot or a promoted replica
+    /// from the data its warm markers were written with.
+    async fn check_info_once(&self) {
+        if self.info_checked.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        let info: Result<String, RedisError> = match &self.conn {
+            Conn::Standalone(cm) => cmd.query_async(&mut cm.clone()).await,
+            Conn::Cluster(cc) => cmd.query_async(&mut cc.clone()).await,
+        };
+        match info {
+            Ok(_) => {}
+            // Not an answer about INFO (connection lost): ask again next time.
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis refuses INFO: after a restore from an older \
+                    snapshot or a failover to a replica that lagged, an incident created since \
+                    may get a second resource; allow INFO for signalgate's Redis user");
+            }
+        }
+        self.info_checked.store(true, Ordering::Relaxed);
     }
 }
 
