@@ -485,6 +485,8 @@ impl Pipeline {
             };
         }
         if !again.is_empty() {
+            self.adopt_running_storms(claims, &again, since, deadline)
+                .await?;
             if Instant::now() >= deadline {
                 return Err(past_deadline());
             }
@@ -502,6 +504,68 @@ impl Pipeline {
             }
         }
         Ok(adopted)
+    }
+
+    /// Signals `again` found no resource of their own in the sink: before
+    /// they are decided as new, a storm of their namespace that the store
+    /// lost but the sink shows still running is adopted, so they join it
+    /// instead of starting another (the store ignores it if it has a
+    /// running storm of its own).
+    async fn adopt_running_storms(
+        &self,
+        claims: &[Claim],
+        again: &[usize],
+        since: i64,
+        deadline: Instant,
+    ) -> Result<(), Failure> {
+        let mut namespaces: Vec<&str> = again
+            .iter()
+            .map(|&j| claims[j].namespace.as_str())
+            .collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let finds = futures::future::join_all(
+            namespaces
+                .iter()
+                .map(|ns| self.sink.find_recent_storm(ns, since)),
+        );
+        let found =
+            tokio::time::timeout(remaining, finds)
+                .await
+                .map_err(|_| Failure::Deadline {
+                    what: "looking in the sink for a running storm".into(),
+                    retry_after: Duration::from_secs(1),
+                })?;
+        for (ns, found) in namespaces.iter().zip(found) {
+            let Some(storm) = found? else {
+                continue;
+            };
+            let key = ClaimKey::Storm {
+                namespace: (*ns).to_string(),
+                name: storm.location.name.clone(),
+            };
+            let existing = crate::store::Snapshot {
+                resource: storm.location.name.clone(),
+                first_seen_ms: storm.first_seen_ms,
+                last_seen_ms: storm.last_seen_ms,
+                occurrence_count: storm.occurrence_count,
+                storm: Some(crate::store::StormSnapshot {
+                    alert_count: storm.alert_count,
+                    affected: storm.affected,
+                    affected_overflow: storm.affected_overflow,
+                    started_ms: storm.started_ms,
+                }),
+            };
+            if self
+                .timed("adopt", self.store.adopt(&key, &existing))
+                .await?
+                .is_some()
+            {
+                tracing::info!(resource = %storm.location, "the store did not know this running storm; adopted its resource");
+            }
+        }
+        Ok(())
     }
 
     /// Waits for a claim another request holds. `Some(location)` if the

@@ -606,3 +606,66 @@ fn a_group_re_sent_after_the_store_lost_its_data_costs_two_lists_per_50_alerts()
     assert_eq!(lists_served(&k) - before, 8.0);
     assert_eq!(rrs(&k, "relist").len(), 60);
 }
+
+#[test]
+fn a_storm_running_when_the_store_lost_its_data_is_found_and_goes_on() {
+    let k = shared();
+    // Alerts of a namespace that does not exist: the storm resource sits in
+    // the fallback namespace, found there by its original namespace.
+    let mut s = sidecar(
+        k,
+        "sidecar",
+        &[
+            ("SIGNALGATE_STORM_THRESHOLD", "2"),
+            ("SIGNALGATE_STORM_WINDOW", "30s"),
+        ],
+    );
+    let alerts = |pods: std::ops::Range<u32>| {
+        webhook(
+            pods.map(|i| alert("KubeStorm", "kube-storm-gone", &format!("p{i}")))
+                .collect(),
+        )
+    };
+    let a = s.post_alerts(&alerts(0..5));
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(
+        a.json()["signals"][2]["outcome"],
+        "storm_started",
+        "{}",
+        a.body
+    );
+    // (Answers name a storm's later signals by their own namespace; the
+    // resource is in the fallback namespace.)
+    let name = |v: &Value| {
+        v.as_str()
+            .and_then(|r| r.rsplit_once('/'))
+            .map(|(_, n)| n.to_string())
+    };
+    let storm = name(&a.json()["signals"][2]["resource"]);
+    let ours = |r: &[Value]| -> Vec<Value> {
+        r.iter()
+            .filter(|x| {
+                x["metadata"]["labels"]["signalgate.io/original-namespace"] == "kube-storm-gone"
+            })
+            .cloned()
+            .collect()
+    };
+    wait_rrs(k, FALLBACK, "the storm counting three alerts", |r| {
+        ours(r)
+            .iter()
+            .any(|x| x["spec"]["storm"]["alertCount"] == 3)
+    });
+    s.restart();
+    let a = s.post_alerts(&alerts(5..8));
+    assert_eq!(a.status, 202, "{}", a.body);
+    for signal in a.json()["signals"].as_array().unwrap() {
+        assert_eq!(signal["outcome"], "storm_aggregated", "{}", a.body);
+        assert_eq!(name(&signal["resource"]), storm, "{}", a.body);
+    }
+    let items = wait_rrs(k, FALLBACK, "the storm counting six alerts", |r| {
+        ours(r)
+            .iter()
+            .any(|x| x["spec"]["storm"]["alertCount"] == 6)
+    });
+    assert_eq!(ours(&items).len(), 3, "two own resources and one storm");
+}

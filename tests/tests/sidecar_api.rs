@@ -617,6 +617,45 @@ fn live_incidents_re_sent_after_a_restart_are_adopted_not_taken_for_a_storm() {
 }
 
 #[test]
+fn a_storm_running_when_the_store_lost_its_data_goes_on_in_the_same_resource() {
+    let mut s = Sidecar::start(&[
+        ("SIGNALGATE_STORM_THRESHOLD", "2"),
+        ("SIGNALGATE_STORM_WINDOW", "30s"),
+    ]);
+    let alerts = |pods: std::ops::Range<u32>| {
+        webhook(
+            pods.map(|i| alert("Storm", "shop", &format!("p{i}")))
+                .collect(),
+        )
+    };
+    // Two resources of their own, then a storm of three.
+    let a = s.post_alerts(&alerts(0..5));
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(
+        a.json()["signals"][2]["outcome"],
+        "storm_started",
+        "{}",
+        a.body
+    );
+    let storm = a.json()["signals"][2]["resource"].clone();
+    s.wait_resources("two resources and a storm of three", |r| {
+        r.len() == 3 && r.iter().any(|x| x["spec"]["storm"]["alertCount"] == 3)
+    });
+    // The store forgets everything while the storm runs; new alerts come.
+    s.restart();
+    let a = s.post_alerts(&alerts(5..8));
+    assert_eq!(a.status, 202, "{}", a.body);
+    for signal in a.json()["signals"].as_array().unwrap() {
+        assert_eq!(signal["outcome"], "storm_aggregated", "{}", a.body);
+        assert_eq!(signal["resource"], storm, "{}", a.body);
+    }
+    let all = s.wait_resources("the storm counting six alerts", |r| {
+        r.iter().any(|x| x["spec"]["storm"]["alertCount"] == 6)
+    });
+    assert_eq!(all.len(), 3);
+}
+
+#[test]
 fn a_failed_lookup_gives_back_the_claims_the_request_took() {
     use signalgate_model::signal::fingerprint;
     use signalgate_model::SignalType;

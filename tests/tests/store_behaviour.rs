@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use signalgate_sidecar::store::memory::MemoryStore;
 use signalgate_sidecar::store::redis::RedisStore;
 use signalgate_sidecar::store::{
-    Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Store, StoreError, Write,
-    WARM_MARKER_TTL,
+    Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
+    StormSnapshot, Write, WARM_MARKER_TTL,
 };
 use signalgate_tests::redis::{parse_info, RedisCluster, RedisServer};
 
@@ -382,6 +382,7 @@ behaviour!(
     new_fingerprints_are_looked_up_while_the_namespace_is_cold,
     repeats_within_one_decide_count_in_order,
     a_resource_deleted_from_the_sink_is_forgotten,
+    a_running_storm_found_in_the_sink_is_adopted,
 );
 
 async fn created_then_duplicate(b: Backend) {
@@ -1078,6 +1079,76 @@ async fn a_resource_deleted_from_the_sink_is_forgotten(b: Backend) {
     assert_eq!(f.snapshot(&ds[1].key).await, None);
     let member = f.one(&claim(&ns, "c")).await;
     assert_ne!(member.outcome, Outcome::Duplicate, "{member:?}");
+}
+
+/// The host clock (the store's clock is the Redis server's, on this host).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
+    let f = b
+        .store(Settings {
+            storm_threshold: 2,
+            storm_window: Duration::from_secs(60),
+            ..settings()
+        })
+        .await;
+    let now = wall_ms();
+    let found = |name: &str, started_ms: i64, last_ms: i64| Snapshot {
+        resource: name.to_string(),
+        first_seen_ms: started_ms,
+        last_seen_ms: last_ms,
+        occurrence_count: 50,
+        storm: Some(StormSnapshot {
+            alert_count: 40,
+            affected: vec!["Pod/a".into(), "Pod/b".into()],
+            affected_overflow: 3,
+            started_ms,
+        }),
+    };
+    let adopt = |ns: &str, existing: Snapshot| {
+        let store = f.store.clone();
+        let key = ClaimKey::Storm {
+            namespace: ns.to_string(),
+            name: existing.resource.clone(),
+        };
+        async move { store.adopt(&key, &existing).await.expect("adopt") }
+    };
+
+    // A storm that ended (its last sighting a window ago) is not adopted.
+    let ns = namespace("adopt-storm");
+    let ended = found("storm-0123456789ab-old", now - 120_000, now - 61_000);
+    assert_eq!(adopt(&ns, ended).await, None);
+    // A running one is; new signals then join it, counted on from its counters.
+    let name = "storm-0123456789ab-run";
+    let running = found(name, now - 10_000, now - 1_000);
+    assert!(adopt(&ns, running.clone()).await.is_some());
+    let ds = f
+        .decide(&[claim_on(&ns, "x", "Pod/b"), claim_on(&ns, "y", "Pod/c")])
+        .await;
+    for d in &ds {
+        assert_eq!(
+            (d.outcome, d.write),
+            (Outcome::StormAggregated, Write::Update),
+            "{d:?}"
+        );
+        assert_eq!(d.snapshot.resource, name);
+    }
+    let snap = f.snapshot(&ds[1].key).await.expect("storm snapshot");
+    assert_eq!(snap.occurrence_count, 52);
+    assert_eq!(snap.first_seen_ms, now - 10_000);
+    let storm = snap.storm.expect("storm counters");
+    assert_eq!(storm.alert_count, 42);
+    assert_eq!(storm.affected, vec!["Pod/a", "Pod/b", "Pod/c"]);
+    assert_eq!(storm.affected_overflow, 3);
+    // While it runs, another storm resource found in the sink is not adopted,
+    // nor is the same one again.
+    let other = found("storm-0123456789ab-two", now - 5_000, now - 500);
+    assert_eq!(adopt(&ns, other).await, None);
+    assert_eq!(adopt(&ns, running).await, None);
 }
 
 async fn storm_claims_follow_the_protocol(b: Backend) {

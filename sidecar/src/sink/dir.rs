@@ -4,14 +4,20 @@
 //! so a reader never sees half an object. Next to them,
 //! `<namespace>/.by-fingerprint/<fingerprint>` is a symbolic link to the
 //! latest resource of each incident, so finding one is a single lookup
-//! (`kubectl apply -f <dir>/<namespace>` skips the hidden directory).
+//! (`kubectl apply -f <dir>/<namespace>` skips the hidden directory), and
+//! `<namespace>/.by-fingerprint/storm` to the namespace's latest storm.
 
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{most_recent, Created, Found, Location, Sink, SinkError};
+use super::{
+    most_recent, most_recent_storm, Created, Found, FoundStorm, Location, Sink, SinkError,
+};
 use crate::resource::{Progress, RemediationRequest};
+
+/// The link (beside the fingerprints' links) to the namespace's latest storm resource.
+const STORM_LINK: &str = "storm";
 
 pub struct DirSink {
     root: PathBuf,
@@ -106,6 +112,9 @@ impl DirSink {
         // left the file without its link, which lookups need.
         self.link(&namespace, &rr.spec.signal_fingerprint, &name)
             .map_err(io_error)?;
+        if rr.spec.storm.is_some() {
+            self.link(&namespace, STORM_LINK, &name).map_err(io_error)?;
+        }
         Ok(Created {
             location: Location { namespace, name },
             existed,
@@ -175,6 +184,25 @@ impl Sink for DirSink {
                     Ok(most_recent(&candidate, fingerprint, seen_since_ms))
                 })
                 .collect()
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    async fn find_recent_storm(
+        &self,
+        namespace: &str,
+        seen_since_ms: i64,
+    ) -> Result<Option<FoundStorm>, SinkError> {
+        let link = self.link_of(namespace, STORM_LINK);
+        tokio::task::spawn_blocking(move || {
+            let bytes = match std::fs::read(&link) {
+                Ok(b) => b,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_error(e)),
+            };
+            let candidate = serde_json::from_slice::<RemediationRequest>(&bytes).ok();
+            Ok(most_recent_storm(&candidate, seen_since_ms))
         })
         .await
         .map_err(join_error)?

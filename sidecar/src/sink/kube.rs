@@ -14,8 +14,12 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 
-use super::{most_recent, Created, Found, Location, Sink, SinkError};
-use crate::resource::{Progress, RemediationRequest, LABEL_FINGERPRINT, LABEL_ORIGINAL_NAMESPACE};
+use super::{
+    most_recent, most_recent_storm, Created, Found, FoundStorm, Location, Sink, SinkError,
+};
+use crate::resource::{
+    Progress, RemediationRequest, LABEL_FINGERPRINT, LABEL_ORIGINAL_NAMESPACE, LABEL_STORM,
+};
 
 /// The field manager signalgate writes as.
 pub const FIELD_MANAGER: &str = "signalgate";
@@ -40,6 +44,40 @@ enum Attempt<T> {
 }
 
 impl KubeSink {
+    /// The resources matching `selector` that belong to `namespace`: in it,
+    /// and moved from it to the fallback namespace. Served from the API
+    /// server's watch cache (resourceVersion 0): what lookups look for was
+    /// written long before the store lost it.
+    async fn list_places(
+        &self,
+        namespace: &str,
+        selector: &str,
+    ) -> Result<Vec<RemediationRequest>, SinkError> {
+        let mut places = vec![(namespace.to_string(), selector.to_string())];
+        if namespace != self.fallback_namespace {
+            places.push((
+                self.fallback_namespace.clone(),
+                format!("{selector},{LABEL_ORIGINAL_NAMESPACE}={namespace}"),
+            ));
+        }
+        let mut found = Vec::new();
+        for (ns, selector) in places {
+            let params = ListParams::default().labels(&selector).match_any();
+            let list = with_retries(Some(UPDATE_RETRY_FOR), || {
+                let (api, params, ns) = (self.api(&ns), &params, &ns);
+                async move {
+                    match api.list(params).await {
+                        Ok(list) => Attempt::Done(list.items),
+                        Err(e) => classify(e, &format!("list {ns}")),
+                    }
+                }
+            })
+            .await?;
+            found.extend(list);
+        }
+        Ok(found)
+    }
+
     /// In-cluster configuration, else `KUBECONFIG` / `~/.kube/config`.
     pub async fn connect(fallback_namespace: &str) -> Result<KubeSink, SinkError> {
         let client = Client::try_default()
@@ -163,35 +201,24 @@ impl Sink for KubeSink {
         // One LIST per place for up to FINGERPRINTS_PER_LIST fingerprints.
         for chunk in fingerprints.chunks(FINGERPRINTS_PER_LIST) {
             let values: Vec<&str> = chunk.iter().map(|fp| fp.get(..63).unwrap_or(fp)).collect();
-            let label = format!("{LABEL_FINGERPRINT} in ({})", values.join(","));
-            let mut places = vec![(namespace.to_string(), label.clone())];
-            if namespace != self.fallback_namespace {
-                places.push((
-                    self.fallback_namespace.clone(),
-                    format!("{label},{LABEL_ORIGINAL_NAMESPACE}={namespace}"),
-                ));
-            }
-            for (ns, selector) in places {
-                // Served from the API server's watch cache (resourceVersion 0):
-                // what we look for was written long before any data loss.
-                let params = ListParams::default().labels(&selector).match_any();
-                let list = with_retries(Some(UPDATE_RETRY_FOR), || {
-                    let (api, params, ns) = (self.api(&ns), &params, &ns);
-                    async move {
-                        match api.list(params).await {
-                            Ok(list) => Attempt::Done(list.items),
-                            Err(e) => classify(e, &format!("list {ns}")),
-                        }
-                    }
-                })
-                .await?;
-                candidates.extend(list);
-            }
+            let selector = format!("{LABEL_FINGERPRINT} in ({})", values.join(","));
+            candidates.extend(self.list_places(namespace, &selector).await?);
         }
         Ok(fingerprints
             .iter()
             .map(|fp| most_recent(&candidates, fp, seen_since_ms))
             .collect())
+    }
+
+    async fn find_recent_storm(
+        &self,
+        namespace: &str,
+        seen_since_ms: i64,
+    ) -> Result<Option<FoundStorm>, SinkError> {
+        let storms = self
+            .list_places(namespace, &format!("{LABEL_STORM}=true"))
+            .await?;
+        Ok(most_recent_storm(&storms, seen_since_ms))
     }
 
     async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {

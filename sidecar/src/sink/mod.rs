@@ -53,6 +53,52 @@ pub struct Found {
     pub occurrence_count: u64,
 }
 
+/// A storm resource found in the sink, with its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundStorm {
+    pub location: Location,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub occurrence_count: u64,
+    pub alert_count: u64,
+    pub affected: Vec<String>,
+    pub affected_overflow: u64,
+    pub started_ms: i64,
+}
+
+fn unix_millis(t: &str) -> Option<i64> {
+    rfc3339::parse(t).map(|t| t.unix_seconds * 1000 + i64::from(t.nanos / 1_000_000))
+}
+
+/// Of `candidates`, the storm resource seen most recently, if that was at
+/// or after `seen_since_ms`.
+pub fn most_recent_storm<'a>(
+    candidates: impl IntoIterator<Item = &'a RemediationRequest>,
+    seen_since_ms: i64,
+) -> Option<FoundStorm> {
+    candidates
+        .into_iter()
+        .filter_map(|rr| {
+            let d = &rr.spec.deduplication;
+            let storm = rr.spec.storm.as_ref()?;
+            Some(FoundStorm {
+                first_seen_ms: unix_millis(&d.first_seen)?,
+                last_seen_ms: unix_millis(&d.last_seen)?,
+                occurrence_count: d.occurrence_count,
+                alert_count: storm.alert_count,
+                affected: storm.affected_resources.clone(),
+                affected_overflow: storm.affected_resources_overflow,
+                started_ms: unix_millis(&storm.started_at)?,
+                location: Location {
+                    namespace: rr.metadata.namespace.clone()?,
+                    name: rr.metadata.name.clone()?,
+                },
+            })
+        })
+        .filter(|f| f.last_seen_ms >= seen_since_ms)
+        .max_by_key(|f| f.last_seen_ms)
+}
+
 /// Of `candidates`, the resource of incident `fingerprint` seen most
 /// recently, if that was at or after `seen_since_ms`.
 pub fn most_recent<'a>(
@@ -60,8 +106,7 @@ pub fn most_recent<'a>(
     fingerprint: &str,
     seen_since_ms: i64,
 ) -> Option<Found> {
-    let millis =
-        |t: &str| rfc3339::parse(t).map(|t| t.unix_seconds * 1000 + i64::from(t.nanos / 1_000_000));
+    let millis = unix_millis;
     candidates
         .into_iter()
         .filter(|rr| rr.spec.signal_fingerprint == fingerprint)
@@ -95,6 +140,16 @@ pub trait Sink: Send + Sync {
         fingerprints: &[String],
         seen_since_ms: i64,
     ) -> Result<Vec<Option<Found>>, SinkError>;
+    /// The storm resource of `namespace` (in it, or moved from it to the
+    /// fallback namespace) last seen most recently, if at or after
+    /// `seen_since_ms`: asked when lookups in a cold namespace found nothing
+    /// for some new signals, so that they join a storm the store lost
+    /// rather than start another.
+    async fn find_recent_storm(
+        &self,
+        namespace: &str,
+        seen_since_ms: i64,
+    ) -> Result<Option<FoundStorm>, SinkError>;
     /// Creates the resource. Idempotent: if a resource of that name already
     /// exists (a retried create), that is success, and it is left as it is.
     async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError>;

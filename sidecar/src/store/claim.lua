@@ -4,13 +4,18 @@
 -- A storm claim:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a, KEYS[3] sg:{ns}:x.
 -- ARGV: 1 op ('commit', 'release', 'poll', 'adopt', 'forget'), 2 kind ('f'
 --       or 's'), 3 storm resource name (storm claims), 4 claim lease ms, 5
---       dedup ttl ms; adopt (fingerprint claims only): 6 resource name, 7
---       first seen ms, 8 occurrence count of the existing resource; forget:
---       6 the resource name the sink no longer has
+--       dedup ttl ms; adopt of a fingerprint: 6 resource name, 7 first seen
+--       ms, 8 occurrence count of the existing resource; adopt of a storm:
+--       6 started ms, 7 last seen ms, 8 occurrence count, 9 alert count, 10
+--       affected overflow, 11 storm window ms, 12 storm max duration ms,
+--       13... its affected values; forget: 6 the resource name the sink no
+--       longer has
 -- Reply: commit and release: 1 done, 0 the claim is gone.
 --        forget: 1 forgotten, 0 left (gone, pending, or another resource).
 --        adopt: { name, first seen ms, last seen ms, count }, or 0 if the
---        fingerprint has joined a storm meanwhile.
+--        fingerprint has joined a storm meanwhile; of a storm: 1 adopted,
+--        0 not (the namespace has a running storm, the store knows this
+--        one, or it has ended).
 --        poll: 0 gone, 1 committed, 2 pending (live lease), 3 owned (the lease
 --        had expired: the caller now holds a fresh one).
 
@@ -28,10 +33,42 @@ local H, prefix, exists = KEYS[1], '', 'r'
 -- the fingerprint's committed resource, counting this signal; or, if the
 -- fingerprint is known by now (another request adopted or created it
 -- first), count the signal in what the store holds.
-if op == 'adopt' then
-  if kind ~= 'f' then
+-- adopt of a storm: a lookup found the namespace's running storm resource
+-- in the sink (the store lost it). It becomes the running storm again, so
+-- new signals join it rather than start another, unless the store has a
+-- running storm of its own.
+if op == 'adopt' and kind == 's' then
+  local S, A, X = KEYS[1], KEYS[2], KEYS[3]
+  local cur = redis.call('HGET', S, 'cur')
+  if cur then
+    local until_ms = tonumber(redis.call('ZSCORE', X, cur))
+    local st = until_ms and until_ms > now and storm_load(S, cur)
+    if st and st.e > now then
+      return 0
+    end
+  end
+  if redis.call('HEXISTS', S, name .. '|f') == 1 then
     return 0
   end
+  local f, l = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local e = math.min(l + tonumber(ARGV[11]), f + tonumber(ARGV[12]))
+  if e <= now then
+    return 0
+  end
+  local k = 0
+  for i = 13, #ARGV do
+    if redis.call('ZADD', A, 'NX', 0, name .. '|' .. ARGV[i]) == 1 then
+      k = k + 1
+    end
+  end
+  redis.call('HSET', S, name .. '|f', int(f), name .. '|l', int(l), name .. '|c', ARGV[8],
+    name .. '|n', ARGV[9], name .. '|e', int(e), name .. '|p', 0, name .. '|u', 0,
+    name .. '|o', ARGV[10], name .. '|k', k, 'cur', name)
+  storm_keep(S, A, X, { { name, math.max(now + dedup, e) } }, now)
+  return 1
+end
+
+if op == 'adopt' then
   local known = redis.call('HMGET', H, 'r', 'f', 's')
   if known[3] then
     return 0

@@ -442,6 +442,59 @@ impl State {
         }
     }
 
+    /// [`Store::adopt`] of a storm: `existing` becomes the namespace's
+    /// running storm unless one runs, the store knows it, or it has ended.
+    fn adopt_storm(
+        &mut self,
+        namespace: &str,
+        existing: &Snapshot,
+        p: &Params,
+        now: i64,
+    ) -> Option<Snapshot> {
+        let found = existing.storm.as_ref()?;
+        let name = existing.resource.as_str();
+        let current = self
+            .namespaces
+            .get(namespace)
+            .and_then(|ns| ns.current.clone());
+        if let Some(cur) = current {
+            if self
+                .storm(namespace, &cur, now)
+                .is_some_and(|st| st.ends_ms > now)
+            {
+                return None;
+            }
+        }
+        if self.storm(namespace, name, now).is_some() {
+            return None;
+        }
+        let ends_ms = (existing.last_seen_ms + p.window).min(found.started_ms + p.max_duration);
+        if ends_ms <= now {
+            return None;
+        }
+        let storm = Storm {
+            started_ms: found.started_ms,
+            last_ms: existing.last_seen_ms,
+            count: existing.occurrence_count,
+            alerts: found.alert_count,
+            ends_ms,
+            pending: false,
+            lease_until_ms: 0,
+            overflow: found.affected_overflow,
+            affected: found
+                .affected
+                .iter()
+                .take(p.max_affected)
+                .cloned()
+                .collect(),
+            keep_until_ms: (now + p.dedup).max(ends_ms),
+        };
+        let ns = self.namespaces.entry(namespace.to_string()).or_default();
+        ns.storms.insert(name.to_string(), storm);
+        ns.current = Some(name.to_string());
+        Some(existing.clone())
+    }
+
     fn join_storm(&mut self, key: (String, String), name: &str, expires_ms: i64) {
         self.fingerprints.insert(
             key,
@@ -573,7 +626,7 @@ impl Store for MemoryStore {
             fingerprint,
         } = key
         else {
-            return Ok(None);
+            return Ok(state.adopt_storm(key.namespace(), existing, &p, now));
         };
         let k = (namespace.clone(), fingerprint.clone());
         if let Some(entry) = state.fingerprint(&k, now) {

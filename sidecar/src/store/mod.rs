@@ -243,7 +243,16 @@ pub trait Store: Send + Sync {
     /// committed resource and counts this signal in it. If the fingerprint
     /// is known by now (another request adopted or created it first), the
     /// signal is counted as a duplicate of what the store holds. Returns the
-    /// counters now held (`None` for a storm key: storms are not adopted).
+    /// counters now held (`None` if the fingerprint joined a storm).
+    ///
+    /// For a storm key (`existing` with its storm counters): lookups in a
+    /// cold namespace found no resource of their own but the namespace's
+    /// storm resource, still running (its last sighting plus the storm
+    /// window, within its maximum duration, is ahead). Records it, with its
+    /// counters and affected list, as the namespace's running storm, so the
+    /// new signals join it instead of starting another. Does nothing (`None`)
+    /// if the store has a running storm, knows this one, or it has ended;
+    /// `Some(existing)` if adopted.
     async fn adopt(
         &self,
         key: &ClaimKey,

@@ -761,6 +761,37 @@ impl Core {
         existing: &Snapshot,
     ) -> Result<Option<Snapshot>, StoreError> {
         let mut call = self.claim_call("adopt", key);
+        if key.is_storm() {
+            let Some(storm) = &existing.storm else {
+                return Ok(None);
+            };
+            let s = &self.settings;
+            let numbers = [
+                storm.started_ms,
+                existing.last_seen_ms,
+                i64::try_from(existing.occurrence_count).unwrap_or(i64::MAX),
+                i64::try_from(storm.alert_count).unwrap_or(i64::MAX),
+                i64::try_from(storm.affected_overflow).unwrap_or(i64::MAX),
+                ms(s.storm_window),
+                ms(s.storm_max_duration),
+            ];
+            call.args
+                .extend(numbers.iter().map(|n| n.to_string().into_bytes()));
+            call.args.extend(
+                storm
+                    .affected
+                    .iter()
+                    .take(s.storm_max_affected as usize)
+                    .map(|a| a.as_bytes().to_vec()),
+            );
+            return self
+                .claim_script(call, |reply| match int(reply) {
+                    Some(1) => Some(Some(existing.clone())),
+                    Some(0) => Some(None),
+                    _ => None,
+                })
+                .await;
+        }
         call.args.push(existing.resource.as_bytes().to_vec());
         call.args
             .push(existing.first_seen_ms.to_string().into_bytes());
