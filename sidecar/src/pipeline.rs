@@ -485,7 +485,7 @@ impl Pipeline {
             };
         }
         if !again.is_empty() {
-            self.adopt_running_storms(claims, &again, since, deadline)
+            self.adopt_running_storms(claims, &again, received_ms, deadline)
                 .await?;
             if Instant::now() >= deadline {
                 return Err(past_deadline());
@@ -515,9 +515,10 @@ impl Pipeline {
         &self,
         claims: &[Claim],
         again: &[usize],
-        since: i64,
+        received_ms: i64,
         deadline: Instant,
     ) -> Result<(), Failure> {
+        use futures::StreamExt;
         let mut namespaces: Vec<&str> = again
             .iter()
             .map(|&j| claims[j].namespace.as_str())
@@ -525,11 +526,13 @@ impl Pipeline {
         namespaces.sort_unstable();
         namespaces.dedup();
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let finds = futures::future::join_all(
-            namespaces
-                .iter()
-                .map(|ns| self.sink.find_recent_storm(ns, since)),
-        );
+        let finds: Vec<_> = namespaces
+            .iter()
+            .map(|ns| async move { self.sink.find_recent_storm(ns, received_ms).await })
+            .collect();
+        let finds = futures::stream::iter(finds)
+            .buffered(LOOKUPS_AT_ONCE)
+            .collect::<Vec<_>>();
         let found =
             tokio::time::timeout(remaining, finds)
                 .await
@@ -538,7 +541,16 @@ impl Pipeline {
                     retry_after: Duration::from_secs(1),
                 })?;
         for (ns, found) in namespaces.iter().zip(found) {
-            let Some(storm) = found? else {
+            // Only this namespace's own storms (their names say whose), and
+            // only with their end written down (older resources lack it).
+            let Some(storm) = found?.filter(|s| {
+                s.location
+                    .name
+                    .starts_with(&crate::store::memory::storm_prefix(ns))
+            }) else {
+                continue;
+            };
+            let Some(ends_ms) = storm.ends_ms else {
                 continue;
             };
             let key = ClaimKey::Storm {
@@ -555,6 +567,7 @@ impl Pipeline {
                     affected: storm.affected,
                     affected_overflow: storm.affected_overflow,
                     started_ms: storm.started_ms,
+                    ends_ms,
                 }),
             };
             if self

@@ -102,6 +102,10 @@ pub struct Storm {
     #[serde(default)]
     pub affected_resources_overflow: u64,
     pub started_at: String,
+    /// Until when the storm takes new signals: each new signal moves it on
+    /// by the storm window, up to the storm's maximum duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<String>,
 }
 
 /// Written by the remediation controller, never by signalgate.
@@ -134,6 +138,7 @@ impl Progress {
                 affected_resources: st.affected.clone(),
                 affected_resources_overflow: st.affected_overflow,
                 started_at: format_unix_millis(st.started_ms),
+                ends_at: (st.ends_ms > 0).then(|| format_unix_millis(st.ends_ms)),
             }),
         }
     }

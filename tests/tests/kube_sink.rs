@@ -617,7 +617,7 @@ fn a_storm_running_when_the_store_lost_its_data_is_found_and_goes_on() {
         "sidecar",
         &[
             ("SIGNALGATE_STORM_THRESHOLD", "2"),
-            ("SIGNALGATE_STORM_WINDOW", "30s"),
+            ("SIGNALGATE_STORM_WINDOW", "2m"),
         ],
     );
     let alerts = |pods: std::ops::Range<u32>| {

@@ -620,7 +620,7 @@ fn live_incidents_re_sent_after_a_restart_are_adopted_not_taken_for_a_storm() {
 fn a_storm_running_when_the_store_lost_its_data_goes_on_in_the_same_resource() {
     let mut s = Sidecar::start(&[
         ("SIGNALGATE_STORM_THRESHOLD", "2"),
-        ("SIGNALGATE_STORM_WINDOW", "30s"),
+        ("SIGNALGATE_STORM_WINDOW", "2m"),
     ]);
     let alerts = |pods: std::ops::Range<u32>| {
         webhook(

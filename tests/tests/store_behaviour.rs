@@ -1089,24 +1089,26 @@ fn wall_ms() -> i64 {
 }
 
 async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
+    let window = Duration::from_millis(300);
     let f = b
         .store(Settings {
             storm_threshold: 2,
-            storm_window: Duration::from_secs(60),
+            storm_window: window,
             ..settings()
         })
         .await;
     let now = wall_ms();
-    let found = |name: &str, started_ms: i64, last_ms: i64| Snapshot {
+    let found = |name: &str, started_ms: i64, ends_ms: i64| Snapshot {
         resource: name.to_string(),
         first_seen_ms: started_ms,
-        last_seen_ms: last_ms,
+        last_seen_ms: now - 100,
         occurrence_count: 50,
         storm: Some(StormSnapshot {
             alert_count: 40,
             affected: vec!["Pod/a".into(), "Pod/b".into()],
             affected_overflow: 3,
             started_ms,
+            ends_ms,
         }),
     };
     let adopt = |ns: &str, existing: Snapshot| {
@@ -1118,13 +1120,14 @@ async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
         async move { store.adopt(&key, &existing).await.expect("adopt") }
     };
 
-    // A storm that ended (its last sighting a window ago) is not adopted.
+    // A storm past its end is not adopted, however recently it was seen
+    // (its members' repeats do not extend it).
     let ns = namespace("adopt-storm");
-    let ended = found("storm-0123456789ab-old", now - 120_000, now - 61_000);
+    let ended = found("storm-0123456789ab-old", now - 120_000, now - 1_000);
     assert_eq!(adopt(&ns, ended).await, None);
     // A running one is; new signals then join it, counted on from its counters.
     let name = "storm-0123456789ab-run";
-    let running = found(name, now - 10_000, now - 1_000);
+    let running = found(name, now - 10_000, now + 60_000);
     assert!(adopt(&ns, running.clone()).await.is_some());
     let ds = f
         .decide(&[claim_on(&ns, "x", "Pod/b"), claim_on(&ns, "y", "Pod/c")])
@@ -1144,11 +1147,32 @@ async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
     assert_eq!(storm.alert_count, 42);
     assert_eq!(storm.affected, vec!["Pod/a", "Pod/b", "Pod/c"]);
     assert_eq!(storm.affected_overflow, 3);
-    // While it runs, another storm resource found in the sink is not adopted,
-    // nor is the same one again.
-    let other = found("storm-0123456789ab-two", now - 5_000, now - 500);
+    assert_eq!(storm.ends_ms, now + 60_000);
+    // While it runs, another storm resource found in the sink is not adopted.
+    let other = found("storm-0123456789ab-two", now - 5_000, now + 60_000);
     assert_eq!(adopt(&ns, other).await, None);
-    assert_eq!(adopt(&ns, running).await, None);
+
+    // A storm the store holds in an older state (restored from a snapshot:
+    // ended for the store, running in the sink) is merged, not refused.
+    let ns = namespace("adopt-stale");
+    let ds = f
+        .decide(&[claim(&ns, "a"), claim(&ns, "b"), claim(&ns, "c")])
+        .await;
+    let stale = assert_storm(&ds[2], Outcome::StormStarted, Write::Create);
+    f.commit(&ds[2].key).await;
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
+    let now = wall_ms();
+    let mut newer = found(&stale, now - 5_000, now + 60_000);
+    newer.last_seen_ms = now;
+    assert!(adopt(&ns, newer).await.is_some());
+    let d = f.one(&claim_on(&ns, "d", "Pod/d")).await;
+    assert_eq!(
+        (d.outcome, d.write),
+        (Outcome::StormAggregated, Write::Update),
+        "{d:?}"
+    );
+    assert_eq!(d.snapshot.resource, stale);
+    assert_eq!(d.snapshot.storm.map(|s| s.alert_count), Some(41));
 }
 
 async fn storm_claims_follow_the_protocol(b: Backend) {

@@ -112,7 +112,10 @@ impl DirSink {
         // left the file without its link, which lookups need.
         self.link(&namespace, &rr.spec.signal_fingerprint, &name)
             .map_err(io_error)?;
-        if rr.spec.storm.is_some() {
+        // The namespace's latest storm: a retried create of an older one
+        // (it existed) must not move the link back; it only restores a
+        // missing link.
+        if rr.spec.storm.is_some() && (!existed || !self.link_of(&namespace, STORM_LINK).exists()) {
             self.link(&namespace, STORM_LINK, &name).map_err(io_error)?;
         }
         Ok(Created {
@@ -192,7 +195,7 @@ impl Sink for DirSink {
     async fn find_recent_storm(
         &self,
         namespace: &str,
-        seen_since_ms: i64,
+        running_at_ms: i64,
     ) -> Result<Option<FoundStorm>, SinkError> {
         let link = self.link_of(namespace, STORM_LINK);
         tokio::task::spawn_blocking(move || {
@@ -202,7 +205,7 @@ impl Sink for DirSink {
                 Err(e) => return Err(io_error(e)),
             };
             let candidate = serde_json::from_slice::<RemediationRequest>(&bytes).ok();
-            Ok(most_recent_storm(&candidate, seen_since_ms))
+            Ok(most_recent_storm(&candidate, running_at_ms))
         })
         .await
         .map_err(join_error)?

@@ -46,20 +46,29 @@ enum Attempt<T> {
 impl KubeSink {
     /// The resources matching `selector` that belong to `namespace`: in it,
     /// and moved from it to the fallback namespace. Served from the API
-    /// server's watch cache (resourceVersion 0): what lookups look for was
-    /// written long before the store lost it.
+    /// server's watch cache (resourceVersion 0), which may lag a write by a
+    /// moment: what lookups look for was mostly written well before the
+    /// store lost it.
     async fn list_places(
         &self,
         namespace: &str,
         selector: &str,
     ) -> Result<Vec<RemediationRequest>, SinkError> {
-        let mut places = vec![(namespace.to_string(), selector.to_string())];
-        if namespace != self.fallback_namespace {
-            places.push((
-                self.fallback_namespace.clone(),
-                format!("{selector},{LABEL_ORIGINAL_NAMESPACE}={namespace}"),
-            ));
-        }
+        let places = if namespace == self.fallback_namespace {
+            // Not the ones moved here from other namespaces.
+            vec![(
+                namespace.to_string(),
+                format!("{selector},!{LABEL_ORIGINAL_NAMESPACE}"),
+            )]
+        } else {
+            vec![
+                (namespace.to_string(), selector.to_string()),
+                (
+                    self.fallback_namespace.clone(),
+                    format!("{selector},{LABEL_ORIGINAL_NAMESPACE}={namespace}"),
+                ),
+            ]
+        };
         let mut found = Vec::new();
         for (ns, selector) in places {
             let params = ListParams::default().labels(&selector).match_any();
@@ -213,12 +222,12 @@ impl Sink for KubeSink {
     async fn find_recent_storm(
         &self,
         namespace: &str,
-        seen_since_ms: i64,
+        running_at_ms: i64,
     ) -> Result<Option<FoundStorm>, SinkError> {
         let storms = self
             .list_places(namespace, &format!("{LABEL_STORM}=true"))
             .await?;
-        Ok(most_recent_storm(&storms, seen_since_ms))
+        Ok(most_recent_storm(&storms, running_at_ms))
     }
 
     async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {

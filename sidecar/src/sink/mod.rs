@@ -64,17 +64,20 @@ pub struct FoundStorm {
     pub affected: Vec<String>,
     pub affected_overflow: u64,
     pub started_ms: i64,
+    /// `spec.storm.endsAt` (absent on resources written before it existed).
+    pub ends_ms: Option<i64>,
 }
 
 fn unix_millis(t: &str) -> Option<i64> {
     rfc3339::parse(t).map(|t| t.unix_seconds * 1000 + i64::from(t.nanos / 1_000_000))
 }
 
-/// Of `candidates`, the storm resource seen most recently, if that was at
-/// or after `seen_since_ms`.
+/// Of `candidates`, the storm resource started last (a namespace runs one
+/// storm at a time: the latest is the only one that may still run), if it
+/// takes new signals until at or after `running_at_ms`.
 pub fn most_recent_storm<'a>(
     candidates: impl IntoIterator<Item = &'a RemediationRequest>,
-    seen_since_ms: i64,
+    running_at_ms: i64,
 ) -> Option<FoundStorm> {
     candidates
         .into_iter()
@@ -89,14 +92,15 @@ pub fn most_recent_storm<'a>(
                 affected: storm.affected_resources.clone(),
                 affected_overflow: storm.affected_resources_overflow,
                 started_ms: unix_millis(&storm.started_at)?,
+                ends_ms: storm.ends_at.as_deref().and_then(unix_millis),
                 location: Location {
                     namespace: rr.metadata.namespace.clone()?,
                     name: rr.metadata.name.clone()?,
                 },
             })
         })
-        .filter(|f| f.last_seen_ms >= seen_since_ms)
-        .max_by_key(|f| f.last_seen_ms)
+        .max_by_key(|f| f.started_ms)
+        .filter(|f| f.ends_ms.is_some_and(|e| e >= running_at_ms))
 }
 
 /// Of `candidates`, the resource of incident `fingerprint` seen most
@@ -141,14 +145,14 @@ pub trait Sink: Send + Sync {
         seen_since_ms: i64,
     ) -> Result<Vec<Option<Found>>, SinkError>;
     /// The storm resource of `namespace` (in it, or moved from it to the
-    /// fallback namespace) last seen most recently, if at or after
-    /// `seen_since_ms`: asked when lookups in a cold namespace found nothing
-    /// for some new signals, so that they join a storm the store lost
-    /// rather than start another.
+    /// fallback namespace) started last, if it takes new signals until at
+    /// or after `running_at_ms` (`spec.storm.endsAt`): asked when lookups in
+    /// a cold namespace found nothing for some new signals, so that they
+    /// join a storm the store lost rather than start another.
     async fn find_recent_storm(
         &self,
         namespace: &str,
-        seen_since_ms: i64,
+        running_at_ms: i64,
     ) -> Result<Option<FoundStorm>, SinkError>;
     /// Creates the resource. Idempotent: if a resource of that name already
     /// exists (a retried create), that is success, and it is left as it is.
@@ -162,4 +166,76 @@ pub trait Sink: Send + Sync {
     ) -> Result<(), SinkError>;
     /// Readiness: writes can succeed.
     async fn ready(&self) -> Result<(), SinkError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::Storm;
+
+    fn storm(name: &str, started: &str, last: &str, ends: Option<&str>) -> RemediationRequest {
+        let mut rr: RemediationRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "signalgate.io/v1alpha1",
+            "kind": "RemediationRequest",
+            "metadata": { "name": name, "namespace": "shop" },
+            "spec": {
+                "signalFingerprint": "f", "signalName": "SignalStorm", "signalType": "prometheus",
+                "severity": "warning",
+                "targetResource": { "kind": "Namespace", "name": "shop" },
+                "source": "s", "firingTime": started, "receivedTime": started,
+                "deduplication": { "firstSeen": started, "lastSeen": last, "occurrenceCount": 5 }
+            }
+        }))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        rr.spec.storm = Some(Storm {
+            alert_count: 3,
+            affected_resources: vec!["Pod/a".into()],
+            affected_resources_overflow: 0,
+            started_at: started.into(),
+            ends_at: ends.map(Into::into),
+        });
+        rr
+    }
+
+    fn ms(t: &str) -> i64 {
+        unix_millis(t).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_latest_started_storm_is_found_if_it_still_runs() {
+        // An older storm whose members kept repeating was seen last; the
+        // one started later is the namespace's latest.
+        let old = storm(
+            "storm-a-1",
+            "2026-11-27T10:00:00Z",
+            "2026-11-27T10:09:00Z",
+            Some("2026-11-27T10:05:00Z"),
+        );
+        let new = storm(
+            "storm-a-2",
+            "2026-11-27T10:06:00Z",
+            "2026-11-27T10:07:00Z",
+            Some("2026-11-27T10:08:00Z"),
+        );
+        let both = [old.clone(), new];
+        let found = most_recent_storm(&both, ms("2026-11-27T10:07:30Z"));
+        assert_eq!(
+            found.map(|f| f.location.name),
+            Some("storm-a-2".to_string())
+        );
+        // Past its end: not running, however recently it was seen.
+        assert_eq!(most_recent_storm(&both, ms("2026-11-27T10:08:01Z")), None);
+        // Without an end written down (an older resource): not adopted.
+        let unknown = [storm(
+            "storm-a-3",
+            "2026-11-27T10:06:00Z",
+            "2026-11-27T10:07:00Z",
+            None,
+        )];
+        assert_eq!(
+            most_recent_storm(&unknown, ms("2026-11-27T10:06:30Z")),
+            None
+        );
+        assert!(most_recent_storm([&old], ms("2026-11-27T10:04:00Z")).is_some());
+    }
 }

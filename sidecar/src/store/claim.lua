@@ -7,15 +7,13 @@
 --       dedup ttl ms; adopt of a fingerprint: 6 resource name, 7 first seen
 --       ms, 8 occurrence count of the existing resource; adopt of a storm:
 --       6 started ms, 7 last seen ms, 8 occurrence count, 9 alert count, 10
---       affected overflow, 11 storm window ms, 12 storm max duration ms,
---       13... its affected values; forget: 6 the resource name the sink no
---       longer has
+--       affected overflow, 11 ends ms, 12 max affected, 13... its affected
+--       values; forget: 6 the resource name the sink no longer has
 -- Reply: commit and release: 1 done, 0 the claim is gone.
 --        forget: 1 forgotten, 0 left (gone, pending, or another resource).
 --        adopt: { name, first seen ms, last seen ms, count }, or 0 if the
 --        fingerprint has joined a storm meanwhile; of a storm: 1 adopted,
---        0 not (the namespace has a running storm, the store knows this
---        one, or it has ended).
+--        0 not (it has ended, or the namespace runs a storm).
 --        poll: 0 gone, 1 committed, 2 pending (live lease), 3 owned (the lease
 --        had expired: the caller now holds a fresh one).
 
@@ -34,11 +32,16 @@ local H, prefix, exists = KEYS[1], '', 'r'
 -- fingerprint is known by now (another request adopted or created it
 -- first), count the signal in what the store holds.
 -- adopt of a storm: a lookup found the namespace's running storm resource
--- in the sink (the store lost it). It becomes the running storm again, so
--- new signals join it rather than start another, unless the store has a
--- running storm of its own.
+-- in the sink (the store lost it, or holds an older state of it). It
+-- becomes the running storm again, so new signals join it rather than start
+-- another, unless the store runs a storm of its own. What the store still
+-- holds of it is merged (each counter and its end: the larger).
 if op == 'adopt' and kind == 's' then
   local S, A, X = KEYS[1], KEYS[2], KEYS[3]
+  local e = tonumber(ARGV[11])
+  if e <= now then
+    return 0
+  end
   local cur = redis.call('HGET', S, 'cur')
   if cur then
     local until_ms = tonumber(redis.call('ZSCORE', X, cur))
@@ -47,24 +50,22 @@ if op == 'adopt' and kind == 's' then
       return 0
     end
   end
-  if redis.call('HEXISTS', S, name .. '|f') == 1 then
-    return 0
-  end
-  local f, l = tonumber(ARGV[6]), tonumber(ARGV[7])
-  local e = math.min(l + tonumber(ARGV[11]), f + tonumber(ARGV[12]))
-  if e <= now then
-    return 0
-  end
-  local k = 0
+  local st = storm_load(S, name) or { f = tonumber(ARGV[6]), l = 0, c = 0, n = 0, o = 0, k = 0, e = 0 }
+  st.l = math.max(st.l, tonumber(ARGV[7]))
+  st.c = math.max(st.c, tonumber(ARGV[8]))
+  st.n = math.max(st.n, tonumber(ARGV[9]))
+  st.o = math.max(st.o, tonumber(ARGV[10]))
+  st.e = math.max(st.e, e)
+  local max_affected = tonumber(ARGV[12])
   for i = 13, #ARGV do
-    if redis.call('ZADD', A, 'NX', 0, name .. '|' .. ARGV[i]) == 1 then
-      k = k + 1
+    if st.k < max_affected and redis.call('ZADD', A, 'NX', 0, name .. '|' .. ARGV[i]) == 1 then
+      st.k = st.k + 1
     end
   end
-  redis.call('HSET', S, name .. '|f', int(f), name .. '|l', int(l), name .. '|c', ARGV[8],
-    name .. '|n', ARGV[9], name .. '|e', int(e), name .. '|p', 0, name .. '|u', 0,
-    name .. '|o', ARGV[10], name .. '|k', k, 'cur', name)
-  storm_keep(S, A, X, { { name, math.max(now + dedup, e) } }, now)
+  redis.call('HSET', S, name .. '|f', int(st.f), name .. '|l', int(st.l), name .. '|c', int(st.c),
+    name .. '|n', int(st.n), name .. '|e', int(st.e), name .. '|p', 0, name .. '|u', 0,
+    name .. '|o', int(st.o), name .. '|k', int(st.k), 'cur', name)
+  storm_keep(S, A, X, { { name, math.max(now + dedup, st.e) } }, now)
   return 1
 end
 

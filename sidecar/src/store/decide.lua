@@ -26,7 +26,7 @@
 --          3 await, 4 lookup: nothing was recorded), kind (0 fingerprint,
 --          1 storm), resource name, first seen ms, last seen ms, occurrence
 --          count, [storm only: alert count, affected overflow, storm started
---          ms] }; a repeat of a fingerprint already answered in full by
+--          ms, storm ends ms] }; a repeat of a fingerprint already answered in full by
 --          this call gets { 2, write, occurrence count, index of that
 --          signal } (the rest is the same: same resource, same instant).
 --          (Tables of numbers rather than one formatted string a signal: Lua
@@ -93,7 +93,7 @@ local function is_cold()
 end
 
 local function storm_reply(outcome, write, st)
-  return { outcome, write, 1, st.name, st.f, st.l, st.c, st.n, st.o, st.f }
+  return { outcome, write, 1, st.name, st.f, st.l, st.c, st.n, st.o, st.f, st.e }
 end
 
 -- Storm records read or started by this call, by name (false: gone). Like

@@ -107,6 +107,7 @@ impl Storm {
                 },
                 affected_overflow: self.overflow,
                 started_ms: self.started_ms,
+                ends_ms: self.ends_ms,
             }),
         }
     }
@@ -443,7 +444,9 @@ impl State {
     }
 
     /// [`Store::adopt`] of a storm: `existing` becomes the namespace's
-    /// running storm unless one runs, the store knows it, or it has ended.
+    /// running storm unless it has ended or another storm runs; what the
+    /// store still holds of it is merged (each counter and its end: the
+    /// larger), as `claim.lua` does.
     fn adopt_storm(
         &mut self,
         namespace: &str,
@@ -453,6 +456,9 @@ impl State {
     ) -> Option<Snapshot> {
         let found = existing.storm.as_ref()?;
         let name = existing.resource.as_str();
+        if found.ends_ms <= now {
+            return None;
+        }
         let current = self
             .namespaces
             .get(namespace)
@@ -465,32 +471,35 @@ impl State {
                 return None;
             }
         }
-        if self.storm(namespace, name, now).is_some() {
-            return None;
-        }
-        let ends_ms = (existing.last_seen_ms + p.window).min(found.started_ms + p.max_duration);
-        if ends_ms <= now {
-            return None;
-        }
-        let storm = Storm {
+        let fresh = || Storm {
             started_ms: found.started_ms,
-            last_ms: existing.last_seen_ms,
-            count: existing.occurrence_count,
-            alerts: found.alert_count,
-            ends_ms,
+            last_ms: 0,
+            count: 0,
+            alerts: 0,
+            ends_ms: 0,
             pending: false,
             lease_until_ms: 0,
-            overflow: found.affected_overflow,
-            affected: found
-                .affected
-                .iter()
-                .take(p.max_affected)
-                .cloned()
-                .collect(),
-            keep_until_ms: (now + p.dedup).max(ends_ms),
+            overflow: 0,
+            affected: BTreeSet::new(),
+            keep_until_ms: 0,
         };
+        self.storm(namespace, name, now);
         let ns = self.namespaces.entry(namespace.to_string()).or_default();
-        ns.storms.insert(name.to_string(), storm);
+        let storm = ns.storms.entry(name.to_string()).or_insert_with(fresh);
+        storm.last_ms = storm.last_ms.max(existing.last_seen_ms);
+        storm.count = storm.count.max(existing.occurrence_count);
+        storm.alerts = storm.alerts.max(found.alert_count);
+        storm.overflow = storm.overflow.max(found.affected_overflow);
+        storm.ends_ms = storm.ends_ms.max(found.ends_ms);
+        storm.pending = false;
+        storm.lease_until_ms = 0;
+        for a in &found.affected {
+            if storm.affected.len() >= p.max_affected {
+                break;
+            }
+            storm.affected.insert(a.clone());
+        }
+        storm.keep_until_ms = storm.keep_until_ms.max(now + p.dedup).max(storm.ends_ms);
         ns.current = Some(name.to_string());
         Some(existing.clone())
     }

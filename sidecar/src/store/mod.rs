@@ -203,6 +203,9 @@ pub struct StormSnapshot {
     /// need memory growing with the storm).
     pub affected_overflow: u64,
     pub started_ms: i64,
+    /// Until when the storm runs (exclusive): each new member moves it on,
+    /// up to the maximum duration; repeats of members do not.
+    pub ends_ms: i64,
 }
 
 /// The state of a claim, as seen by a caller waiting on it.

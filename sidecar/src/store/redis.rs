@@ -636,7 +636,7 @@ fn parse_decision(claim: &Claim, v: &[Value]) -> Option<Decision> {
     };
     let write = write_code(int(v.get(1)?)?)?;
     let storm = int(v.get(2)?)? == 1;
-    if v.len() != if storm { 10 } else { 7 } {
+    if v.len() != if storm { 11 } else { 7 } {
         return None;
     }
     let resource = text(&v[3])?;
@@ -667,16 +667,16 @@ fn parse_snapshot(storm: bool, value: &Value) -> Option<Option<Snapshot>> {
     if v.is_empty() {
         return Some(None);
     }
-    if v.len() < 7 {
+    if v.len() < 8 {
         return None;
     }
-    let affected = v[7..].iter().map(text).collect::<Option<Vec<String>>>()?;
-    snapshot_from(text(&v[0])?, &v[1..7], storm, affected).map(Some)
+    let affected = v[8..].iter().map(text).collect::<Option<Vec<String>>>()?;
+    snapshot_from(text(&v[0])?, &v[1..8], storm, affected).map(Some)
 }
 
 /// A [`Snapshot`] from the fields every script reply lays out alike: first
 /// seen ms, last seen ms, occurrence count, then (read for a storm only)
-/// alert count, affected overflow, started ms.
+/// alert count, affected overflow, started ms, ends ms.
 fn snapshot_from(
     resource: String,
     fields: &[Value],
@@ -695,6 +695,7 @@ fn snapshot_from(
                 affected,
                 affected_overflow: count(field(4)?)?,
                 started_ms: int(field(5)?)?,
+                ends_ms: int(field(6)?)?,
             })
         } else {
             None
@@ -772,8 +773,8 @@ impl Core {
                 i64::try_from(existing.occurrence_count).unwrap_or(i64::MAX),
                 i64::try_from(storm.alert_count).unwrap_or(i64::MAX),
                 i64::try_from(storm.affected_overflow).unwrap_or(i64::MAX),
-                ms(s.storm_window),
-                ms(s.storm_max_duration),
+                storm.ends_ms,
+                i64::from(s.storm_max_affected),
             ];
             call.args
                 .extend(numbers.iter().map(|n| n.to_string().into_bytes()));
