@@ -541,15 +541,10 @@ impl Pipeline {
                     retry_after: Duration::from_secs(1),
                 })?;
         for (ns, found) in namespaces.iter().zip(found) {
-            // Only this namespace's own storms (their names say whose), and
-            // only with their end written down (older resources lack it).
-            let Some(storm) = found?.filter(|s| {
-                s.location
-                    .name
-                    .starts_with(&crate::store::memory::storm_prefix(ns))
-            }) else {
+            let Some(storm) = found? else {
                 continue;
             };
+            // Found only with its end written down (older resources lack it).
             let Some(ends_ms) = storm.ends_ms else {
                 continue;
             };

@@ -1148,9 +1148,14 @@ async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
     assert_eq!(storm.affected, vec!["Pod/a", "Pod/b", "Pod/c"]);
     assert_eq!(storm.affected_overflow, 3);
     assert_eq!(storm.ends_ms, now + 60_000);
-    // While it runs, another storm resource found in the sink is not adopted.
+    // While it runs, another storm resource found in the sink is not
+    // adopted; the same one again is merged (nothing moves back).
     let other = found("storm-0123456789ab-two", now - 5_000, now + 60_000);
     assert_eq!(adopt(&ns, other).await, None);
+    assert!(adopt(&ns, running).await.is_some());
+    let again = f.snapshot(&ds[1].key).await.expect("storm snapshot");
+    assert_eq!(again.occurrence_count, 52);
+    assert_eq!(again.storm.map(|s| s.alert_count), Some(42));
 
     // A storm the store holds in an older state (restored from a snapshot:
     // ended for the store, running in the sink) is merged, not refused.
@@ -1173,6 +1178,19 @@ async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
     );
     assert_eq!(d.snapshot.resource, stale);
     assert_eq!(d.snapshot.storm.map(|s| s.alert_count), Some(41));
+    // Merged, not overwritten: the store's start and its affected value
+    // (Pod/c, of the member that started it) are kept.
+    let snap = f.snapshot(&d.key).await.expect("storm snapshot");
+    assert_eq!(snap.first_seen_ms, ds[2].snapshot.first_seen_ms);
+    assert_eq!(
+        snap.storm.map(|s| s.affected),
+        Some(vec![
+            "Pod/a".into(),
+            "Pod/b".into(),
+            "Pod/c".into(),
+            "Pod/d".into()
+        ])
+    );
 }
 
 async fn storm_claims_follow_the_protocol(b: Backend) {

@@ -11,6 +11,8 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use signalgate_model::rfc3339;
+
 use super::{
     most_recent, most_recent_storm, Created, Found, FoundStorm, Location, Sink, SinkError,
 };
@@ -94,6 +96,25 @@ impl DirSink {
         Ok(tmp)
     }
 
+    /// Whether storm `rr` started after the storm the namespace's storm link
+    /// points at (or there is none to read).
+    fn starts_after_linked_storm(&self, namespace: &str, rr: &RemediationRequest) -> bool {
+        let started = |r: &RemediationRequest| {
+            r.spec
+                .storm
+                .as_ref()
+                .and_then(|s| rfc3339::parse(&s.started_at))
+                .map(|t| (t.unix_seconds, t.nanos))
+        };
+        let linked = std::fs::read(self.link_of(namespace, STORM_LINK))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RemediationRequest>(&b).ok());
+        match linked.as_ref().and_then(started) {
+            Some(linked) => started(rr).is_some_and(|this| this >= linked),
+            None => true,
+        }
+    }
+
     fn create_blocking(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {
         let namespace = rr.metadata.namespace.clone().unwrap_or_default();
         let name = rr.metadata.name.clone().unwrap_or_default();
@@ -112,10 +133,9 @@ impl DirSink {
         // left the file without its link, which lookups need.
         self.link(&namespace, &rr.spec.signal_fingerprint, &name)
             .map_err(io_error)?;
-        // The namespace's latest storm: a retried create of an older one
-        // (it existed) must not move the link back; it only restores a
-        // missing link.
-        if rr.spec.storm.is_some() && (!existed || !self.link_of(&namespace, STORM_LINK).exists()) {
+        // The namespace's latest-started storm: a late create of an older
+        // one must not move the link back.
+        if rr.spec.storm.is_some() && self.starts_after_linked_storm(&namespace, rr) {
             self.link(&namespace, STORM_LINK, &name).map_err(io_error)?;
         }
         Ok(Created {
@@ -198,6 +218,7 @@ impl Sink for DirSink {
         running_at_ms: i64,
     ) -> Result<Option<FoundStorm>, SinkError> {
         let link = self.link_of(namespace, STORM_LINK);
+        let namespace = namespace.to_string();
         tokio::task::spawn_blocking(move || {
             let bytes = match std::fs::read(&link) {
                 Ok(b) => b,
@@ -205,7 +226,7 @@ impl Sink for DirSink {
                 Err(e) => return Err(io_error(e)),
             };
             let candidate = serde_json::from_slice::<RemediationRequest>(&bytes).ok();
-            Ok(most_recent_storm(&candidate, running_at_ms))
+            Ok(most_recent_storm(&candidate, &namespace, running_at_ms))
         })
         .await
         .map_err(join_error)?

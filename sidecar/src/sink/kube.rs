@@ -227,7 +227,7 @@ impl Sink for KubeSink {
         let storms = self
             .list_places(namespace, &format!("{LABEL_STORM}=true"))
             .await?;
-        Ok(most_recent_storm(&storms, running_at_ms))
+        Ok(most_recent_storm(&storms, namespace, running_at_ms))
     }
 
     async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {

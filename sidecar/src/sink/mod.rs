@@ -4,6 +4,7 @@
 use signalgate_model::rfc3339;
 
 use crate::resource::{Progress, RemediationRequest};
+use crate::store::memory::storm_prefix;
 
 pub mod dir;
 pub mod kube;
@@ -72,15 +73,24 @@ fn unix_millis(t: &str) -> Option<i64> {
     rfc3339::parse(t).map(|t| t.unix_seconds * 1000 + i64::from(t.nanos / 1_000_000))
 }
 
-/// Of `candidates`, the storm resource started last (a namespace runs one
-/// storm at a time: the latest is the only one that may still run), if it
-/// takes new signals until at or after `running_at_ms`.
+/// Of `candidates`, `namespace`'s storm resource started last (a namespace
+/// runs one storm at a time: the latest is the only one that may still
+/// run), if it takes new signals until after `running_at_ms`. A storm is
+/// `namespace`'s if its name says so (see [`storm_prefix`]).
 pub fn most_recent_storm<'a>(
     candidates: impl IntoIterator<Item = &'a RemediationRequest>,
+    namespace: &str,
     running_at_ms: i64,
 ) -> Option<FoundStorm> {
+    let prefix = storm_prefix(namespace);
     candidates
         .into_iter()
+        .filter(|rr| {
+            rr.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
         .filter_map(|rr| {
             let d = &rr.spec.deduplication;
             let storm = rr.spec.storm.as_ref()?;
@@ -100,7 +110,7 @@ pub fn most_recent_storm<'a>(
             })
         })
         .max_by_key(|f| f.started_ms)
-        .filter(|f| f.ends_ms.is_some_and(|e| e >= running_at_ms))
+        .filter(|f| f.ends_ms.is_some_and(|e| e > running_at_ms))
 }
 
 /// Of `candidates`, the resource of incident `fingerprint` seen most
@@ -203,39 +213,47 @@ mod tests {
 
     #[test]
     fn the_latest_started_storm_is_found_if_it_still_runs() {
+        let name = |n: &str| format!("{}{n}", storm_prefix("shop"));
         // An older storm whose members kept repeating was seen last; the
         // one started later is the namespace's latest.
         let old = storm(
-            "storm-a-1",
+            &name("1"),
             "2026-11-27T10:00:00Z",
             "2026-11-27T10:09:00Z",
             Some("2026-11-27T10:05:00Z"),
         );
         let new = storm(
-            "storm-a-2",
+            &name("2"),
             "2026-11-27T10:06:00Z",
             "2026-11-27T10:07:00Z",
             Some("2026-11-27T10:08:00Z"),
         );
-        let both = [old.clone(), new];
-        let found = most_recent_storm(&both, ms("2026-11-27T10:07:30Z"));
-        assert_eq!(
-            found.map(|f| f.location.name),
-            Some("storm-a-2".to_string())
+        // Another namespace's storm (moved to the fallback namespace), later still.
+        let foreign = storm(
+            &format!("{}3", storm_prefix("other")),
+            "2026-11-27T10:06:30Z",
+            "2026-11-27T10:07:00Z",
+            Some("2026-11-27T10:09:00Z"),
         );
+        let all = [old.clone(), new, foreign];
+        let found = most_recent_storm(&all, "shop", ms("2026-11-27T10:07:30Z"));
+        assert_eq!(found.map(|f| f.location.name), Some(name("2")));
         // Past its end: not running, however recently it was seen.
-        assert_eq!(most_recent_storm(&both, ms("2026-11-27T10:08:01Z")), None);
-        // Without an end written down (an older resource): not adopted.
+        assert_eq!(
+            most_recent_storm(&all, "shop", ms("2026-11-27T10:08:00Z")),
+            None
+        );
+        // Without an end written down (an older resource): not found.
         let unknown = [storm(
-            "storm-a-3",
+            &name("4"),
             "2026-11-27T10:06:00Z",
             "2026-11-27T10:07:00Z",
             None,
         )];
         assert_eq!(
-            most_recent_storm(&unknown, ms("2026-11-27T10:06:30Z")),
+            most_recent_storm(&unknown, "shop", ms("2026-11-27T10:06:30Z")),
             None
         );
-        assert!(most_recent_storm([&old], ms("2026-11-27T10:04:00Z")).is_some());
+        assert!(most_recent_storm([&old], "shop", ms("2026-11-27T10:04:00Z")).is_some());
     }
 }

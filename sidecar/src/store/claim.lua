@@ -13,7 +13,7 @@
 --        forget: 1 forgotten, 0 left (gone, pending, or another resource).
 --        adopt: { name, first seen ms, last seen ms, count }, or 0 if the
 --        fingerprint has joined a storm meanwhile; of a storm: 1 adopted,
---        0 not (it has ended, or the namespace runs a storm).
+--        0 not (it has ended, or the namespace runs another storm).
 --        poll: 0 gone, 1 committed, 2 pending (live lease), 3 owned (the lease
 --        had expired: the caller now holds a fresh one).
 
@@ -43,14 +43,20 @@ if op == 'adopt' and kind == 's' then
     return 0
   end
   local cur = redis.call('HGET', S, 'cur')
-  if cur then
+  if cur and cur ~= name then
     local until_ms = tonumber(redis.call('ZSCORE', X, cur))
     local st = until_ms and until_ms > now and storm_load(S, cur)
     if st and st.e > now then
       return 0
     end
   end
-  local st = storm_load(S, name) or { f = tonumber(ARGV[6]), l = 0, c = 0, n = 0, o = 0, k = 0, e = 0 }
+  -- What the store holds of it, unless its time is up (as decide.lua sees it).
+  local until_ms = tonumber(redis.call('ZSCORE', X, name))
+  local st = until_ms and until_ms > now and storm_load(S, name)
+  if not st then
+    storm_drop(S, A, X, name)
+    st = { f = tonumber(ARGV[6]), l = 0, c = 0, n = 0, o = 0, k = 0, e = 0 }
+  end
   st.l = math.max(st.l, tonumber(ARGV[7]))
   st.c = math.max(st.c, tonumber(ARGV[8]))
   st.n = math.max(st.n, tonumber(ARGV[9]))

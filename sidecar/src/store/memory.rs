@@ -445,8 +445,8 @@ impl State {
 
     /// [`Store::adopt`] of a storm: `existing` becomes the namespace's
     /// running storm unless it has ended or another storm runs; what the
-    /// store still holds of it is merged (each counter and its end: the
-    /// larger), as `claim.lua` does.
+    /// store still holds of it (unless its time is up) is merged (each
+    /// counter and its end: the larger), as `claim.lua` does.
     fn adopt_storm(
         &mut self,
         namespace: &str,
@@ -463,7 +463,7 @@ impl State {
             .namespaces
             .get(namespace)
             .and_then(|ns| ns.current.clone());
-        if let Some(cur) = current {
+        if let Some(cur) = current.filter(|cur| cur != name) {
             if self
                 .storm(namespace, &cur, now)
                 .is_some_and(|st| st.ends_ms > now)

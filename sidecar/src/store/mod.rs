@@ -250,12 +250,12 @@ pub trait Store: Send + Sync {
     ///
     /// For a storm key (`existing` with its storm counters): lookups in a
     /// cold namespace found no resource of their own but the namespace's
-    /// storm resource, still running (its last sighting plus the storm
-    /// window, within its maximum duration, is ahead). Records it, with its
+    /// storm resource, still running (its `ends_ms` is ahead). Records it, with its
     /// counters and affected list, as the namespace's running storm, so the
-    /// new signals join it instead of starting another. Does nothing (`None`)
-    /// if the store has a running storm, knows this one, or it has ended;
-    /// `Some(existing)` if adopted.
+    /// new signals join it instead of starting another; what the store
+    /// still holds of it is merged (each counter and its end: the larger).
+    /// Does nothing (`None`) if the namespace runs another storm or this one
+    /// has ended; `Some(existing)` if adopted.
     async fn adopt(
         &self,
         key: &ClaimKey,

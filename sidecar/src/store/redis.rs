@@ -625,7 +625,7 @@ fn write_code(code: i64) -> Option<Write> {
     }
 }
 
-/// A reply in full: 7 fields for a signal's own resource (or a lookup), 10 for a storm.
+/// A reply in full: 7 fields for a signal's own resource (or a lookup), 11 for a storm.
 fn parse_decision(claim: &Claim, v: &[Value]) -> Option<Decision> {
     let outcome = match int(v.first()?)? {
         1 => Outcome::Created,
