@@ -395,7 +395,6 @@ impl Pipeline {
         received_ms: i64,
         deadline: Instant,
     ) -> Result<Vec<(usize, Location)>, Failure> {
-        use futures::StreamExt;
         let lookups: Vec<usize> = (0..decisions.len())
             .filter(|&j| decisions[j].write == Write::Lookup)
             .collect();
@@ -426,13 +425,9 @@ impl Pipeline {
                 async move { self.sink.find_recent(ns, &fingerprints, since).await }
             })
             .collect();
-        let finds = futures::stream::iter(finds)
-            .buffered(LOOKUPS_AT_ONCE)
-            .collect::<Vec<_>>();
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let found = tokio::time::timeout(remaining, finds)
+        let found = a_few_at_a_time(finds, deadline)
             .await
-            .map_err(|_| past_deadline())?;
+            .ok_or_else(past_deadline)?;
 
         let mut again = Vec::new();
         let mut adopts = Vec::new();
@@ -518,55 +513,32 @@ impl Pipeline {
         received_ms: i64,
         deadline: Instant,
     ) -> Result<(), Failure> {
-        use futures::StreamExt;
         let mut namespaces: Vec<&str> = again
             .iter()
             .map(|&j| claims[j].namespace.as_str())
             .collect();
         namespaces.sort_unstable();
         namespaces.dedup();
-        let remaining = deadline.saturating_duration_since(Instant::now());
         let finds: Vec<_> = namespaces
             .iter()
             .map(|ns| async move { self.sink.find_recent_storm(ns, received_ms).await })
             .collect();
-        let finds = futures::stream::iter(finds)
-            .buffered(LOOKUPS_AT_ONCE)
-            .collect::<Vec<_>>();
-        let found =
-            tokio::time::timeout(remaining, finds)
-                .await
-                .map_err(|_| Failure::Deadline {
-                    what: "looking in the sink for a running storm".into(),
-                    retry_after: Duration::from_secs(1),
-                })?;
+        let found = a_few_at_a_time(finds, deadline)
+            .await
+            .ok_or_else(|| Failure::Deadline {
+                what: "looking in the sink for a running storm".into(),
+                retry_after: Duration::from_secs(1),
+            })?;
         for (ns, found) in namespaces.iter().zip(found) {
             let Some(storm) = found? else {
-                continue;
-            };
-            // Found only with its end written down (older resources lack it).
-            let Some(ends_ms) = storm.ends_ms else {
                 continue;
             };
             let key = ClaimKey::Storm {
                 namespace: (*ns).to_string(),
                 name: storm.location.name.clone(),
             };
-            let existing = crate::store::Snapshot {
-                resource: storm.location.name.clone(),
-                first_seen_ms: storm.first_seen_ms,
-                last_seen_ms: storm.last_seen_ms,
-                occurrence_count: storm.occurrence_count,
-                storm: Some(crate::store::StormSnapshot {
-                    alert_count: storm.alert_count,
-                    affected: storm.affected,
-                    affected_overflow: storm.affected_overflow,
-                    started_ms: storm.started_ms,
-                    ends_ms,
-                }),
-            };
             if self
-                .timed("adopt", self.store.adopt(&key, &existing))
+                .timed("adopt", self.store.adopt(&key, &storm.snapshot))
                 .await?
                 .is_some()
             {
@@ -643,6 +615,20 @@ impl Pipeline {
             Err(_) => Err(StoreError::Timeout(self.limits.store_timeout)),
         }
     }
+}
+
+/// Runs `calls` (sink lookups, one per namespace) [`LOOKUPS_AT_ONCE`] at a
+/// time; their results in order, or `None` if `deadline` passed first.
+async fn a_few_at_a_time<F: std::future::Future>(
+    calls: Vec<F>,
+    deadline: Instant,
+) -> Option<Vec<F::Output>> {
+    use futures::StreamExt;
+    let all = futures::stream::iter(calls)
+        .buffered(LOOKUPS_AT_ONCE)
+        .collect::<Vec<_>>();
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    tokio::time::timeout(remaining, all).await.ok()
 }
 
 /// A list written `a,b,c` in logs: the request span's `fingerprints`. Its

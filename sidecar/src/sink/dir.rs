@@ -106,9 +106,9 @@ impl DirSink {
                 .and_then(|s| rfc3339::parse(&s.started_at))
                 .map(|t| (t.unix_seconds, t.nanos))
         };
-        let linked = std::fs::read(self.link_of(namespace, STORM_LINK))
+        let linked = read_linked(&self.link_of(namespace, STORM_LINK))
             .ok()
-            .and_then(|b| serde_json::from_slice::<RemediationRequest>(&b).ok());
+            .flatten();
         match linked.as_ref().and_then(started) {
             Some(linked) => started(rr).is_some_and(|this| this >= linked),
             None => true,
@@ -174,6 +174,16 @@ impl DirSink {
     }
 }
 
+/// The resource a link points at: `None` if there is no link (or it
+/// dangles), or what it points at is not a RemediationRequest.
+fn read_linked(link: &Path) -> Result<Option<RemediationRequest>, SinkError> {
+    match std::fs::read(link) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(e)),
+    }
+}
+
 fn io_error(e: std::io::Error) -> SinkError {
     SinkError::Unavailable(e.to_string())
 }
@@ -198,13 +208,7 @@ impl Sink for DirSink {
             links
                 .iter()
                 .map(|(link, fingerprint)| {
-                    let bytes = match std::fs::read(link) {
-                        Ok(b) => b,
-                        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-                        Err(e) => return Err(io_error(e)),
-                    };
-                    let candidate = serde_json::from_slice::<RemediationRequest>(&bytes).ok();
-                    Ok(most_recent(&candidate, fingerprint, seen_since_ms))
+                    Ok(most_recent(&read_linked(link)?, fingerprint, seen_since_ms))
                 })
                 .collect()
         })
@@ -220,13 +224,11 @@ impl Sink for DirSink {
         let link = self.link_of(namespace, STORM_LINK);
         let namespace = namespace.to_string();
         tokio::task::spawn_blocking(move || {
-            let bytes = match std::fs::read(&link) {
-                Ok(b) => b,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(io_error(e)),
-            };
-            let candidate = serde_json::from_slice::<RemediationRequest>(&bytes).ok();
-            Ok(most_recent_storm(&candidate, &namespace, running_at_ms))
+            Ok(most_recent_storm(
+                &read_linked(&link)?,
+                &namespace,
+                running_at_ms,
+            ))
         })
         .await
         .map_err(join_error)?

@@ -5,6 +5,7 @@ use signalgate_model::rfc3339;
 
 use crate::resource::{Progress, RemediationRequest};
 use crate::store::memory::storm_prefix;
+use crate::store::{Snapshot, StormSnapshot};
 
 pub mod dir;
 pub mod kube;
@@ -54,19 +55,12 @@ pub struct Found {
     pub occurrence_count: u64,
 }
 
-/// A storm resource found in the sink, with its counters.
+/// A storm resource found in the sink, with its counters as the store holds
+/// them (`snapshot.storm` always set, with the resource's `endsAt`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundStorm {
     pub location: Location,
-    pub first_seen_ms: i64,
-    pub last_seen_ms: i64,
-    pub occurrence_count: u64,
-    pub alert_count: u64,
-    pub affected: Vec<String>,
-    pub affected_overflow: u64,
-    pub started_ms: i64,
-    /// `spec.storm.endsAt` (absent on resources written before it existed).
-    pub ends_ms: Option<i64>,
+    pub snapshot: Snapshot,
 }
 
 fn unix_millis(t: &str) -> Option<i64> {
@@ -75,15 +69,16 @@ fn unix_millis(t: &str) -> Option<i64> {
 
 /// Of `candidates`, `namespace`'s storm resource started last (a namespace
 /// runs one storm at a time: the latest is the only one that may still
-/// run), if it takes new signals until after `running_at_ms`. A storm is
-/// `namespace`'s if its name says so (see [`storm_prefix`]).
+/// run), if it takes new signals until after `running_at_ms` (resources
+/// written before `endsAt` existed never do). A storm is `namespace`'s if
+/// its name says so (see [`storm_prefix`]).
 pub fn most_recent_storm<'a>(
     candidates: impl IntoIterator<Item = &'a RemediationRequest>,
     namespace: &str,
     running_at_ms: i64,
 ) -> Option<FoundStorm> {
     let prefix = storm_prefix(namespace);
-    candidates
+    let (rr, storm, started_ms, seen) = candidates
         .into_iter()
         .filter(|rr| {
             rr.metadata
@@ -92,25 +87,38 @@ pub fn most_recent_storm<'a>(
                 .is_some_and(|n| n.starts_with(&prefix))
         })
         .filter_map(|rr| {
-            let d = &rr.spec.deduplication;
             let storm = rr.spec.storm.as_ref()?;
-            Some(FoundStorm {
-                first_seen_ms: unix_millis(&d.first_seen)?,
-                last_seen_ms: unix_millis(&d.last_seen)?,
-                occurrence_count: d.occurrence_count,
+            let d = &rr.spec.deduplication;
+            let seen = (unix_millis(&d.first_seen)?, unix_millis(&d.last_seen)?);
+            Some((rr, storm, unix_millis(&storm.started_at)?, seen))
+        })
+        .max_by_key(|(_, _, started_ms, _)| *started_ms)?;
+    let ends_ms = storm
+        .ends_at
+        .as_deref()
+        .and_then(unix_millis)
+        .filter(|e| *e > running_at_ms)?;
+    let (first_seen_ms, last_seen_ms) = seen;
+    let name = rr.metadata.name.clone()?;
+    Some(FoundStorm {
+        location: Location {
+            namespace: rr.metadata.namespace.clone()?,
+            name: name.clone(),
+        },
+        snapshot: Snapshot {
+            resource: name,
+            first_seen_ms,
+            last_seen_ms,
+            occurrence_count: rr.spec.deduplication.occurrence_count,
+            storm: Some(StormSnapshot {
                 alert_count: storm.alert_count,
                 affected: storm.affected_resources.clone(),
                 affected_overflow: storm.affected_resources_overflow,
-                started_ms: unix_millis(&storm.started_at)?,
-                ends_ms: storm.ends_at.as_deref().and_then(unix_millis),
-                location: Location {
-                    namespace: rr.metadata.namespace.clone()?,
-                    name: rr.metadata.name.clone()?,
-                },
-            })
-        })
-        .max_by_key(|f| f.started_ms)
-        .filter(|f| f.ends_ms.is_some_and(|e| e > running_at_ms))
+                started_ms,
+                ends_ms,
+            }),
+        },
+    })
 }
 
 /// Of `candidates`, the resource of incident `fingerprint` seen most
@@ -120,15 +128,14 @@ pub fn most_recent<'a>(
     fingerprint: &str,
     seen_since_ms: i64,
 ) -> Option<Found> {
-    let millis = unix_millis;
     candidates
         .into_iter()
         .filter(|rr| rr.spec.signal_fingerprint == fingerprint)
         .filter_map(|rr| {
             let d = &rr.spec.deduplication;
             Some(Found {
-                first_seen_ms: millis(&d.first_seen)?,
-                last_seen_ms: millis(&d.last_seen)?,
+                first_seen_ms: unix_millis(&d.first_seen)?,
+                last_seen_ms: unix_millis(&d.last_seen)?,
                 occurrence_count: d.occurrence_count,
                 location: Location {
                     namespace: rr.metadata.namespace.clone()?,

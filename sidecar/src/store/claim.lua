@@ -44,15 +44,13 @@ if op == 'adopt' and kind == 's' then
   end
   local cur = redis.call('HGET', S, 'cur')
   if cur and cur ~= name then
-    local until_ms = tonumber(redis.call('ZSCORE', X, cur))
-    local st = until_ms and until_ms > now and storm_load(S, cur)
+    local st = storm_live(S, X, cur, now)
     if st and st.e > now then
       return 0
     end
   end
   -- What the store holds of it, unless its time is up (as decide.lua sees it).
-  local until_ms = tonumber(redis.call('ZSCORE', X, name))
-  local st = until_ms and until_ms > now and storm_load(S, name)
+  local st = storm_live(S, X, name, now)
   if not st then
     storm_drop(S, A, X, name)
     st = { f = tonumber(ARGV[6]), l = 0, c = 0, n = 0, o = 0, k = 0, e = 0 }

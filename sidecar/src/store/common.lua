@@ -80,6 +80,16 @@ local function storm_load(S, name)
   return st
 end
 
+-- Storm `name`'s record, unless its time in X is up (even before a sweep
+-- drops it): then nil.
+local function storm_live(S, X, name, now)
+  local until_ms = tonumber(redis.call('ZSCORE', X, name))
+  if until_ms and until_ms > now then
+    return storm_load(S, name)
+  end
+  return nil
+end
+
 local function storm_drop(S, A, X, name)
   local fields = {}
   for i, f in ipairs(STORM) do

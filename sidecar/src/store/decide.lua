@@ -107,8 +107,7 @@ local changed_storms = {}
 local function storm_get(name)
   local st = storms[name]
   if st == nil then
-    local until_ms = tonumber(redis.call('ZSCORE', X, name))
-    st = until_ms and until_ms > now and storm_load(S, name) or false
+    st = storm_live(S, X, name, now) or false
     storms[name] = st
   end
   return st or nil

@@ -483,6 +483,7 @@ impl State {
             affected: BTreeSet::new(),
             keep_until_ms: 0,
         };
+        // A record whose time is up is dropped first (as `storm_live` in Lua).
         self.storm(namespace, name, now);
         let ns = self.namespaces.entry(namespace.to_string()).or_default();
         let storm = ns.storms.entry(name.to_string()).or_insert_with(fresh);

@@ -859,6 +859,14 @@ impl Core {
         .await
     }
 
+    /// One command on the standalone or cluster connection.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
+        match &self.conn {
+            Conn::Standalone(cm) => cmd.query_async(&mut cm.clone()).await,
+            Conn::Cluster(cc) => cmd.query_async(&mut cc.clone()).await,
+        }
+    }
+
     /// `GETEX` of a key nobody writes rather than `PING`: it answers like a
     /// ping and also proves the server runs the newest command the scripts
     /// use (Redis 6.2), so an older Redis keeps the sidecar unready with a
@@ -867,10 +875,7 @@ impl Core {
         self.bounded(async {
             let mut cmd = redis::cmd("GETEX");
             cmd.arg(Keys("").key("ping"));
-            let pong: Result<Option<String>, RedisError> = match &self.conn {
-                Conn::Standalone(cm) => cmd.query_async(&mut cm.clone()).await,
-                Conn::Cluster(cc) => cmd.query_async(&mut cc.clone()).await,
-            };
+            let pong: Result<Option<String>, RedisError> = self.query(&cmd).await;
             pong.map(|_| ()).map_err(|e| {
                 if e.to_string()
                     .to_ascii_lowercase()
@@ -898,10 +903,7 @@ impl Core {
         }
         let mut cmd = redis::cmd("INFO");
         cmd.arg("server");
-        let info: Result<String, RedisError> = match &self.conn {
-            Conn::Standalone(cm) => cmd.query_async(&mut cm.clone()).await,
-            Conn::Cluster(cc) => cmd.query_async(&mut cc.clone()).await,
-        };
+        let info: Result<String, RedisError> = self.query(&cmd).await;
         match info {
             Ok(_) => {}
             // Not an answer about INFO (connection lost): ask again next time.
