@@ -355,7 +355,8 @@ impl Pipeline {
             ),
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let result = tokio::time::timeout(remaining, self.sink.create(&rr)).await;
+        let result =
+            tokio::time::timeout(remaining, self.sink.create(&rr, decision.retakes_claim())).await;
         let outcome = match result {
             Ok(Ok(location)) => Ok(location),
             Ok(Err(e)) => Err(Failure::Sink(e)),
@@ -564,10 +565,13 @@ impl Pipeline {
                     return Ok(None);
                 }
                 ClaimState::Owned => {
+                    // Retaken from the request that held it.
+                    let mut decision = plan.decision.clone();
+                    decision.write = Write::Create;
                     let single = [Plan {
                         signal: plan.signal.clone(),
                         index: plan.index,
-                        decision: plan.decision.clone(),
+                        decision,
                     }];
                     let mut created = self.create_all(&single, received_ms, deadline).await?;
                     return Ok(created.pop());

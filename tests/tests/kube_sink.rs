@@ -309,6 +309,57 @@ fn a_namespace_being_deleted_sends_the_resource_to_the_fallback() {
     created_in_fallback(k, &s, "Leaving", "leaving");
 }
 
+/// The request that held the claim wrote the resource to the fallback
+/// namespace (its own did not exist) and died before it committed; the
+/// namespace is created before the sender's retry retakes the claim.
+#[test]
+fn a_retaken_claim_finds_the_resource_its_first_holder_moved_to_the_fallback() {
+    let k = shared();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let s = sidecar(k, "sidecar", &[("SIGNALGATE_REDIS_URL", &url)]);
+    let ns = "arrives-later";
+    let moved = created_in_fallback(k, &s, "Early", ns);
+    let moved: Vec<&Value> = moved
+        .iter()
+        .filter(|x| x["spec"]["signalName"] == "Early")
+        .collect();
+    assert_eq!(moved.len(), 1);
+    let name = moved[0]["metadata"]["name"].as_str().unwrap().to_string();
+
+    // Undo the commit, as if the holder had died first, its lease run out.
+    let keys = redis.cli(&["--scan", "--pattern", &format!("sg:{{{ns}}}:f:*")]);
+    let key = keys.trim();
+    assert!(
+        !key.is_empty() && !key.contains('\n'),
+        "one claim: {keys:?}"
+    );
+    assert_eq!(redis.cli(&["HSET", key, "p", "1", "u", "0"]).trim(), "0");
+    k.create_namespace(ns);
+
+    let a = s.post_alerts(&webhook(vec![alert("Early", ns, "p")]));
+    assert!(
+        a.status == 201 || a.status == 202,
+        "{}\n{}",
+        a.body,
+        s.log_tail(20)
+    );
+    assert_eq!(
+        a.json()["signals"][0]["resource"],
+        format!("{FALLBACK}/{name}"),
+        "{}",
+        a.body
+    );
+    // Committed now: the next sighting is a plain duplicate.
+    let a = s.post_alerts(&webhook(vec![alert("Early", ns, "p")]));
+    assert_eq!(a.status, 202, "{}", a.body);
+    wait_rrs(k, FALLBACK, "the moved resource counted three times", |r| {
+        r.iter()
+            .any(|x| x["metadata"]["name"] == name.as_str() && count(x) == 3)
+    });
+    assert_eq!(rrs(k, ns), Vec::<Value>::new(), "no second resource");
+}
+
 #[test]
 fn api_server_down_answers_503_and_the_retry_creates_exactly_one() {
     let mut k = private();
@@ -446,7 +497,7 @@ fn the_shipped_rbac_grants_only_what_the_sidecar_uses() {
         ]);
         String::from_utf8_lossy(&out.stdout).trim() == "yes"
     };
-    for verb in ["create", "patch", "list"] {
+    for verb in ["get", "create", "patch", "list"] {
         assert!(
             can(verb, "remediationrequests.signalgate.io"),
             "{verb} must be allowed"

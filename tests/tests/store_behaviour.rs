@@ -841,10 +841,12 @@ async fn release_lets_the_next_decide_create_at_once(b: Backend) {
     let a = claim(&ns, "a");
     let owner = f.one(&a).await;
     assert_own(&owner, &a, Outcome::Created, Write::Create);
+    assert!(!owner.retakes_claim());
     assert_eq!(f.one(&a).await.write, Write::Await);
     f.release(&owner.key).await;
     let retry = f.one(&a).await;
     assert_own(&retry, &a, Outcome::Duplicate, Write::Create);
+    assert!(retry.retakes_claim(), "the owner may have written it");
     assert_eq!(retry.snapshot.resource, owner.snapshot.resource);
     // The retry holds a fresh lease: the others wait again.
     assert_eq!(f.one(&a).await.write, Write::Await);
@@ -1206,6 +1208,7 @@ async fn storm_claims_follow_the_protocol(b: Backend) {
     let c = |s: &str| claim(&ns, s);
     let ds = f.decide(&[c("a"), c("b"), c("c")]).await;
     let name = assert_storm(&ds[1], Outcome::StormStarted, Write::Create);
+    assert!(!ds[1].retakes_claim());
     assert_storm(&ds[2], Outcome::StormAggregated, Write::Await);
     let key = ds[1].key.clone();
     assert_eq!(f.poll(&key).await, ClaimState::Pending);
@@ -1217,6 +1220,7 @@ async fn storm_claims_follow_the_protocol(b: Backend) {
         assert_storm(&d, Outcome::StormAggregated, Write::Create),
         name
     );
+    assert!(d.retakes_claim(), "the owner may have written it");
     // ... and never commits: after the lease a poller owns it.
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
     assert_eq!(f.poll(&key).await, ClaimState::Owned);

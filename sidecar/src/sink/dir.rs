@@ -234,7 +234,9 @@ impl Sink for DirSink {
         .map_err(join_error)?
     }
 
-    async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {
+    /// Every namespace takes its resources here, so a retaken claim's
+    /// resource is where the name says: `retake` changes nothing.
+    async fn create(&self, rr: &RemediationRequest, _retake: bool) -> Result<Created, SinkError> {
         let this = DirSink {
             root: self.root.clone(),
         };

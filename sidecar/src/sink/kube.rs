@@ -2,7 +2,8 @@
 //!
 //! - Create is idempotent: `AlreadyExists` for our deterministic name is success.
 //! - A namespace that does not exist sends the resource to the fallback
-//!   namespace, labelled with the original one.
+//!   namespace, labelled with the original one. A create that retakes a
+//!   claim looks there first: the earlier holder may have put it there.
 //! - Counters are written with a JSON merge patch of `spec.deduplication`
 //!   (and `spec.storm`): the status is never touched.
 //! - 429, 5xx and transport errors are retried with capped, jittered
@@ -132,6 +133,37 @@ impl KubeSink {
     }
 }
 
+impl KubeSink {
+    /// `rr` as an earlier holder of its claim wrote it to the fallback
+    /// namespace, if it did: its namespace could not take it then, and may
+    /// by now (a create there would make a second resource).
+    async fn moved_earlier(&self, rr: &RemediationRequest) -> Attempt<Option<Created>> {
+        let namespace = rr.metadata.namespace.as_deref().unwrap_or_default();
+        let name = rr.metadata.name.as_deref().unwrap_or_default();
+        let fallback = &self.fallback_namespace;
+        match self.api(fallback).get_metadata_opt(name).await {
+            Ok(Some(found))
+                if found
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_ORIGINAL_NAMESPACE))
+                    .is_some_and(|ns| ns == namespace) =>
+            {
+                Attempt::Done(Some(Created {
+                    location: Location {
+                        namespace: fallback.clone(),
+                        name: name.to_string(),
+                    },
+                    existed: true,
+                }))
+            }
+            Ok(_) => Attempt::Done(None),
+            Err(e) => classify(e, &format!("get {fallback}/{name}")),
+        }
+    }
+}
+
 /// Sorts an error into retry (transient) or fail (for good).
 fn classify<T>(e: kube::Error, what: &str) -> Attempt<T> {
     match e {
@@ -230,9 +262,14 @@ impl Sink for KubeSink {
         Ok(most_recent_storm(&storms, namespace, running_at_ms))
     }
 
-    async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {
-        let first = with_retries(None, || self.create_in(rr)).await;
+    async fn create(&self, rr: &RemediationRequest, retake: bool) -> Result<Created, SinkError> {
         let namespace = rr.metadata.namespace.clone().unwrap_or_default();
+        if retake && namespace != self.fallback_namespace {
+            if let Some(moved) = with_retries(None, || self.moved_earlier(rr)).await? {
+                return Ok(moved);
+            }
+        }
+        let first = with_retries(None, || self.create_in(rr)).await;
         match first {
             Err(e) if namespace_unusable(&e) && namespace != self.fallback_namespace => {
                 tracing::warn!(

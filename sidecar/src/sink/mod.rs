@@ -173,7 +173,10 @@ pub trait Sink: Send + Sync {
     ) -> Result<Option<FoundStorm>, SinkError>;
     /// Creates the resource. Idempotent: if a resource of that name already
     /// exists (a retried create), that is success, and it is left as it is.
-    async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError>;
+    /// `retake`: an earlier holder of the claim may have written it (see
+    /// [`crate::store::Decision::retakes_claim`]), also where the sink puts
+    /// resources its namespace could not take at the time.
+    async fn create(&self, rr: &RemediationRequest, retake: bool) -> Result<Created, SinkError>;
     /// Writes the latest counters into an existing resource.
     async fn update(
         &self,

@@ -164,6 +164,17 @@ pub struct Decision {
     pub snapshot: Snapshot,
 }
 
+impl Decision {
+    /// The caller owns a claim another request held before (its lease
+    /// expired, or it gave the claim back after a failure). That request
+    /// may have written the resource before it failed to commit: the create
+    /// must find it wherever it went (the sink's fallback namespace too).
+    pub fn retakes_claim(&self) -> bool {
+        self.write == Write::Create
+            && !matches!(self.outcome, Outcome::Created | Outcome::StormStarted)
+    }
+}
+
 /// How long the store remembers that it knows a namespace (the warm marker,
 /// refreshed by every decide; at least the dedup window). While that memory
 /// is younger than a dedup window, new fingerprints get [`Write::Lookup`]:
