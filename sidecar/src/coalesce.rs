@@ -142,7 +142,7 @@ impl Coalescer {
             let writes = chunk.iter().map(|(key, snap, progress)| async move {
                 let result = self
                     .sink
-                    .update(key.namespace(), &snap.resource, progress)
+                    .update(snap.namespace(key.namespace()), &snap.resource, progress)
                     .await;
                 (key, snap, progress, result)
             });

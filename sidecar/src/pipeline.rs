@@ -166,37 +166,32 @@ impl Pipeline {
         } else {
             self.timed("decide", self.store.decide(&claims)).await?
         };
-        let adopted = match self
+        if let Err(e) = self
             .resolve_lookups(&claims, &mut decisions, received_ms, deadline)
             .await
         {
-            Ok(adopted) => adopted,
-            Err(e) => {
-                // Claims this request took for its other signals: give them
-                // back, so the sender's retry takes them at once.
-                let taken: Vec<ClaimKey> = decisions
-                    .iter()
-                    .filter(|d| d.write == Write::Create)
-                    .map(|d| d.key.clone())
-                    .collect();
-                self.release(&taken).await;
-                return Err(e);
-            }
-        };
+            // Claims this request took for its other signals: give them
+            // back, so the sender's retry takes them at once.
+            let taken: Vec<ClaimKey> = decisions
+                .iter()
+                .filter(|d| d.write == Write::Create)
+                .map(|d| d.key.clone())
+                .collect();
+            self.release(&taken).await;
+            return Err(e);
+        }
 
         let mut creates = Vec::new();
         let mut awaits = Vec::new();
-        for (j, (&index, decision)) in firing.iter().zip(decisions).enumerate() {
+        for (&index, decision) in firing.iter().zip(decisions) {
             let result = &mut results[index];
             result.outcome = decision.outcome.as_str();
-            result.resource = Some(match adopted.iter().find(|(at, _)| *at == j) {
-                Some((_, location)) => location.to_string(),
-                None => format!(
-                    "{}/{}",
-                    decision.key.namespace(),
-                    decision.snapshot.resource
-                ),
-            });
+            let snapshot = &decision.snapshot;
+            result.resource = Some(format!(
+                "{}/{}",
+                snapshot.namespace(decision.key.namespace()),
+                snapshot.resource
+            ));
             if decision.outcome == Outcome::StormStarted {
                 self.metrics.storms.inc();
             }
@@ -312,7 +307,13 @@ impl Pipeline {
             }
         }
         if !done.is_empty() {
-            let keys: Vec<ClaimKey> = done.iter().map(|(p, _)| p.decision.key.clone()).collect();
+            let keys: Vec<(ClaimKey, Option<String>)> = done
+                .iter()
+                .map(|(p, c)| {
+                    let key = &p.decision.key;
+                    (key.clone(), c.location.moved_from(key.namespace()))
+                })
+                .collect();
             let committed = self.timed("commit", self.store.commit(&keys)).await;
             if let Err(e) = committed {
                 self.release(&failed).await;
@@ -387,20 +388,19 @@ impl Pipeline {
     /// The new fingerprints the store may have lost ([`Write::Lookup`]): a
     /// live resource of the incident found in the sink is adopted (the
     /// signal is its duplicate), the rest are decided again as absent. One
-    /// more store round trip, only while a namespace is cold. Returns where
-    /// the adopted resources are, by index into `decisions`.
+    /// more store round trip, only while a namespace is cold.
     async fn resolve_lookups(
         &self,
         claims: &[Claim],
         decisions: &mut [Decision],
         received_ms: i64,
         deadline: Instant,
-    ) -> Result<Vec<(usize, Location)>, Failure> {
+    ) -> Result<(), Failure> {
         let lookups: Vec<usize> = (0..decisions.len())
             .filter(|&j| decisions[j].write == Write::Lookup)
             .collect();
         if lookups.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let past_deadline = || Failure::Deadline {
             what: "looking in the sink for live resources".into(),
@@ -447,18 +447,18 @@ impl Pipeline {
             }
         }
         let adopted_all = futures::future::join_all(adopts.iter().map(|(j, found)| {
+            let key = decisions[*j].key.clone();
             let existing = crate::store::Snapshot {
                 resource: found.location.name.clone(),
                 first_seen_ms: found.first_seen_ms,
                 last_seen_ms: found.last_seen_ms,
                 occurrence_count: found.occurrence_count,
                 storm: None,
+                moved_to: found.location.moved_from(key.namespace()),
             };
-            let key = decisions[*j].key.clone();
             async move { self.timed("adopt", self.store.adopt(&key, &existing)).await }
         }))
         .await;
-        let mut adopted = Vec::new();
         for ((j, found), result) in adopts.into_iter().zip(adopted_all) {
             let Some(snapshot) = result? else {
                 // It joined a storm meanwhile: decide it again.
@@ -466,12 +466,8 @@ impl Pipeline {
                 continue;
             };
             tracing::info!(resource = %found.location, "the store did not know this live incident; adopted its resource");
-            // The store's resource, if another request recorded another
-            // one first; else where the sink holds it (maybe the fallback
-            // namespace).
-            if snapshot.resource == found.location.name {
-                adopted.push((j, found.location));
-            }
+            // The store's resource: the one found, or another if another
+            // request recorded one first.
             let key = decisions[j].key.clone();
             decisions[j] = Decision {
                 outcome: Outcome::Duplicate,
@@ -499,7 +495,7 @@ impl Pipeline {
                 decisions[j] = d;
             }
         }
-        Ok(adopted)
+        Ok(())
     }
 
     /// Signals `again` found no resource of their own in the sink: before

@@ -276,16 +276,65 @@ fn a_namespace_that_does_not_exist_sends_the_resource_to_the_fallback() {
         rr["spec"]["targetResource"]["namespace"],
         "no-such-namespace"
     );
-    // Its counters follow it there.
+    // Its counters follow it there, and the answer names where it is.
+    let a = s.post_alerts(&webhook(vec![alert("Orphan", "no-such-namespace", "p")]));
+    assert_eq!(a.status, 202, "{}", a.body);
     assert_eq!(
-        s.post_alerts(&webhook(vec![alert("Orphan", "no-such-namespace", "p")]))
-            .status,
-        202
+        a.json()["signals"][0]["resource"],
+        format!("{FALLBACK}/{}", rr["metadata"]["name"].as_str().unwrap()),
+        "{}",
+        a.body
     );
     wait_rrs(k, FALLBACK, "the relocated resource counted twice", |r| {
         r.iter()
             .any(|x| x["spec"]["signalName"] == "Orphan" && count(x) == 2)
     });
+}
+
+/// A storm of a namespace that does not exist goes to the fallback namespace
+/// as a whole, and every later answer names it there.
+#[test]
+fn a_storm_in_a_namespace_that_does_not_exist_is_answered_where_it_is() {
+    let k = shared();
+    let ns = "no-such-storm-namespace";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let env = [
+        ("SIGNALGATE_REDIS_URL", url.as_str()),
+        ("SIGNALGATE_STORM_THRESHOLD", "2"),
+    ];
+    let s = sidecar(k, "sidecar", &env);
+    let post = |job: &str| {
+        let a = s.post_alerts(&webhook(vec![alert("Stormy", ns, job)]));
+        assert!(a.status == 201 || a.status == 202, "{}", a.body);
+        let signal = a.json()["signals"][0].clone();
+        (
+            signal["outcome"].as_str().unwrap().to_string(),
+            signal["resource"].as_str().unwrap().to_string(),
+        )
+    };
+    for job in ["a", "b"] {
+        assert!(post(job).1.starts_with(&format!("{FALLBACK}/rr-")));
+    }
+    let (outcome, storm) = post("c");
+    assert_eq!(outcome, "storm_started");
+    assert!(storm.starts_with(&format!("{FALLBACK}/storm-")), "{storm}");
+    for job in ["d", "e", "c"] {
+        assert_eq!(post(job).1, storm, "alert {job}");
+    }
+    let name = storm.rsplit('/').next().unwrap();
+    wait_rrs(
+        k,
+        FALLBACK,
+        "the storm counted in the fallback namespace",
+        |r| {
+            r.iter().any(|x| {
+                x["metadata"]["name"] == name
+                    && x["spec"]["storm"]["alertCount"] == 3
+                    && count(x) == 4
+            })
+        },
+    );
 }
 
 #[test]
@@ -350,9 +399,13 @@ fn a_retaken_claim_finds_the_resource_its_first_holder_moved_to_the_fallback() {
         "{}",
         a.body
     );
-    // Committed now: the next sighting is a plain duplicate.
+    // Committed now, where it is: the next sighting is a plain duplicate.
     let a = s.post_alerts(&webhook(vec![alert("Early", ns, "p")]));
     assert_eq!(a.status, 202, "{}", a.body);
+    assert_eq!(
+        a.json()["signals"][0]["resource"],
+        format!("{FALLBACK}/{name}")
+    );
     wait_rrs(k, FALLBACK, "the moved resource counted three times", |r| {
         r.iter()
             .any(|x| x["metadata"]["name"] == name.as_str() && count(x) == 3)

@@ -88,8 +88,13 @@ impl Fixture {
     }
 
     async fn commit(&self, key: &ClaimKey) {
+        self.commit_moved(key, None).await;
+    }
+
+    /// Commits `key`, its resource written to namespace `moved_to` if given.
+    async fn commit_moved(&self, key: &ClaimKey, moved_to: Option<&str>) {
         self.store
-            .commit(std::slice::from_ref(key))
+            .commit(&[(key.clone(), moved_to.map(str::to_string))])
             .await
             .unwrap_or_else(|e| panic!("{:?}: commit: {e}", self.backend));
     }
@@ -383,6 +388,7 @@ behaviour!(
     repeats_within_one_decide_count_in_order,
     a_resource_deleted_from_the_sink_is_forgotten,
     a_running_storm_found_in_the_sink_is_adopted,
+    where_a_resource_went_is_remembered_with_it,
 );
 
 async fn created_then_duplicate(b: Backend) {
@@ -897,6 +903,7 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
         last_seen_ms: 2_000,
         occurrence_count: 5,
         storm: None,
+        moved_to: None,
     };
     let adopted = f
         .store
@@ -1008,6 +1015,7 @@ async fn new_fingerprints_are_looked_up_while_the_namespace_is_cold(b: Backend) 
         last_seen_ms: 2_000,
         occurrence_count: 1,
         storm: None,
+        moved_to: None,
     };
     f.store
         .adopt(&ds[0].key, &existing(&a))
@@ -1112,6 +1120,7 @@ async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
             started_ms,
             ends_ms,
         }),
+        moved_to: None,
     };
     let adopt = |ns: &str, existing: Snapshot| {
         let store = f.store.clone();
@@ -1265,8 +1274,8 @@ async fn every_key_expires(b: Backend) {
     let claims: Vec<Claim> = (0..10).map(|i| claim(&ns, &format!("k{i}"))).collect();
     let ds = f.decide(&claims).await;
     assert_eq!(count(&ds, Outcome::StormAggregated), 7);
-    let keys: Vec<ClaimKey> = ds.iter().map(|d| d.key.clone()).collect();
-    f.store.commit(&keys).await.expect("commit");
+    let done: Vec<(ClaimKey, Option<String>)> = ds.iter().map(|d| (d.key.clone(), None)).collect();
+    f.store.commit(&done).await.expect("commit");
     let live = f.keys(&ns);
     assert!(!live.is_empty());
     // Every key has a TTL.
@@ -1763,7 +1772,8 @@ async fn noscript_reloads_and_runs_every_call_once() {
         .iter()
         .all(|s| s.as_ref().map(|s| s.occurrence_count) == Some(3)));
     server.cli(&["SCRIPT", "FLUSH"]);
-    store.commit(&keys).await.expect("commit");
+    let done: Vec<(ClaimKey, Option<String>)> = keys.iter().map(|k| (k.clone(), None)).collect();
+    store.commit(&done).await.expect("commit");
     server.cli(&["SCRIPT", "FLUSH"]);
     assert_eq!(
         store.poll(&keys[0]).await.expect("poll"),
@@ -1824,4 +1834,91 @@ async fn cluster_batches_are_routed_by_slot() {
     }
     let again = store.decide(&claims).await.expect("decide");
     assert!(again.iter().all(|d| d.outcome == Outcome::Duplicate));
+}
+
+/// A resource written outside its namespace (the sink's fallback namespace)
+/// is remembered there: every later decision and snapshot names the place,
+/// whether the store learnt it from a commit or from an adoption.
+async fn where_a_resource_went_is_remembered_with_it(b: Backend) {
+    let f = b
+        .store(Settings {
+            storm_threshold: 1,
+            ..settings()
+        })
+        .await;
+    let ns = namespace("moved");
+    let c = |s: &str| claim(&ns, s);
+    let moved = |d: &Decision| d.snapshot.moved_to.clone();
+    let here = Some("elsewhere".to_string());
+
+    // Its own resource, committed where it went.
+    let a = f.one(&c("a")).await;
+    assert_own(&a, &c("a"), Outcome::Created, Write::Create);
+    assert_eq!(moved(&a), None);
+    assert_eq!(moved(&f.one(&c("a")).await), None, "not before the commit");
+    f.commit_moved(&a.key, here.as_deref()).await;
+    let ds = f.decide(&[c("a"), c("a")]).await;
+    assert!(ds.iter().all(|d| moved(d) == here), "{ds:?}");
+    let snap = f.snapshot(&a.key).await.expect("held");
+    assert_eq!(snap.moved_to, here);
+
+    // A storm resource likewise: its members' decisions name the place.
+    let ds = f.decide(&[c("b"), c("c")]).await;
+    assert_storm(&ds[0], Outcome::StormStarted, Write::Create);
+    f.commit_moved(&ds[0].key, here.as_deref()).await;
+    let d = f.one(&c("d")).await;
+    assert_storm(&d, Outcome::StormAggregated, Write::Update);
+    assert_eq!(moved(&d), here);
+    assert_eq!(f.snapshot(&d.key).await.expect("held").moved_to, here);
+    // A storm committed in its own namespace names none.
+    let other = namespace("moved");
+    let ds = f.decide(&[claim(&other, "a"), claim(&other, "b")]).await;
+    f.commit(&ds[1].key).await;
+    assert_eq!(moved(&f.one(&claim(&other, "c")).await), None);
+
+    // Adopted from the sink where it is.
+    let cold = namespace("moved");
+    let e = claim(&cold, "e");
+    let existing = signalgate_sidecar::store::Snapshot {
+        resource: format!("rr-{}-{}", &e.fingerprint[..16], base36(1_000)),
+        first_seen_ms: 1_000,
+        last_seen_ms: 2_000,
+        occurrence_count: 2,
+        storm: None,
+        moved_to: here.clone(),
+    };
+    let key = ClaimKey::Fingerprint {
+        namespace: cold.clone(),
+        fingerprint: e.fingerprint.clone(),
+    };
+    let adopted = f.store.adopt(&key, &existing).await.expect("adopt");
+    assert_eq!(adopted.and_then(|s| s.moved_to), here);
+    assert_eq!(moved(&f.one(&e).await), here);
+    let now = wall_ms();
+    let storm = Snapshot {
+        resource: "storm-0123456789ab-moved".to_string(),
+        first_seen_ms: now - 1_000,
+        last_seen_ms: now - 100,
+        occurrence_count: 9,
+        storm: Some(StormSnapshot {
+            alert_count: 9,
+            affected: Vec::new(),
+            affected_overflow: 0,
+            started_ms: now - 1_000,
+            ends_ms: now + 60_000,
+        }),
+        moved_to: here.clone(),
+    };
+    let key = ClaimKey::Storm {
+        namespace: cold.clone(),
+        name: storm.resource.clone(),
+    };
+    let adopted = f.store.adopt(&key, &storm).await.expect("adopt");
+    assert!(adopted.is_some());
+    let joined = f.one(&claim(&cold, "f")).await;
+    assert_eq!(
+        (joined.outcome, joined.write, &joined.key),
+        (Outcome::StormAggregated, Write::Update, &key)
+    );
+    assert_eq!(moved(&joined), here);
 }

@@ -320,7 +320,9 @@ impl Sink for KubeSink {
             }
         };
         match with_retries(Some(UPDATE_RETRY_FOR), || patch_in(namespace.to_string())).await {
-            // It may have been written to the fallback namespace.
+            // Asked for its own namespace, it may be in the fallback one:
+            // store records written before the store kept where a resource
+            // went do not say.
             Err(SinkError::NotFound(_)) if namespace != self.fallback_namespace => {
                 with_retries(Some(UPDATE_RETRY_FOR), || {
                     patch_in(self.fallback_namespace.clone())

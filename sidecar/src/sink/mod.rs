@@ -17,6 +17,14 @@ pub struct Location {
     pub name: String,
 }
 
+impl Location {
+    /// Where it is, if not in `namespace` (whose resource it is): what the
+    /// store records as [`Snapshot::moved_to`].
+    pub fn moved_from(&self, namespace: &str) -> Option<String> {
+        (self.namespace != namespace).then(|| self.namespace.clone())
+    }
+}
+
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
@@ -100,11 +108,11 @@ pub fn most_recent_storm<'a>(
         .filter(|e| *e > running_at_ms)?;
     let (first_seen_ms, last_seen_ms) = seen;
     let name = rr.metadata.name.clone()?;
+    let location = Location {
+        namespace: rr.metadata.namespace.clone()?,
+        name: name.clone(),
+    };
     Some(FoundStorm {
-        location: Location {
-            namespace: rr.metadata.namespace.clone()?,
-            name: name.clone(),
-        },
         snapshot: Snapshot {
             resource: name,
             first_seen_ms,
@@ -117,7 +125,9 @@ pub fn most_recent_storm<'a>(
                 started_ms,
                 ends_ms,
             }),
+            moved_to: location.moved_from(namespace),
         },
+        location,
     })
 }
 

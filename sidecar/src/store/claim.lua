@@ -4,14 +4,17 @@
 -- A storm claim:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a, KEYS[3] sg:{ns}:x.
 -- ARGV: 1 op ('commit', 'release', 'poll', 'adopt', 'forget'), 2 kind ('f'
 --       or 's'), 3 storm resource name (storm claims), 4 claim lease ms, 5
---       dedup ttl ms; adopt of a fingerprint: 6 resource name, 7 first seen
---       ms, 8 occurrence count of the existing resource; adopt of a storm:
---       6 started ms, 7 last seen ms, 8 occurrence count, 9 alert count, 10
---       affected overflow, 11 ends ms, 12 max affected, 13... its affected
---       values; forget: 6 the resource name the sink no longer has
+--       dedup ttl ms; commit: 6 the namespace the resource went to if not
+--       its own (else ''); adopt of a fingerprint: 6 resource name, 7 first
+--       seen ms, 8 occurrence count of the existing resource, 9 the
+--       namespace it is in if not its own (else ''); adopt of a storm: 6
+--       started ms, 7 last seen ms, 8 occurrence count, 9 alert count, 10
+--       affected overflow, 11 ends ms, 12 max affected, 13 the namespace it
+--       is in if not its own (else ''), 14... its affected values; forget:
+--       6 the resource name the sink no longer has
 -- Reply: commit and release: 1 done, 0 the claim is gone.
 --        forget: 1 forgotten, 0 left (gone, pending, or another resource).
---        adopt: { name, first seen ms, last seen ms, count }, or 0 if the
+--        adopt: { name, first seen ms, last seen ms, count, moved to }, or 0 if the
 --        fingerprint has joined a storm meanwhile; of a storm: 1 adopted,
 --        0 not (it has ended, or the namespace runs another storm).
 --        poll: 0 gone, 1 committed, 2 pending (live lease), 3 owned (the lease
@@ -61,7 +64,7 @@ if op == 'adopt' and kind == 's' then
   st.o = math.max(st.o, tonumber(ARGV[10]))
   st.e = math.max(st.e, e)
   local max_affected = tonumber(ARGV[12])
-  for i = 13, #ARGV do
+  for i = 14, #ARGV do
     if st.k < max_affected and redis.call('ZADD', A, 'NX', 0, name .. '|' .. ARGV[i]) == 1 then
       st.k = st.k + 1
     end
@@ -69,27 +72,33 @@ if op == 'adopt' and kind == 's' then
   redis.call('HSET', S, name .. '|f', int(st.f), name .. '|l', int(st.l), name .. '|c', int(st.c),
     name .. '|n', int(st.n), name .. '|e', int(st.e), name .. '|p', 0, name .. '|u', 0,
     name .. '|o', int(st.o), name .. '|k', int(st.k), 'cur', name)
+  if ARGV[13] ~= '' then
+    redis.call('HSET', S, name .. '|w', ARGV[13])
+  end
   storm_keep(S, A, X, { { name, math.max(now + dedup, st.e) } }, now)
   return 1
 end
 
 if op == 'adopt' then
-  local known = redis.call('HMGET', H, 'r', 'f', 's')
+  local known = redis.call('HMGET', H, 'r', 'f', 's', 'w')
   if known[3] then
     return 0
   end
-  local resource, first, c = known[1], num(known[2]), 0
+  local resource, first, c, moved = known[1], num(known[2]), 0, known[4] or ''
   if resource then
     c = redis.call('HINCRBY', H, 'c', 1)
     redis.call('HSET', H, 'l', int(now))
   else
-    resource, first, c = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]) + 1
+    resource, first, c, moved = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]) + 1, ARGV[9]
     redis.call('HSET', H, 'r', resource, 'f', int(first), 'l', int(now), 'c', int(c), 'p', 0, 'u', 0)
+    if moved ~= '' then
+      redis.call('HSET', H, 'w', moved)
+    end
   end
   if redis.call('PTTL', H) < dedup then
     redis.call('PEXPIRE', H, int(dedup))
   end
-  return { resource, first, now, c }
+  return { resource, first, now, c, moved }
 end
 
 if kind == 's' then
@@ -111,6 +120,9 @@ end
 if op == 'commit' then
   if pending == 1 then
     redis.call('HSET', H, prefix .. 'p', 0)
+    if ARGV[6] ~= '' then
+      redis.call('HSET', H, prefix .. 'w', ARGV[6])
+    end
     if kind == 'f' then
       expire_after_last_sighting()
     end

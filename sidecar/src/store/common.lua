@@ -5,7 +5,8 @@
 -- Key layout (every key of one namespace shares the hash tag {ns}):
 --   sg:{ns}:f:<fp>  hash, one per fingerprint. Own resource: r (name), f (first
 --                   seen ms), l (last seen ms), c (count), p (1 = pending claim),
---                   u (lease until ms). Storm member: s (storm resource name)
+--                   u (lease until ms), w (the namespace the resource went to,
+--                   only when not its own). Storm member: s (storm resource name)
 --                   only. TTL: dedup window, refreshed on every sighting (a
 --                   pending claim is kept at least until its lease ends).
 --   sg:{ns}:w       zset, the storm window: distinct new fingerprints created
@@ -61,19 +62,26 @@ end
 -- Per-storm fields in sg:{ns}:s:
 --   f started ms, l last seen ms, c occurrences, n alert count (distinct
 --   members), e end of the storm (ms, exclusive), p pending claim flag,
---   u lease until ms, o affected overflow, k affected values listed.
+--   u lease until ms, o affected overflow, k affected values listed (the
+--   numbers, STORM); and w, the namespace the storm resource went to, only
+--   when not its own.
 local STORM = { 'f', 'l', 'c', 'n', 'e', 'p', 'u', 'o', 'k' }
 
-local function storm_load(S, name)
+local function storm_fields(name)
   local fields = {}
   for i, f in ipairs(STORM) do
     fields[i] = name .. '|' .. f
   end
-  local v = redis.call('HMGET', S, unpack(fields))
+  fields[#STORM + 1] = name .. '|w'
+  return fields
+end
+
+local function storm_load(S, name)
+  local v = redis.call('HMGET', S, unpack(storm_fields(name)))
   if not v[1] then
     return nil
   end
-  local st = { name = name }
+  local st = { name = name, w = v[#STORM + 1] or '' }
   for i, f in ipairs(STORM) do
     st[f] = num(v[i])
   end
@@ -91,11 +99,7 @@ local function storm_live(S, X, name, now)
 end
 
 local function storm_drop(S, A, X, name)
-  local fields = {}
-  for i, f in ipairs(STORM) do
-    fields[i] = name .. '|' .. f
-  end
-  redis.call('HDEL', S, unpack(fields))
+  redis.call('HDEL', S, unpack(storm_fields(name)))
   redis.call('ZREMRANGEBYLEX', A, '[' .. name .. '|', '(' .. name .. '}')
   redis.call('ZREM', X, name)
   if redis.call('HGET', S, 'cur') == name then

@@ -64,6 +64,7 @@ struct Own {
     count: u64,
     pending: bool,
     lease_until_ms: i64,
+    moved_to: Option<String>,
 }
 
 #[derive(Default)]
@@ -89,6 +90,7 @@ struct Storm {
     affected: BTreeSet<String>,
     /// The record is kept until then (members, lease, the storm itself).
     keep_until_ms: i64,
+    moved_to: Option<String>,
 }
 
 impl Storm {
@@ -109,6 +111,7 @@ impl Storm {
                 started_ms: self.started_ms,
                 ends_ms: self.ends_ms,
             }),
+            moved_to: self.moved_to.clone(),
         }
     }
 }
@@ -121,6 +124,7 @@ impl Own {
             last_seen_ms: self.last_ms,
             occurrence_count: self.count,
             storm: None,
+            moved_to: self.moved_to.clone(),
         }
     }
 }
@@ -398,6 +402,7 @@ impl State {
                 count: 1,
                 pending: true,
                 lease_until_ms: now + p.lease,
+                moved_to: None,
             };
             let snapshot = own.snapshot();
             self.fingerprints.insert(
@@ -428,6 +433,7 @@ impl State {
             overflow: 0,
             affected: BTreeSet::new(),
             keep_until_ms: 0,
+            moved_to: None,
         };
         add_affected(&mut storm, &claim.affected, p);
         storm.keep_until_ms = (now + p.dedup).max(storm.ends_ms).max(storm.lease_until_ms);
@@ -482,6 +488,7 @@ impl State {
             overflow: 0,
             affected: BTreeSet::new(),
             keep_until_ms: 0,
+            moved_to: None,
         };
         // A record whose time is up is dropped first (as `storm_live` in Lua).
         self.storm(namespace, name, now);
@@ -494,6 +501,9 @@ impl State {
         storm.ends_ms = storm.ends_ms.max(found.ends_ms);
         storm.pending = false;
         storm.lease_until_ms = 0;
+        if existing.moved_to.is_some() {
+            storm.moved_to.clone_from(&existing.moved_to);
+        }
         for a in &found.affected {
             if storm.affected.len() >= p.max_affected {
                 break;
@@ -560,11 +570,11 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn commit(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
+    async fn commit(&self, done: &[(ClaimKey, Option<String>)]) -> Result<(), StoreError> {
         let p = Params::new(&self.settings);
         let mut state = self.lock();
         let now = now_ms();
-        for key in keys {
+        for (key, moved_to) in done {
             match key {
                 ClaimKey::Fingerprint {
                     namespace,
@@ -575,6 +585,7 @@ impl Store for MemoryStore {
                         if let FpKind::Own(own) = &mut entry.kind {
                             if own.pending {
                                 own.pending = false;
+                                own.moved_to.clone_from(moved_to);
                                 // The lease no longer keeps it: the dedup window does.
                                 entry.expires_ms = (own.last_ms + p.dedup).max(now + 1);
                             }
@@ -583,7 +594,10 @@ impl Store for MemoryStore {
                 }
                 ClaimKey::Storm { namespace, name } => {
                     if let Some(storm) = state.storm(namespace, name, now) {
-                        storm.pending = false;
+                        if storm.pending {
+                            storm.pending = false;
+                            storm.moved_to.clone_from(moved_to);
+                        }
                     }
                 }
             }
@@ -656,6 +670,7 @@ impl Store for MemoryStore {
             count: existing.occurrence_count + 1,
             pending: false,
             lease_until_ms: 0,
+            moved_to: existing.moved_to.clone(),
         };
         let snapshot = own.snapshot();
         state.fingerprints.insert(

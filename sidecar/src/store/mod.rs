@@ -198,6 +198,17 @@ pub struct Snapshot {
     pub occurrence_count: u64,
     /// Present for storm resources.
     pub storm: Option<StormSnapshot>,
+    /// The namespace the resource was written to, when not the claim's own
+    /// (the sink's fallback namespace: its own did not exist or was being
+    /// deleted). Recorded by [`Store::commit`] and [`Store::adopt`].
+    pub moved_to: Option<String>,
+}
+
+impl Snapshot {
+    /// The namespace the resource is in, for a claim of `namespace`.
+    pub fn namespace<'a>(&'a self, namespace: &'a str) -> &'a str {
+        self.moved_to.as_deref().unwrap_or(namespace)
+    }
 }
 
 /// Storm counters.
@@ -248,8 +259,9 @@ pub enum StoreError {
 pub trait Store: Send + Sync {
     /// Decides every claim, in order, each atomically; all in one round trip.
     async fn decide(&self, claims: &[Claim]) -> Result<Vec<Decision>, StoreError>;
-    /// Marks the claims committed (their resources exist). Idempotent.
-    async fn commit(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
+    /// Marks the claims committed (their resources exist), each with the
+    /// namespace its resource went to if not its own. Idempotent.
+    async fn commit(&self, done: &[(ClaimKey, Option<String>)]) -> Result<(), StoreError>;
     /// Gives up the caller's leases after a failed create, so the next try takes them at once.
     async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
     /// After a [`Write::Lookup`] that found the incident's resource in the

@@ -476,12 +476,18 @@ impl Core {
         }
     }
 
-    /// Runs `op` (commit or release) on every key; all in one round trip.
-    async fn claim_all(&self, op: &str, keys: &[ClaimKey]) -> Result<(), StoreError> {
-        if keys.is_empty() {
+    /// Gives the leases of `keys` back; all in one round trip.
+    async fn release_all(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
+        let calls = keys.iter().map(|k| self.claim_call("release", k)).collect();
+        self.claim_all(calls).await
+    }
+
+    /// Runs `claim.lua` calls whose reply is only success (commits,
+    /// releases); all in one round trip.
+    async fn claim_all(&self, calls: Vec<Call>) -> Result<(), StoreError> {
+        if calls.is_empty() {
             return Ok(());
         }
-        let calls: Vec<Call> = keys.iter().map(|k| self.claim_call(op, k)).collect();
         self.bounded(async {
             for reply in self.eval_all(&self.scripts.claim, &calls).await {
                 reply?;
@@ -490,6 +496,12 @@ impl Core {
         })
         .await
     }
+}
+
+/// The `claim.lua` argument naming where a resource is when not in its
+/// namespace (`''` when it is).
+fn moved_to_arg(s: &Snapshot) -> Vec<u8> {
+    s.moved_to.as_deref().unwrap_or("").as_bytes().to_vec()
 }
 
 /// For a cluster URL, the seed node URLs.
@@ -636,7 +648,7 @@ fn parse_decision(claim: &Claim, v: &[Value]) -> Option<Decision> {
     };
     let write = write_code(int(v.get(1)?)?)?;
     let storm = int(v.get(2)?)? == 1;
-    if v.len() != if storm { 11 } else { 7 } {
+    if v.len() != if storm { 12 } else { 8 } {
         return None;
     }
     let resource = text(&v[3])?;
@@ -651,7 +663,7 @@ fn parse_decision(claim: &Claim, v: &[Value]) -> Option<Decision> {
             fingerprint: claim.fingerprint.clone(),
         }
     };
-    let snapshot = snapshot_from(resource, &v[4..], storm, Vec::new())?;
+    let snapshot = snapshot_from(resource, &v[4..], storm, Vec::new(), v.last()?)?;
     Some(Decision {
         outcome,
         write,
@@ -667,21 +679,23 @@ fn parse_snapshot(storm: bool, value: &Value) -> Option<Option<Snapshot>> {
     if v.is_empty() {
         return Some(None);
     }
-    if v.len() < 8 {
+    if v.len() < 9 {
         return None;
     }
-    let affected = v[8..].iter().map(text).collect::<Option<Vec<String>>>()?;
-    snapshot_from(text(&v[0])?, &v[1..8], storm, affected).map(Some)
+    let affected = v[9..].iter().map(text).collect::<Option<Vec<String>>>()?;
+    snapshot_from(text(&v[0])?, &v[1..8], storm, affected, &v[8]).map(Some)
 }
 
 /// A [`Snapshot`] from the fields every script reply lays out alike: first
 /// seen ms, last seen ms, occurrence count, then (read for a storm only)
-/// alert count, affected overflow, started ms, ends ms.
+/// alert count, affected overflow, started ms, ends ms; and where the
+/// resource went if not to its namespace (`''` if it did).
 fn snapshot_from(
     resource: String,
     fields: &[Value],
     storm: bool,
     affected: Vec<String>,
+    moved_to: &Value,
 ) -> Option<Snapshot> {
     let field = |i: usize| fields.get(i);
     Some(Snapshot {
@@ -700,6 +714,7 @@ fn snapshot_from(
         } else {
             None
         },
+        moved_to: Some(text(moved_to)?).filter(|ns| !ns.is_empty()),
     })
 }
 
@@ -778,6 +793,7 @@ impl Core {
             ];
             call.args
                 .extend(numbers.iter().map(|n| n.to_string().into_bytes()));
+            call.args.push(moved_to_arg(existing));
             call.args.extend(
                 storm
                     .affected
@@ -798,9 +814,10 @@ impl Core {
             .push(existing.first_seen_ms.to_string().into_bytes());
         call.args
             .push(existing.occurrence_count.to_string().into_bytes());
+        call.args.push(moved_to_arg(existing));
         self.claim_script(call, |reply| match reply {
-            redis::Value::Array(v) if v.len() == 4 => text(&v[0])
-                .and_then(|r| snapshot_from(r, &v[1..], false, Vec::new()))
+            redis::Value::Array(v) if v.len() == 5 => text(&v[0])
+                .and_then(|r| snapshot_from(r, &v[1..4], false, Vec::new(), &v[4]))
                 .map(Some),
             _ if int(reply) == Some(0) => Some(None),
             _ => None,
@@ -925,7 +942,7 @@ impl DecideEach for Core {
     }
 
     async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
-        self.claim_all("release", keys).await
+        self.release_all(keys).await
     }
 }
 
@@ -938,12 +955,21 @@ impl Store for RedisStore {
         }
     }
 
-    async fn commit(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
-        self.core.claim_all("commit", keys).await
+    async fn commit(&self, done: &[(ClaimKey, Option<String>)]) -> Result<(), StoreError> {
+        let calls = done
+            .iter()
+            .map(|(k, moved_to)| {
+                let mut call = self.core.claim_call("commit", k);
+                call.args
+                    .push(moved_to.as_deref().unwrap_or("").as_bytes().to_vec());
+                call
+            })
+            .collect();
+        self.core.claim_all(calls).await
     }
 
     async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
-        self.core.claim_all("release", keys).await
+        self.core.release_all(keys).await
     }
 
     async fn adopt(
