@@ -1861,6 +1861,12 @@ async fn where_a_resource_went_is_remembered_with_it(b: Backend) {
     assert!(ds.iter().all(|d| moved(d) == here), "{ds:?}");
     let snap = f.snapshot(&a.key).await.expect("held");
     assert_eq!(snap.moved_to, here);
+    let forgot = f
+        .store
+        .forget(&a.key, &snap.resource)
+        .await
+        .expect("forget");
+    assert!(forgot, "deleted from where it went: forgotten by its name");
 
     // A storm resource likewise: its members' decisions name the place.
     let ds = f.decide(&[c("b"), c("c")]).await;

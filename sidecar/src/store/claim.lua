@@ -14,7 +14,8 @@
 --       6 the resource name the sink no longer has
 -- Reply: commit and release: 1 done, 0 the claim is gone.
 --        forget: 1 forgotten, 0 left (gone, pending, or another resource).
---        adopt: { name, first seen ms, last seen ms, count, moved to }, or 0 if the
+--        adopt: { resource (name, or '<namespace>/<name>' when it went to
+--        another namespace), first seen ms, last seen ms, count }, or 0 if the
 --        fingerprint has joined a storm meanwhile; of a storm: 1 adopted,
 --        0 not (it has ended, or the namespace runs another storm).
 --        poll: 0 gone, 1 committed, 2 pending (live lease), 3 owned (the lease
@@ -80,25 +81,22 @@ if op == 'adopt' and kind == 's' then
 end
 
 if op == 'adopt' then
-  local known = redis.call('HMGET', H, 'r', 'f', 's', 'w')
+  local known = redis.call('HMGET', H, 'r', 'f', 's')
   if known[3] then
     return 0
   end
-  local resource, first, c, moved = known[1], num(known[2]), 0, known[4] or ''
+  local resource, first, c = known[1], num(known[2]), 0
   if resource then
     c = redis.call('HINCRBY', H, 'c', 1)
     redis.call('HSET', H, 'l', int(now))
   else
-    resource, first, c, moved = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]) + 1, ARGV[9]
+    resource, first, c = resource_ref(ARGV[6], ARGV[9]), tonumber(ARGV[7]), tonumber(ARGV[8]) + 1
     redis.call('HSET', H, 'r', resource, 'f', int(first), 'l', int(now), 'c', int(c), 'p', 0, 'u', 0)
-    if moved ~= '' then
-      redis.call('HSET', H, 'w', moved)
-    end
   end
   if redis.call('PTTL', H) < dedup then
     redis.call('PEXPIRE', H, int(dedup))
   end
-  return { resource, first, now, c, moved }
+  return { resource, first, now, c }
 end
 
 if kind == 's' then
@@ -121,7 +119,11 @@ if op == 'commit' then
   if pending == 1 then
     redis.call('HSET', H, prefix .. 'p', 0)
     if ARGV[6] ~= '' then
-      redis.call('HSET', H, prefix .. 'w', ARGV[6])
+      if kind == 'f' then
+        redis.call('HSET', H, 'r', resource_ref(resource_name(v[1]), ARGV[6]))
+      else
+        redis.call('HSET', H, prefix .. 'w', ARGV[6])
+      end
     end
     if kind == 'f' then
       expire_after_last_sighting()
@@ -133,7 +135,7 @@ elseif op == 'forget' then
     return 0
   end
   if kind == 'f' then
-    if redis.call('HGET', H, 'r') ~= ARGV[6] then
+    if resource_name(v[1]) ~= ARGV[6] then
       return 0
     end
     redis.call('DEL', H)

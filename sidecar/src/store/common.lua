@@ -3,10 +3,11 @@
 -- SHA with EVALSHA; NOSCRIPT makes the client SCRIPT LOAD and resend).
 --
 -- Key layout (every key of one namespace shares the hash tag {ns}):
---   sg:{ns}:f:<fp>  hash, one per fingerprint. Own resource: r (name), f (first
---                   seen ms), l (last seen ms), c (count), p (1 = pending claim),
---                   u (lease until ms), w (the namespace the resource went to,
---                   only when not its own). Storm member: s (storm resource name)
+--   sg:{ns}:f:<fp>  hash, one per fingerprint. Own resource: r (name; written
+--                   '<namespace>/<name>' once the resource went to another
+--                   namespace), f (first seen ms), l (last seen ms), c
+--                   (count), p (1 = pending claim), u (lease until ms).
+--                   Storm member: s (storm resource name)
 --                   only. TTL: dedup window, refreshed on every sighting (a
 --                   pending claim is kept at least until its lease ends).
 --   sg:{ns}:w       zset, the storm window: distinct new fingerprints created
@@ -86,6 +87,21 @@ local function storm_load(S, name)
     st[f] = num(v[i])
   end
   return st
+end
+
+-- A resource as the scripts answer it: its name, or '<namespace>/<name>'
+-- when it went to another namespace than its own (w). Names and namespaces
+-- never hold a '/'.
+local function resource_ref(name, w)
+  if w and w ~= '' then
+    return w .. '/' .. name
+  end
+  return name
+end
+
+-- The name in a resource_ref.
+local function resource_name(ref)
+  return string.match(ref, '[^/]*$')
 end
 
 -- Storm `name`'s record, unless its time in X is up (even before a sweep

@@ -24,10 +24,10 @@
 -- Reply: one entry per signal, in order: { outcome (1 created, 2 duplicate,
 --          3 storm_started, 4 storm_aggregated), write (1 create, 2 update,
 --          3 await, 4 lookup: nothing was recorded), kind (0 fingerprint,
---          1 storm), resource name, first seen ms, last seen ms, occurrence
+--          1 storm), resource (its name, or '<namespace>/<name>' when it
+--          went to another namespace), first seen ms, last seen ms, occurrence
 --          count, [storm only: alert count, affected overflow, storm started
---          ms, storm ends ms], the namespace the resource went to if not its
---          own (else '') }; a repeat of a fingerprint already answered in full by
+--          ms, storm ends ms] }; a repeat of a fingerprint already answered in full by
 --          this call gets { 2, write, occurrence count, index of that
 --          signal } (the rest is the same: same resource, same instant).
 --          (Tables of numbers rather than one formatted string a signal: Lua
@@ -94,7 +94,7 @@ local function is_cold()
 end
 
 local function storm_reply(outcome, write, st)
-  return { outcome, write, 1, st.name, st.f, st.l, st.c, st.n, st.o, st.f, st.e, st.w or '' }
+  return { outcome, write, 1, resource_ref(st.name, st.w), st.f, st.l, st.c, st.n, st.o, st.f, st.e }
 end
 
 -- Storm records read or started by this call, by name (false: gone). Like
@@ -182,8 +182,8 @@ local function join_storm(F, name)
 end
 
 -- Own-resource fingerprint records read or created by this call, by key:
--- { r name, f first seen, c count, p pending, u lease until, w moved to,
--- ttl, dirty, at: the signal whose reply gave it in full }.
+-- { r name, f first seen, c count, p pending, u lease until, ttl, dirty,
+-- at: the signal whose reply gave it in full }.
 -- A dirty record's c, l, u and TTL are written by flush() at the end.
 local held = {}
 local dirty = {}
@@ -204,7 +204,7 @@ local function own_duplicate(i, F, rec)
     return { 2, write, rec.c, rec.at }
   end
   rec.at = i
-  return { 2, write, 0, rec.r, rec.f, now, rec.c, rec.w }
+  return { 2, write, 0, rec.r, rec.f, now, rec.c }
 end
 
 local function flush()
@@ -221,7 +221,7 @@ local function decide(i, F, fp, affected, absent)
   if rec then
     return own_duplicate(i, F, rec)
   end
-  local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's', 'w')
+  local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's')
 
   if known[6] then
     -- A storm member: repeats are duplicates of the storm resource.
@@ -235,17 +235,14 @@ local function decide(i, F, fp, affected, absent)
     redis.call('DEL', F)
   elseif known[1] then
     -- A known fingerprint with its own resource.
-    rec = {
-      r = known[1], f = num(known[2]), c = num(known[3]), p = num(known[4]), u = num(known[5]),
-      w = known[7] or '',
-    }
+    rec = { r = known[1], f = num(known[2]), c = num(known[3]), p = num(known[4]), u = num(known[5]) }
     held[F] = rec
     return own_duplicate(i, F, rec)
   end
 
   -- A new fingerprint. Look in the sink first if the store may have lost it.
   if absent ~= '1' and is_cold() then
-    return { 1, 4, 0, '', 0, 0, 0, '' }
+    return { 1, 4, 0, '', 0, 0, 0 }
   end
 
   -- Does a storm run in this namespace?
@@ -270,8 +267,8 @@ local function decide(i, F, fp, affected, absent)
     local name = 'rr-' .. string.sub(fp, 1, 16) .. '-' .. base36(now)
     redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease)
     redis.call('PEXPIRE', F, int(math.max(dedup, lease)))
-    held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, w = '', at = i }
-    return { 1, 1, 0, name, now, now, 1, '' }
+    held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, at = i }
+    return { 1, 1, 0, name, now, now, 1 }
   end
 
   -- The (threshold+1)-th: a new storm, ONE resource.
@@ -279,7 +276,7 @@ local function decide(i, F, fp, affected, absent)
   local st = {
     name = name, f = now, l = now, c = 1, n = 1,
     e = math.min(now + window, now + max_duration),
-    p = 1, u = now + lease, o = 0, k = 0, w = '',
+    p = 1, u = now + lease, o = 0, k = 0,
   }
   storm_drop(S, A, X, name)
   redis.call('HSET', S, 'cur', name)

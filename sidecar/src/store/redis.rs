@@ -648,10 +648,10 @@ fn parse_decision(claim: &Claim, v: &[Value]) -> Option<Decision> {
     };
     let write = write_code(int(v.get(1)?)?)?;
     let storm = int(v.get(2)?)? == 1;
-    if v.len() != if storm { 12 } else { 8 } {
+    if v.len() != if storm { 11 } else { 7 } {
         return None;
     }
-    let resource = text(&v[3])?;
+    let (moved_to, resource) = split_ref(text(&v[3])?);
     let key = if storm {
         ClaimKey::Storm {
             namespace: claim.namespace.clone(),
@@ -663,7 +663,7 @@ fn parse_decision(claim: &Claim, v: &[Value]) -> Option<Decision> {
             fingerprint: claim.fingerprint.clone(),
         }
     };
-    let snapshot = snapshot_from(resource, &v[4..], storm, Vec::new(), v.last()?)?;
+    let snapshot = snapshot_from(resource, moved_to, &v[4..], storm, Vec::new())?;
     Some(Decision {
         outcome,
         write,
@@ -679,23 +679,32 @@ fn parse_snapshot(storm: bool, value: &Value) -> Option<Option<Snapshot>> {
     if v.is_empty() {
         return Some(None);
     }
-    if v.len() < 9 {
+    if v.len() < 8 {
         return None;
     }
-    let affected = v[9..].iter().map(text).collect::<Option<Vec<String>>>()?;
-    snapshot_from(text(&v[0])?, &v[1..8], storm, affected, &v[8]).map(Some)
+    let affected = v[8..].iter().map(text).collect::<Option<Vec<String>>>()?;
+    let (moved_to, resource) = split_ref(text(&v[0])?);
+    snapshot_from(resource, moved_to, &v[1..8], storm, affected).map(Some)
+}
+
+/// A resource as the scripts answer it (`resource_ref` in `common.lua`):
+/// its name, or `<namespace>/<name>` when it went to another namespace.
+fn split_ref(resource: String) -> (Option<String>, String) {
+    match resource.split_once('/') {
+        Some((namespace, name)) => (Some(namespace.to_string()), name.to_string()),
+        None => (None, resource),
+    }
 }
 
 /// A [`Snapshot`] from the fields every script reply lays out alike: first
 /// seen ms, last seen ms, occurrence count, then (read for a storm only)
-/// alert count, affected overflow, started ms, ends ms; and where the
-/// resource went if not to its namespace (`''` if it did).
+/// alert count, affected overflow, started ms, ends ms.
 fn snapshot_from(
     resource: String,
+    moved_to: Option<String>,
     fields: &[Value],
     storm: bool,
     affected: Vec<String>,
-    moved_to: &Value,
 ) -> Option<Snapshot> {
     let field = |i: usize| fields.get(i);
     Some(Snapshot {
@@ -714,7 +723,7 @@ fn snapshot_from(
         } else {
             None
         },
-        moved_to: Some(text(moved_to)?).filter(|ns| !ns.is_empty()),
+        moved_to,
     })
 }
 
@@ -816,8 +825,9 @@ impl Core {
             .push(existing.occurrence_count.to_string().into_bytes());
         call.args.push(moved_to_arg(existing));
         self.claim_script(call, |reply| match reply {
-            redis::Value::Array(v) if v.len() == 5 => text(&v[0])
-                .and_then(|r| snapshot_from(r, &v[1..4], false, Vec::new(), &v[4]))
+            redis::Value::Array(v) if v.len() == 4 => text(&v[0])
+                .map(split_ref)
+                .and_then(|(moved_to, r)| snapshot_from(r, moved_to, &v[1..], false, Vec::new()))
                 .map(Some),
             _ if int(reply) == Some(0) => Some(None),
             _ => None,

@@ -3,27 +3,27 @@
 -- A fingerprint resource: KEYS[1] sg:{ns}:f:<fp>.
 -- A storm resource:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a.
 -- ARGV: 1 kind ('f' or 's'), 2 storm resource name (storm resources)
--- Reply: {} when gone, else { resource name, first seen ms, last seen ms,
+-- Reply: {} when gone, else { resource (its name, or '<namespace>/<name>'
+--        when it went to another namespace), first seen ms, last seen ms,
 --        occurrence count, alert count, affected overflow, started ms, ends
---        ms, the namespace the resource went to if not its own (else ''),
---        affected values (sorted) ... }; the storm fields are 0 for a
+--        ms, affected values (sorted) ... }; the storm fields are 0 for a
 --        fingerprint resource.
 
 local kind, name = ARGV[1], ARGV[2]
 
 if kind == 'f' then
-  local v = redis.call('HMGET', KEYS[1], 'r', 'f', 'l', 'c', 'w')
+  local v = redis.call('HMGET', KEYS[1], 'r', 'f', 'l', 'c')
   if not v[1] then
     return {}
   end
-  return { v[1], num(v[2]), num(v[3]), num(v[4]), 0, 0, 0, 0, v[5] or '' }
+  return { v[1], num(v[2]), num(v[3]), num(v[4]), 0, 0, 0, 0 }
 end
 
 local st = storm_load(KEYS[1], name)
 if not st then
   return {}
 end
-local reply = { name, st.f, st.l, st.c, st.n, st.o, st.f, st.e, st.w }
+local reply = { resource_ref(name, st.w), st.f, st.l, st.c, st.n, st.o, st.f, st.e }
 local prefix = name .. '|'
 local listed = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. prefix, '(' .. name .. '}')
 for _, member in ipairs(listed) do
