@@ -221,8 +221,9 @@ impl Pipeline {
             record(&mut results[plan.index], &w, &mut created_any);
         }
         for plan in &awaits {
-            if let Some(created) = self.await_claim(plan, received_ms, deadline).await? {
-                record(&mut results[plan.index], &created, &mut created_any);
+            match self.await_claim(plan, received_ms, deadline).await? {
+                Awaited::Committed(at) => results[plan.index].resource = Some(at.to_string()),
+                Awaited::Created(at) => record(&mut results[plan.index], &at, &mut created_any),
             }
         }
 
@@ -545,20 +546,25 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Waits for a claim another request holds. `Some(location)` if the
-    /// lease expired and this request created the resource itself.
+    /// Waits for a claim another request holds.
     async fn await_claim(
         &self,
         plan: &Plan,
         received_ms: i64,
         deadline: Instant,
-    ) -> Result<Option<Location>, Failure> {
+    ) -> Result<Awaited, Failure> {
         let key = &plan.decision.key;
+        let committed = |moved_to: Option<String>| {
+            Awaited::Committed(Location {
+                namespace: moved_to.unwrap_or_else(|| key.namespace().to_string()),
+                name: plan.decision.snapshot.resource.clone(),
+            })
+        };
         loop {
             match self.timed("poll", self.store.poll(key)).await? {
-                ClaimState::Committed => {
+                ClaimState::Committed { moved_to } => {
                     self.coalescer.mark(key.clone());
-                    return Ok(None);
+                    return Ok(committed(moved_to));
                 }
                 ClaimState::Owned => {
                     // Retaken from the request that held it.
@@ -569,8 +575,11 @@ impl Pipeline {
                         index: plan.index,
                         decision,
                     }];
-                    let mut created = self.create_all(&single, received_ms, deadline).await?;
-                    return Ok(created.pop());
+                    let created = self.create_all(&single, received_ms, deadline).await?;
+                    return Ok(match created.into_iter().next() {
+                        Some(at) => Awaited::Created(at),
+                        None => committed(None),
+                    });
                 }
                 ClaimState::Gone => {
                     return Err(Failure::Deadline {
@@ -646,6 +655,14 @@ impl std::fmt::Display for Joined<'_> {
         }
         Ok(())
     }
+}
+
+/// How a wait on another request's claim ended.
+enum Awaited {
+    /// The other request created the resource: here.
+    Committed(Location),
+    /// Its lease ran out: this request created the resource (or found it).
+    Created(Location),
 }
 
 /// Fills in a signal's result from the resource this request created for it.

@@ -291,6 +291,35 @@ fn a_namespace_that_does_not_exist_sends_the_resource_to_the_fallback() {
     });
 }
 
+/// Alerts that wait while another request creates their resource in the
+/// fallback namespace are answered where it is.
+#[test]
+fn concurrent_alerts_for_a_namespace_that_does_not_exist_are_all_answered_where_it_is() {
+    let k = shared();
+    let ns = "no-such-namespace-concurrent";
+    let s = sidecar(k, "sidecar", &[]);
+    let body = serde_json::to_vec(&webhook(vec![alert("Crowded", ns, "p")])).unwrap();
+    let answers: Vec<Value> = std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..20)
+            .map(|_| scope.spawn(|| s.post("/api/v1/signals/prometheus", &body, "t")))
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                let a = h.join().unwrap();
+                assert!(a.status == 201 || a.status == 202, "{}", a.body);
+                a.json()["signals"][0]["resource"].clone()
+            })
+            .collect()
+    });
+    assert!(
+        s.metric("signalgate_store_duration_seconds_count{op=\"poll\"}") > 0.0,
+        "some waited on the claim"
+    );
+    let first = answers[0].as_str().unwrap();
+    assert!(first.starts_with(&format!("{FALLBACK}/rr-")), "{first}");
+    assert!(answers.iter().all(|a| a == first), "{answers:?}");
+}
+
 /// A storm of a namespace that does not exist goes to the fallback namespace
 /// as a whole, and every later answer names it there.
 #[test]
@@ -383,6 +412,8 @@ fn a_retaken_claim_finds_the_resource_its_first_holder_moved_to_the_fallback() {
         !key.is_empty() && !key.contains('\n'),
         "one claim: {keys:?}"
     );
+    let committed_there = format!("@{FALLBACK}");
+    assert_eq!(redis.cli(&["HGET", key, "p"]).trim(), committed_there);
     assert_eq!(redis.cli(&["HSET", key, "p", "1", "u", "0"]).trim(), "0");
     k.create_namespace(ns);
 
@@ -400,6 +431,7 @@ fn a_retaken_claim_finds_the_resource_its_first_holder_moved_to_the_fallback() {
         a.body
     );
     // Committed now, where it is: the next sighting is a plain duplicate.
+    assert_eq!(redis.cli(&["HGET", key, "p"]).trim(), committed_there);
     let a = s.post_alerts(&webhook(vec![alert("Early", ns, "p")]));
     assert_eq!(a.status, 202, "{}", a.body);
     assert_eq!(

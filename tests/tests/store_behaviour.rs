@@ -796,7 +796,10 @@ async fn await_until_committed(b: Backend) {
     assert_own(&waiter, &a, Outcome::Duplicate, Write::Await);
     assert_eq!(f.poll(&waiter.key).await, ClaimState::Pending);
     f.commit(&owner.key).await;
-    assert_eq!(f.poll(&waiter.key).await, ClaimState::Committed);
+    assert_eq!(
+        f.poll(&waiter.key).await,
+        ClaimState::Committed { moved_to: None }
+    );
     f.commit(&owner.key).await; // idempotent
     let later = f.one(&a).await;
     assert_own(&later, &a, Outcome::Duplicate, Write::Update);
@@ -836,7 +839,10 @@ async fn expired_lease_is_owned_by_exactly_one_poller(b: Backend) {
     let pending = states.iter().filter(|s| **s == ClaimState::Pending).count();
     assert_eq!((owned, pending), (1, 9), "{states:?}");
     f.commit(&waiter.key).await;
-    assert_eq!(f.poll(&waiter.key).await, ClaimState::Committed);
+    assert_eq!(
+        f.poll(&waiter.key).await,
+        ClaimState::Committed { moved_to: None }
+    );
     let snap = f.snapshot(&waiter.key).await.expect("snapshot");
     assert_eq!(snap.resource, owner.snapshot.resource);
 }
@@ -919,7 +925,10 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
     assert_own(&again, &a, Outcome::Duplicate, Write::Update);
     assert_eq!(again.snapshot.resource, name);
     assert_eq!(again.snapshot.occurrence_count, 7);
-    assert_eq!(f.poll(&lookup.key).await, ClaimState::Committed);
+    assert_eq!(
+        f.poll(&lookup.key).await,
+        ClaimState::Committed { moved_to: None }
+    );
     // A second request that found it too: counted in what the store holds.
     let twice = f
         .store
@@ -1235,7 +1244,7 @@ async fn storm_claims_follow_the_protocol(b: Backend) {
     assert_eq!(f.poll(&key).await, ClaimState::Owned);
     assert_eq!(f.poll(&key).await, ClaimState::Pending);
     f.commit(&key).await;
-    assert_eq!(f.poll(&key).await, ClaimState::Committed);
+    assert_eq!(f.poll(&key).await, ClaimState::Committed { moved_to: None });
     let e = f.one(&c("e")).await;
     assert_eq!(
         assert_storm(&e, Outcome::StormAggregated, Write::Update),
@@ -1777,7 +1786,7 @@ async fn noscript_reloads_and_runs_every_call_once() {
     server.cli(&["SCRIPT", "FLUSH"]);
     assert_eq!(
         store.poll(&keys[0]).await.expect("poll"),
-        ClaimState::Committed
+        ClaimState::Committed { moved_to: None }
     );
 }
 
@@ -1855,8 +1864,24 @@ async fn where_a_resource_went_is_remembered_with_it(b: Backend) {
     let a = f.one(&c("a")).await;
     assert_own(&a, &c("a"), Outcome::Created, Write::Create);
     assert_eq!(moved(&a), None);
-    assert_eq!(moved(&f.one(&c("a")).await), None, "not before the commit");
+    let waiter = f.one(&c("a")).await;
+    assert_eq!((waiter.write, moved(&waiter)), (Write::Await, None));
     f.commit_moved(&a.key, here.as_deref()).await;
+    assert_eq!(
+        f.poll(&waiter.key).await,
+        ClaimState::Committed {
+            moved_to: here.clone()
+        },
+        "a waiter learns where it went"
+    );
+    if b == Backend::Standalone {
+        // What a sidecar of the previous version sharing the store reads:
+        // the bare name, and a claim that is not pending.
+        let key = format!("sg:{{{ns}}}:f:{}", c("a").fingerprint);
+        let server = RedisServer::shared();
+        assert_eq!(server.cli(&["HGET", &key, "r"]).trim(), a.snapshot.resource);
+        assert_eq!(server.cli(&["HGET", &key, "p"]).trim(), "@elsewhere");
+    }
     let ds = f.decide(&[c("a"), c("a")]).await;
     assert!(ds.iter().all(|d| moved(d) == here), "{ds:?}");
     let snap = f.snapshot(&a.key).await.expect("held");
@@ -1872,6 +1897,12 @@ async fn where_a_resource_went_is_remembered_with_it(b: Backend) {
     let ds = f.decide(&[c("b"), c("c")]).await;
     assert_storm(&ds[0], Outcome::StormStarted, Write::Create);
     f.commit_moved(&ds[0].key, here.as_deref()).await;
+    assert_eq!(
+        f.poll(&ds[1].key).await,
+        ClaimState::Committed {
+            moved_to: here.clone()
+        }
+    );
     let d = f.one(&c("d")).await;
     assert_storm(&d, Outcome::StormAggregated, Write::Update);
     assert_eq!(moved(&d), here);

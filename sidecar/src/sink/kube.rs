@@ -159,6 +159,10 @@ impl KubeSink {
                 }))
             }
             Ok(_) => Attempt::Done(None),
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                tracing::warn!(%fallback, %name, "may not get resources (RBAC lacks 'get' on remediationrequests): cannot look for one an earlier holder of the claim moved");
+                Attempt::Done(None)
+            }
             Err(e) => classify(e, &format!("get {fallback}/{name}")),
         }
     }

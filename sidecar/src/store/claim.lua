@@ -18,8 +18,9 @@
 --        another namespace), first seen ms, last seen ms, count }, or 0 if the
 --        fingerprint has joined a storm meanwhile; of a storm: 1 adopted,
 --        0 not (it has ended, or the namespace runs another storm).
---        poll: 0 gone, 1 committed, 2 pending (live lease), 3 owned (the lease
---        had expired: the caller now holds a fresh one).
+--        poll: 0 gone, { 1, the namespace the resource went to if not its
+--        own (else '') } committed, 2 pending (live lease), 3 owned (the
+--        lease had expired: the caller now holds a fresh one).
 
 local op, kind, name = ARGV[1], ARGV[2], ARGV[3]
 local lease = tonumber(ARGV[4])
@@ -81,29 +82,30 @@ if op == 'adopt' and kind == 's' then
 end
 
 if op == 'adopt' then
-  local known = redis.call('HMGET', H, 'r', 'f', 's')
+  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p')
   if known[3] then
     return 0
   end
-  local resource, first, c = known[1], num(known[2]), 0
+  local resource, first, c, moved = known[1], num(known[2]), 0, committed_to(known[4])
   if resource then
     c = redis.call('HINCRBY', H, 'c', 1)
     redis.call('HSET', H, 'l', int(now))
   else
-    resource, first, c = resource_ref(ARGV[6], ARGV[9]), tonumber(ARGV[7]), tonumber(ARGV[8]) + 1
-    redis.call('HSET', H, 'r', resource, 'f', int(first), 'l', int(now), 'c', int(c), 'p', 0, 'u', 0)
+    resource, first, c, moved = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]) + 1, ARGV[9]
+    redis.call('HSET', H, 'r', resource, 'f', int(first), 'l', int(now), 'c', int(c),
+      'p', committed_p(moved), 'u', 0)
   end
   if redis.call('PTTL', H) < dedup then
     redis.call('PEXPIRE', H, int(dedup))
   end
-  return { resource, first, now, c }
+  return { resource_ref(resource, moved), first, now, c }
 end
 
 if kind == 's' then
   prefix = name .. '|'
   exists = prefix .. 'f'
 end
-local v = redis.call('HMGET', H, exists, prefix .. 'l', prefix .. 'p', prefix .. 'u')
+local v = redis.call('HMGET', H, exists, prefix .. 'l', prefix .. 'p', prefix .. 'u', prefix .. 'w')
 if not v[1] then
   return 0
 end
@@ -117,11 +119,11 @@ end
 
 if op == 'commit' then
   if pending == 1 then
-    redis.call('HSET', H, prefix .. 'p', 0)
-    if ARGV[6] ~= '' then
-      if kind == 'f' then
-        redis.call('HSET', H, 'r', resource_ref(resource_name(v[1]), ARGV[6]))
-      else
+    if kind == 'f' then
+      redis.call('HSET', H, 'p', committed_p(ARGV[6]))
+    else
+      redis.call('HSET', H, prefix .. 'p', 0)
+      if ARGV[6] ~= '' then
         redis.call('HSET', H, prefix .. 'w', ARGV[6])
       end
     end
@@ -135,7 +137,7 @@ elseif op == 'forget' then
     return 0
   end
   if kind == 'f' then
-    if resource_name(v[1]) ~= ARGV[6] then
+    if v[1] ~= ARGV[6] then
       return 0
     end
     redis.call('DEL', H)
@@ -152,7 +154,10 @@ end
 
 -- poll
 if pending == 0 then
-  return 1
+  if kind == 'f' then
+    return { 1, committed_to(v[3]) }
+  end
+  return { 1, v[5] or '' }
 end
 if lease_until > now then
   return 2

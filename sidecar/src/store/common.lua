@@ -3,11 +3,11 @@
 -- SHA with EVALSHA; NOSCRIPT makes the client SCRIPT LOAD and resend).
 --
 -- Key layout (every key of one namespace shares the hash tag {ns}):
---   sg:{ns}:f:<fp>  hash, one per fingerprint. Own resource: r (name; written
---                   '<namespace>/<name>' once the resource went to another
---                   namespace), f (first seen ms), l (last seen ms), c
---                   (count), p (1 = pending claim), u (lease until ms).
---                   Storm member: s (storm resource name)
+--   sg:{ns}:f:<fp>  hash, one per fingerprint. Own resource: r (name), f (first
+--                   seen ms), l (last seen ms), c (count), p (the claim: 1
+--                   pending, 0 committed, '@<namespace>' committed and the
+--                   resource went to that namespace; see committed_to), u
+--                   (lease until ms). Storm member: s (storm resource name)
 --                   only. TTL: dedup window, refreshed on every sighting (a
 --                   pending claim is kept at least until its lease ends).
 --   sg:{ns}:w       zset, the storm window: distinct new fingerprints created
@@ -89,19 +89,36 @@ local function storm_load(S, name)
   return st
 end
 
+-- Where a committed fingerprint resource went, from its record's p: the
+-- namespace of a p '@<namespace>', or '' (its own namespace, or not
+-- committed). Kept in p rather than a field of its own so that the
+-- duplicate path reads no more than before; num(p) is 0 (committed) for it,
+-- as sidecars of an earlier version sharing the store read it too.
+local function committed_to(p)
+  if p and string.byte(p) == 64 then
+    return string.sub(p, 2)
+  end
+  return ''
+end
+
+-- A fingerprint record's p once committed, its resource gone to namespace
+-- `moved` ('' for its own).
+local function committed_p(moved)
+  if moved ~= '' then
+    return '@' .. moved
+  end
+  return 0
+end
+
 -- A resource as the scripts answer it: its name, or '<namespace>/<name>'
 -- when it went to another namespace than its own (w). Names and namespaces
--- never hold a '/'.
+-- never hold a '/'. (r stays the bare name: sidecars of an earlier version
+-- sharing the store read it.)
 local function resource_ref(name, w)
   if w and w ~= '' then
     return w .. '/' .. name
   end
   return name
-end
-
--- The name in a resource_ref.
-local function resource_name(ref)
-  return string.match(ref, '[^/]*$')
 end
 
 -- Storm `name`'s record, unless its time in X is up (even before a sweep

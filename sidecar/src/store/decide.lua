@@ -182,7 +182,7 @@ local function join_storm(F, name)
 end
 
 -- Own-resource fingerprint records read or created by this call, by key:
--- { r name, f first seen, c count, p pending, u lease until, ttl, dirty,
+-- { r resource (resource_ref), f first seen, c count, p pending, u lease until, ttl, dirty,
 -- at: the signal whose reply gave it in full }.
 -- A dirty record's c, l, u and TTL are written by flush() at the end.
 local held = {}
@@ -235,7 +235,12 @@ local function decide(i, F, fp, affected, absent)
     redis.call('DEL', F)
   elseif known[1] then
     -- A known fingerprint with its own resource.
-    rec = { r = known[1], f = num(known[2]), c = num(known[3]), p = num(known[4]), u = num(known[5]) }
+    local r, p = known[1], known[4]
+    if p ~= '0' and p ~= '1' then
+      -- (two string compares: the duplicate path's whole cost of knowing)
+      r = resource_ref(r, committed_to(p))
+    end
+    rec = { r = r, f = num(known[2]), c = num(known[3]), p = num(p), u = num(known[5]) }
     held[F] = rec
     return own_duplicate(i, F, rec)
   end

@@ -718,9 +718,11 @@ impl Store for MemoryStore {
         let p = Params::new(&self.settings);
         let mut state = self.lock();
         let now = now_ms();
-        let poll = |pending: bool, lease_until: &mut i64| {
+        let poll = |pending: bool, lease_until: &mut i64, moved_to: &Option<String>| {
             if !pending {
-                ClaimState::Committed
+                ClaimState::Committed {
+                    moved_to: moved_to.clone(),
+                }
             } else if *lease_until > now {
                 ClaimState::Pending
             } else {
@@ -737,7 +739,7 @@ impl Store for MemoryStore {
                 match state.fingerprint(&k, now) {
                     Some(entry) => match &mut entry.kind {
                         FpKind::Own(own) => {
-                            let s = poll(own.pending, &mut own.lease_until_ms);
+                            let s = poll(own.pending, &mut own.lease_until_ms, &own.moved_to);
                             if s == ClaimState::Owned {
                                 entry.expires_ms = entry.expires_ms.max(now + p.lease);
                             }
@@ -750,7 +752,7 @@ impl Store for MemoryStore {
             }
             ClaimKey::Storm { namespace, name } => match state.storm(namespace, name, now) {
                 Some(storm) => {
-                    let s = poll(storm.pending, &mut storm.lease_until_ms);
+                    let s = poll(storm.pending, &mut storm.lease_until_ms, &storm.moved_to);
                     if s == ClaimState::Owned {
                         storm.keep_until_ms = storm.keep_until_ms.max(now + p.lease);
                     }

@@ -233,8 +233,8 @@ pub struct StormSnapshot {
 /// The state of a claim, as seen by a caller waiting on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimState {
-    /// The resource exists.
-    Committed,
+    /// The resource exists (in `moved_to` if not in its own namespace).
+    Committed { moved_to: Option<String> },
     /// Someone else holds a live lease.
     Pending,
     /// The lease had expired: the caller now owns the claim and must create.

@@ -843,12 +843,18 @@ impl Core {
     }
 
     async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
-        self.claim_script(self.claim_call("poll", key), |reply| match int(reply) {
-            Some(0) => Some(ClaimState::Gone),
-            Some(1) => Some(ClaimState::Committed),
-            Some(2) => Some(ClaimState::Pending),
-            Some(3) => Some(ClaimState::Owned),
-            _ => None,
+        self.claim_script(self.claim_call("poll", key), |reply| match reply {
+            Value::Array(v) if v.len() == 2 && int(&v[0]) == Some(1) => {
+                Some(ClaimState::Committed {
+                    moved_to: Some(text(&v[1])?).filter(|ns| !ns.is_empty()),
+                })
+            }
+            _ => match int(reply) {
+                Some(0) => Some(ClaimState::Gone),
+                Some(2) => Some(ClaimState::Pending),
+                Some(3) => Some(ClaimState::Owned),
+                _ => None,
+            },
         })
         .await
     }

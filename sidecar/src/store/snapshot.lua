@@ -12,11 +12,11 @@
 local kind, name = ARGV[1], ARGV[2]
 
 if kind == 'f' then
-  local v = redis.call('HMGET', KEYS[1], 'r', 'f', 'l', 'c')
+  local v = redis.call('HMGET', KEYS[1], 'r', 'f', 'l', 'c', 'p')
   if not v[1] then
     return {}
   end
-  return { v[1], num(v[2]), num(v[3]), num(v[4]), 0, 0, 0, 0 }
+  return { resource_ref(v[1], committed_to(v[5])), num(v[2]), num(v[3]), num(v[4]), 0, 0, 0, 0 }
 end
 
 local st = storm_load(KEYS[1], name)
