@@ -578,6 +578,7 @@ impl Pipeline {
                     let created = self.create_all(&single, received_ms, deadline).await?;
                     return Ok(match created.into_iter().next() {
                         Some(at) => Awaited::Created(at),
+                        // Not reached: one plan, one location or an error.
                         None => committed(None),
                     });
                 }
