@@ -461,20 +461,21 @@ impl Pipeline {
         }))
         .await;
         for ((j, found), result) in adopts.into_iter().zip(adopted_all) {
-            let Some(snapshot) = result? else {
+            let Some(adopted) = result? else {
                 // It joined a storm meanwhile: decide it again.
                 again.push(j);
                 continue;
             };
             tracing::info!(resource = %found.location, "the store did not know this live incident; adopted its resource");
             // The store's resource: the one found, or another if another
-            // request recorded one first.
+            // request claimed the incident first (then wait for its claim,
+            // or take it over).
             let key = decisions[j].key.clone();
             decisions[j] = Decision {
                 outcome: Outcome::Duplicate,
-                write: Write::Update,
+                write: adopted.write,
                 key,
-                snapshot,
+                snapshot: adopted.snapshot,
             };
         }
         if !again.is_empty() {

@@ -389,6 +389,7 @@ behaviour!(
     a_resource_deleted_from_the_sink_is_forgotten,
     a_running_storm_found_in_the_sink_is_adopted,
     where_a_resource_went_is_remembered_with_it,
+    an_adoption_finding_a_claim_made_meanwhile_settles_it_as_a_duplicate_would,
 );
 
 async fn created_then_duplicate(b: Backend) {
@@ -917,6 +918,8 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
         .await
         .expect("adopt")
         .expect("a fingerprint claim");
+    assert_eq!(adopted.write, Write::Update);
+    let adopted = adopted.snapshot;
     assert_eq!(adopted.resource, name);
     assert_eq!(adopted.first_seen_ms, 1_000);
     assert_eq!(adopted.occurrence_count, 6);
@@ -936,8 +939,9 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
         .await
         .expect("adopt")
         .expect("a fingerprint claim");
-    assert_eq!(twice.resource, name);
-    assert_eq!(twice.occurrence_count, 8);
+    assert_eq!(twice.write, Write::Update);
+    assert_eq!(twice.snapshot.resource, name);
+    assert_eq!(twice.snapshot.occurrence_count, 8);
 }
 
 /// A fingerprint repeated within one decide (Redis: one script call, which
@@ -1929,7 +1933,7 @@ async fn where_a_resource_went_is_remembered_with_it(b: Backend) {
         fingerprint: e.fingerprint.clone(),
     };
     let adopted = f.store.adopt(&key, &existing).await.expect("adopt");
-    assert_eq!(adopted.and_then(|s| s.moved_to), here);
+    assert_eq!(adopted.and_then(|a| a.snapshot.moved_to), here);
     assert_eq!(moved(&f.one(&e).await), here);
     let now = wall_ms();
     let storm = Snapshot {
@@ -1958,4 +1962,62 @@ async fn where_a_resource_went_is_remembered_with_it(b: Backend) {
         (Outcome::StormAggregated, Write::Update, &key)
     );
     assert_eq!(moved(&joined), here);
+}
+
+/// Another request claimed the incident between a lookup and its adoption:
+/// the store's claim wins, and the adopting signal settles it as a
+/// duplicate of it would (wait for it while its lease runs, then take it
+/// over), rather than count in a resource that may never be made.
+async fn an_adoption_finding_a_claim_made_meanwhile_settles_it_as_a_duplicate_would(b: Backend) {
+    let lease = Duration::from_millis(400);
+    let f = b
+        .store(Settings {
+            claim_lease: lease,
+            ..settings()
+        })
+        .await;
+    let ns = namespace("adoptclaimed");
+    let a = claim(&ns, "a");
+    let owner = f.one(&a).await;
+    assert_own(&owner, &a, Outcome::Created, Write::Create);
+    let found = Snapshot {
+        resource: format!("rr-{}-{}", &a.fingerprint[..16], base36(1_000)),
+        first_seen_ms: 1_000,
+        last_seen_ms: 2_000,
+        occurrence_count: 5,
+        storm: None,
+        moved_to: None,
+    };
+    let adopt = || {
+        let store = f.store.clone();
+        let (key, found) = (owner.key.clone(), found.clone());
+        async move {
+            store
+                .adopt(&key, &found)
+                .await
+                .expect("adopt")
+                .expect("its own resource")
+        }
+    };
+    let waits = adopt().await;
+    assert_eq!(waits.write, Write::Await);
+    assert_eq!(waits.snapshot.resource, owner.snapshot.resource);
+    assert_eq!(waits.snapshot.occurrence_count, 2);
+    assert_eq!(f.poll(&owner.key).await, ClaimState::Pending);
+
+    // The owner never commits: after its lease, the adoption takes the claim.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let takes = adopt().await;
+    assert_eq!(takes.write, Write::Create);
+    assert_eq!(takes.snapshot.occurrence_count, 3);
+    assert_eq!(
+        f.poll(&owner.key).await,
+        ClaimState::Pending,
+        "its lease now"
+    );
+    f.commit(&owner.key).await;
+    let after = adopt().await;
+    assert_eq!(after.write, Write::Update);
+    assert_eq!(after.snapshot.resource, owner.snapshot.resource);
+    assert_eq!(after.snapshot.occurrence_count, 4);
 }

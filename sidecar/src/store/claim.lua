@@ -15,7 +15,9 @@
 -- Reply: commit and release: 1 done, 0 the claim is gone.
 --        forget: 1 forgotten, 0 left (gone, pending, or another resource).
 --        adopt: { resource (name, or '<namespace>/<name>' when it went to
---        another namespace), first seen ms, last seen ms, count }, or 0 if the
+--        another namespace), first seen ms, last seen ms, count, write (2
+--        update; a claim another request made first: 3 await, 1 create,
+--        its lease having expired) }, or 0 if the
 --        fingerprint has joined a storm meanwhile; of a storm: 1 adopted,
 --        0 not (it has ended, or the namespace runs another storm).
 --        poll: 0 gone, { 1, the namespace the resource went to if not its
@@ -82,23 +84,31 @@ if op == 'adopt' and kind == 's' then
 end
 
 if op == 'adopt' then
-  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p')
+  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u')
   if known[3] then
     return 0
   end
   local resource, first, c, moved = known[1], num(known[2]), 0, committed_to(known[4])
+  local write, keep = 2, dedup
   if resource then
+    -- Another request's claim, maybe still pending: settled as decide.lua
+    -- would settle a duplicate of it (wait for it, or take it over).
     c = redis.call('HINCRBY', H, 'c', 1)
-    redis.call('HSET', H, 'l', int(now))
+    local lease_until
+    write, lease_until = claim_write(num(known[4]), num(known[5]), now, lease)
+    redis.call('HSET', H, 'l', int(now), 'u', int(lease_until))
+    if write ~= 2 then
+      keep = math.max(dedup, lease_until - now)
+    end
   else
     resource, first, c, moved = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]) + 1, ARGV[9]
     redis.call('HSET', H, 'r', resource, 'f', int(first), 'l', int(now), 'c', int(c),
       'p', committed_p(moved), 'u', 0)
   end
-  if redis.call('PTTL', H) < dedup then
-    redis.call('PEXPIRE', H, int(dedup))
+  if redis.call('PTTL', H) < keep then
+    redis.call('PEXPIRE', H, int(keep))
   end
-  return { resource_ref(resource, moved), first, now, c }
+  return { resource_ref(resource, moved), first, now, c, write }
 end
 
 if kind == 's' then

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
     StormSnapshot, Write, WARM_MARKER_TTL,
 };
 
@@ -641,7 +641,7 @@ impl Store for MemoryStore {
         &self,
         key: &ClaimKey,
         existing: &Snapshot,
-    ) -> Result<Option<Snapshot>, StoreError> {
+    ) -> Result<Option<Adopted>, StoreError> {
         let p = Params::new(&self.settings);
         let mut state = self.lock();
         let now = now_ms();
@@ -650,18 +650,33 @@ impl Store for MemoryStore {
             fingerprint,
         } = key
         else {
-            return Ok(state.adopt_storm(key.namespace(), existing, &p, now));
+            let adopted = state.adopt_storm(key.namespace(), existing, &p, now);
+            return Ok(adopted.map(|snapshot| Adopted {
+                snapshot,
+                write: Write::Update,
+            }));
         };
         let k = (namespace.clone(), fingerprint.clone());
         if let Some(entry) = state.fingerprint(&k, now) {
-            // Known by now: count the signal in what the store holds.
+            // Known by now: count the signal in what the store holds, and
+            // settle another request's claim as decide would.
             let FpKind::Own(own) = &mut entry.kind else {
                 return Ok(None);
             };
             own.count += 1;
             own.last_ms = now;
-            entry.expires_ms = entry.expires_ms.max(now + p.dedup);
-            return Ok(Some(own.snapshot()));
+            let (write, lease_until) = claim_write(own.pending, own.lease_until_ms, now, p.lease);
+            own.lease_until_ms = lease_until;
+            let keep = if own.pending {
+                lease_until.max(now + p.dedup)
+            } else {
+                now + p.dedup
+            };
+            entry.expires_ms = entry.expires_ms.max(keep);
+            return Ok(Some(Adopted {
+                snapshot: own.snapshot(),
+                write,
+            }));
         }
         let own = Own {
             resource: existing.resource.clone(),
@@ -680,7 +695,10 @@ impl Store for MemoryStore {
                 expires_ms: now + p.dedup,
             },
         );
-        Ok(Some(snapshot))
+        Ok(Some(Adopted {
+            snapshot,
+            write: Write::Update,
+        }))
     }
 
     async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {

@@ -164,6 +164,17 @@ pub struct Decision {
     pub snapshot: Snapshot,
 }
 
+/// What [`Store::adopt`] recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    /// The counters the store now holds.
+    pub snapshot: Snapshot,
+    /// What the caller must do with the claim: [`Write::Update`], unless
+    /// another request claimed the incident first ([`Write::Await`], or
+    /// [`Write::Create`] if that request's lease expired).
+    pub write: Write,
+}
+
 impl Decision {
     /// The caller owns a claim another request held before (its lease
     /// expired, or it gave the claim back after a failure). That request
@@ -268,8 +279,11 @@ pub trait Store: Send + Sync {
     /// sink: records it (name, first sighting, count) as the fingerprint's
     /// committed resource and counts this signal in it. If the fingerprint
     /// is known by now (another request adopted or created it first), the
-    /// signal is counted as a duplicate of what the store holds. Returns the
-    /// counters now held (`None` if the fingerprint joined a storm).
+    /// signal is counted as a duplicate of what the store holds, and its
+    /// claim settled as [`Store::decide`] would: if another request holds
+    /// it still, the caller must wait ([`Write::Await`]) or, its lease having
+    /// expired, create ([`Write::Create`]). Returns the counters now held
+    /// and that write (`None` if the fingerprint joined a storm).
     ///
     /// For a storm key (`existing` with its storm counters): lookups in a
     /// cold namespace found no resource of their own but the namespace's
@@ -278,12 +292,12 @@ pub trait Store: Send + Sync {
     /// new signals join it instead of starting another; what the store
     /// still holds of it is merged (each counter and its end: the larger).
     /// Does nothing (`None`) if the namespace runs another storm or this one
-    /// has ended; `Some(existing)` if adopted.
+    /// has ended; `Some(existing)` (with [`Write::Update`]) if adopted.
     async fn adopt(
         &self,
         key: &ClaimKey,
         existing: &Snapshot,
-    ) -> Result<Option<Snapshot>, StoreError>;
+    ) -> Result<Option<Adopted>, StoreError>;
     /// The committed resource `resource` of `key` is gone from the sink
     /// (deleted, say by whoever acted on it): forgets the incident (a storm:
     /// the storm), so that its next sighting claims and creates a new

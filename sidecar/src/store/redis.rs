@@ -93,7 +93,7 @@ use redis::{RedisError, Script, ServerErrorKind, Value};
 use super::batch::{self, Batcher, DecideEach};
 use super::memory::{ms, storm_prefix};
 use super::{
-    Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
     StormSnapshot, Write, WARM_MARKER_TTL,
 };
 
@@ -784,7 +784,7 @@ impl Core {
         &self,
         key: &ClaimKey,
         existing: &Snapshot,
-    ) -> Result<Option<Snapshot>, StoreError> {
+    ) -> Result<Option<Adopted>, StoreError> {
         let mut call = self.claim_call("adopt", key);
         if key.is_storm() {
             let Some(storm) = &existing.storm else {
@@ -812,7 +812,10 @@ impl Core {
             );
             return self
                 .claim_script(call, |reply| match int(reply) {
-                    Some(1) => Some(Some(existing.clone())),
+                    Some(1) => Some(Some(Adopted {
+                        snapshot: existing.clone(),
+                        write: Write::Update,
+                    })),
                     Some(0) => Some(None),
                     _ => None,
                 })
@@ -825,10 +828,13 @@ impl Core {
             .push(existing.occurrence_count.to_string().into_bytes());
         call.args.push(moved_to_arg(existing));
         self.claim_script(call, |reply| match reply {
-            redis::Value::Array(v) if v.len() == 4 => text(&v[0])
-                .map(split_ref)
-                .and_then(|(moved_to, r)| snapshot_from(r, moved_to, &v[1..], false, Vec::new()))
-                .map(Some),
+            redis::Value::Array(v) if v.len() == 5 => {
+                let (moved_to, r) = split_ref(text(&v[0])?);
+                Some(Some(Adopted {
+                    snapshot: snapshot_from(r, moved_to, &v[1..4], false, Vec::new())?,
+                    write: write_code(int(&v[4])?)?,
+                }))
+            }
             _ if int(reply) == Some(0) => Some(None),
             _ => None,
         })
@@ -992,7 +998,7 @@ impl Store for RedisStore {
         &self,
         key: &ClaimKey,
         existing: &Snapshot,
-    ) -> Result<Option<Snapshot>, StoreError> {
+    ) -> Result<Option<Adopted>, StoreError> {
         self.core.adopt(key, existing).await
     }
 
