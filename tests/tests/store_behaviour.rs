@@ -807,18 +807,24 @@ async fn await_until_committed(b: Backend) {
     assert_eq!(later.snapshot.occurrence_count, 3);
 }
 
-async fn expired_lease_is_owned_by_exactly_one_poller(b: Backend) {
-    let lease = Duration::from_millis(400);
+/// A store whose claims hold `lease`, and claim `a` of a fresh namespace
+/// made by its first sighting (its owner).
+async fn a_claim_made(b: Backend, lease: Duration, case: &str) -> (Fixture, Claim, Decision) {
     let f = b
         .store(Settings {
             claim_lease: lease,
             ..settings()
         })
         .await;
-    let ns = namespace("lease");
-    let a = claim(&ns, "a");
+    let a = claim(&namespace(case), "a");
     let owner = f.one(&a).await;
     assert_own(&owner, &a, Outcome::Created, Write::Create);
+    (f, a, owner)
+}
+
+async fn expired_lease_is_owned_by_exactly_one_poller(b: Backend) {
+    let lease = Duration::from_millis(400);
+    let (f, a, owner) = a_claim_made(b, lease, "lease").await;
     let waiter = f.one(&a).await;
     assert_eq!(waiter.write, Write::Await);
     assert_eq!(f.poll(&waiter.key).await, ClaimState::Pending);
@@ -871,17 +877,8 @@ async fn release_lets_the_next_decide_create_at_once(b: Backend) {
 
 async fn killed_owner_is_replaced_with_the_same_resource(b: Backend) {
     let lease = Duration::from_millis(500);
-    let f = b
-        .store(Settings {
-            claim_lease: lease,
-            ..settings()
-        })
-        .await;
-    let ns = namespace("killed");
-    let a = claim(&ns, "a");
     // The owner is "killed" between claim and create: it never commits.
-    let owner = f.one(&a).await;
-    assert_own(&owner, &a, Outcome::Created, Write::Create);
+    let (f, a, owner) = a_claim_made(b, lease, "killed").await;
     let during = f.one(&a).await;
     assert_own(&during, &a, Outcome::Duplicate, Write::Await);
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
@@ -1970,16 +1967,7 @@ async fn where_a_resource_went_is_remembered_with_it(b: Backend) {
 /// over), rather than count in a resource that may never be made.
 async fn an_adoption_finding_a_claim_made_meanwhile_settles_it_as_a_duplicate_would(b: Backend) {
     let lease = Duration::from_millis(400);
-    let f = b
-        .store(Settings {
-            claim_lease: lease,
-            ..settings()
-        })
-        .await;
-    let ns = namespace("adoptclaimed");
-    let a = claim(&ns, "a");
-    let owner = f.one(&a).await;
-    assert_own(&owner, &a, Outcome::Created, Write::Create);
+    let (f, a, owner) = a_claim_made(b, lease, "adoptclaimed").await;
     let found = Snapshot {
         resource: format!("rr-{}-{}", &a.fingerprint[..16], base36(1_000)),
         first_seen_ms: 1_000,
