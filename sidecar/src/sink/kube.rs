@@ -131,9 +131,7 @@ impl KubeSink {
             Err(e) => classify(e, &format!("create {namespace}/{name}")),
         }
     }
-}
 
-impl KubeSink {
     /// `rr` as an earlier holder of its claim wrote it to the fallback
     /// namespace, if it did: its namespace could not take it then, and may
     /// by now (a create there would make a second resource).

@@ -131,14 +131,12 @@ if op == 'commit' then
   if pending == 1 then
     if kind == 'f' then
       redis.call('HSET', H, 'p', committed_p(ARGV[6]))
+      expire_after_last_sighting()
     else
       redis.call('HSET', H, prefix .. 'p', 0)
       if ARGV[6] ~= '' then
         redis.call('HSET', H, prefix .. 'w', ARGV[6])
       end
-    end
-    if kind == 'f' then
-      expire_after_last_sighting()
     end
   end
   return 1
