@@ -176,14 +176,49 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
     });
 }
 
-/// A private temporary directory for one test's processes, kept on failure
-/// when `SIGNALGATE_KEEP_TMP` is set.
+/// Removes the temp dirs of test processes that are gone. A server shared by
+/// a test binary's cases lives in a static, which is never dropped: its dir
+/// (an API server's etcd data is about 128 MB) would outlive the run, and
+/// every `make test` would leave more. Dirs are named with the pid of the
+/// process that made them; a pid still running (even if reused) is left.
+fn sweep_dead_temp_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("signalgate-")) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split_once('-')
+            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A private temporary directory for one test's processes,
+/// `signalgate-<pid>-<prefix>-…`, kept on failure when `SIGNALGATE_KEEP_TMP`
+/// is set.
 pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    let keep = std::env::var_os("SIGNALGATE_KEEP_TMP").is_some();
+    if !keep {
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(sweep_dead_temp_dirs);
+    }
     let dir = tempfile::Builder::new()
-        .prefix(&format!("signalgate-{prefix}-"))
+        .prefix(&format!("signalgate-{}-{prefix}-", std::process::id()))
         .tempdir()
         .expect("create temp dir");
-    if std::env::var_os("SIGNALGATE_KEEP_TMP").is_some() {
+    if keep {
         eprintln!("keeping {}", dir.path().display());
         let path = dir.keep();
         return tempfile::Builder::new()
@@ -192,4 +227,31 @@ pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
             .expect("create temp dir");
     }
     dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_temp_dirs_of_finished_test_processes_are_swept() {
+        let mut child = Command::new("true").spawn().expect("run true");
+        let dead = child.id();
+        child.wait().expect("wait");
+        let tmp = std::env::temp_dir();
+        let left = tmp.join(format!("signalgate-{dead}-k8s-sweeptest"));
+        let live = tmp.join(format!("signalgate-{}-k8s-sweeptest", std::process::id()));
+        let other = tmp.join("signalgate-bench-sweeptest");
+        for d in [&left, &live, &other] {
+            std::fs::create_dir_all(d.join("etcd-data")).expect("create");
+        }
+        sweep_dead_temp_dirs();
+        let exists = |d: &Path| d.exists();
+        assert!(!exists(&left), "a finished process's dir is removed");
+        assert!(exists(&live), "a running process's dir is kept");
+        assert!(exists(&other), "only pid-named dirs are swept");
+        for d in [&live, &other] {
+            std::fs::remove_dir_all(d).expect("clean up");
+        }
+    }
 }
