@@ -460,11 +460,22 @@ impl Pipeline {
             async move { self.timed("adopt", self.store.adopt(&key, &existing)).await }
         }))
         .await;
+        // Every adoption that succeeded is recorded before a failed one is
+        // answered: one may have handed this request a claim (Create),
+        // which the caller gives back on failure only if it sees it.
+        let mut failed = None;
         for ((j, found), result) in adopts.into_iter().zip(adopted_all) {
-            let Some(adopted) = result? else {
-                // It joined a storm meanwhile: decide it again.
-                again.push(j);
-                continue;
+            let adopted = match result {
+                Ok(Some(adopted)) => adopted,
+                Ok(None) => {
+                    // It joined a storm meanwhile: decide it again.
+                    again.push(j);
+                    continue;
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
             };
             tracing::info!(resource = %found.location, "the store did not know this live incident; adopted its resource");
             // The store's resource: the one found, or another if another
@@ -477,6 +488,9 @@ impl Pipeline {
                 key,
                 snapshot: adopted.snapshot,
             };
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
         }
         if !again.is_empty() {
             self.adopt_running_storms(claims, &again, received_ms, deadline)

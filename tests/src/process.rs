@@ -176,11 +176,37 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
     });
 }
 
+/// The lock a temp dir's process holds on `<dir>/.lock` while it runs.
+const LOCK_FILE: &str = ".lock";
+
+/// Takes `dir`'s lock for the rest of this process (released by the kernel
+/// when the process ends, however it ends).
+fn hold_lock(dir: &Path) {
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let file = std::fs::File::create(dir.join(LOCK_FILE)).expect("create the temp dir's lock");
+    // SAFETY: flock on a file descriptor this process owns.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "lock {}", dir.display());
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+}
+
+/// Whether nobody holds `dir`'s lock (taking it for a moment to see).
+fn lock_is_free(dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    // SAFETY: flock on a file descriptor this process owns.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 /// Removes the temp dirs of test processes that are gone. A server shared by
 /// a test binary's cases lives in a static, which is never dropped: its dir
 /// (an API server's etcd data is about 128 MB) would outlive the run, and
 /// every `make test` would leave more. Dirs are named with the pid of the
-/// process that made them; a pid still running (even if reused) is left.
+/// process that made them, which holds their lock while it runs: a dir goes
+/// only if that pid is not running here and nobody holds the lock (a
+/// process in another pid namespace sharing this temp dir still does).
 fn sweep_dead_temp_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
@@ -199,7 +225,7 @@ fn sweep_dead_temp_dirs() {
         // SAFETY: signal 0 only checks that the process exists.
         let gone = unsafe { libc::kill(pid, 0) } == -1
             && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if gone {
+        if gone && lock_is_free(&entry.path()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -218,6 +244,7 @@ pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
         .prefix(&format!("signalgate-{}-{prefix}-", std::process::id()))
         .tempdir()
         .expect("create temp dir");
+    hold_lock(dir.path());
     if keep {
         eprintln!("keeping {}", dir.path().display());
         let path = dir.keep();
@@ -240,17 +267,26 @@ mod tests {
         child.wait().expect("wait");
         let tmp = std::env::temp_dir();
         let left = tmp.join(format!("signalgate-{dead}-k8s-sweeptest"));
+        let held = tmp.join(format!("signalgate-{dead}-redis-sweeptest"));
+        let unlocked = tmp.join(format!("signalgate-{dead}-envoy-sweeptest"));
         let live = tmp.join(format!("signalgate-{}-k8s-sweeptest", std::process::id()));
         let other = tmp.join("signalgate-bench-sweeptest");
-        for d in [&left, &live, &other] {
+        for d in [&left, &held, &unlocked, &live, &other] {
             std::fs::create_dir_all(d.join("etcd-data")).expect("create");
         }
+        for d in [&left, &held, &live, &other] {
+            std::fs::File::create(d.join(LOCK_FILE)).expect("lock file");
+        }
+        // A process elsewhere (another pid namespace) holding its dir's lock.
+        hold_lock(&held);
         sweep_dead_temp_dirs();
         let exists = |d: &Path| d.exists();
         assert!(!exists(&left), "a finished process's dir is removed");
+        assert!(exists(&held), "a dir whose lock is held is kept");
+        assert!(exists(&unlocked), "a dir not locked yet is kept");
         assert!(exists(&live), "a running process's dir is kept");
         assert!(exists(&other), "only pid-named dirs are swept");
-        for d in [&live, &other] {
+        for d in [&held, &unlocked, &live, &other] {
             std::fs::remove_dir_all(d).expect("clean up");
         }
     }
