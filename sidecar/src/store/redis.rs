@@ -500,8 +500,8 @@ impl Core {
 
 /// The `claim.lua` argument naming where a resource is when not in its
 /// namespace (`''` when it is).
-fn moved_to_arg(s: &Snapshot) -> Vec<u8> {
-    s.moved_to.as_deref().unwrap_or("").as_bytes().to_vec()
+fn moved_to_arg(moved_to: Option<&str>) -> Vec<u8> {
+    moved_to.unwrap_or("").as_bytes().to_vec()
 }
 
 /// For a cluster URL, the seed node URLs.
@@ -802,7 +802,7 @@ impl Core {
             ];
             call.args
                 .extend(numbers.iter().map(|n| n.to_string().into_bytes()));
-            call.args.push(moved_to_arg(existing));
+            call.args.push(moved_to_arg(existing.moved_to.as_deref()));
             call.args.extend(
                 storm
                     .affected
@@ -826,7 +826,7 @@ impl Core {
             .push(existing.first_seen_ms.to_string().into_bytes());
         call.args
             .push(existing.occurrence_count.to_string().into_bytes());
-        call.args.push(moved_to_arg(existing));
+        call.args.push(moved_to_arg(existing.moved_to.as_deref()));
         self.claim_script(call, |reply| match reply {
             redis::Value::Array(v) if v.len() == 5 => {
                 let (moved_to, r) = split_ref(text(&v[0])?);
@@ -982,8 +982,7 @@ impl Store for RedisStore {
             .iter()
             .map(|(k, moved_to)| {
                 let mut call = self.core.claim_call("commit", k);
-                call.args
-                    .push(moved_to.as_deref().unwrap_or("").as_bytes().to_vec());
+                call.args.push(moved_to_arg(moved_to.as_deref()));
                 call
             })
             .collect();
