@@ -1,0 +1,411 @@
+//! Hostile bodies: tens of thousands of valid payloads, each damaged at
+//! random (deterministically, from a fixed seed), go through everything the
+//! edge and the sidecar do with a body before the store sees it.
+//!
+//! - Nothing panics. In the filter a panic traps the Wasm VM and, with
+//!   Envoy's default fail-closed policy, refuses every later request.
+//! - A refused body gets a 400 problem+json that names what is wrong.
+//! - An accepted body keeps the promises the rest of the sidecar relies on:
+//!   the identity decided in the store (read from the labels in place) is the
+//!   identity of the signal later written; every namespace is a valid one
+//!   (it becomes a Redis key, a directory and an API path); and the resource
+//!   built from it is one the API server takes (labels within 63 valid
+//!   characters, values cut to their bound, JSON that serializes).
+//!
+//! The damage is byte-level (flips to JSON punctuation, bytes that are not
+//! UTF-8, deletions, duplications, truncation) and token-level (JSON values
+//! and keys that are out of range, escaped surrogates, very long strings),
+//! one to four of them per body, so that both the parser's refusals and the
+//! rare damaged body that is still valid are exercised; the test checks it
+//! saw enough of each.
+
+use serde_json::{json, Value};
+use signalgate_filter::{config::Config as FilterConfig, decide};
+use signalgate_model::{alertmanager, kube_event, signal, SignalType};
+use signalgate_sidecar::resource::{self, RemediationRequest, MAX_ENTRIES, MAX_VALUE_BYTES};
+use signalgate_sidecar::store::{Snapshot, StormSnapshot};
+use signalgate_tests::payloads;
+
+/// Damaged bodies per seed payload.
+const ROUNDS: usize = 20_000;
+
+/// xorshift64*: small, deterministic, good enough to pick damage.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// Bytes that change a JSON document's structure, or its encoding.
+const BYTES: &[u8] = &[
+    b'{', b'}', b'[', b']', b'"', b'\\', b':', b',', b'0', b'9', b'-', b'.', b'e', b'n', b't',
+    b' ', b'/', 0x00, 0x1f, 0x7f, 0x80, 0xc3, 0xe2, 0xed, 0xf0, 0xff,
+];
+
+/// Tokens a sender could put anywhere.
+fn tokens() -> Vec<String> {
+    let mut t: Vec<String> = [
+        "\"\\ud800\"",
+        "\"\\udc00\\ud800\"",
+        "\"\\u0000\"",
+        "\"é\"",
+        "\"😀\"",
+        "\"\"",
+        "null",
+        "true",
+        "{}",
+        "[]",
+        "[[[[[[[[[[[[[[[[",
+        "1e999",
+        "-0",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "0.5",
+        "\"namespace\"",
+        "\"exported_namespace\"",
+        "\"alertname\"",
+        "\"pod\"",
+        "\"node\"",
+        "\"labels\"",
+        "\"alerts\"",
+        "\"status\"",
+        "\"resolved\"",
+        "\"startsAt\"",
+        "\"0001-01-01T00:00:00Z\"",
+        "\"9999-12-31T23:59:60.999999999+14:00\"",
+        "\"2026-02-30T25:61:61Z\"",
+        "\"kube-system\"",
+        "\"Kube_System\"",
+        "\"involvedObject\"",
+        "\"count\"",
+        "\"-\"",
+        "\"a.b\"",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    t.push(format!("\"{}\"", "x".repeat(5000)));
+    t.push(format!("\"{}\"", "é".repeat(700)));
+    t
+}
+
+fn damage(rng: &mut Rng, seed: &[u8], tokens: &[String]) -> Vec<u8> {
+    let mut body = seed.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(body.len() + 1);
+        match rng.below(6) {
+            0 | 1 if at < body.len() => body[at] = *rng.pick(BYTES),
+            2 if at < body.len() => {
+                let end = (at + 1 + rng.below(40)).min(body.len());
+                body.drain(at..end);
+            }
+            3 if at < body.len() => {
+                let end = (at + 1 + rng.below(60)).min(body.len());
+                let copy = body[at..end].to_vec();
+                body.splice(at..at, copy);
+            }
+            4 => {
+                let token = rng.pick(tokens).clone();
+                body.splice(at..at, token.into_bytes());
+            }
+            _ => body.truncate(at),
+        }
+    }
+    body
+}
+
+/// Strings a sender could put in any value or key.
+const STRINGS: &[&str] = &[
+    "",
+    " ",
+    "..",
+    "../../etc",
+    "a/b",
+    "Shop",
+    "shop.",
+    "-shop",
+    "shop-",
+    "kube-system",
+    "x\u{0}y",
+    "\n",
+    "tab\there",
+    "é",
+    "😀",
+    "\u{202e}rtl",
+    "0123456789012345678901234567890123456789012345678901234567890123",
+    "firing",
+    "resolved",
+    "Warning",
+    "2026-11-26T20:57:15Z",
+    "0001-01-01T00:00:00Z",
+    "not a time",
+];
+
+/// Any value: a hostile string, a number, or another JSON type.
+fn hostile_value(rng: &mut Rng) -> Value {
+    match rng.below(8) {
+        0 => json!(null),
+        1 => json!(rng.below(2) == 0),
+        2 => json!(rng.next() as i64),
+        3 => json!(-1.5e300),
+        4 => json!([]),
+        5 => json!({ *rng.pick(STRINGS): *rng.pick(STRINGS) }),
+        6 => json!("x".repeat(rng.below(3000))),
+        _ => json!(*rng.pick(STRINGS)),
+    }
+}
+
+/// Every node of `v`, as JSON pointers.
+fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                let escaped = k.replace('~', "~0").replace('/', "~1");
+                pointers(child, format!("{at}/{escaped}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                pointers(child, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+    out.push(at);
+}
+
+/// The seed with one to three of its values replaced, or keys added to
+/// its objects: valid JSON, hostile content.
+fn damage_values(rng: &mut Rng, seed: &Value) -> Vec<u8> {
+    let mut doc = seed.clone();
+    for _ in 0..1 + rng.below(3) {
+        let mut all = Vec::new();
+        pointers(&doc, String::new(), &mut all);
+        let at = rng.pick(&all).clone();
+        let value = hostile_value(rng);
+        let key = rng.pick(STRINGS).to_string();
+        let add_key = rng.below(3) == 0;
+        if let Some(node) = doc.pointer_mut(&at) {
+            match node {
+                Value::Object(map) if add_key => {
+                    map.insert(key, value);
+                }
+                _ => *node = value,
+            }
+        }
+    }
+    serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+fn snapshot() -> Snapshot {
+    Snapshot {
+        resource: "rr-0123456789abcdef-m1x2y3".into(),
+        first_seen_ms: 1_764_190_635_123,
+        last_seen_ms: 1_764_190_640_000,
+        occurrence_count: 3,
+        storm: Some(StormSnapshot {
+            alert_count: 11,
+            affected: vec!["Pod/cart-1".into()],
+            affected_overflow: 0,
+            started_ms: 1_764_190_635_123,
+            ends_ms: 1_764_190_935_123,
+        }),
+        moved_to: None,
+    }
+}
+
+/// `[A-Za-z0-9._-]`, at most 63, alphanumeric at both ends (or empty).
+fn is_label_value(v: &str) -> bool {
+    let b = v.as_bytes();
+    v.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && b.first().is_none_or(|c| c.is_ascii_alphanumeric())
+        && b.last().is_none_or(|c| c.is_ascii_alphanumeric())
+}
+
+/// What the API server would refuse, and the bounds the sidecar promises.
+fn check_resource(rr: &RemediationRequest, namespace: &str, what: &str) {
+    assert_eq!(rr.metadata.namespace.as_deref(), Some(namespace), "{what}");
+    for (k, v) in rr.metadata.labels.iter().flatten() {
+        assert!(
+            is_label_value(v),
+            "{what}: label {k}={v:?} is not a valid label value"
+        );
+    }
+    for map in [&rr.spec.signal_labels, &rr.spec.signal_annotations] {
+        assert!(map.len() <= MAX_ENTRIES, "{what}: {} entries", map.len());
+        for (k, v) in map {
+            assert!(
+                k.len() <= MAX_VALUE_BYTES && v.len() <= MAX_VALUE_BYTES,
+                "{what}: entry {k:?} past {MAX_VALUE_BYTES} bytes"
+            );
+        }
+    }
+    let json = serde_json::to_vec(rr);
+    assert!(
+        json.is_ok(),
+        "{what}: the resource does not serialize: {json:?}"
+    );
+}
+
+/// What the sidecar does with an accepted body, up to the resources it
+/// would write; the identities it decides must be the signals' own.
+fn follow_accepted(signal_type: SignalType, body: &[u8], what: &str) -> usize {
+    let ctx = signal::Context {
+        source: "10.0.0.1",
+        fallback_namespace: "signalgate-system",
+    };
+    let signals = match signal_type {
+        SignalType::Prometheus => {
+            let Ok(webhook) =
+                alertmanager::parse(body, FilterConfig::default().max_alerts_per_request)
+            else {
+                return 0;
+            };
+            let identities = signal::alert_identities(&webhook, &ctx);
+            let signals: Vec<_> = (0..identities.len())
+                .map(|i| signal::alert_signal(&webhook, i, &ctx))
+                .collect();
+            assert!(
+                signal::alert_signal(&webhook, identities.len(), &ctx).is_none(),
+                "{what}: more signals than identities"
+            );
+            for (identity, signal) in identities.iter().zip(&signals) {
+                let signal = signal.as_ref();
+                assert_eq!(
+                    Some(identity),
+                    signal.map(|s| s.identity()).as_ref(),
+                    "{what}: the identity decided is not the signal's"
+                );
+            }
+            signals.into_iter().flatten().collect()
+        }
+        SignalType::KubernetesEvent => {
+            let Ok(event) = kube_event::parse(body) else {
+                return 0;
+            };
+            vec![signal::from_kube_event(&event, &ctx)]
+        }
+    };
+    let snapshot = snapshot();
+    for s in &signals {
+        assert!(
+            signal::is_namespace_name(&s.namespace),
+            "{what}: namespace {:?} is not a valid one",
+            s.namespace
+        );
+        let fingerprint = s.identity().fingerprint();
+        assert!(
+            fingerprint.len() == 64 && fingerprint.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{what}: fingerprint {fingerprint:?}"
+        );
+        let own = resource::for_signal(s, &fingerprint, &snapshot, 1_764_190_640_000);
+        check_resource(&own, &s.namespace, what);
+        let affected = resource::affected_name(&s.target);
+        let storm = resource::for_storm(s, &affected, &snapshot, 1_764_190_640_000);
+        check_resource(&storm, &s.namespace, what);
+    }
+    1
+}
+
+/// Runs `ROUNDS` damaged copies of `seed` through the edge's validation and
+/// the sidecar's parsing; returns (accepted, refused).
+fn hammer(signal_type: SignalType, seed: &Value, rng: &mut Rng) -> (usize, usize) {
+    let seed_bytes = serde_json::to_vec_pretty(seed).unwrap_or_default();
+    let tokens = tokens();
+    let cfg = FilterConfig::default();
+    assert!(
+        decide::validate_body(&cfg, signal_type, &seed_bytes).is_none()
+            && follow_accepted(signal_type, &seed_bytes, "the undamaged seed") == 1,
+        "the undamaged seed must be valid"
+    );
+    let (mut accepted, mut refused) = (0, 0);
+    for round in 0..ROUNDS {
+        let body = if round % 2 == 0 {
+            damage(rng, &seed_bytes, &tokens)
+        } else {
+            damage_values(rng, seed)
+        };
+        let text = String::from_utf8_lossy(&body);
+        let shown: String = text.chars().take(1500).collect();
+        let what = format!(
+            "{} round {round} (the body regenerates from the seed), body {shown:?}{}",
+            signal_type.as_str(),
+            if shown.len() < text.len() { "…" } else { "" }
+        );
+        match decide::validate_body(&cfg, signal_type, &body) {
+            None => {
+                accepted += follow_accepted(signal_type, &body, &what);
+            }
+            Some(reply) => {
+                refused += 1;
+                assert_eq!(reply.status, 400, "{what}");
+                let problem: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+                assert_eq!(problem["status"], json!(400), "{what}: {}", reply.body);
+                assert!(
+                    problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+                    "{what}: no detail in {}",
+                    reply.body
+                );
+                assert_eq!(
+                    follow_accepted(signal_type, &body, &what),
+                    0,
+                    "{what}: the edge refused what the sidecar takes"
+                );
+            }
+        }
+    }
+    (accepted, refused)
+}
+
+/// Both outcomes must be exercised, or the test proves little.
+fn assert_both_seen(what: &str, (accepted, refused): (usize, usize)) {
+    eprintln!("{what}: {accepted} damaged bodies accepted, {refused} refused");
+    assert!(accepted >= ROUNDS / 50, "{what}: only {accepted} accepted");
+    assert!(refused >= ROUNDS / 2, "{what}: only {refused} refused");
+}
+
+#[test]
+fn damaged_alertmanager_webhooks_are_refused_cleanly_or_kept_whole() {
+    let mut rng = Rng(0x5167_a1e5_7a7e_0001);
+    let mut rich = payloads::alert("KubePodCrashLooping", "shop", "cart-7d9f");
+    rich["labels"]["exported_namespace"] = json!("shop-exported");
+    rich["labels"]["deployment"] = json!("cart");
+    rich["labels"]["team"] = json!("välue ✓ \u{0}");
+    rich["annotations"]["description"] = json!("line one\nline \"two\"\t\\ é 😀");
+    let webhook = payloads::webhook(vec![
+        rich,
+        payloads::resolved("NodeDown", "kube-system", "node-1"),
+        json!({"status": "firing", "labels": {"alertname": "Watchdog"}, "annotations": {},
+               "startsAt": "2026-11-26T20:57:15Z"}),
+        json!({"status": "firing", "labels": {"alertname": "DiskFull", "node": "worker-3",
+               "severity": "warning"}, "annotations": {"summary": "disk"},
+               "startsAt": "2026-11-26T20:57:15+02:00"}),
+    ]);
+    let seen = hammer(SignalType::Prometheus, &webhook, &mut rng);
+    assert_both_seen("alertmanager", seen);
+}
+
+#[test]
+fn damaged_kubernetes_events_are_refused_cleanly_or_kept_whole() {
+    let mut rng = Rng(0x5167_a1e5_7a7e_0002);
+    let mut event = payloads::pod_event("shop", "cart-7d9f", "BackOff", 12);
+    event["metadata"]["labels"] = json!({"app": "cart", "tier": "web"});
+    event["involvedObject"]["fieldPath"] = json!("spec.containers{cart}");
+    let seen = hammer(SignalType::KubernetesEvent, &event, &mut rng);
+    assert_both_seen("kubernetes event", seen);
+}
