@@ -1,4 +1,4 @@
-//! Hostile bodies: tens of thousands of valid payloads, each damaged at
+//! Hostile bodies (and plugin configurations): tens of thousands of valid payloads, each damaged at
 //! random (deterministically, from a fixed seed), go through everything the
 //! edge and the sidecar do with a body before the store sees it.
 //!
@@ -372,10 +372,11 @@ fn hammer(signal_type: SignalType, seed: &Value, rng: &mut Rng) -> (usize, usize
     (accepted, refused)
 }
 
-/// Both outcomes must be exercised, or the test proves little.
-fn assert_both_seen(what: &str, (accepted, refused): (usize, usize)) {
-    eprintln!("{what}: {accepted} damaged bodies accepted, {refused} refused");
-    assert!(accepted >= ROUNDS / 50, "{what}: only {accepted} accepted");
+/// Both outcomes must be exercised, or the test proves little: at least
+/// `min_accepted` damaged inputs were still valid, and half were refused.
+fn assert_both_seen(what: &str, (accepted, refused): (usize, usize), min_accepted: usize) {
+    eprintln!("{what}: {accepted} damaged inputs accepted, {refused} refused");
+    assert!(accepted >= min_accepted, "{what}: only {accepted} accepted");
     assert!(refused >= ROUNDS / 2, "{what}: only {refused} refused");
 }
 
@@ -397,7 +398,7 @@ fn damaged_alertmanager_webhooks_are_refused_cleanly_or_kept_whole() {
                "startsAt": "2026-11-26T20:57:15+02:00"}),
     ]);
     let seen = hammer(SignalType::Prometheus, &webhook, &mut rng);
-    assert_both_seen("alertmanager", seen);
+    assert_both_seen("alertmanager", seen, ROUNDS / 50);
 }
 
 #[test]
@@ -407,5 +408,55 @@ fn damaged_kubernetes_events_are_refused_cleanly_or_kept_whole() {
     event["metadata"]["labels"] = json!({"app": "cart", "tier": "web"});
     event["involvedObject"]["fieldPath"] = json!("spec.containers{cart}");
     let seen = hammer(SignalType::KubernetesEvent, &event, &mut rng);
-    assert_both_seen("kubernetes event", seen);
+    assert_both_seen("kubernetes event", seen, ROUNDS / 50);
+}
+
+#[test]
+fn damaged_plugin_configurations_are_refused_by_key_or_give_limits_in_range() {
+    let mut rng = Rng(0x5167_a1e5_7a7e_0003);
+    let seed = json!({
+        "requests_per_minute": 600, "burst": 50, "source": "x-forwarded-for",
+        "trusted_hops": 1, "over_limit_status": 503, "max_body_bytes": 262144,
+        "max_alerts_per_request": 1000,
+        "tenants": [
+            {"name": "team-a", "token_sha256": "a".repeat(64), "requests_per_minute": 60},
+            {"name": "team-b", "token_sha256": "b".repeat(64)}
+        ]
+    });
+    let seed_bytes = serde_json::to_vec_pretty(&seed).unwrap_or_default();
+    assert!(
+        signalgate_filter::config::parse(Some(&seed_bytes)).is_ok(),
+        "the undamaged seed must be valid"
+    );
+    let tokens = tokens();
+    let (mut accepted, mut refused) = (0, 0);
+    for round in 0..ROUNDS {
+        let body = if round % 2 == 0 {
+            damage(&mut rng, &seed_bytes, &tokens)
+        } else {
+            damage_values(&mut rng, &seed)
+        };
+        let what = format!("round {round}: {:?}", String::from_utf8_lossy(&body));
+        match signalgate_filter::config::parse(Some(&body)) {
+            Ok(cfg) => {
+                accepted += 1;
+                assert!(cfg.limit.per_minute >= 1 && cfg.limit.burst >= 1, "{what}");
+                assert!(matches!(cfg.over_limit_status, 429 | 503), "{what}");
+                assert!(
+                    cfg.max_body_bytes >= 1 && cfg.max_alerts_per_request >= 1,
+                    "{what}"
+                );
+                if let Some(tenants) = &cfg.tenants {
+                    assert!(!tenants.list().is_empty(), "{what}");
+                }
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(!e.detail.is_empty(), "{what}: an error without detail");
+            }
+        }
+    }
+    // The configuration refuses unknown keys and wrong types: few damaged
+    // copies stay valid.
+    assert_both_seen("plugin configuration", (accepted, refused), ROUNDS / 400);
 }
