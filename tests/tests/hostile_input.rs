@@ -1,6 +1,7 @@
-//! Hostile bodies (and plugin configurations): tens of thousands of valid payloads, each damaged at
+//! Hostile bodies: tens of thousands of valid payloads, each damaged at
 //! random (deterministically, from a fixed seed), go through everything the
-//! edge and the sidecar do with a body before the store sees it.
+//! edge and the sidecar do with a body before the store sees it; and damaged
+//! plugin configurations go through the filter's configuration parser.
 //!
 //! - Nothing panics. In the filter a panic traps the Wasm VM and, with
 //!   Envoy's default fail-closed policy, refuses every later request.
