@@ -45,7 +45,7 @@ impl App {
                 Arc::new(DirSink::new(path).map_err(|e| format!("SIGNALGATE_SINK: {e}"))?)
             }
             SinkConfig::Kube => Arc::new(
-                KubeSink::connect(&config.fallback_namespace)
+                KubeSink::connect(&config.fallback_namespace, config.kube_lookup_reads)
                     .await
                     .map_err(|e| format!("SIGNALGATE_SINK=kube: {e}"))?,
             ),

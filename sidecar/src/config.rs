@@ -19,6 +19,21 @@ pub enum SinkConfig {
     Kube,
 }
 
+/// How the kube sink's lookups (in a namespace the store does not know
+/// for a whole dedup window) read the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupReads {
+    /// Consistent where the API server serves consistent LISTs from its
+    /// cache (Kubernetes 1.31 and later), else from the cache.
+    Auto,
+    /// Consistent LISTs: they see every resource written before them; API
+    /// servers before 1.31 read them from etcd.
+    Consistent,
+    /// From the API server's watch cache (resourceVersion 0): cheap on any
+    /// version, but it may not hold a resource written a moment before.
+    Cache,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -33,6 +48,7 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub redis_timeout: Duration,
     pub sink: SinkConfig,
+    pub kube_lookup_reads: LookupReads,
     pub store: Settings,
     pub fallback_namespace: String,
     /// How long one request may take in total (waiting on another sidecar's
@@ -74,6 +90,7 @@ pub const KNOBS: &[Knob] = &[
     Knob { name: "STORM_MAX_DURATION", default: "5m", help: "a storm ends at the latest this long after it started" },
     Knob { name: "STORM_MAX_AFFECTED", default: "100", help: "cap on a storm's affected-resource list (the rest is counted)" },
     Knob { name: "CLAIM_LEASE", default: "15s", help: "how long a claim waits for its creator before another request takes it over" },
+    Knob { name: "KUBE_LOOKUP_READS", default: "auto", help: "kube sink lookups: consistent (see every resource written before), cache (the API server's watch cache: cheaper before Kubernetes 1.31, may miss one written a moment before) or auto (consistent from 1.31 on, else cache)" },
     Knob { name: "FALLBACK_NAMESPACE", default: "default", help: "namespace for signals without one, and for namespaces that do not exist" },
     Knob { name: "REQUEST_DEADLINE", default: "5s", help: "total time one request may take before it is answered 503" },
     Knob { name: "FLUSH_INTERVAL", default: "1s", help: "occurrence/storm updates are written at most once per resource per interval" },
@@ -188,6 +205,16 @@ impl Config {
             redis_url,
             redis_timeout: duration("REDIS_TIMEOUT", &get("REDIS_TIMEOUT"))?,
             sink: sink(&get("SINK"))?,
+            kube_lookup_reads: match get("KUBE_LOOKUP_READS").trim() {
+                "auto" => LookupReads::Auto,
+                "consistent" => LookupReads::Consistent,
+                "cache" => LookupReads::Cache,
+                other => {
+                    return Err(ConfigError(format!(
+                        "SIGNALGATE_KUBE_LOOKUP_READS: {other:?} is not auto, consistent or cache"
+                    )))
+                }
+            },
             store,
             fallback_namespace,
             request_deadline: duration("REQUEST_DEADLINE", &get("REQUEST_DEADLINE"))?,
@@ -323,6 +350,17 @@ mod tests {
         assert_eq!(c.redis_timeout, Duration::from_secs(1));
         assert_eq!(c.worker_threads, Some(1));
         assert_eq!(c.max_in_flight, 256);
+        assert_eq!(c.kube_lookup_reads, LookupReads::Auto);
+    }
+
+    #[test]
+    fn kube_lookup_reads_are_auto_consistent_or_cache() {
+        let c = cfg(&[("SIGNALGATE_KUBE_LOOKUP_READS", "consistent")], &[]).unwrap();
+        assert_eq!(c.kube_lookup_reads, LookupReads::Consistent);
+        let c = cfg(&[], &["--kube-lookup-reads=cache"]).unwrap();
+        assert_eq!(c.kube_lookup_reads, LookupReads::Cache);
+        let e = cfg(&[("SIGNALGATE_KUBE_LOOKUP_READS", "fast")], &[]).unwrap_err();
+        assert!(e.0.contains("SIGNALGATE_KUBE_LOOKUP_READS"), "{e}");
     }
 
     #[test]

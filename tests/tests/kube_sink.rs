@@ -704,10 +704,37 @@ fn lists_served(k: &ApiServer) -> f64 {
 
 #[test]
 fn a_group_re_sent_after_the_store_lost_its_data_costs_two_lists_per_50_alerts() {
+    // This API server (1.20) reads consistent LISTs from etcd: by default
+    // the lookups read its watch cache, and the sidecar says so.
+    let s = a_group_re_sent_after_the_store_lost_its_data("auto");
+    let log = s.log();
+    assert!(
+        log.contains("kube lookups read the API server's watch cache") && log.contains("v1.20"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_group_re_sent_after_the_store_lost_its_data_is_found_by_consistent_lookups() {
+    let s = a_group_re_sent_after_the_store_lost_its_data("consistent");
+    assert!(!s.log().contains("watch cache"), "{}", s.log());
+}
+
+/// 120 alerts over two namespaces, created; the in-memory store forgets
+/// them; sent again, each is found and adopted (a duplicate), with
+/// `SIGNALGATE_KUBE_LOOKUP_READS=reads`.
+fn a_group_re_sent_after_the_store_lost_its_data(reads: &str) -> Sidecar {
     // A private API server: its LIST count is this test's alone.
     let k = private();
     k.create_namespace("relist");
-    let mut s = sidecar(&k, "sidecar", &[("SIGNALGATE_STORM_THRESHOLD", "1000")]);
+    let mut s = sidecar(
+        &k,
+        "sidecar",
+        &[
+            ("SIGNALGATE_STORM_THRESHOLD", "1000"),
+            ("SIGNALGATE_KUBE_LOOKUP_READS", reads),
+        ],
+    );
     // 60 alerts of an existing namespace and 60 of a missing one (their
     // resources go to the fallback namespace).
     let alerts: Vec<Value> = (0..120)
@@ -741,6 +768,7 @@ fn a_group_re_sent_after_the_store_lost_its_data_costs_two_lists_per_50_alerts()
     // the fallback namespace.
     assert_eq!(lists_served(&k) - before, 8.0);
     assert_eq!(rrs(&k, "relist").len(), 60);
+    s
 }
 
 #[test]

@@ -18,6 +18,7 @@ use serde_json::json;
 use super::{
     most_recent, most_recent_storm, Created, Found, FoundStorm, Location, Sink, SinkError,
 };
+use crate::config::LookupReads;
 use crate::resource::{
     Progress, RemediationRequest, LABEL_FINGERPRINT, LABEL_ORIGINAL_NAMESPACE, LABEL_STORM,
 };
@@ -36,6 +37,10 @@ const FINGERPRINTS_PER_LIST: usize = 50;
 pub struct KubeSink {
     client: Client,
     fallback_namespace: String,
+    lookup_reads: LookupReads,
+    /// Whether lookups read consistently, once known (`Auto` asks the API
+    /// server's version at the first lookup).
+    consistent_lookups: tokio::sync::OnceCell<bool>,
 }
 
 enum Attempt<T> {
@@ -46,10 +51,12 @@ enum Attempt<T> {
 
 impl KubeSink {
     /// The resources matching `selector` that belong to `namespace`: in it,
-    /// and moved from it to the fallback namespace. Served from the API
-    /// server's watch cache (resourceVersion 0), which may lag a write by a
-    /// moment: what lookups look for was mostly written well before the
-    /// store lost it.
+    /// and moved from it to the fallback namespace. A lookup decides whether
+    /// a resource gets made, so where it is cheap it is a consistent read:
+    /// it then sees every resource written before it, including one written
+    /// a moment before the store lost its record, which the API server's
+    /// watch cache (resourceVersion 0) may not hold yet. See
+    /// [`LookupReads`].
     async fn list_places(
         &self,
         namespace: &str,
@@ -70,9 +77,15 @@ impl KubeSink {
                 ),
             ]
         };
+        let consistent = self.consistent_lookups().await?;
         let mut found = Vec::new();
         for (ns, selector) in places {
-            let params = ListParams::default().labels(&selector).match_any();
+            let params = ListParams::default().labels(&selector);
+            let params = if consistent {
+                params
+            } else {
+                params.match_any()
+            };
             let list = with_retries(Some(UPDATE_RETRY_FOR), || {
                 let (api, params, ns) = (self.api(&ns), &params, &ns);
                 async move {
@@ -88,18 +101,58 @@ impl KubeSink {
         Ok(found)
     }
 
+    /// Whether lookups read consistently: as configured, or (`Auto`) as the
+    /// API server's version says, asked once.
+    async fn consistent_lookups(&self) -> Result<bool, SinkError> {
+        match self.lookup_reads {
+            LookupReads::Consistent => Ok(true),
+            LookupReads::Cache => Ok(false),
+            LookupReads::Auto => self
+                .consistent_lookups
+                .get_or_try_init(|| async {
+                    let v = with_retries(Some(UPDATE_RETRY_FOR), || async {
+                        match self.client.apiserver_version().await {
+                            Ok(v) => Attempt::Done(v),
+                            Err(e) => classify(e, "version"),
+                        }
+                    })
+                    .await?;
+                    let consistent = consistent_lists_are_cheap(&v.major, &v.minor);
+                    if consistent {
+                        tracing::info!(version = %v.git_version, "kube lookups read consistently");
+                    } else {
+                        tracing::warn!(
+                            version = %v.git_version,
+                            "kube lookups read the API server's watch cache: before \
+                             Kubernetes 1.31 a consistent LIST reads etcd; a resource written \
+                             a moment before Redis lost its record may be missed \
+                             (SIGNALGATE_KUBE_LOOKUP_READS=consistent trades etcd load for that)"
+                        );
+                    }
+                    Ok(consistent)
+                })
+                .await
+                .copied(),
+        }
+    }
+
     /// In-cluster configuration, else `KUBECONFIG` / `~/.kube/config`.
-    pub async fn connect(fallback_namespace: &str) -> Result<KubeSink, SinkError> {
+    pub async fn connect(
+        fallback_namespace: &str,
+        lookup_reads: LookupReads,
+    ) -> Result<KubeSink, SinkError> {
         let client = Client::try_default()
             .await
             .map_err(|e| SinkError::Rejected(format!("no Kubernetes configuration: {e}")))?;
-        Ok(KubeSink::new(client, fallback_namespace))
+        Ok(KubeSink::new(client, fallback_namespace, lookup_reads))
     }
 
-    pub fn new(client: Client, fallback_namespace: &str) -> KubeSink {
+    pub fn new(client: Client, fallback_namespace: &str, lookup_reads: LookupReads) -> KubeSink {
         KubeSink {
             client,
             fallback_namespace: fallback_namespace.to_string(),
+            lookup_reads,
+            consistent_lookups: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -180,6 +233,22 @@ fn classify<T>(e: kube::Error, what: &str) -> Attempt<T> {
             s.code, s.reason, s.message
         ))),
         other => Attempt::Retry(format!("{what}: {other}")),
+    }
+}
+
+/// Whether an API server of this version serves consistent LISTs from its
+/// watch cache (Kubernetes 1.31 and later: ConsistentListFromCache), so
+/// that they cost no more than cached ones. Managed clusters report minors
+/// like `31+`.
+fn consistent_lists_are_cheap(major: &str, minor: &str) -> bool {
+    let number = |s: &str| {
+        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    };
+    match (number(major), number(minor)) {
+        (Some(1), Some(minor)) => minor >= 31,
+        (Some(major), _) => major > 1,
+        _ => false,
     }
 }
 
@@ -350,6 +419,26 @@ impl Sink for KubeSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consistent_lists_are_cheap_from_kubernetes_1_31() {
+        for (major, minor, cheap) in [
+            ("1", "20", false),
+            ("1", "30", false),
+            ("1", "30+", false),
+            ("1", "31", true),
+            ("1", "33+", true),
+            ("2", "0", true),
+            ("", "", false),
+            ("1", "x", false),
+        ] {
+            assert_eq!(
+                consistent_lists_are_cheap(major, minor),
+                cheap,
+                "{major}.{minor}"
+            );
+        }
+    }
 
     #[test]
     fn jitter_stays_between_half_and_all() {
