@@ -378,6 +378,33 @@ impl ApiServer {
         self.apiserver.is_some()
     }
 
+    /// Writes the audit policy: only LISTs of RemediationRequests are logged
+    /// (with their request URI), so that tests can see how they were read.
+    fn audit_policy(&self) -> String {
+        let path = self.dir.path().join("audit-policy.yaml");
+        let policy = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n\
+                      rules:\n\
+                      - level: Metadata\n  verbs: [list]\n  resources:\n  \
+                      - group: signalgate.io\n    resources: [remediationrequests]\n\
+                      - level: None\n";
+        std::fs::write(&path, policy).expect("write the audit policy");
+        path.display().to_string()
+    }
+
+    fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    /// The request URIs of the RemediationRequest LISTs served so far, in
+    /// order (from the audit log).
+    pub fn remediation_request_lists(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.audit_log()).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|event| event["requestURI"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Stops the kube-apiserver (SIGTERM, then SIGKILL after 10 s); etcd and
     /// all stored objects stay. Requests fail with "connection refused" until
     /// [`restart`](Self::restart). No-op when already stopped.
@@ -417,7 +444,9 @@ impl ApiServer {
             .arg("--authorization-mode=RBAC")
             .arg(format!("--token-auth-file={}", p("tokens.csv")))
             .arg("--disable-admission-plugins=ServiceAccount")
-            .arg("--endpoint-reconciler-type=none");
+            .arg("--endpoint-reconciler-type=none")
+            .arg(format!("--audit-policy-file={}", self.audit_policy()))
+            .arg(format!("--audit-log-path={}", self.audit_log().display()));
         let started = Instant::now();
         let mut proc = spawn_kept("kube-apiserver", cmd, self.dir.path());
         let result = wait_until(READY_TIMEOUT, || {

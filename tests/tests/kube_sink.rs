@@ -706,27 +706,58 @@ fn lists_served(k: &ApiServer) -> f64 {
 fn a_group_re_sent_after_the_store_lost_its_data_costs_two_lists_per_50_alerts() {
     // This API server (1.20) reads consistent LISTs from etcd: by default
     // the lookups read its watch cache, and the sidecar says so.
-    let s = a_group_re_sent_after_the_store_lost_its_data("auto");
+    let (s, lookups) = a_group_re_sent_after_the_store_lost_its_data("auto", |_| {});
     let log = s.log();
     assert!(
         log.contains("kube lookups read the API server's watch cache") && log.contains("v1.20"),
         "{log}"
     );
+    assert!(
+        lookups.iter().all(|uri| uri.contains("resourceVersion=0")),
+        "{lookups:#?}"
+    );
 }
 
 #[test]
 fn a_group_re_sent_after_the_store_lost_its_data_is_found_by_consistent_lookups() {
-    let s = a_group_re_sent_after_the_store_lost_its_data("consistent");
+    let (s, lookups) = a_group_re_sent_after_the_store_lost_its_data("consistent", |_| {});
     assert!(!s.log().contains("watch cache"), "{}", s.log());
+    assert!(
+        !lookups.iter().any(|uri| uri.contains("resourceVersion")),
+        "{lookups:#?}"
+    );
+}
+
+#[test]
+fn lookups_read_the_cache_when_the_api_server_version_may_not_be_read() {
+    let (s, lookups) = a_group_re_sent_after_the_store_lost_its_data("auto", |k| {
+        // Both default bindings grant /version.
+        k.kubectl_ok(&[
+            "delete",
+            "clusterrolebinding",
+            "system:public-info-viewer",
+            "system:discovery",
+        ]);
+    });
+    assert!(s.log().contains("its version is unknown"), "{}", s.log());
+    assert!(
+        lookups.iter().all(|uri| uri.contains("resourceVersion=0")),
+        "{lookups:#?}"
+    );
 }
 
 /// 120 alerts over two namespaces, created; the in-memory store forgets
 /// them; sent again, each is found and adopted (a duplicate), with
-/// `SIGNALGATE_KUBE_LOOKUP_READS=reads`.
-fn a_group_re_sent_after_the_store_lost_its_data(reads: &str) -> Sidecar {
+/// `SIGNALGATE_KUBE_LOOKUP_READS=reads` on an API server `prepare` has
+/// changed. Returns the sidecar and the URIs of the lookups' LISTs.
+fn a_group_re_sent_after_the_store_lost_its_data(
+    reads: &str,
+    prepare: impl Fn(&ApiServer),
+) -> (Sidecar, Vec<String>) {
     // A private API server: its LIST count is this test's alone.
     let k = private();
     k.create_namespace("relist");
+    prepare(&k);
     let mut s = sidecar(
         &k,
         "sidecar",
@@ -768,7 +799,14 @@ fn a_group_re_sent_after_the_store_lost_its_data(reads: &str) -> Sidecar {
     // the fallback namespace.
     assert_eq!(lists_served(&k) - before, 8.0);
     assert_eq!(rrs(&k, "relist").len(), 60);
-    s
+    let lookups: Vec<String> = k
+        .remediation_request_lists()
+        .into_iter()
+        .filter(|uri| uri.contains("labelSelector="))
+        .collect();
+    // The first sending's (the namespaces were new to the store) and these 8.
+    assert!(lookups.len() >= 8, "{lookups:#?}");
+    (s, lookups)
 }
 
 #[test]

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::version::Info;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
@@ -77,7 +78,7 @@ impl KubeSink {
                 ),
             ]
         };
-        let consistent = self.consistent_lookups().await?;
+        let consistent = self.consistent_lookups().await;
         let mut found = Vec::new();
         for (ns, selector) in places {
             let params = ListParams::default().labels(&selector);
@@ -102,38 +103,48 @@ impl KubeSink {
     }
 
     /// Whether lookups read consistently: as configured, or (`Auto`) as the
-    /// API server's version says, asked once.
-    async fn consistent_lookups(&self) -> Result<bool, SinkError> {
+    /// API server's version says. Asked once per process (a control plane
+    /// upgraded to 1.31 is noticed at the sidecar's next restart); a probe
+    /// that fails never fails the lookup: it reads the cache, as before
+    /// 1.31, and a transient failure asks again at the next lookup.
+    async fn consistent_lookups(&self) -> bool {
         match self.lookup_reads {
-            LookupReads::Consistent => Ok(true),
-            LookupReads::Cache => Ok(false),
-            LookupReads::Auto => self
-                .consistent_lookups
-                .get_or_try_init(|| async {
-                    let v = with_retries(Some(UPDATE_RETRY_FOR), || async {
-                        match self.client.apiserver_version().await {
-                            Ok(v) => Attempt::Done(v),
-                            Err(e) => classify(e, "version"),
-                        }
-                    })
-                    .await?;
-                    let consistent = consistent_lists_are_cheap(&v.major, &v.minor);
-                    if consistent {
-                        tracing::info!(version = %v.git_version, "kube lookups read consistently");
-                    } else {
-                        tracing::warn!(
-                            version = %v.git_version,
-                            "kube lookups read the API server's watch cache: before \
-                             Kubernetes 1.31 a consistent LIST reads etcd; a resource written \
-                             a moment before Redis lost its record may be missed \
-                             (SIGNALGATE_KUBE_LOOKUP_READS=consistent trades etcd load for that)"
-                        );
-                    }
-                    Ok(consistent)
-                })
-                .await
-                .copied(),
+            LookupReads::Consistent => return true,
+            LookupReads::Cache => return false,
+            LookupReads::Auto => {}
         }
+        if let Some(known) = self.consistent_lookups.get() {
+            return *known;
+        }
+        let info = match self.client.apiserver_version().await {
+            Ok(info) => info,
+            Err(e) => {
+                let lasting = matches!(&e, kube::Error::Api(s) if (400..500).contains(&s.code));
+                tracing::warn!(
+                    error = %e,
+                    "kube lookups read the API server's watch cache: its version is unknown \
+                     (SIGNALGATE_KUBE_LOOKUP_READS=consistent or cache decides without asking)"
+                );
+                if lasting {
+                    let _ = self.consistent_lookups.set(false);
+                }
+                return false;
+            }
+        };
+        let consistent = version_of(&info).is_some_and(consistent_lists_are_cheap);
+        if consistent {
+            tracing::info!(version = %info.git_version, "kube lookups read consistently");
+        } else {
+            tracing::warn!(
+                version = %info.git_version,
+                "kube lookups read the API server's watch cache: before Kubernetes 1.31 a \
+                 consistent LIST reads etcd; a resource written a moment before Redis lost its \
+                 record may be missed (SIGNALGATE_KUBE_LOOKUP_READS=consistent trades etcd load \
+                 for that)"
+            );
+        }
+        let _ = self.consistent_lookups.set(consistent);
+        consistent
     }
 
     /// In-cluster configuration, else `KUBECONFIG` / `~/.kube/config`.
@@ -236,20 +247,33 @@ fn classify<T>(e: kube::Error, what: &str) -> Attempt<T> {
     }
 }
 
-/// Whether an API server of this version serves consistent LISTs from its
-/// watch cache (Kubernetes 1.31 and later: ConsistentListFromCache), so
-/// that they cost no more than cached ones. Managed clusters report minors
-/// like `31+`.
-fn consistent_lists_are_cheap(major: &str, minor: &str) -> bool {
+/// The API server's (major, minor): the version it emulates where it says
+/// (1.33 and later can emulate an older one), else its own; from
+/// `gitVersion` (`v1.20.2`) when the numbers are empty. Managed clusters
+/// report minors like `31+`.
+fn version_of(info: &Info) -> Option<(u32, u32)> {
     let number = |s: &str| {
         let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
         digits.parse::<u32>().ok()
     };
-    match (number(major), number(minor)) {
-        (Some(1), Some(minor)) => minor >= 31,
-        (Some(major), _) => major > 1,
-        _ => false,
+    let pair = |major: &str, minor: &str| Some((number(major)?, number(minor)?));
+    if let (Some(major), Some(minor)) = (&info.emulation_major, &info.emulation_minor) {
+        if let Some(v) = pair(major, minor) {
+            return Some(v);
+        }
     }
+    pair(&info.major, &info.minor).or_else(|| {
+        let mut parts = info.git_version.trim_start_matches('v').split('.');
+        pair(parts.next()?, parts.next()?)
+    })
+}
+
+/// Whether an API server of this version normally serves consistent LISTs
+/// from its watch cache (Kubernetes 1.31 and later: ConsistentListFromCache,
+/// unless its feature gate is off), so that they cost no more than cached
+/// ones.
+fn consistent_lists_are_cheap((major, minor): (u32, u32)) -> bool {
+    major > 1 || (major == 1 && minor >= 31)
 }
 
 /// The namespace cannot take the resource: it does not exist, or it is
@@ -422,21 +446,33 @@ mod tests {
 
     #[test]
     fn consistent_lists_are_cheap_from_kubernetes_1_31() {
-        for (major, minor, cheap) in [
-            ("1", "20", false),
-            ("1", "30", false),
-            ("1", "30+", false),
-            ("1", "31", true),
-            ("1", "33+", true),
-            ("2", "0", true),
-            ("", "", false),
-            ("1", "x", false),
+        let info = |major: &str, minor: &str, git: &str| Info {
+            major: major.into(),
+            minor: minor.into(),
+            git_version: git.into(),
+            ..Info::default()
+        };
+        for (i, cheap) in [
+            (info("1", "20", "v1.20.2"), false),
+            (info("1", "30+", "v1.30.4-eks"), false),
+            (info("1", "31", "v1.31.0"), true),
+            (info("1", "33+", "v1.33.1-gke.1"), true),
+            (info("2", "0", "v2.0.0"), true),
+            (info("", "", "v1.32.3"), true),
+            (info("", "", "v1.29.0"), false),
+            (info("", "", "junk"), false),
+            (info("1", "x", ""), false),
+            (
+                Info {
+                    emulation_major: Some("1".into()),
+                    emulation_minor: Some("30".into()),
+                    ..info("1", "33", "v1.33.0")
+                },
+                false,
+            ),
         ] {
-            assert_eq!(
-                consistent_lists_are_cheap(major, minor),
-                cheap,
-                "{major}.{minor}"
-            );
+            let got = version_of(&i).is_some_and(consistent_lists_are_cheap);
+            assert_eq!(got, cheap, "{i:?}");
         }
     }
 
