@@ -709,7 +709,8 @@ fn a_group_re_sent_after_the_store_lost_its_data_costs_two_lists_per_50_alerts()
     let (s, lookups) = a_group_re_sent_after_the_store_lost_its_data("auto", |_| {});
     let log = s.log();
     assert!(
-        log.contains("kube lookups read the API server's watch cache") && log.contains("v1.20"),
+        log.contains("kube lookups read the API server's watch cache: before Kubernetes 1.31")
+            && log.contains("v1.20"),
         "{log}"
     );
     assert!(

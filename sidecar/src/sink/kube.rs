@@ -9,6 +9,7 @@
 //! - 429, 5xx and transport errors are retried with capped, jittered
 //!   exponential backoff; the caller bounds the total time.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::version::Info;
@@ -42,6 +43,10 @@ pub struct KubeSink {
     /// Whether lookups read consistently, once known (`Auto` asks the API
     /// server's version at the first lookup).
     consistent_lookups: tokio::sync::OnceCell<bool>,
+    /// Held by the lookup asking the version, so that others wait for it.
+    version_probe: tokio::sync::Mutex<()>,
+    /// A probe failed already (later transient failures log at debug).
+    probe_failed: AtomicBool,
 }
 
 enum Attempt<T> {
@@ -104,9 +109,10 @@ impl KubeSink {
 
     /// Whether lookups read consistently: as configured, or (`Auto`) as the
     /// API server's version says. Asked once per process (a control plane
-    /// upgraded to 1.31 is noticed at the sidecar's next restart); a probe
-    /// that fails never fails the lookup: it reads the cache, as before
-    /// 1.31, and a transient failure asks again at the next lookup.
+    /// upgraded to 1.31 is noticed at the sidecar's next restart), by one
+    /// lookup while the others wait; a probe that fails never fails the
+    /// lookup: it reads the cache, as before 1.31, and unless the answer
+    /// was a lasting refusal the next lookup asks again.
     async fn consistent_lookups(&self) -> bool {
         match self.lookup_reads {
             LookupReads::Consistent => return true,
@@ -116,15 +122,24 @@ impl KubeSink {
         if let Some(known) = self.consistent_lookups.get() {
             return *known;
         }
+        let _probing = self.version_probe.lock().await;
+        if let Some(known) = self.consistent_lookups.get() {
+            return *known;
+        }
         let info = match self.client.apiserver_version().await {
             Ok(info) => info,
             Err(e) => {
-                let lasting = matches!(&e, kube::Error::Api(s) if (400..500).contains(&s.code));
-                tracing::warn!(
-                    error = %e,
-                    "kube lookups read the API server's watch cache: its version is unknown \
-                     (SIGNALGATE_KUBE_LOOKUP_READS=consistent or cache decides without asking)"
-                );
+                let lasting =
+                    matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404 | 405));
+                if lasting || !self.probe_failed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "kube lookups read the API server's watch cache: its version is unknown \
+                         (SIGNALGATE_KUBE_LOOKUP_READS=consistent or cache decides without asking)"
+                    );
+                } else {
+                    tracing::debug!(error = %e, "the API server's version is still unknown");
+                }
                 if lasting {
                     let _ = self.consistent_lookups.set(false);
                 }
@@ -164,6 +179,8 @@ impl KubeSink {
             fallback_namespace: fallback_namespace.to_string(),
             lookup_reads,
             consistent_lookups: tokio::sync::OnceCell::new(),
+            version_probe: tokio::sync::Mutex::new(()),
+            probe_failed: AtomicBool::new(false),
         }
     }
 
@@ -462,6 +479,14 @@ mod tests {
             (info("", "", "v1.29.0"), false),
             (info("", "", "junk"), false),
             (info("1", "x", ""), false),
+            (
+                Info {
+                    emulation_major: Some(String::new()),
+                    emulation_minor: Some(String::new()),
+                    ..info("1", "31", "v1.31.2")
+                },
+                true,
+            ),
             (
                 Info {
                     emulation_major: Some("1".into()),
