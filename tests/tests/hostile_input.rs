@@ -461,3 +461,175 @@ fn damaged_plugin_configurations_are_refused_by_key_or_give_limits_in_range() {
     // copies stay valid.
     assert_both_seen("plugin configuration", (accepted, refused), ROUNDS / 400);
 }
+
+/// Shared data for one filter VM (no concurrency: CAS always wins).
+#[derive(Default)]
+struct SharedData(std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>);
+
+impl signalgate_filter::table::SharedStore for SharedData {
+    fn get(
+        &self,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, Option<u32>), signalgate_filter::table::StoreError> {
+        Ok(match self.0.borrow().get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        })
+    }
+
+    fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        _: Option<u32>,
+    ) -> Result<(), signalgate_filter::table::StoreError> {
+        let mut map = self.0.borrow_mut();
+        let cas = map.get(key).map_or(1, |(_, c)| c + 1);
+        map.insert(key.to_string(), (value.to_vec(), cas));
+        Ok(())
+    }
+}
+
+/// A header value Envoy accepts: visible ASCII, space and tab, no CR, LF or NUL.
+fn is_header_value(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+#[test]
+fn hostile_request_heads_are_refused_cleanly_or_admitted_with_safe_headers() {
+    let mut rng = Rng(0x5167_a1e5_7a7e_0004);
+    let token_hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; // "test"
+    let configs: Vec<FilterConfig> = [
+        json!({}),
+        json!({"source": "x-forwarded-for", "trusted_hops": 2, "burst": 3}),
+        json!({"source": "header:x-source", "requests_per_minute": 1}),
+        json!({"tenants": [{"name": "team a", "token_sha256": token_hash}]}),
+    ]
+    .iter()
+    .filter_map(|c| signalgate_filter::config::parse(Some(c.to_string().as_bytes())).ok())
+    .collect();
+    assert_eq!(
+        configs.len(),
+        4,
+        "every configuration of the test must be valid"
+    );
+    let values: Vec<String> = [
+        "POST",
+        "GET",
+        "post",
+        "/api/v1/signals/prometheus",
+        "/api/v1/signals/kubernetes-event",
+        "/api/v1/signals/prometheus?x=1#f",
+        "/api/v1/signals/../prometheus",
+        "//",
+        "application/json",
+        "application/json; charset=utf-8",
+        "APPLICATION/JSON;charset=\"UTF-8\"",
+        "text/plain",
+        "4096",
+        "-1",
+        "18446744073709551616",
+        "0x10",
+        "Bearer test",
+        "Bearer  test",
+        "bearer test",
+        "Bearer",
+        "Basic dGVzdA==",
+        "10.0.0.1:5555",
+        "[::1]:80",
+        "[fe80::1%eth0]:1",
+        "10.0.0.1",
+        "::1",
+        "1.2.3.4, 5.6.7.8,9.9.9.9",
+        ",,,",
+        " , ",
+        "x\r\ny",
+        "x\0y",
+        "é😀",
+        "\u{7f}",
+        "",
+        " ",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "a".repeat(70_000),
+        format!("{}1.1.1.1", "2.2.2.2,".repeat(200)),
+        "9".repeat(40),
+    ])
+    .collect();
+    let (mut admitted, mut refused) = (0, 0);
+    for (round, now_s) in (0..ROUNDS).zip(1_700_000_000u64..) {
+        let cfg = rng.pick(&configs);
+        // Each field valid, missing, or hostile (possibly two values run together).
+        let valid = [
+            "POST",
+            "/api/v1/signals/prometheus",
+            "application/json",
+            "4096",
+            "Bearer test",
+            "10.0.0.1:5555",
+            "1.2.3.4",
+        ];
+        let fields: Vec<Option<String>> = valid
+            .iter()
+            .map(|v| match rng.below(8) {
+                0 => None,
+                1 | 2 => {
+                    let mut v = rng.pick(&values).clone();
+                    if rng.below(4) == 0 {
+                        let more: &String = rng.pick(&values);
+                        v.push_str(more);
+                    }
+                    Some(v)
+                }
+                _ => Some(v.to_string()),
+            })
+            .collect();
+        let head = decide::RequestHead {
+            method: fields[0].as_deref().unwrap_or(""),
+            path: fields[1].as_deref().unwrap_or(""),
+            content_type: fields[2].as_deref(),
+            content_length: fields[3].as_deref(),
+            authorization: fields[4].as_deref(),
+            remote_address: fields[5].as_deref(),
+            source_header: fields[6].as_deref(),
+        };
+        let what = format!("round {round}: {head:?}");
+        let store = SharedData::default();
+        let seed = signalgate_filter::table::Seed([7; 16]);
+        match decide::on_headers(cfg, &head, &store, &seed, now_s * 1_000_000_000) {
+            decide::HeadersAction::ReadBody(a) => {
+                admitted += 1;
+                for (name, value) in a.forward_headers() {
+                    assert!(
+                        is_header_value(value) && value.len() <= 1024,
+                        "{what}: forwards {name}: {value:?}"
+                    );
+                }
+                for (name, value) in &a.response_headers {
+                    assert!(is_header_value(value), "{what}: answers {name}: {value:?}");
+                }
+            }
+            decide::HeadersAction::Refuse(reply) => {
+                refused += 1;
+                assert!(
+                    matches!(reply.status, 400..=499 | 503),
+                    "{what}: status {}",
+                    reply.status
+                );
+                let problem: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+                assert_eq!(
+                    problem["status"],
+                    json!(reply.status),
+                    "{what}: {}",
+                    reply.body
+                );
+                for (name, value) in reply.all_headers() {
+                    assert!(is_header_value(value), "{what}: answers {name}: {value:?}");
+                }
+            }
+        }
+    }
+    assert_both_seen("request heads", (admitted, refused), ROUNDS / 20);
+}
