@@ -1,7 +1,8 @@
 //! Hostile bodies: tens of thousands of valid payloads, each damaged at
 //! random (deterministically, from a fixed seed), go through everything the
-//! edge and the sidecar do with a body before the store sees it; and damaged
-//! plugin configurations go through the filter's configuration parser.
+//! edge and the sidecar do with a body before the store sees it; damaged
+//! plugin configurations go through the filter's configuration parser, and
+//! hostile request heads through its headers phase.
 //!
 //! - Nothing panics. In the filter a panic traps the Wasm VM and, with
 //!   Envoy's default fail-closed policy, refuses every later request.
