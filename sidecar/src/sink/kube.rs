@@ -41,10 +41,9 @@ pub struct KubeSink {
     fallback_namespace: String,
     lookup_reads: LookupReads,
     /// Whether lookups read consistently, once known (`Auto` asks the API
-    /// server's version at the first lookup).
-    consistent_lookups: tokio::sync::OnceCell<bool>,
-    /// Held by the lookup asking the version, so that others wait for it.
-    version_probe: tokio::sync::Mutex<()>,
+    /// server's version at the first lookup; the lookup asking holds the
+    /// lock, so that others wait for its answer).
+    consistent_lookups: tokio::sync::Mutex<Option<bool>>,
     /// A probe failed already (later transient failures log at debug).
     probe_failed: AtomicBool,
 }
@@ -119,12 +118,9 @@ impl KubeSink {
             LookupReads::Cache => return false,
             LookupReads::Auto => {}
         }
-        if let Some(known) = self.consistent_lookups.get() {
-            return *known;
-        }
-        let _probing = self.version_probe.lock().await;
-        if let Some(known) = self.consistent_lookups.get() {
-            return *known;
+        let mut known = self.consistent_lookups.lock().await;
+        if let Some(consistent) = *known {
+            return consistent;
         }
         let info = match self.client.apiserver_version().await {
             Ok(info) => info,
@@ -141,7 +137,7 @@ impl KubeSink {
                     tracing::debug!(error = %e, "the API server's version is still unknown");
                 }
                 if lasting {
-                    let _ = self.consistent_lookups.set(false);
+                    *known = Some(false);
                 }
                 return false;
             }
@@ -158,7 +154,7 @@ impl KubeSink {
                  for that)"
             );
         }
-        let _ = self.consistent_lookups.set(consistent);
+        *known = Some(consistent);
         consistent
     }
 
@@ -178,8 +174,7 @@ impl KubeSink {
             client,
             fallback_namespace: fallback_namespace.to_string(),
             lookup_reads,
-            consistent_lookups: tokio::sync::OnceCell::new(),
-            version_probe: tokio::sync::Mutex::new(()),
+            consistent_lookups: tokio::sync::Mutex::new(None),
             probe_failed: AtomicBool::new(false),
         }
     }
