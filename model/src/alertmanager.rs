@@ -171,8 +171,9 @@ pub fn validate(w: &Webhook<'_>, max_alerts: usize) -> Result<(), Invalid> {
 }
 
 fn validate_alert(i: usize, a: &Alert<'_>, common: Option<&Labels<'_>>) -> Result<(), Invalid> {
-    let idx = i.to_string();
-    let at = |field: &str| pointer(["alerts", &idx, field]);
+    // The alert's index as text, built only for an error.
+    let idx = || i.to_string();
+    let at = |field: &str| pointer(["alerts", &idx(), field]);
     match a.status.as_deref() {
         Some("firing" | "resolved") => {}
         Some(s) => {
@@ -198,22 +199,24 @@ fn validate_alert(i: usize, a: &Alert<'_>, common: Option<&Labels<'_>>) -> Resul
         Some(name) if !name.trim().is_empty() => {}
         Some(_) => {
             return Err(Invalid::field(
-                pointer(["alerts", &idx, "labels", "alertname"]),
+                pointer(["alerts", &idx(), "labels", "alertname"]),
                 "empty: alertname must be a non-empty string",
             ))
         }
         None => {
             return Err(Invalid::field(
-                pointer(["alerts", &idx, "labels", "alertname"]),
+                pointer(["alerts", &idx(), "labels", "alertname"]),
                 "missing: every alert needs an alertname label",
             ))
         }
     }
-    check_label_names(&["alerts", &idx, "labels"], labels)?;
+    if !labels.keys().all(|name| is_valid_label_name(name)) {
+        check_label_names(&["alerts", &idx(), "labels"], labels)?;
+    }
     if let Some(ns) = LabelView::new(Some(labels), common).namespace() {
         if !is_namespace_name(ns.value) {
             let field = if ns.own {
-                pointer(["alerts", &idx, "labels", ns.label])
+                pointer(["alerts", &idx(), "labels", ns.label])
             } else {
                 pointer(["commonLabels", ns.label])
             };
@@ -477,6 +480,14 @@ mod tests {
         let mut v = webhook();
         v["alerts"][0]["labels"]["bad-name"] = json!("x");
         assert_eq!(field_of(&v).as_deref(), Some("/alerts/0/labels/bad-name"));
+        // A later alert is named by its own index.
+        let mut v = webhook();
+        let second = v["alerts"][0].clone();
+        if let Some(alerts) = v["alerts"].as_array_mut() {
+            alerts.push(second);
+        }
+        v["alerts"][1]["labels"]["bad name"] = json!("x");
+        assert_eq!(field_of(&v).as_deref(), Some("/alerts/1/labels/bad name"));
         let mut v = webhook();
         v["alerts"][0]["labels"]["replicas"] = json!(3);
         assert_eq!(field_of(&v).as_deref(), Some("/alerts/0/labels/replicas"));
