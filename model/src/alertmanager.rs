@@ -160,8 +160,8 @@ pub fn validate(w: &Webhook<'_>, max_alerts: usize) -> Result<(), Invalid> {
         ("groupLabels", &w.group_labels),
         ("commonLabels", &w.common_labels),
     ] {
-        if let Some(set) = set {
-            check_label_names(&[name], set)?;
+        if let Some(bad) = set.as_ref().and_then(invalid_label_name) {
+            return Err(label_name_error(&[name], bad));
         }
     }
     for (i, alert) in alerts.iter().enumerate() {
@@ -210,8 +210,8 @@ fn validate_alert(i: usize, a: &Alert<'_>, common: Option<&Labels<'_>>) -> Resul
             ))
         }
     }
-    if !labels.keys().all(|name| is_valid_label_name(name)) {
-        check_label_names(&["alerts", &idx(), "labels"], labels)?;
+    if let Some(bad) = invalid_label_name(labels) {
+        return Err(label_name_error(&["alerts", &idx(), "labels"], bad));
     }
     if let Some(ns) = LabelView::new(Some(labels), common).namespace() {
         if !is_namespace_name(ns.value) {
@@ -249,18 +249,20 @@ fn validate_alert(i: usize, a: &Alert<'_>, common: Option<&Labels<'_>>) -> Resul
     Ok(())
 }
 
-fn check_label_names(path: &[&str], labels: &Labels<'_>) -> Result<(), Invalid> {
-    for name in labels.keys() {
-        if !is_valid_label_name(name) {
-            let mut tokens: Vec<&str> = path.to_vec();
-            tokens.push(name);
-            return Err(Invalid::field(
-                pointer(tokens),
-                format!("{:?} is not a valid Prometheus label name", name.as_str()),
-            ));
-        }
-    }
-    Ok(())
+/// The first name in `labels` that is not a valid Prometheus label name.
+fn invalid_label_name<'l>(labels: &'l Labels<'_>) -> Option<&'l str> {
+    labels
+        .keys()
+        .map(|name| name.as_str())
+        .find(|name| !is_valid_label_name(name))
+}
+
+/// The error for `name`, a label of the set at `path`.
+fn label_name_error(path: &[&str], name: &str) -> Invalid {
+    Invalid::field(
+        pointer(path.iter().copied().chain([name])),
+        format!("{name:?} is not a valid Prometheus label name"),
+    )
 }
 
 #[cfg(test)]
