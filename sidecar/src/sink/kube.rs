@@ -9,7 +9,6 @@
 //! - 429, 5xx and transport errors are retried with capped, jittered
 //!   exponential backoff; the caller bounds the total time.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::version::Info;
@@ -39,13 +38,19 @@ const FINGERPRINTS_PER_LIST: usize = 50;
 pub struct KubeSink {
     client: Client,
     fallback_namespace: String,
-    lookup_reads: LookupReads,
-    /// Whether lookups read consistently, once known (`Auto` asks the API
-    /// server's version at the first lookup; the lookup asking holds the
-    /// lock, so that others wait for its answer).
-    consistent_lookups: tokio::sync::Mutex<Option<bool>>,
-    /// A probe failed already (later transient failures log at debug).
-    probe_failed: AtomicBool,
+    /// How lookups read. The lookup that asks the API server's version
+    /// holds the lock, so that the others wait for its answer.
+    reads: tokio::sync::Mutex<Reads>,
+}
+
+/// How lookups read, as far as known.
+enum Reads {
+    /// Settled: consistently (`true`) or from the watch cache.
+    Known(bool),
+    /// `Auto`, not asked yet.
+    Unasked,
+    /// `Auto`, and asking failed (later transient failures log at debug).
+    ProbeFailed,
 }
 
 enum Attempt<T> {
@@ -113,13 +118,8 @@ impl KubeSink {
     /// lookup: it reads the cache, as before 1.31, and unless the answer
     /// was a lasting refusal the next lookup asks again.
     async fn consistent_lookups(&self) -> bool {
-        match self.lookup_reads {
-            LookupReads::Consistent => return true,
-            LookupReads::Cache => return false,
-            LookupReads::Auto => {}
-        }
-        let mut known = self.consistent_lookups.lock().await;
-        if let Some(consistent) = *known {
+        let mut reads = self.reads.lock().await;
+        if let Reads::Known(consistent) = *reads {
             return consistent;
         }
         let info = match self.client.apiserver_version().await {
@@ -127,7 +127,7 @@ impl KubeSink {
             Err(e) => {
                 let lasting =
                     matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404 | 405));
-                if lasting || !self.probe_failed.swap(true, Ordering::Relaxed) {
+                if lasting || matches!(*reads, Reads::Unasked) {
                     tracing::warn!(
                         error = %e,
                         "kube lookups read the API server's watch cache: its version is unknown \
@@ -136,9 +136,11 @@ impl KubeSink {
                 } else {
                     tracing::debug!(error = %e, "the API server's version is still unknown");
                 }
-                if lasting {
-                    *known = Some(false);
-                }
+                *reads = if lasting {
+                    Reads::Known(false)
+                } else {
+                    Reads::ProbeFailed
+                };
                 return false;
             }
         };
@@ -154,7 +156,7 @@ impl KubeSink {
                  for that)"
             );
         }
-        *known = Some(consistent);
+        *reads = Reads::Known(consistent);
         consistent
     }
 
@@ -173,9 +175,11 @@ impl KubeSink {
         KubeSink {
             client,
             fallback_namespace: fallback_namespace.to_string(),
-            lookup_reads,
-            consistent_lookups: tokio::sync::Mutex::new(None),
-            probe_failed: AtomicBool::new(false),
+            reads: tokio::sync::Mutex::new(match lookup_reads {
+                LookupReads::Consistent => Reads::Known(true),
+                LookupReads::Cache => Reads::Known(false),
+                LookupReads::Auto => Reads::Unasked,
+            }),
         }
     }
 
