@@ -11,7 +11,7 @@ WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=true
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
 	CARGO_PROFILE_RELEASE_STRIP=true
 
-.PHONY: deps build wasm bench-wasm sidecar run test lint fmt bench k8s-build k8s-up k8s-down clean crd demo
+.PHONY: deps build wasm native bench-wasm sidecar run test lint fmt bench k8s-build k8s-up k8s-down clean crd demo
 
 deps:
 	@scripts/install-deps.sh
@@ -27,8 +27,14 @@ bench-wasm: wasm
 sidecar:
 	$(CARGO) build --release -p signalgate-sidecar
 
-## build: the filter (wasm) and the sidecar (release), plus Envoy in .venv
-build: wasm sidecar
+## native: the edge as an Envoy dynamic module, target/release/libsignalgate_edge_native.so
+## (docs/native-edge.md; envoy/envoy-native.yaml loads it)
+native:
+	$(CARGO) build --release -p signalgate-edge-native
+	@ls -l target/release/libsignalgate_edge_native.so
+
+## build: the filter (wasm and native module) and the sidecar (release), plus Envoy in .venv
+build: wasm native sidecar
 
 ## run: Envoy + filter + sidecar on the embedded default (in-memory store, directory sink)
 run: build
@@ -39,7 +45,7 @@ demo: build
 	@scripts/demo.sh
 
 ## test: everything, against real Envoy, Redis, kube-apiserver and Alertmanager
-test: deps wasm k8s-build
+test: deps wasm native k8s-build
 	$(CARGO) build -p signalgate-sidecar
 	$(CARGO) test --workspace --no-fail-fast
 
