@@ -11,7 +11,7 @@ WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=true
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
 	CARGO_PROFILE_RELEASE_STRIP=true
 
-.PHONY: deps build wasm native bench-wasm sidecar run test lint fmt bench k8s-build k8s-up k8s-down clean crd demo
+.PHONY: deps build wasm native native-faults bench-wasm sidecar run test lint fmt bench k8s-build k8s-up k8s-down clean crd demo
 
 deps:
 	@scripts/install-deps.sh
@@ -33,6 +33,11 @@ native:
 	$(CARGO) build --release -p signalgate-edge-native
 	@ls -l target/release/libsignalgate_edge_native.so
 
+## native-faults: the module with test-only fault injection (a header makes a hook panic), for the edge tests
+native-faults:
+	$(CARGO) build -p signalgate-edge-native --features fault-injection
+	mkdir -p target/fault-injection && cp target/debug/libsignalgate_edge_native.so target/fault-injection/
+
 ## build: the filter (wasm and native module) and the sidecar (release), plus Envoy in .venv
 build: wasm native sidecar
 
@@ -45,7 +50,7 @@ demo: build
 	@scripts/demo.sh
 
 ## test: everything, against real Envoy, Redis, kube-apiserver and Alertmanager
-test: deps wasm native k8s-build
+test: deps wasm native native-faults k8s-build
 	$(CARGO) build -p signalgate-sidecar
 	$(CARGO) test --workspace --no-fail-fast
 

@@ -11,6 +11,7 @@
 //! - [`request`]: one request through the decision core.
 //! - [`store`]: the process-wide bucket table store (one per Envoy process).
 //! - [`version`]: refusing an Envoy whose ABI the module was not built for.
+//! - `fault` (feature `fault-injection`, tests only): panics on request.
 //!
 //! Unit tests cover what runs without Envoy ([`store`], [`version`]); the
 //! rest calls into Envoy and is tested against the real one
@@ -21,6 +22,8 @@
 pub mod abi;
 #[cfg(not(test))]
 pub mod envoy;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 #[cfg(not(test))]
 pub mod hooks;
 #[cfg(not(test))]

@@ -75,6 +75,8 @@ pub struct Request {
     forwarded: bool,
     /// Set once a local reply was sent: later hooks do nothing.
     answered: bool,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<crate::fault::Fault>,
 }
 
 impl Request {
@@ -84,6 +86,8 @@ impl Request {
             admitted: None,
             forwarded: false,
             answered: false,
+            #[cfg(feature = "fault-injection")]
+            fault: None,
         }
     }
 
@@ -132,6 +136,12 @@ impl Request {
         let cfg = &settings.config;
         let action = {
             let headers = Headers(stream.request_headers());
+            #[cfg(feature = "fault-injection")]
+            {
+                use crate::fault::{Fault, HEADER};
+                self.fault = Fault::parse(headers.get(HEADER).as_deref());
+                Fault::trigger(self.fault, Fault::PanicInHeaders);
+            }
             let method = headers.get(":method").unwrap_or_default();
             let path = headers.get(":path").unwrap_or_default();
             let content_type = headers.get("content-type");
@@ -212,6 +222,8 @@ impl Request {
         if self.admitted.is_none() || self.forwarded {
             return abi::CONTINUE;
         }
+        #[cfg(feature = "fault-injection")]
+        crate::fault::Fault::trigger(self.fault, crate::fault::Fault::PanicInBody);
         let size = stream.request_body_size();
         match decide::on_body(&self.settings.config, size, end_of_stream) {
             BodyAction::Wait => abi::BODY_STOP_AND_BUFFER,

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,19 @@ pub fn module_path() -> PathBuf {
         "SIGNALGATE_EDGE_NATIVE",
         workspace::target_dir().join("release").join(MODULE_FILE),
         "build the native module with `make native`",
+    )
+}
+
+/// The module built with test-only fault injection (`make native-faults`):
+/// the request header `x-signalgate-fault: panic-in-headers` or
+/// `panic-in-body` makes that hook panic.
+pub fn fault_module_path() -> PathBuf {
+    workspace::artefact(
+        "SIGNALGATE_EDGE_NATIVE_FAULTS",
+        workspace::target_dir()
+            .join("fault-injection")
+            .join(MODULE_FILE),
+        "build the fault-injection module with `make native-faults`",
     )
 }
 
@@ -110,7 +123,16 @@ impl NativeEnvoy {
         upstream_port: u16,
         concurrency: u32,
     ) -> Result<NativeEnvoy, StartError> {
-        let module = module_path();
+        NativeEnvoy::try_start_module(&module_path(), filter_config, upstream_port, concurrency)
+    }
+
+    /// [`NativeEnvoy::try_start`] with another build of the module.
+    pub fn try_start_module(
+        module: &Path,
+        filter_config: &str,
+        upstream_port: u16,
+        concurrency: u32,
+    ) -> Result<NativeEnvoy, StartError> {
         let module_dir = module.parent().expect("the module's directory");
         let dir = temp_dir("envoy-native");
         let listener = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));

@@ -420,3 +420,31 @@ fn the_local_bootstraps_configure_both_filters_alike() {
         .expect("the wasm filter's configuration");
     assert_eq!(native_edge::local_filter_config(), wasm_config);
 }
+
+#[test]
+fn a_panic_in_the_module_is_answered_500_and_counted_and_envoy_goes_on() {
+    let up = Upstream::start();
+    let envoy =
+        match NativeEnvoy::try_start_module(&native_edge::fault_module_path(), "", up.port(), 1) {
+            Ok(e) => e,
+            Err(e) => panic!("Envoy did not start ({:?}); log:\n{}", e.exit, e.log),
+        };
+    let mut c = envoy.client();
+    for (fault, n) in [("panic-in-headers", 1), ("panic-in-body", 2)] {
+        let r = c.send(&valid().header("x-signalgate-fault", fault));
+        let p = problem(&r, 500);
+        assert_eq!(p["title"], "Internal Server Error", "{fault}: {p}");
+        envoy.wait_counter("panics", n);
+    }
+    // Nothing reached the upstream, and Envoy serves the next requests.
+    assert_eq!(c.send(&valid()).status, 200);
+    assert_eq!(envoy.client().send(&valid()).status, 200);
+    assert_eq!(up.wait_for_count(2, WAIT).len(), 2);
+    envoy.wait_counter("accepted", 2);
+    let log = envoy.log();
+    assert!(
+        log.contains("signalgate: panic in request headers"),
+        "{log}"
+    );
+    assert!(log.contains("signalgate: panic in request body"), "{log}");
+}

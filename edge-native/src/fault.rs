@@ -1,0 +1,32 @@
+//! Fault injection for tests, compiled only with the `fault-injection`
+//! feature (never in `make native`'s module): the request header
+//! `x-signalgate-fault: panic-in-headers` (or `panic-in-body`) makes that
+//! hook panic, so the tests can see a real panic caught at the boundary.
+
+/// The header naming the fault.
+pub const HEADER: &str = "x-signalgate-fault";
+
+/// Where to panic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    PanicInHeaders,
+    PanicInBody,
+}
+
+impl Fault {
+    pub fn parse(value: Option<&str>) -> Option<Fault> {
+        match value? {
+            "panic-in-headers" => Some(Fault::PanicInHeaders),
+            "panic-in-body" => Some(Fault::PanicInBody),
+            _ => None,
+        }
+    }
+
+    /// Panics if this is the fault for `hook`.
+    #[allow(clippy::panic)]
+    pub fn trigger(fault: Option<Fault>, hook: Fault) {
+        if fault == Some(hook) {
+            panic!("fault injected: {hook:?}");
+        }
+    }
+}
