@@ -43,8 +43,12 @@ unsafe fn envoy_bytes<'a>(b: EnvoyBuffer) -> &'a [u8] {
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
+    #[cfg(feature = "fault-injection")]
+    let built_for = crate::fault::built_for().unwrap_or(version::BUILT_FOR);
+    #[cfg(not(feature = "fault-injection"))]
+    let built_for = version::BUILT_FOR;
     let ok = guarded("program init", || match version::running() {
-        Ok(v) => match version::supported(v) {
+        Ok(v) => match version::supported(v, built_for) {
             Ok(()) => {
                 envoy::log(
                     Level::Info,

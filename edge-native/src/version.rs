@@ -47,9 +47,10 @@ pub fn parse(output: &str) -> Option<EnvoyVersion> {
     })
 }
 
-/// `Ok` if the module's ABI runs on `v`, else why not.
-pub fn supported(v: EnvoyVersion) -> Result<(), String> {
-    let (major, minor) = BUILT_FOR;
+/// `Ok` if a module built for Envoy `built_for` (major, minor) runs on
+/// `v`, else why not.
+pub fn supported(v: EnvoyVersion, built_for: (u32, u32)) -> Result<(), String> {
+    let (major, minor) = built_for;
     if v.major == major && (v.minor == minor || v.minor == minor + 1) {
         Ok(())
     } else {
@@ -94,15 +95,15 @@ mod tests {
 
     #[test]
     fn runs_on_the_release_it_is_built_for_and_the_next() {
-        assert_eq!(supported(V(1, 40, 0)), Ok(()));
-        assert_eq!(supported(V(1, 40, 7)), Ok(()));
-        assert_eq!(supported(V(1, 41, 2)), Ok(()));
+        assert_eq!(supported(V(1, 40, 0), BUILT_FOR), Ok(()));
+        assert_eq!(supported(V(1, 40, 7), BUILT_FOR), Ok(()));
+        assert_eq!(supported(V(1, 41, 2), BUILT_FOR), Ok(()));
     }
 
     #[test]
     fn refuses_older_and_later_releases_naming_both() {
         for v in [V(1, 39, 3), V(1, 42, 0), V(2, 40, 0)] {
-            let why = supported(v).unwrap_err();
+            let why = supported(v, BUILT_FOR).unwrap_err();
             assert!(why.contains(&v.to_string()), "{why}");
             assert!(why.contains("Envoy 1.40"), "{why}");
         }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,48 @@ pub fn local_filter_config() -> String {
     line[CONFIG_LINE.len()..line.len() - 1].replace("''", "'")
 }
 
+/// How to start Envoy with the native module.
+#[derive(Debug, Clone)]
+pub struct NativeOptions {
+    /// The module's file (its directory goes on `LD_LIBRARY_PATH`).
+    pub module: PathBuf,
+    /// The filter configuration JSON.
+    pub filter_config: String,
+    pub upstream_port: u16,
+    pub concurrency: u32,
+    /// More environment for Envoy (and so for the module).
+    pub env: Vec<(String, String)>,
+}
+
+impl NativeOptions {
+    /// The module of `make native`, one worker.
+    pub fn new(filter_config: &str, upstream_port: u16) -> NativeOptions {
+        NativeOptions {
+            module: module_path(),
+            filter_config: filter_config.to_string(),
+            upstream_port,
+            concurrency: 1,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn concurrency(mut self, n: u32) -> NativeOptions {
+        self.concurrency = n;
+        self
+    }
+
+    /// The fault-injection build of the module ([`fault_module_path`]).
+    pub fn with_faults(mut self) -> NativeOptions {
+        self.module = fault_module_path();
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> NativeOptions {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
 /// A running Envoy with the native module (killed when dropped).
 pub struct NativeEnvoy {
     proc: Proc,
@@ -110,7 +152,14 @@ impl NativeEnvoy {
     /// Starts the module with `filter_config` and `concurrency` workers in
     /// front of `upstream_port`; panics (with the log) unless it is ready.
     pub fn start(filter_config: &str, upstream_port: u16, concurrency: u32) -> NativeEnvoy {
-        match NativeEnvoy::try_start(filter_config, upstream_port, concurrency) {
+        NativeEnvoy::start_with(
+            NativeOptions::new(filter_config, upstream_port).concurrency(concurrency),
+        )
+    }
+
+    /// Starts Envoy; panics (with its log) unless it becomes ready.
+    pub fn start_with(options: NativeOptions) -> NativeEnvoy {
+        match NativeEnvoy::try_start_with(options) {
             Ok(e) => e,
             Err(e) => panic!("Envoy did not start ({:?}); log:\n{}", e.exit, e.log),
         }
@@ -123,22 +172,26 @@ impl NativeEnvoy {
         upstream_port: u16,
         concurrency: u32,
     ) -> Result<NativeEnvoy, StartError> {
-        NativeEnvoy::try_start_module(&module_path(), filter_config, upstream_port, concurrency)
+        NativeEnvoy::try_start_with(
+            NativeOptions::new(filter_config, upstream_port).concurrency(concurrency),
+        )
     }
 
-    /// [`NativeEnvoy::try_start`] with another build of the module.
-    pub fn try_start_module(
-        module: &Path,
-        filter_config: &str,
-        upstream_port: u16,
-        concurrency: u32,
-    ) -> Result<NativeEnvoy, StartError> {
+    /// [`NativeEnvoy::try_start`] with every option.
+    pub fn try_start_with(options: NativeOptions) -> Result<NativeEnvoy, StartError> {
+        let NativeOptions {
+            module,
+            filter_config,
+            upstream_port,
+            concurrency,
+            env,
+        } = options;
         let module_dir = module.parent().expect("the module's directory");
         let dir = temp_dir("envoy-native");
         let listener = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let config = dir.path().join("envoy.yaml");
-        let yaml = render(listener.port(), admin.port(), upstream_port, filter_config);
+        let yaml = render(listener.port(), admin.port(), upstream_port, &filter_config);
         std::fs::write(&config, yaml).expect("write envoy.yaml");
 
         let mut cmd = Command::new(envoy_bin());
@@ -152,6 +205,7 @@ impl NativeEnvoy {
             .arg("info")
             .arg("--component-log-level")
             .arg("dynamic_modules:debug");
+        cmd.envs(env);
         let mut proc = Proc::spawn("envoy-native", cmd, dir.path());
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use signalgate_tests::envoy::{Client, Envoy, Request, Response};
-use signalgate_tests::native_edge::{self, NativeEnvoy};
+use signalgate_tests::native_edge::{self, NativeEnvoy, NativeOptions};
 use signalgate_tests::payloads;
 use signalgate_tests::upstream::{Received, Upstream};
 use signalgate_tests::workspace;
@@ -424,11 +424,7 @@ fn the_local_bootstraps_configure_both_filters_alike() {
 #[test]
 fn a_panic_in_the_module_is_answered_500_and_counted_and_envoy_goes_on() {
     let up = Upstream::start();
-    let envoy =
-        match NativeEnvoy::try_start_module(&native_edge::fault_module_path(), "", up.port(), 1) {
-            Ok(e) => e,
-            Err(e) => panic!("Envoy did not start ({:?}); log:\n{}", e.exit, e.log),
-        };
+    let envoy = NativeEnvoy::start_with(NativeOptions::new("", up.port()).with_faults());
     let mut c = envoy.client();
     for (fault, n) in [("panic-in-headers", 1), ("panic-in-body", 2)] {
         let r = c.send(&valid().header("x-signalgate-fault", fault));
@@ -447,4 +443,39 @@ fn a_panic_in_the_module_is_answered_500_and_counted_and_envoy_goes_on() {
         "{log}"
     );
     assert!(log.contains("signalgate: panic in request body"), "{log}");
+}
+
+#[test]
+fn the_module_refuses_an_envoy_release_its_abi_was_not_built_for() {
+    // Only Envoy 1.40 is installed here: the fault-injection build can be
+    // told it was built for another release, and must then refuse this one.
+    let up = Upstream::start();
+    let e = match NativeEnvoy::try_start_with(
+        NativeOptions::new("", up.port())
+            .with_faults()
+            .env("SIGNALGATE_FAULT_BUILT_FOR", "1.38"),
+    ) {
+        Ok(envoy) => panic!("Envoy started; log:\n{}", envoy.log()),
+        Err(e) => e,
+    };
+    let exit = e.exit.expect("Envoy exits");
+    assert!(!exit.success(), "{exit}");
+    assert!(
+        e.log.contains(
+            "signalgate: this module is built for the dynamic-module ABI of Envoy 1.38 \
+             (runs on 1.38 and 1.39), not Envoy 1.40."
+        ),
+        "{}",
+        e.log
+    );
+    // Envoy refuses the configuration that names the module.
+    assert!(e.log.contains("signalgate_edge_native"), "{}", e.log);
+
+    // The same build, told the truth, starts.
+    let envoy = NativeEnvoy::start_with(
+        NativeOptions::new("", up.port())
+            .with_faults()
+            .env("SIGNALGATE_FAULT_BUILT_FOR", "1.40"),
+    );
+    assert_eq!(envoy.client().send(&valid()).status, 200);
 }
