@@ -479,3 +479,115 @@ fn the_module_refuses_an_envoy_release_its_abi_was_not_built_for() {
     );
     assert_eq!(envoy.client().send(&valid()).status, 200);
 }
+
+/// SHA-256 hex of `s` (coreutils' sha256sum: the tests crate has no digest crate).
+fn sha256_hex(s: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(s.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("sha256sum output");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("digest")
+        .to_string()
+}
+
+fn sources(got: &[Received]) -> Vec<&str> {
+    got.iter()
+        .filter_map(|r| r.header("x-signalgate-source"))
+        .collect()
+}
+
+#[test]
+fn tenants_are_authenticated_and_limited_as_by_the_wasm_filter() {
+    let config = json!({
+        "requests_per_minute": 100,
+        "tenants": [
+            {"name": "team-a", "token_sha256": sha256_hex("token-a"), "requests_per_minute": 2},
+            {"name": "team-b", "token_sha256": sha256_hex("token-b")}
+        ]
+    });
+    let pair = Pair::start(&config.to_string());
+    let me = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let bearer = |t: &str| valid().header("authorization", &format!("Bearer {t}"));
+    for (what, req, status) in [
+        ("no token", valid(), 401),
+        ("wrong token", bearer("not-a-token"), 401),
+        ("team-a 1", bearer("token-a"), 200),
+        ("team-a 2", bearer("token-a"), 200),
+        ("team-a 3", bearer("token-a"), 429),
+        ("team-b", bearer("token-b"), 200),
+    ] {
+        let r = pair.same(me, &req, what);
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        if status == 401 {
+            assert_eq!(
+                r.header("www-authenticate")
+                    .map(|v| v.starts_with("Bearer")),
+                Some(true),
+                "{what}"
+            );
+        }
+    }
+    let got = forwarded(&pair.native_up, 3);
+    assert_eq!(sources(&got), ["team-a", "team-a", "team-b"]);
+    assert_eq!(got[0].header("authorization"), Some("Bearer token-a"));
+    pair.native.wait_counter("unauthorized", 2);
+}
+
+#[test]
+fn the_source_comes_from_a_header_or_x_forwarded_for_as_with_the_wasm_filter() {
+    let me = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let pair = Pair::start(r#"{"source": "header:x-team", "requests_per_minute": 1}"#);
+    let team = |t: &str| valid().header("x-team", t);
+    for (what, req, status) in [
+        ("payments", team("payments"), 200),
+        ("payments again", team("payments"), 429),
+        ("search", team("search"), 200),
+        ("no header: the address", valid(), 200),
+        // Sent twice: the last copy (a proxy's) counts.
+        (
+            "forged then payments",
+            valid()
+                .header("x-team", "forged-by-client")
+                .header("x-team", "payments"),
+            429,
+        ),
+    ] {
+        assert_eq!(pair.same(me, &req, what).status, status, "{what}");
+    }
+    let got = forwarded(&pair.native_up, 3);
+    assert_eq!(sources(&got), ["payments", "search", "127.0.0.1"]);
+    drop(pair);
+
+    let pair = Pair::start(
+        r#"{"source": "x-forwarded-for", "trusted_hops": 1, "requests_per_minute": 1}"#,
+    );
+    let xff = |v: &str| valid().header("x-forwarded-for", v);
+    for (what, req, status) in [
+        ("first", xff("spoofed, 203.0.113.7, 10.0.0.1"), 200),
+        ("same client", xff("other, 203.0.113.7, 10.0.0.9"), 429),
+        // Two header lines are one list.
+        (
+            "split list",
+            valid()
+                .header("x-forwarded-for", "203.0.113.8")
+                .header("x-forwarded-for", "10.0.0.1"),
+            200,
+        ),
+    ] {
+        assert_eq!(pair.same(me, &req, what).status, status, "{what}");
+    }
+    let got = forwarded(&pair.native_up, 2);
+    assert_eq!(sources(&got), ["203.0.113.7", "203.0.113.8"]);
+}
