@@ -50,7 +50,7 @@ pub fn log(level: Level, message: &str) {
 /// Bytes Envoy owns, for as long as `'a`.
 ///
 /// # Safety
-/// `b` must be null/empty or point to `length` readable bytes living for `'a`.
+/// `ptr` must be null, or point to `length` readable bytes living for `'a`.
 unsafe fn bytes<'a>(ptr: *const u8, length: usize) -> &'a [u8] {
     if ptr.is_null() || length == 0 {
         &[]

@@ -31,7 +31,7 @@ fn guarded<T>(hook: &str, f: impl FnOnce() -> T) -> Option<T> {
 }
 
 /// # Safety
-/// `b` must describe `length` readable bytes (or be null).
+/// `b.ptr` must be null, or point to `b.length` readable bytes living for `'a`.
 unsafe fn envoy_bytes<'a>(b: EnvoyBuffer) -> &'a [u8] {
     if b.ptr.is_null() || b.length == 0 {
         &[]

@@ -18,6 +18,9 @@
 //! (`tests/tests/edge_native.rs`), so it is left out of unit-test builds,
 //! which have no Envoy to link against.
 
+// Every unsafe block says why it is sound.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 #[cfg(not(test))]
 pub mod abi;
 #[cfg(not(test))]
