@@ -164,22 +164,23 @@ fn on_stream(
     filter_envoy: FilterEnvoyPtr,
     filter: ModulePtr,
     stopped: u32,
-    f: impl FnOnce(&mut Request, &Stream) -> u32,
+    f: impl FnOnce(&Request, &Stream) -> u32,
 ) -> u32 {
     if filter.is_null() {
         return abi::CONTINUE;
     }
     // SAFETY: Envoy passes the stream pointer for this hook.
     let stream = unsafe { Stream::new(filter_envoy) };
-    let request = filter.cast_mut().cast::<Request>();
-    // SAFETY: made in filter_new; Envoy calls a stream's hooks one at a time
-    // on its worker thread, so this is the only reference.
-    let status = guarded(hook, || f(unsafe { &mut *request }, &stream));
+    let request = filter.cast::<Request>();
+    // SAFETY: made in filter_new, alive until filter_destroy; Envoy calls a
+    // stream's hooks on its worker thread only, and `Request` is only used
+    // through shared references (see its documentation).
+    let status = guarded(hook, || f(unsafe { &*request }, &stream));
     match status {
         Some(s) => s,
         None => {
             // SAFETY: as above; the panicking borrow has ended.
-            let answered = guarded(hook, || unsafe { &mut *request }.fail(&stream));
+            let answered = guarded(hook, || unsafe { &*request }.fail(&stream));
             if answered.is_some() {
                 stopped
             } else {

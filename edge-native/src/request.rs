@@ -3,6 +3,7 @@
 //! as the proxy-wasm host (`filter/src/host.rs`); no policy lives here.
 
 use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -67,33 +68,39 @@ pub const PANIC_BODY: &str = "{\"type\":\"about:blank\",\"title\":\"Internal Ser
 \"status\":500,\"detail\":\"the edge filter failed on this request\"}";
 
 /// One stream's state.
+///
+/// The hooks take `&self`: nothing in the ABI promises that a callback
+/// (sending a local reply, setting a header) returns before Envoy calls
+/// another hook of the same stream (Envoy 1.40 does not, for the local
+/// replies seen here), so no `&mut` is held across a call into Envoy. The
+/// state is in cells instead, and a `RefCell` borrow never spans such a call.
 pub struct Request {
     settings: Arc<Settings>,
     /// Set once the headers passed: the body is being read.
-    admitted: Option<Admitted>,
+    admitted: RefCell<Option<Admitted>>,
     /// Set once the request went on upstream.
-    forwarded: bool,
+    forwarded: Cell<bool>,
     /// Set once a local reply was sent: later hooks do nothing.
-    answered: bool,
+    answered: Cell<bool>,
     #[cfg(feature = "fault-injection")]
-    fault: Option<crate::fault::Fault>,
+    fault: Cell<Option<crate::fault::Fault>>,
 }
 
 impl Request {
     pub fn new(settings: Arc<Settings>) -> Request {
         Request {
             settings,
-            admitted: None,
-            forwarded: false,
-            answered: false,
+            admitted: RefCell::new(None),
+            forwarded: Cell::new(false),
+            answered: Cell::new(false),
             #[cfg(feature = "fault-injection")]
-            fault: None,
+            fault: Cell::new(None),
         }
     }
 
-    fn refuse(&mut self, stream: &Stream, reply: &Reply) {
-        self.admitted = None;
-        self.answered = true;
+    fn refuse(&self, stream: &Stream, reply: &Reply) {
+        self.admitted.replace(None);
+        self.answered.set(true);
         self.settings.counters.count(stream, reply.outcome);
         if envoy::log_enabled(Level::Debug) {
             envoy::log(Level::Debug, &reply.reason);
@@ -107,13 +114,13 @@ impl Request {
     }
 
     /// Answers 500 after a caught panic, and counts it.
-    pub fn fail(&mut self, stream: &Stream) {
+    pub fn fail(&self, stream: &Stream) {
         self.settings.counters.count_panic(stream);
-        if self.answered || self.forwarded {
+        if self.answered.get() || self.forwarded.get() {
             return;
         }
-        self.answered = true;
-        self.admitted = None;
+        self.answered.set(true);
+        self.admitted.replace(None);
         stream.send_response(
             500,
             &[("content-type", "application/problem+json")],
@@ -131,7 +138,7 @@ impl Request {
         }
     }
 
-    pub fn on_request_headers(&mut self, stream: &Stream, end_of_stream: bool) -> u32 {
+    pub fn on_request_headers(&self, stream: &Stream, end_of_stream: bool) -> u32 {
         let settings = Arc::clone(&self.settings);
         let cfg = &settings.config;
         let action = {
@@ -139,8 +146,8 @@ impl Request {
             #[cfg(feature = "fault-injection")]
             {
                 use crate::fault::{Fault, HEADER};
-                self.fault = Fault::parse(headers.get(HEADER).as_deref());
-                Fault::trigger(self.fault, Fault::PanicInHeaders);
+                self.fault.set(Fault::parse(headers.get(HEADER).as_deref()));
+                Fault::trigger(self.fault.get(), Fault::PanicInHeaders);
             }
             let method = headers.get(":method").unwrap_or_default();
             let path = headers.get(":path").unwrap_or_default();
@@ -177,7 +184,7 @@ impl Request {
                     settings.counters.count_limit_error(stream);
                     envoy::log(Level::Warn, &format!("{why}; letting it through"));
                 }
-                self.admitted = Some(admitted);
+                self.admitted.replace(Some(admitted));
                 if end_of_stream {
                     // No body at all.
                     self.finish(stream, &[])
@@ -189,8 +196,8 @@ impl Request {
     }
 
     /// The whole body is there: validate, then forward (`CONTINUE`) or refuse.
-    fn finish(&mut self, stream: &Stream, chunks: &[&[u8]]) -> u32 {
-        let Some(signal_type) = self.admitted.as_ref().map(|a| a.signal_type) else {
+    fn finish(&self, stream: &Stream, chunks: &[&[u8]]) -> u32 {
+        let Some(signal_type) = self.admitted.borrow().as_ref().map(|a| a.signal_type) else {
             return abi::CONTINUE;
         };
         let joined;
@@ -209,21 +216,27 @@ impl Request {
             }
             None => {
                 self.settings.counters.count(stream, Outcome::Accepted);
-                self.forwarded = true;
+                self.forwarded.set(true);
                 abi::CONTINUE
             }
         }
     }
 
-    pub fn on_request_body(&mut self, stream: &Stream, end_of_stream: bool) -> u32 {
-        if self.answered {
+    /// Whether the body phase has nothing to do: no admitted request, or
+    /// already forwarded.
+    fn passing(&self) -> bool {
+        self.admitted.borrow().is_none() || self.forwarded.get()
+    }
+
+    pub fn on_request_body(&self, stream: &Stream, end_of_stream: bool) -> u32 {
+        if self.answered.get() {
             return abi::BODY_STOP_NO_BUFFER;
         }
-        if self.admitted.is_none() || self.forwarded {
+        if self.passing() {
             return abi::CONTINUE;
         }
         #[cfg(feature = "fault-injection")]
-        crate::fault::Fault::trigger(self.fault, crate::fault::Fault::PanicInBody);
+        crate::fault::Fault::trigger(self.fault.get(), crate::fault::Fault::PanicInBody);
         let size = stream.request_body_size();
         match decide::on_body(&self.settings.config, size, end_of_stream) {
             BodyAction::Wait => abi::BODY_STOP_AND_BUFFER,
@@ -237,11 +250,11 @@ impl Request {
 
     /// Trailers end the body: validate here (no body hook with
     /// end-of-stream comes then).
-    pub fn on_request_trailers(&mut self, stream: &Stream) -> u32 {
-        if self.answered {
+    pub fn on_request_trailers(&self, stream: &Stream) -> u32 {
+        if self.answered.get() {
             return abi::TRAILERS_STOP_ITERATION;
         }
-        if self.admitted.is_none() || self.forwarded {
+        if self.passing() {
             return abi::CONTINUE;
         }
         let size = stream.request_body_size();
@@ -259,13 +272,18 @@ impl Request {
         }
     }
 
-    pub fn on_response_headers(&mut self, stream: &Stream) -> u32 {
-        if self.forwarded {
-            if let Some(a) = &self.admitted {
-                for (name, value) in &a.response_headers {
-                    stream.set_response_header(name, value);
-                }
-            }
+    pub fn on_response_headers(&self, stream: &Stream) -> u32 {
+        if !self.forwarded.get() {
+            return abi::CONTINUE;
+        }
+        let headers = self
+            .admitted
+            .borrow()
+            .as_ref()
+            .map(|a| a.response_headers.clone())
+            .unwrap_or_default();
+        for (name, value) in &headers {
+            stream.set_response_header(name, value);
         }
         abi::CONTINUE
     }
