@@ -33,10 +33,6 @@ impl SignalType {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-
     /// The ingestion path: `/api/v1/signals/<type>`.
     pub fn path(self) -> &'static str {
         match self {
