@@ -11,185 +11,11 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use crate::chart;
+use crate::figures::{cell, num, ratio_cell};
 use crate::record::Record;
-
-/// Median, min and max of one metric over the runs of a group.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Stat {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub n: usize,
-}
-
-impl Stat {
-    pub fn of(values: &[f64]) -> Option<Stat> {
-        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Some(Stat {
-            median,
-            min: v[0],
-            max: v[n - 1],
-            n,
-        })
-    }
-
-    fn json(&self) -> Value {
-        json!({"median": round(self.median), "min": round(self.min), "max": round(self.max), "runs": self.n})
-    }
-}
-
-fn round(x: f64) -> f64 {
-    if x.abs() >= 100.0 {
-        (x * 10.0).round() / 10.0
-    } else {
-        (x * 10_000.0).round() / 10_000.0
-    }
-}
-
-/// The runs of one configuration (same labels but `run`).
-#[derive(Debug, Clone)]
-pub struct Group {
-    pub labels: BTreeMap<String, String>,
-    pub runs: Vec<Record>,
-}
-
-impl Group {
-    pub fn stat(&self, metric: &str) -> Option<Stat> {
-        let values: Vec<f64> = self
-            .runs
-            .iter()
-            .filter_map(|r| r.metrics.get(metric).copied())
-            .collect();
-        Stat::of(&values)
-    }
-
-    pub fn median(&self, metric: &str) -> Option<f64> {
-        self.stat(metric).map(|s| s.median)
-    }
-
-    fn label(&self, key: &str) -> &str {
-        self.labels.get(key).map(String::as_str).unwrap_or("")
-    }
-
-    fn run_value(&self, run: &str, metric: &str) -> Option<f64> {
-        self.runs
-            .iter()
-            .find(|r| r.label("run") == run)
-            .and_then(|r| r.metrics.get(metric).copied())
-    }
-
-    fn json(&self) -> Value {
-        let mut names: Vec<&String> = self.runs.iter().flat_map(|r| r.metrics.keys()).collect();
-        names.sort();
-        names.dedup();
-        let metrics: Map<String, Value> = names
-            .into_iter()
-            .filter_map(|n| self.stat(n).map(|s| (n.clone(), s.json())))
-            .collect();
-        let mut labels: Map<String, Value> = self
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
-        labels.remove("part");
-        let mut info = Map::new();
-        if let Some(last) = self.runs.last() {
-            for (k, v) in &last.info {
-                info.insert(k.clone(), json!(v));
-            }
-        }
-        json!({"labels": labels, "metrics": metrics, "info": info})
-    }
-}
-
-/// `a / b` run by run (same `run` label), then median/min/max of those
-/// ratios; the ratio of the medians when the runs do not pair up.
-pub fn paired_ratio(a: &Group, b: &Group, metric: &str) -> Option<Stat> {
-    let ratios: Vec<f64> = a
-        .runs
-        .iter()
-        .filter_map(|r| {
-            let x = r.metrics.get(metric).copied()?;
-            let y = b.run_value(r.label("run"), metric)?;
-            (y > 0.0).then_some(x / y)
-        })
-        .collect();
-    match Stat::of(&ratios) {
-        Some(s) => Some(s),
-        None => {
-            let (x, y) = (a.median(metric)?, b.median(metric)?);
-            (y > 0.0).then(|| Stat {
-                median: x / y,
-                min: x / y,
-                max: x / y,
-                n: 1,
-            })
-        }
-    }
-}
-
-/// Groups the records of `part` by their labels less `run`, in first-seen order.
-pub fn groups(records: &[Record], part: &str) -> Vec<Group> {
-    let mut out: Vec<Group> = Vec::new();
-    for r in records.iter().filter(|r| r.label("part") == part) {
-        let mut labels = r.labels.clone();
-        labels.remove("run");
-        match out.iter_mut().find(|g| g.labels == labels) {
-            Some(g) => g.runs.push(r.clone()),
-            None => out.push(Group {
-                labels,
-                runs: vec![r.clone()],
-            }),
-        }
-    }
-    out
-}
-
-fn find<'a>(groups: &'a [Group], want: &[(&str, &str)]) -> Option<&'a Group> {
-    groups
-        .iter()
-        .find(|g| want.iter().all(|(k, v)| g.label(k) == *v))
-}
-
-/// A number for a table: few digits, thousands kept whole.
-pub fn num(x: f64) -> String {
-    if !x.is_finite() {
-        "n/a".into()
-    } else if x.abs() >= 100.0 {
-        format!("{x:.0}")
-    } else if x.abs() >= 10.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.2}")
-    }
-}
-
-/// `median (min–max)`, or just the value for one run.
-fn cell(s: Option<Stat>) -> String {
-    match s {
-        None => "n/a".into(),
-        Some(s) if s.n <= 1 || (s.max - s.min).abs() < f64::EPSILON => num(s.median),
-        Some(s) => format!("{} ({}–{})", num(s.median), num(s.min), num(s.max)),
-    }
-}
-
-fn ratio_cell(s: Option<Stat>) -> String {
-    match s {
-        None => "n/a".into(),
-        Some(s) if s.n <= 1 => format!("{:.2}x", s.median),
-        Some(s) => format!("{:.2}x ({:.2}–{:.2})", s.median, s.min, s.max),
-    }
-}
+use crate::stats::{
+    distinct_values, find, groups, paired_ratio, ratio_of_medians, round, Group, Stat,
+};
 
 /// One target of the issue.
 #[derive(Debug, Clone)]
@@ -214,17 +40,6 @@ fn config_name(c: &str) -> &str {
         .find(|(k, _)| *k == c)
         .map(|(_, v)| *v)
         .unwrap_or(c)
-}
-
-fn distinct_values(groups: &[Group], key: &str) -> Vec<String> {
-    let mut v: Vec<String> = Vec::new();
-    for g in groups {
-        let x = g.label(key).to_string();
-        if !v.contains(&x) {
-            v.push(x);
-        }
-    }
-    v
 }
 
 /// Writes report.md, report.json and chart.png into `out`; returns their paths.
@@ -832,20 +647,6 @@ pub fn write(records: &[Record], out: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(vec![md_path, json_path, png_path])
 }
 
-/// Ratio of the medians of two groups measured in different steps.
-fn ratio_of_medians(a: &Group, b: &Group, metric: &str) -> Option<Stat> {
-    let (sa, sb) = (a.stat(metric)?, b.stat(metric)?);
-    if sb.median <= 0.0 || sb.min <= 0.0 || sb.max <= 0.0 {
-        return None;
-    }
-    Some(Stat {
-        median: sa.median / sb.median,
-        min: sa.min / sb.max,
-        max: sa.max / sb.min,
-        n: sa.n.max(sb.n),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -859,28 +660,6 @@ mod tests {
             metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             info: BTreeMap::new(),
         }
-    }
-
-    #[test]
-    fn medians_and_paired_ratios() {
-        assert_eq!(Stat::of(&[3.0, 1.0, 2.0]).map(|s| s.median), Some(2.0));
-        assert_eq!(Stat::of(&[4.0, 1.0]).map(|s| s.median), Some(2.5));
-        assert_eq!(Stat::of(&[]), None);
-        let mut recs = Vec::new();
-        for (run, a, b) in [("1", 90.0, 100.0), ("2", 80.0, 100.0), ("3", 50.0, 40.0)] {
-            recs.push(rec(
-                &[("part", "edge"), ("config", "filter"), ("run", run)],
-                &[("rps", a)],
-            ));
-            recs.push(rec(
-                &[("part", "edge"), ("config", "native"), ("run", run)],
-                &[("rps", b)],
-            ));
-        }
-        let g = groups(&recs, "edge");
-        assert_eq!(g.len(), 2);
-        let r = paired_ratio(&g[0], &g[1], "rps");
-        assert_eq!(r.map(|s| (s.median, s.min, s.max)), Some((0.9, 0.8, 1.25)));
     }
 
     #[test]
