@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::store::Settings;
-use signalgate_model::signal::is_namespace_name;
+use signalgate_model::namespace::is_namespace_name;
 
 /// Where resources go.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@
 
 use serde_json::{json, Value};
 use signalgate_filter::{config::Config as FilterConfig, decide};
-use signalgate_model::{alertmanager, kube_event, signal, SignalType};
+use signalgate_model::{alertmanager, kube_event, namespace, signal, SignalType};
 use signalgate_sidecar::resource::{self, RemediationRequest, MAX_ENTRIES, MAX_VALUE_BYTES};
 use signalgate_sidecar::store::{Snapshot, StormSnapshot};
 use signalgate_tests::payloads;
@@ -306,7 +306,7 @@ fn follow_accepted(signal_type: SignalType, body: &[u8], what: &str) -> usize {
     let snapshot = snapshot();
     for s in &signals {
         assert!(
-            signal::is_namespace_name(&s.namespace),
+            namespace::is_namespace_name(&s.namespace),
             "{what}: namespace {:?} is not a valid one",
             s.namespace
         );
