@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alertmanager;
+pub mod http;
 pub mod invalid;
 mod json;
 pub mod kube_event;
