@@ -24,8 +24,11 @@ use crate::route::route;
 use crate::source;
 use crate::table::{Seed, SharedStore};
 
-/// Header carrying the signal type to the sidecar.
-pub const SIGNAL_TYPE_HEADER: &str = "x-signalgate-signal-type";
+/// Headers only the edge may set on a forwarded request: a copy the client
+/// sent is removed. `x-signalgate-signal-type` is no longer set (the sidecar
+/// takes the type from the path) but is still removed, so nothing upstream
+/// sees one the client made up.
+pub const STRIPPED_HEADERS: [&str; 1] = ["x-signalgate-signal-type"];
 
 /// What the headers phase needs from a request.
 #[derive(Debug, Clone, Default)]
@@ -54,12 +57,10 @@ pub struct Admitted {
 }
 
 impl Admitted {
-    /// The headers to set on the forwarded request.
-    pub fn forward_headers(&self) -> [(&'static str, &str); 2] {
-        [
-            (SOURCE_HEADER, self.source.as_str()),
-            (SIGNAL_TYPE_HEADER, self.signal_type.as_str()),
-        ]
+    /// The headers to set on the forwarded request (replacing every copy
+    /// the client sent).
+    pub fn forward_headers(&self) -> [(&'static str, &str); 1] {
+        [(SOURCE_HEADER, self.source.as_str())]
     }
 }
 

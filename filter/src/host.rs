@@ -16,7 +16,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::{self, Config};
-use crate::decide::{self, Admitted, BodyAction, HeadersAction, RequestHead};
+use crate::decide::{self, Admitted, BodyAction, HeadersAction, RequestHead, STRIPPED_HEADERS};
 use crate::outcome::Outcome;
 use crate::reply::Reply;
 use crate::request_headers::RequestHeaders;
@@ -263,6 +263,9 @@ impl HttpContext for Edge {
                     // Replaces every copy the client sent.
                     let _ =
                         hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+                }
+                for name in STRIPPED_HEADERS {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
                 }
                 if let Some(why) = &admitted.limit_error {
                     self.metrics.count_limit_error();

@@ -118,11 +118,8 @@ fn forwarded_headers() {
         response_headers: vec![],
         limit_error: None,
     };
-    assert_eq!(
-        a.forward_headers(),
-        [
-            ("x-signalgate-source", "127.0.0.1"),
-            ("x-signalgate-signal-type", "kubernetes-event")
-        ]
-    );
+    // The source only: the sidecar takes the signal type from the path.
+    assert_eq!(a.forward_headers(), [("x-signalgate-source", "127.0.0.1")]);
+    // A signal type a client sends is still removed.
+    assert_eq!(STRIPPED_HEADERS, ["x-signalgate-signal-type"]);
 }
