@@ -10,7 +10,8 @@
 //!   counted under an [`outcome::Outcome`].
 //! - [`ratelimit`]: token-bucket arithmetic, with the clock passed in.
 //! - [`table`]: the bounded, process-wide bucket table kept in proxy-wasm
-//!   shared data behind the [`table::SharedStore`] trait (get / CAS).
+//!   shared data behind the [`table::SharedStore`] trait (get / CAS), each
+//!   of its values a [`slot`].
 //! - [`source`]: who a request comes from.
 //! - [`tenants`]: optional bearer-token tenants.
 //! - [`request_headers`]: the values the filter reads from a request's headers.
@@ -28,6 +29,7 @@ pub mod ratelimit;
 pub mod reply;
 pub mod request_headers;
 pub mod route;
+pub mod slot;
 pub mod source;
 pub mod table;
 pub mod tenants;
