@@ -16,6 +16,7 @@
 
 mod alert_labels;
 pub mod alertmanager;
+pub mod http;
 pub mod invalid;
 mod json;
 pub mod kube_event;
