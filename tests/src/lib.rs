@@ -9,6 +9,7 @@ pub mod alertmanager;
 pub mod client;
 pub mod envoy;
 pub mod k8s;
+pub mod manifests;
 pub mod payloads;
 pub mod process;
 pub mod redis;
