@@ -238,11 +238,15 @@ impl ApiServer {
             ))
             .arg(format!(
                 "--cache-dir={}",
-                self.dir.path().join("kubectl-cache").display()
+                self.kubectl_cache_dir().display()
             ))
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"))
+    }
+
+    fn kubectl_cache_dir(&self) -> PathBuf {
+        self.dir.path().join("kubectl-cache")
     }
 
     /// `kubectl` as the admin, panicking (with its output) unless it succeeds;
@@ -272,7 +276,10 @@ impl ApiServer {
         }
     }
 
-    /// Waits until the CRD `name` (e.g. `widgets.example.com`) is Established.
+    /// Waits until the CRD `name` (e.g. `widgets.example.com`) is Established,
+    /// then drops kubectl's discovery cache: kubectl keeps it for 10 minutes
+    /// and expands short names (`rr`) only from it, so later calls would not
+    /// know the new type's short names.
     pub fn wait_crd_established(&self, name: &str) {
         self.kubectl_ok(&[
             "wait",
@@ -280,6 +287,12 @@ impl ApiServer {
             "--timeout=60s",
             &format!("crd/{name}"),
         ]);
+        let cache = self.kubectl_cache_dir();
+        match std::fs::remove_dir_all(&cache) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove {}: {e}", cache.display()),
+        }
     }
 
     /// Creates namespace `ns` (no error if it already exists).
