@@ -13,6 +13,7 @@ pub mod manifests;
 pub mod payloads;
 pub mod process;
 pub mod redis;
+pub mod remediation;
 pub mod sidecar;
 pub mod upstream;
 pub mod workspace;
