@@ -7,6 +7,7 @@
 
 pub mod alertmanager;
 pub mod client;
+pub mod e2e;
 pub mod envoy;
 pub mod k8s;
 pub mod manifests;
