@@ -409,11 +409,30 @@ impl ApiServer {
     }
 
     /// The request URIs of the RemediationRequest LISTs served so far, in
-    /// order (from the audit log).
+    /// order (from the audit log; only its last line may be half written).
     pub fn remediation_request_lists(&self) -> Vec<String> {
-        let log = std::fs::read_to_string(self.audit_log()).unwrap_or_default();
-        log.lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        let path = self.audit_log();
+        let log = match std::fs::read_to_string(&path) {
+            Ok(log) => log,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => panic!("cannot read {}: {e}", path.display()),
+        };
+        let complete = log.ends_with('\n');
+        let lines: Vec<&str> = log.lines().collect();
+        lines
+            .iter()
+            .enumerate()
+            .filter_map(
+                |(i, line)| match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(event) => Some(event),
+                    Err(_) if i + 1 == lines.len() && !complete => None,
+                    Err(e) => panic!(
+                        "{}: line {} is not JSON: {e}: {line}",
+                        path.display(),
+                        i + 1
+                    ),
+                },
+            )
             .filter_map(|event| event["requestURI"].as_str().map(str::to_string))
             .collect()
     }
