@@ -7,12 +7,15 @@
 
 pub mod alertmanager;
 pub mod client;
+pub mod e2e;
 pub mod edge;
 pub mod envoy;
 pub mod k8s;
+pub mod manifests;
 pub mod payloads;
 pub mod process;
 pub mod redis;
+pub mod remediation;
 pub mod sidecar;
 pub mod upstream;
 pub mod workspace;
