@@ -50,11 +50,12 @@ impl App {
                     .map_err(|e| format!("SIGNALGATE_SINK=kube: {e}"))?,
             ),
         };
-        Ok(App::with(config, store, sink))
+        Ok(App::over(config, store, sink))
     }
 
-    /// An app over a given store and sink (tests, benchmarks).
-    pub fn with(config: Config, store: Arc<dyn Store>, sink: Arc<dyn Sink>) -> App {
+    /// The app around an opened store and sink: its pipeline, coalescer and
+    /// metrics.
+    fn over(config: Config, store: Arc<dyn Store>, sink: Arc<dyn Sink>) -> App {
         let metrics = Arc::new(Metrics::new());
         let coalescer = Arc::new(Coalescer::new(store.clone(), sink.clone(), metrics.clone()));
         let pipeline = Pipeline {

@@ -312,7 +312,7 @@ impl Pipeline {
                 .iter()
                 .map(|(p, c)| {
                     let key = &p.decision.key;
-                    (key.clone(), c.location.moved_from(key.namespace()))
+                    (key.clone(), c.location.moved_to(key.namespace()))
                 })
                 .collect();
             let committed = self.timed("commit", self.store.commit(&keys)).await;
@@ -455,7 +455,7 @@ impl Pipeline {
                 last_seen_ms: found.last_seen_ms,
                 occurrence_count: found.occurrence_count,
                 storm: None,
-                moved_to: found.location.moved_from(key.namespace()),
+                moved_to: found.location.moved_to(key.namespace()),
             };
             async move { self.timed("adopt", self.store.adopt(&key, &existing)).await }
         }))
