@@ -46,11 +46,51 @@ pub struct Pipeline {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SignalResult {
     pub fingerprint: String,
-    /// created, duplicate, storm_started, storm_aggregated or resolved.
-    pub outcome: &'static str,
+    pub outcome: SignalOutcome,
     /// `namespace/name` of the resource the signal counts in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+}
+
+/// A signal's outcome, as the answer and the metrics name it: the store's
+/// decision for a firing signal, or `resolved`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalOutcome {
+    /// First sighting in the dedup window: a new resource.
+    Created,
+    /// Known fingerprint: counted in its resource (or its storm's).
+    Duplicate,
+    /// This signal started a storm: one new storm resource.
+    StormStarted,
+    /// A new fingerprint counted in the namespace's running storm.
+    StormAggregated,
+    /// A resolved signal: nothing to do.
+    Resolved,
+}
+
+impl SignalOutcome {
+    /// The name in the answer's JSON and the `outcome` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalOutcome::Created => "created",
+            SignalOutcome::Duplicate => "duplicate",
+            SignalOutcome::StormStarted => "storm_started",
+            SignalOutcome::StormAggregated => "storm_aggregated",
+            SignalOutcome::Resolved => "resolved",
+        }
+    }
+}
+
+impl From<Outcome> for SignalOutcome {
+    fn from(outcome: Outcome) -> SignalOutcome {
+        match outcome {
+            Outcome::Created => SignalOutcome::Created,
+            Outcome::Duplicate => SignalOutcome::Duplicate,
+            Outcome::StormStarted => SignalOutcome::StormStarted,
+            Outcome::StormAggregated => SignalOutcome::StormAggregated,
+        }
+    }
 }
 
 /// A successful answer: 201 (something created), 202 (all duplicates or
@@ -144,7 +184,7 @@ impl Pipeline {
             .iter()
             .map(|fp| SignalResult {
                 fingerprint: fp.clone(),
-                outcome: "resolved",
+                outcome: SignalOutcome::Resolved,
                 resource: None,
             })
             .collect();
@@ -185,7 +225,7 @@ impl Pipeline {
         let mut awaits = Vec::new();
         for (&index, decision) in firing.iter().zip(decisions) {
             let result = &mut results[index];
-            result.outcome = decision.outcome.as_str();
+            result.outcome = decision.outcome.into();
             let snapshot = &decision.snapshot;
             result.resource = Some(format!(
                 "{}/{}",
@@ -230,7 +270,7 @@ impl Pipeline {
         for r in &results {
             self.metrics
                 .signals
-                .with_label_values(&[signal_type.as_str(), r.outcome])
+                .with_label_values(&[signal_type.as_str(), r.outcome.as_str()])
                 .inc();
         }
         let status = if created_any {
@@ -693,4 +733,36 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_written_as_before() {
+        let all = [
+            (SignalOutcome::Created, "created"),
+            (SignalOutcome::Duplicate, "duplicate"),
+            (SignalOutcome::StormStarted, "storm_started"),
+            (SignalOutcome::StormAggregated, "storm_aggregated"),
+            (SignalOutcome::Resolved, "resolved"),
+        ];
+        for (outcome, name) in all {
+            assert_eq!(outcome.as_str(), name);
+            assert_eq!(serde_json::to_value(outcome).unwrap(), name);
+        }
+        let answer = Accepted {
+            status: 201,
+            signals: vec![SignalResult {
+                fingerprint: "f".into(),
+                outcome: Outcome::StormStarted.into(),
+                resource: Some("shop/storm-1".into()),
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&answer).unwrap(),
+            r#"{"signals":[{"fingerprint":"f","outcome":"storm_started","resource":"shop/storm-1"}]}"#
+        );
+    }
 }
