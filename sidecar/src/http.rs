@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::pipeline::Failure;
+use crate::failure::Failure;
 use crate::sink::SinkError;
 
 pub type Body = Full<Bytes>;
