@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::app::App;
+use crate::config::knobs::MAX_IN_FLIGHT;
 use crate::failure::Failure;
 use crate::sink::SinkError;
 
@@ -228,7 +229,8 @@ fn overloaded(app: &App) -> Response<Body> {
             "overloaded",
             "Overloaded",
             format!(
-                "this sidecar is already serving {max} requests (SIGNALGATE_MAX_IN_FLIGHT); retry"
+                "this sidecar is already serving {max} requests ({}); retry",
+                MAX_IN_FLIGHT.env()
             ),
         ),
         1,

@@ -1,5 +1,6 @@
 //! Prometheus metrics, served on the admin port at `/metrics`.
 
+use crate::config::knobs::MAX_IN_FLIGHT;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -79,7 +80,10 @@ impl Metrics {
         .expect("valid metric");
         let requests_in_flight = IntGauge::new(
             "signalgate_requests_in_flight",
-            "Signal requests being served (at most SIGNALGATE_MAX_IN_FLIGHT)",
+            format!(
+                "Signal requests being served (at most {})",
+                MAX_IN_FLIGHT.env()
+            ),
         )
         .expect("valid metric");
         let pending_updates = IntGauge::new(

@@ -19,6 +19,7 @@ use serde_json::json;
 use super::{
     most_recent, most_recent_storm, Created, Found, FoundStorm, Location, Sink, SinkError,
 };
+use crate::config::knobs::KUBE_LOOKUP_READS;
 use crate::config::LookupReads;
 use crate::resource::{
     Progress, RemediationRequest, LABEL_FINGERPRINT, LABEL_ORIGINAL_NAMESPACE, LABEL_STORM,
@@ -133,7 +134,8 @@ impl KubeSink {
                     tracing::warn!(
                         error = %e,
                         "kube lookups read the API server's watch cache: its version is unknown \
-                         (SIGNALGATE_KUBE_LOOKUP_READS=consistent or cache decides without asking)"
+                         ({}=consistent or cache decides without asking)",
+                        KUBE_LOOKUP_READS.env()
                     );
                 } else {
                     tracing::debug!(error = %e, "the API server's version is still unknown");
@@ -154,8 +156,8 @@ impl KubeSink {
                 version = %info.git_version,
                 "kube lookups read the API server's watch cache: before Kubernetes 1.31 a \
                  consistent LIST reads etcd; a resource written a moment before Redis lost its \
-                 record may be missed (SIGNALGATE_KUBE_LOOKUP_READS=consistent trades etcd load \
-                 for that)"
+                 record may be missed ({}=consistent trades etcd load for that)",
+                KUBE_LOOKUP_READS.env()
             );
         }
         *reads = Reads::Known(consistent);
