@@ -1,5 +1,6 @@
 //! What the knobs are, for people: `--help` and the markdown reference
-//! table, both built from [`KNOBS`].
+//! table (`docs/reference.md`, between its `sidecar-knobs` markers), both
+//! built from [`KNOBS`].
 
 use super::knobs::{Knob, KNOBS};
 
@@ -100,6 +101,23 @@ mod tests {
             let one_word = !l.trim().contains(' ');
             assert!(l.chars().count() <= HELP_WIDTH || one_word, "{l}");
         }
+    }
+
+    #[test]
+    fn docs_reference_holds_the_table_of_these_knobs() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/reference.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let (begin, end) = ("<!-- sidecar-knobs:begin -->", "<!-- sidecar-knobs:end -->");
+        let block = doc
+            .split_once(begin)
+            .and_then(|(_, rest)| rest.split_once(end))
+            .map(|(block, _)| block)
+            .unwrap_or_else(|| panic!("docs/reference.md has no {begin} … {end} block"));
+        assert!(
+            block.trim() == markdown_table().trim(),
+            "docs/reference.md's sidecar knob table differs from sidecar/src/config/knobs.rs: \
+             run `make knobs` and commit the result"
+        );
     }
 
     #[test]
