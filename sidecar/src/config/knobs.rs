@@ -1,8 +1,8 @@
 //! The knobs, each declared once: its name (environment variable
 //! `SIGNALGATE_<NAME>`, flag `--<name>`), default, meaning and how its value
 //! is read into [`Config`]. Parsing ([`Config::from_sources`]), `--help` and
-//! the reference table in `docs/reference.md` ([`super::reference`]) are all
-//! built from [`KNOBS`].
+//! the reference table in `docs/reference.md` (both in `reference.rs`) are
+//! all built from [`KNOBS`].
 
 use super::values::{
     addr, duration, duration_or_zero, log_format, lookup_reads, namespace, number, redis_url, sink,

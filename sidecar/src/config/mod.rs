@@ -5,7 +5,8 @@
 //! - [`knobs`]: every knob, declared once (name, default, meaning, reader).
 //! - [`values`]: how a value is read (durations, numbers, addresses, …).
 //! - `load`: [`Config::from_sources`], the environment and flags applied.
-//! - [`reference`]: `--help` and the reference table, built from the knobs.
+//! - [`reference`](mod@reference): `--help` and the reference table, built
+//!   from the knobs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! How knob values are read. Each reader says what is wrong with a bad
-//! value; [`super::knobs::Knob`] puts the variable's name in front.
+//! value; the knob puts its variable's name in front.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
