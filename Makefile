@@ -11,7 +11,7 @@ WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=true
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
 	CARGO_PROFILE_RELEASE_STRIP=true
 
-.PHONY: deps build wasm bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-up k8s-down clean crd demo
+.PHONY: deps build wasm bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-up k8s-down clean crd demo knobs
 
 deps:
 	@scripts/install-deps.sh
@@ -78,3 +78,12 @@ crd:
 	$(CARGO) run -q -p signalgate-sidecar -- --print-crd > deploy/crds/remediationrequests.signalgate.io.yaml
 	cp deploy/crds/remediationrequests.signalgate.io.yaml deploy/base/
 	cp deploy/crds/remediationrequests.signalgate.io.yaml deploy/istio/
+
+## knobs: regenerate the sidecar's knob table in docs/reference.md from the code
+knobs:
+	$(CARGO) run -q -p signalgate-sidecar -- --print-knobs-markdown > target/knobs.md
+	awk 'FNR == NR { table = table $$0 "\n"; next } \
+		/<!-- sidecar-knobs:end -->/ { printf "%s", table; skip = 0 } \
+		!skip { print } \
+		/<!-- sidecar-knobs:begin -->/ { skip = 1 }' target/knobs.md docs/reference.md > target/reference.md
+	mv target/reference.md docs/reference.md

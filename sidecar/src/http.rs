@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::pipeline::Failure;
+use crate::config::knobs::MAX_IN_FLIGHT;
+use crate::failure::Failure;
 use crate::sink::SinkError;
 
 pub type Body = Full<Bytes>;
@@ -226,7 +227,8 @@ fn overloaded(app: &App) -> Response<Body> {
             "overloaded",
             "Overloaded",
             format!(
-                "this sidecar is already serving {max} requests (SIGNALGATE_MAX_IN_FLIGHT); retry"
+                "this sidecar is already serving {max} requests ({}); retry",
+                MAX_IN_FLIGHT.env()
             ),
         ),
         1,

@@ -382,7 +382,7 @@ fn dockerfiles_match_the_build_and_the_manifests() {
     let signals_port = port_label("io.signalgate.port.signals");
     let admin_port = port_label("io.signalgate.port.admin");
     let knob = |name: &str| {
-        signalgate_sidecar::config::KNOBS
+        signalgate_sidecar::config::knobs::KNOBS
             .iter()
             .find(|k| k.name == name)
             .map(|k| k.default)
