@@ -11,6 +11,7 @@
 //! - [`http`], [`app`], [`metrics`]: the server around it.
 
 pub mod app;
+pub mod clock;
 pub mod coalesce;
 pub mod config;
 pub mod http;

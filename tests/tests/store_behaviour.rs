@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use signalgate_sidecar::clock::now_ms;
 use signalgate_sidecar::store::memory::MemoryStore;
+use signalgate_sidecar::store::naming::base36;
 use signalgate_sidecar::store::redis::RedisStore;
 use signalgate_sidecar::store::{
     Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
@@ -273,17 +275,6 @@ fn unchecked(c: &Claim) -> Claim {
         absent: false,
         ..c.clone()
     }
-}
-
-fn base36(mut n: i64) -> String {
-    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    while n > 0 {
-        out.push(digits[(n % 36) as usize]);
-        n /= 36;
-    }
-    out.reverse();
-    String::from_utf8(out).expect("ascii")
 }
 
 fn fp_key(c: &Claim) -> ClaimKey {
@@ -1101,13 +1092,6 @@ async fn a_resource_deleted_from_the_sink_is_forgotten(b: Backend) {
     assert_ne!(member.outcome, Outcome::Duplicate, "{member:?}");
 }
 
-/// The host clock (the store's clock is the Redis server's, on this host).
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
     let window = Duration::from_millis(300);
     let f = b
@@ -1117,7 +1101,7 @@ async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
             ..settings()
         })
         .await;
-    let now = wall_ms();
+    let now = now_ms();
     let found = |name: &str, started_ms: i64, ends_ms: i64| Snapshot {
         resource: name.to_string(),
         first_seen_ms: started_ms,
@@ -1187,7 +1171,7 @@ async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
     let stale = assert_storm(&ds[2], Outcome::StormStarted, Write::Create);
     f.commit(&ds[2].key).await;
     tokio::time::sleep(window + Duration::from_millis(100)).await;
-    let now = wall_ms();
+    let now = now_ms();
     let mut newer = found(&stale, now - 5_000, now + 60_000);
     newer.last_seen_ms = now;
     assert!(adopt(&ns, newer).await.is_some());
@@ -1932,7 +1916,7 @@ async fn where_a_resource_went_is_remembered_with_it(b: Backend) {
     let adopted = f.store.adopt(&key, &existing).await.expect("adopt");
     assert_eq!(adopted.and_then(|a| a.snapshot.moved_to), here);
     assert_eq!(moved(&f.one(&e).await), here);
-    let now = wall_ms();
+    let now = now_ms();
     let storm = Snapshot {
         resource: "storm-0123456789ab-moved".to_string(),
         first_seen_ms: now - 1_000,

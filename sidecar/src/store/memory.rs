@@ -3,7 +3,7 @@
 //! The same decision as the Redis scripts (`decide.lua`, `claim.lua`,
 //! `snapshot.lua`), entry for entry, in one mutex-protected map: every claim
 //! is one critical section, a whole `decide` call one lock. Its clock is the
-//! host's real time (milliseconds since the Unix epoch).
+//! host's real time ([`crate::clock::now_ms`]).
 //!
 //! Memory stays bounded the way Redis keys do: every entry has an expiry
 //! (a fingerprint the dedup window after its last sighting, a storm until
@@ -15,14 +15,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
-
+use super::naming::{base36, fingerprint_resource, storm_prefix};
 use super::{
     Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
     StormSnapshot, Write, WARM_MARKER_TTL,
 };
+use crate::clock::{ms, now_ms};
 
 /// How often `decide` sweeps the whole map for expired entries.
 const SWEEP_INTERVAL_MS: i64 = 1_000;
@@ -127,46 +126,6 @@ impl Own {
             moved_to: self.moved_to.clone(),
         }
     }
-}
-
-/// Store-clock milliseconds since the Unix epoch (the host's real time).
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(ms)
-        .unwrap_or(0)
-}
-
-pub(crate) fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Lower-case base 36, as resource names use it.
-pub(crate) fn base36(mut n: i64) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    if n <= 0 {
-        return "0".to_string();
-    }
-    let mut out = Vec::new();
-    while n > 0 {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// `rr-<first 16 hex of fingerprint>-<first_seen_ms in base 36>`.
-pub(crate) fn fingerprint_resource(fingerprint: &str, first_seen_ms: i64) -> String {
-    let short: String = fingerprint.chars().take(16).collect();
-    format!("rr-{short}-{}", base36(first_seen_ms))
-}
-
-/// `storm-<first 12 hex of sha256(namespace)>-`: a storm name without its start.
-pub(crate) fn storm_prefix(namespace: &str) -> String {
-    let digest = Sha256::digest(namespace.as_bytes());
-    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    format!("storm-{hex}-")
 }
 
 /// What the caller must do with a claim; takes over an expired lease.
@@ -809,24 +768,5 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        assert_eq!(base36(0), "0");
-        assert_eq!(base36(35), "z");
-        assert_eq!(base36(36), "10");
-        assert_eq!(base36(1_700_000_000_000), "loyw3v28");
-        assert_eq!(
-            fingerprint_resource("0123456789abcdef0123", 36),
-            "rr-0123456789abcdef-10"
-        );
-        let prefix = storm_prefix("default");
-        assert!(prefix.starts_with("storm-") && prefix.len() == "storm-".len() + 13);
     }
 }

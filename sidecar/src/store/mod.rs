@@ -35,6 +35,7 @@ use std::time::Duration;
 
 mod batch;
 pub mod memory;
+pub mod naming;
 pub mod redis;
 
 /// Tunables of the decision, shared by every store.

@@ -90,8 +90,10 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{RedisError, Script, ServerErrorKind, Value};
 
+use crate::clock::ms;
+
 use super::batch::{self, Batcher, DecideEach};
-use super::memory::{ms, storm_prefix};
+use super::naming::storm_prefix;
 use super::{
     Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, StoreError,
     StormSnapshot, Write, WARM_MARKER_TTL,
