@@ -448,16 +448,20 @@ impl Pipeline {
             }
         }
         let adopted_all = futures::future::join_all(adopts.iter().map(|(j, found)| {
-            let key = decisions[*j].key.clone();
+            let claim = &claims[*j];
             let existing = crate::store::Snapshot {
                 resource: found.location.name.clone(),
                 first_seen_ms: found.first_seen_ms,
                 last_seen_ms: found.last_seen_ms,
                 occurrence_count: found.occurrence_count,
                 storm: None,
-                moved_to: found.location.moved_from(key.namespace()),
+                moved_to: found.location.moved_from(&claim.namespace),
             };
-            async move { self.timed("adopt", self.store.adopt(&key, &existing)).await }
+            let (namespace, fingerprint) = (&claim.namespace, &claim.fingerprint);
+            async move {
+                let adopt = self.store.adopt(namespace, fingerprint, &existing);
+                self.timed("adopt", adopt).await
+            }
         }))
         .await;
         // Every adoption that succeeded is recorded before a failed one is
@@ -546,14 +550,9 @@ impl Pipeline {
             let Some(storm) = found? else {
                 continue;
             };
-            let key = ClaimKey::Storm {
-                namespace: (*ns).to_string(),
-                name: storm.location.name.clone(),
-            };
             if self
-                .timed("adopt", self.store.adopt(&key, &storm.snapshot))
+                .timed("adopt", self.store.adopt_storm(ns, &storm.snapshot))
                 .await?
-                .is_some()
             {
                 tracing::info!(resource = %storm.location, "the store did not know this running storm; adopted its resource");
             }

@@ -902,7 +902,7 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
     };
     let adopted = f
         .store
-        .adopt(&lookup.key, &existing)
+        .adopt(&a.namespace, &a.fingerprint, &existing)
         .await
         .expect("adopt")
         .expect("a fingerprint claim");
@@ -923,7 +923,7 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
     // A second request that found it too: counted in what the store holds.
     let twice = f
         .store
-        .adopt(&lookup.key, &existing)
+        .adopt(&a.namespace, &a.fingerprint, &existing)
         .await
         .expect("adopt")
         .expect("a fingerprint claim");
@@ -1019,11 +1019,11 @@ async fn new_fingerprints_are_looked_up_while_the_namespace_is_cold(b: Backend) 
         moved_to: None,
     };
     f.store
-        .adopt(&ds[0].key, &existing(&a))
+        .adopt(&a.namespace, &a.fingerprint, &existing(&a))
         .await
         .expect("adopt a");
     f.store
-        .adopt(&ds[1].key, &existing(&c))
+        .adopt(&c.namespace, &c.fingerprint, &existing(&c))
         .await
         .expect("adopt c");
     // d has no resource: decided as absent, it is the window's first new one.
@@ -1118,22 +1118,19 @@ async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
     };
     let adopt = |ns: &str, existing: Snapshot| {
         let store = f.store.clone();
-        let key = ClaimKey::Storm {
-            namespace: ns.to_string(),
-            name: existing.resource.clone(),
-        };
-        async move { store.adopt(&key, &existing).await.expect("adopt") }
+        let ns = ns.to_string();
+        async move { store.adopt_storm(&ns, &existing).await.expect("adopt") }
     };
 
     // A storm past its end is not adopted, however recently it was seen
     // (its members' repeats do not extend it).
     let ns = namespace("adopt-storm");
     let ended = found("storm-0123456789ab-old", now - 120_000, now - 1_000);
-    assert_eq!(adopt(&ns, ended).await, None);
+    assert!(!adopt(&ns, ended).await);
     // A running one is; new signals then join it, counted on from its counters.
     let name = "storm-0123456789ab-run";
     let running = found(name, now - 10_000, now + 60_000);
-    assert!(adopt(&ns, running.clone()).await.is_some());
+    assert!(adopt(&ns, running.clone()).await);
     let ds = f
         .decide(&[claim_on(&ns, "x", "Pod/b"), claim_on(&ns, "y", "Pod/c")])
         .await;
@@ -1156,8 +1153,8 @@ async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
     // While it runs, another storm resource found in the sink is not
     // adopted; the same one again is merged (nothing moves back).
     let other = found("storm-0123456789ab-two", now - 5_000, now + 60_000);
-    assert_eq!(adopt(&ns, other).await, None);
-    assert!(adopt(&ns, running).await.is_some());
+    assert!(!adopt(&ns, other).await);
+    assert!(adopt(&ns, running).await);
     let again = f.snapshot(&ds[1].key).await.expect("storm snapshot");
     assert_eq!(again.occurrence_count, 52);
     assert_eq!(again.storm.map(|s| s.alert_count), Some(42));
@@ -1174,7 +1171,7 @@ async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
     let now = now_ms();
     let mut newer = found(&stale, now - 5_000, now + 60_000);
     newer.last_seen_ms = now;
-    assert!(adopt(&ns, newer).await.is_some());
+    assert!(adopt(&ns, newer).await);
     let d = f.one(&claim_on(&ns, "d", "Pod/d")).await;
     assert_eq!(
         (d.outcome, d.write),
@@ -1909,11 +1906,11 @@ async fn where_a_resource_went_is_remembered_with_it(b: Backend) {
         storm: None,
         moved_to: here.clone(),
     };
-    let key = ClaimKey::Fingerprint {
-        namespace: cold.clone(),
-        fingerprint: e.fingerprint.clone(),
-    };
-    let adopted = f.store.adopt(&key, &existing).await.expect("adopt");
+    let adopted = f
+        .store
+        .adopt(&cold, &e.fingerprint, &existing)
+        .await
+        .expect("adopt");
     assert_eq!(adopted.and_then(|a| a.snapshot.moved_to), here);
     assert_eq!(moved(&f.one(&e).await), here);
     let now = now_ms();
@@ -1935,8 +1932,8 @@ async fn where_a_resource_went_is_remembered_with_it(b: Backend) {
         namespace: cold.clone(),
         name: storm.resource.clone(),
     };
-    let adopted = f.store.adopt(&key, &storm).await.expect("adopt");
-    assert!(adopted.is_some());
+    let adopted = f.store.adopt_storm(&cold, &storm).await.expect("adopt");
+    assert!(adopted);
     let joined = f.one(&claim(&cold, "f")).await;
     assert_eq!(
         (joined.outcome, joined.write, &joined.key),
@@ -1962,10 +1959,10 @@ async fn an_adoption_finding_a_claim_made_meanwhile_settles_it_as_a_duplicate_wo
     };
     let adopt = || {
         let store = f.store.clone();
-        let (key, found) = (owner.key.clone(), found.clone());
+        let (a, found) = (a.clone(), found.clone());
         async move {
             store
-                .adopt(&key, &found)
+                .adopt(&a.namespace, &a.fingerprint, &found)
                 .await
                 .expect("adopt")
                 .expect("its own resource")

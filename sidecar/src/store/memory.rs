@@ -408,21 +408,17 @@ impl State {
         }
     }
 
-    /// [`Store::adopt`] of a storm: `existing` becomes the namespace's
+    /// [`Store::adopt_storm`]: `existing` becomes the namespace's
     /// running storm unless it has ended or another storm runs; what the
     /// store still holds of it (unless its time is up) is merged (each
     /// counter and its end: the larger), as `claim.lua` does.
-    fn adopt_storm(
-        &mut self,
-        namespace: &str,
-        existing: &Snapshot,
-        p: &Params,
-        now: i64,
-    ) -> Option<Snapshot> {
-        let found = existing.storm.as_ref()?;
+    fn adopt_storm(&mut self, namespace: &str, existing: &Snapshot, p: &Params, now: i64) -> bool {
+        let Some(found) = existing.storm.as_ref() else {
+            return false;
+        };
         let name = existing.resource.as_str();
         if found.ends_ms <= now {
-            return None;
+            return false;
         }
         let current = self
             .namespaces
@@ -433,7 +429,7 @@ impl State {
                 .storm(namespace, &cur, now)
                 .is_some_and(|st| st.ends_ms > now)
             {
-                return None;
+                return false;
             }
         }
         let fresh = || Storm {
@@ -471,7 +467,7 @@ impl State {
         }
         storm.keep_until_ms = storm.keep_until_ms.max(now + p.dedup).max(storm.ends_ms);
         ns.current = Some(name.to_string());
-        Some(existing.clone())
+        true
     }
 
     fn join_storm(&mut self, key: (String, String), name: &str, expires_ms: i64) {
@@ -598,24 +594,14 @@ impl Store for MemoryStore {
 
     async fn adopt(
         &self,
-        key: &ClaimKey,
+        namespace: &str,
+        fingerprint: &str,
         existing: &Snapshot,
     ) -> Result<Option<Adopted>, StoreError> {
         let p = Params::new(&self.settings);
         let mut state = self.lock();
         let now = now_ms();
-        let ClaimKey::Fingerprint {
-            namespace,
-            fingerprint,
-        } = key
-        else {
-            let adopted = state.adopt_storm(key.namespace(), existing, &p, now);
-            return Ok(adopted.map(|snapshot| Adopted {
-                snapshot,
-                write: Write::Update,
-            }));
-        };
-        let k = (namespace.clone(), fingerprint.clone());
+        let k = (namespace.to_string(), fingerprint.to_string());
         if let Some(entry) = state.fingerprint(&k, now) {
             // Known by now: count the signal in what the store holds, and
             // settle another request's claim as decide would.
@@ -658,6 +644,12 @@ impl Store for MemoryStore {
             snapshot,
             write: Write::Update,
         }))
+    }
+
+    async fn adopt_storm(&self, namespace: &str, existing: &Snapshot) -> Result<bool, StoreError> {
+        let p = Params::new(&self.settings);
+        let mut state = self.lock();
+        Ok(state.adopt_storm(namespace, existing, &p, now_ms()))
     }
 
     async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {

@@ -212,7 +212,7 @@ pub struct Snapshot {
     pub storm: Option<StormSnapshot>,
     /// The namespace the resource was written to, when not the claim's own
     /// (the sink's fallback namespace: its own did not exist or was being
-    /// deleted). Recorded by [`Store::commit`] and [`Store::adopt`].
+    /// deleted). Recorded by [`Store::commit`], [`Store::adopt`] and [`Store::adopt_storm`].
     pub moved_to: Option<String>,
 }
 
@@ -276,29 +276,31 @@ pub trait Store: Send + Sync {
     async fn commit(&self, done: &[(ClaimKey, Option<String>)]) -> Result<(), StoreError>;
     /// Gives up the caller's leases after a failed create, so the next try takes them at once.
     async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
-    /// After a [`Write::Lookup`] that found the incident's resource in the
-    /// sink: records it (name, first sighting, count) as the fingerprint's
-    /// committed resource and counts this signal in it. If the fingerprint
-    /// is known by now (another request adopted or created it first), the
-    /// signal is counted as a duplicate of what the store holds, and its
-    /// claim settled as [`Store::decide`] would: if another request holds
-    /// it still, the caller must wait ([`Write::Await`]) or, its lease having
-    /// expired, create ([`Write::Create`]). Returns the counters now held
-    /// and that write (`None` if the fingerprint joined a storm).
-    ///
-    /// For a storm key (`existing` with its storm counters): lookups in a
-    /// cold namespace found no resource of their own but the namespace's
-    /// storm resource, still running (its `ends_ms` is ahead). Records it, with its
-    /// counters and affected list, as the namespace's running storm, so the
-    /// new signals join it instead of starting another; what the store
-    /// still holds of it is merged (each counter and its end: the larger).
-    /// Does nothing (`None`) if the namespace runs another storm or this one
-    /// has ended; `Some(existing)` (with [`Write::Update`]) if adopted.
+    /// After a [`Write::Lookup`] of `fingerprint` in `namespace` that found
+    /// the incident's resource in the sink: records `existing` (name, first
+    /// sighting, count, where it went) as the fingerprint's committed
+    /// resource and counts this signal in it. If the fingerprint is known by
+    /// now (another request adopted or created it first), the signal is
+    /// counted as a duplicate of what the store holds, and its claim settled
+    /// as [`Store::decide`] would: if another request holds it still, the
+    /// caller must wait ([`Write::Await`]) or, its lease having expired,
+    /// create ([`Write::Create`]). Returns the counters now held and that
+    /// write (`None` if the fingerprint joined a storm).
     async fn adopt(
         &self,
-        key: &ClaimKey,
+        namespace: &str,
+        fingerprint: &str,
         existing: &Snapshot,
     ) -> Result<Option<Adopted>, StoreError>;
+    /// Lookups in a cold `namespace` found no resource of their own but the
+    /// namespace's storm resource `existing` (with its storm counters),
+    /// still running (its `ends_ms` is ahead). Records it, with its counters
+    /// and affected list, as the namespace's running storm, so the new
+    /// signals join it instead of starting another; what the store still
+    /// holds of it is merged (each counter and its end: the larger).
+    /// Returns whether it adopted: not if `existing` has no storm counters,
+    /// has ended, or the namespace runs another storm.
+    async fn adopt_storm(&self, namespace: &str, existing: &Snapshot) -> Result<bool, StoreError>;
     /// The committed resource `resource` of `key` is gone from the sink
     /// (deleted, say by whoever acted on it): forgets the incident (a storm:
     /// the storm), so that its next sighting claims and creates a new

@@ -784,45 +784,15 @@ impl Core {
 
     async fn adopt(
         &self,
-        key: &ClaimKey,
+        namespace: &str,
+        fingerprint: &str,
         existing: &Snapshot,
     ) -> Result<Option<Adopted>, StoreError> {
-        let mut call = self.claim_call("adopt", key);
-        if key.is_storm() {
-            let Some(storm) = &existing.storm else {
-                return Ok(None);
-            };
-            let s = &self.settings;
-            let numbers = [
-                storm.started_ms,
-                existing.last_seen_ms,
-                i64::try_from(existing.occurrence_count).unwrap_or(i64::MAX),
-                i64::try_from(storm.alert_count).unwrap_or(i64::MAX),
-                i64::try_from(storm.affected_overflow).unwrap_or(i64::MAX),
-                storm.ends_ms,
-                i64::from(s.storm_max_affected),
-            ];
-            call.args
-                .extend(numbers.iter().map(|n| n.to_string().into_bytes()));
-            call.args.push(moved_to_arg(existing.moved_to.as_deref()));
-            call.args.extend(
-                storm
-                    .affected
-                    .iter()
-                    .take(s.storm_max_affected as usize)
-                    .map(|a| a.as_bytes().to_vec()),
-            );
-            return self
-                .claim_script(call, |reply| match int(reply) {
-                    Some(1) => Some(Some(Adopted {
-                        snapshot: existing.clone(),
-                        write: Write::Update,
-                    })),
-                    Some(0) => Some(None),
-                    _ => None,
-                })
-                .await;
-        }
+        let key = ClaimKey::Fingerprint {
+            namespace: namespace.to_string(),
+            fingerprint: fingerprint.to_string(),
+        };
+        let mut call = self.claim_call("adopt", &key);
         call.args.push(existing.resource.as_bytes().to_vec());
         call.args
             .push(existing.first_seen_ms.to_string().into_bytes());
@@ -838,6 +808,43 @@ impl Core {
                 }))
             }
             _ if int(reply) == Some(0) => Some(None),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn adopt_storm(&self, namespace: &str, existing: &Snapshot) -> Result<bool, StoreError> {
+        let Some(storm) = &existing.storm else {
+            return Ok(false);
+        };
+        let key = ClaimKey::Storm {
+            namespace: namespace.to_string(),
+            name: existing.resource.clone(),
+        };
+        let mut call = self.claim_call("adopt", &key);
+        let s = &self.settings;
+        let numbers = [
+            storm.started_ms,
+            existing.last_seen_ms,
+            i64::try_from(existing.occurrence_count).unwrap_or(i64::MAX),
+            i64::try_from(storm.alert_count).unwrap_or(i64::MAX),
+            i64::try_from(storm.affected_overflow).unwrap_or(i64::MAX),
+            storm.ends_ms,
+            i64::from(s.storm_max_affected),
+        ];
+        call.args
+            .extend(numbers.iter().map(|n| n.to_string().into_bytes()));
+        call.args.push(moved_to_arg(existing.moved_to.as_deref()));
+        call.args.extend(
+            storm
+                .affected
+                .iter()
+                .take(s.storm_max_affected as usize)
+                .map(|a| a.as_bytes().to_vec()),
+        );
+        self.claim_script(call, |reply| match int(reply) {
+            Some(1) => Some(true),
+            Some(0) => Some(false),
             _ => None,
         })
         .await
@@ -997,10 +1004,15 @@ impl Store for RedisStore {
 
     async fn adopt(
         &self,
-        key: &ClaimKey,
+        namespace: &str,
+        fingerprint: &str,
         existing: &Snapshot,
     ) -> Result<Option<Adopted>, StoreError> {
-        self.core.adopt(key, existing).await
+        self.core.adopt(namespace, fingerprint, existing).await
+    }
+
+    async fn adopt_storm(&self, namespace: &str, existing: &Snapshot) -> Result<bool, StoreError> {
+        self.core.adopt_storm(namespace, existing).await
     }
 
     async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {
