@@ -13,5 +13,6 @@ pub mod payloads;
 pub mod process;
 pub mod redis;
 pub mod sidecar;
+pub mod store_suite;
 pub mod upstream;
 pub mod workspace;

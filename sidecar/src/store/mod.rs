@@ -266,7 +266,8 @@ pub enum StoreError {
 
 /// Dedup and storm state. Implementations: [`memory::MemoryStore`] (single
 /// process, the embedded default) and [`redis::RedisStore`] (standalone or
-/// cluster). Both pass the same behaviour suite (`tests/tests/store_behaviour.rs`).
+/// cluster). Both pass the same behaviour suite (`tests/tests/store_*.rs`, run
+/// against each backend by `tests/src/store_suite.rs`).
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Decides every claim, in order, each atomically; all in one round trip.
