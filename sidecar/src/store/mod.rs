@@ -1,35 +1,6 @@
-//! The dedup/storm state: one atomic step per signal.
-//!
-//! A [`Store`] decides, for every firing signal, whether it is new, a
-//! duplicate, or part of a storm, in ONE atomic step per signal (a Redis
-//! script call, which decides the signals of one namespace in order, or one
-//! critical section in memory) and, for a whole request, in ONE round trip.
-//! It also runs the *claim protocol* that makes resource creation
-//! exactly-once and loss-free:
-//!
-//! - A first sighting (or a storm start) makes a **pending claim** with a
-//!   lease ([`Settings::claim_lease`]) and hands the caller
-//!   [`Write::Create`]: the caller must create the resource (idempotently:
-//!   the resource name is deterministic and stored with the claim), then
-//!   [`Store::commit`] it. If creation fails the caller [`Store::release`]s
-//!   the lease so the sender's retry can take it over at once.
-//! - A signal that finds a pending claim whose lease is still live is
-//!   counted and told [`Write::Await`]: the caller polls [`Store::poll`]
-//!   until the claim is committed (then answers 2xx), or the lease expires
-//!   (then `poll` hands it the claim: [`ClaimState::Owned`], and it creates
-//!   the resource itself). So a 2xx always means the resource exists, even
-//!   when the creating sidecar was killed between claim and create.
-//! - A signal that finds a pending claim whose lease expired takes the
-//!   claim over ([`Write::Create`]).
-//! - A committed claim makes later repeats [`Write::Update`]: counts only.
-//! - A new fingerprint in a namespace the store has remembered for less
-//!   than a dedup window gets [`Write::Lookup`]: nothing is recorded; the
-//!   caller looks for a live resource in the sink and [`Store::adopt`]s it,
-//!   or decides the claim again with [`Claim::absent`] set.
-//!
-//! Keys of one signal live in one hash slot (tagged by namespace), so the
-//! Redis implementation runs unchanged on Redis Cluster. All timestamps are
-//! the store's clock (Redis `TIME`), so several sidecars agree on windows.
+//! The dedup/storm state: a [`Store`] decides, in one atomic step per signal,
+//! whether it is new, a duplicate or part of a storm, and runs the claim
+//! protocol; see `docs/design.md`, "The claim protocol", for how and why.
 
 use std::time::Duration;
 
