@@ -1,8 +1,8 @@
 //! The store behaviour suite's machinery: every generic case runs against
 //! `MemoryStore`, `RedisStore` on a standalone Redis and `RedisStore` on a
-//! 3-master Redis Cluster. A test file lists its cases in [`behaviour!`]
-//! (`crate::behaviour`), which makes one test per case and backend
-//! (modules `memory`, `standalone`, `cluster`).
+//! 3-master Redis Cluster. A test file lists its cases in
+//! [`behaviour!`](crate::behaviour), which makes one test per case and
+//! backend (modules `memory`, `standalone`, `cluster`).
 //!
 //! The generic cases share one standalone server and one cluster per test
 //! process ([`RedisServer::shared`], [`RedisCluster::shared`]) and isolate
