@@ -14,6 +14,7 @@
 //! - [`http`], [`app`], [`metrics`]: the server around it.
 
 pub mod app;
+pub mod clock;
 pub mod coalesce;
 pub mod config;
 pub mod failure;

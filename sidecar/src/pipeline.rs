@@ -146,7 +146,7 @@ impl Pipeline {
     ) -> Result<Accepted, Failure> {
         let started = Instant::now();
         let deadline = started + self.limits.request_deadline;
-        let received_ms = now_ms();
+        let received_ms = crate::clock::now_ms();
         let parsed = self.parse(signal_type, source, body)?;
         let identities = &parsed.identities;
         let fingerprints: Vec<String> = identities.iter().map(Identity::fingerprint).collect();
@@ -513,14 +513,6 @@ enum Awaited {
 fn record(result: &mut SignalResult, created: &Location, created_any: &mut bool) {
     result.resource = Some(created.to_string());
     *created_any = true;
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

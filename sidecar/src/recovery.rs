@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::failure::Failure;
 use crate::metrics::Metrics;
 use crate::sink::{Sink, SinkError};
-use crate::store::{Claim, ClaimKey, Decision, Outcome, Snapshot, Store, StoreError, Write};
+use crate::store::{Claim, Decision, Outcome, Snapshot, Store, StoreError, Write};
 use crate::store_call;
 
 /// Namespaces a request looks up in the sink at once.
@@ -90,16 +90,20 @@ impl Recovery<'_> {
             }
         }
         let adopted_all = futures::future::join_all(adopts.iter().map(|(j, found)| {
-            let key = decisions[*j].key.clone();
+            let claim = &claims[*j];
             let existing = Snapshot {
                 resource: found.location.name.clone(),
                 first_seen_ms: found.first_seen_ms,
                 last_seen_ms: found.last_seen_ms,
                 occurrence_count: found.occurrence_count,
                 storm: None,
-                moved_to: found.location.moved_to(key.namespace()),
+                moved_to: found.location.moved_to(&claim.namespace),
             };
-            async move { self.timed("adopt", self.store.adopt(&key, &existing)).await }
+            let (namespace, fingerprint) = (&claim.namespace, &claim.fingerprint);
+            async move {
+                let adopt = self.store.adopt(namespace, fingerprint, &existing);
+                self.timed("adopt", adopt).await
+            }
         }))
         .await;
         // Every adoption that succeeded is recorded before a failed one is
@@ -188,14 +192,9 @@ impl Recovery<'_> {
             let Some(storm) = found? else {
                 continue;
             };
-            let key = ClaimKey::Storm {
-                namespace: (*ns).to_string(),
-                name: storm.location.name.clone(),
-            };
             if self
-                .timed("adopt", self.store.adopt(&key, &storm.snapshot))
+                .timed("adopt", self.store.adopt_storm(ns, &storm.snapshot))
                 .await?
-                .is_some()
             {
                 tracing::info!(resource = %storm.location, "the store did not know this running storm; adopted its resource");
             }

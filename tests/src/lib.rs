@@ -17,5 +17,6 @@ pub mod process;
 pub mod redis;
 pub mod remediation;
 pub mod sidecar;
+pub mod store_suite;
 pub mod upstream;
 pub mod workspace;

@@ -4,7 +4,7 @@
 use signalgate_model::rfc3339;
 
 use crate::resource::{Progress, RemediationRequest};
-use crate::store::memory::storm_prefix;
+use crate::store::naming::storm_prefix;
 use crate::store::{Snapshot, StormSnapshot};
 
 pub mod dir;
