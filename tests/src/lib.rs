@@ -11,6 +11,7 @@ pub mod envoy;
 pub mod k8s;
 pub mod payloads;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 pub mod sidecar;
 pub mod upstream;
