@@ -22,18 +22,18 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `env` if set, else `name` on `PATH`; panics naming `make deps` otherwise.
 fn binary(env: &str, name: &str) -> PathBuf {
-    if let Some(bin) = std::env::var_os(env) {
-        return PathBuf::from(bin);
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
+    let found = match std::env::var_os(env) {
+        Some(bin) => Some(PathBuf::from(bin)).filter(|p| p.is_file()),
+        None => std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.is_file())
+        }),
+    };
     found.unwrap_or_else(|| {
         panic!(
-            "{name} not found on PATH ({env} unset): install it with `make deps` \
-             (scripts/install-deps.sh, Debian package prometheus)"
+            "{name} not found (neither {env} nor PATH has it): install it with \
+             `make deps` (scripts/install-deps.sh, Debian package prometheus)"
         )
     })
 }
