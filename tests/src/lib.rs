@@ -14,6 +14,7 @@ pub mod k8s;
 pub mod manifests;
 pub mod payloads;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 pub mod remediation;
 pub mod sidecar;

@@ -15,6 +15,9 @@ pub const KUSTOMIZATIONS: &[&str] = &[
     "deploy/overlays/redis-cluster",
     "deploy/istio",
 ];
+/// Kustomizations checked by their own test file instead (Prometheus
+/// Operator objects: tests/tests/monitoring_rules.rs).
+pub const TESTED_ELSEWHERE: &[&str] = &["deploy/monitoring"];
 
 pub const NAMESPACE: &str = "signalgate-system";
 pub const CRD_FILE: &str = "deploy/crds/remediationrequests.signalgate.io.yaml";
