@@ -47,7 +47,7 @@
 //! the call is read once and written once (its repeats are answered in a
 //! 4-field short form that the parser completes from the earlier answer). On
 //! the duplicate path this cut Redis CPU per signal by more than half (see
-//! README, Performance). `GETEX` (the warm marker) needs Redis 6.2 or newer.
+//! CHANGELOG.md, Performance). `GETEX` (the warm marker) needs Redis 6.2 or newer.
 //!
 //! Errors are per call: a script error part-way fails every signal of its
 //! call (the counts of the fingerprints it had read are not written; records
