@@ -11,7 +11,7 @@ WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=true
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
 	CARGO_PROFILE_RELEASE_STRIP=true
 
-.PHONY: deps build wasm native native-faults bench-wasm sidecar run test lint fmt bench k8s-build k8s-up k8s-down clean crd demo
+.PHONY: deps build wasm native native-faults bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-up k8s-down clean crd demo knobs
 
 deps:
 	@scripts/install-deps.sh
@@ -54,10 +54,16 @@ test: deps wasm native native-faults k8s-build
 	$(CARGO) build -p signalgate-sidecar
 	$(CARGO) test --workspace --no-fail-fast
 
-lint: deps
+lint: deps structure
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p signalgate-filter --target wasm32-wasip1 -- -D warnings
+
+## structure: no import loops between modules, no oversized files (docs/development.md)
+structure:
+	python3 scripts/module-cycles.py --self-test
+	python3 scripts/module-cycles.py
+	scripts/file-sizes.sh
 
 fmt:
 	$(CARGO) fmt --all
@@ -83,3 +89,12 @@ crd:
 	$(CARGO) run -q -p signalgate-sidecar -- --print-crd > deploy/crds/remediationrequests.signalgate.io.yaml
 	cp deploy/crds/remediationrequests.signalgate.io.yaml deploy/base/
 	cp deploy/crds/remediationrequests.signalgate.io.yaml deploy/istio/
+
+## knobs: regenerate the sidecar's knob table in docs/reference.md from the code
+knobs:
+	$(CARGO) run -q -p signalgate-sidecar -- --print-knobs-markdown > target/knobs.md
+	awk 'FNR == NR { table = table $$0 "\n"; next } \
+		/<!-- sidecar-knobs:end -->/ { printf "%s", table; skip = 0 } \
+		!skip { print } \
+		/<!-- sidecar-knobs:begin -->/ { skip = 1 }' target/knobs.md docs/reference.md > target/reference.md
+	mv target/reference.md docs/reference.md

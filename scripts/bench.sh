@@ -387,7 +387,7 @@ sidecar_run() {
     [ "$path" = created ] && mode=distinct expect=201
     [ "$path" = storm ] && mode=distinct
     load "http://127.0.0.1:$SC_PORT/api/v1/signals/prometheus" --size 4096 --mode "$mode" \
-        --header x-signalgate-source:bench --header x-signalgate-signal-type:prometheus \
+        --header x-signalgate-source:bench \
         --connections "$CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP" --expect "$expect" \
         --max-unexpected "$MAX_UNEXPECTED" --pid "sidecar=$SC_PID" --pid "redis=$REDIS_PID" --redis "127.0.0.1:$REDIS_PORT" \
         --sidecar-metrics "http://127.0.0.1:$SC_ADMIN/metrics" \

@@ -74,7 +74,7 @@ SIGNALGATE_REDIS_URL= \
 pids+=($!)
 
 # --- Envoy + filter: envoy/envoy.template.yaml with the demo's ports ----------
-# over_limit_status 503: Alertmanager retries a 503 but drops a 429 (see README).
+# over_limit_status 503: Alertmanager retries a 503 but drops a 429 (docs/operating.md).
 PLUGIN_CONFIG='{"requests_per_minute": 600, "burst": 100, "source": "remote_address", "over_limit_status": 503}'
 WASM_ABS=$(cd "$(dirname "$WASM")" && pwd)/$(basename "$WASM")
 sed -e "s|{{LISTEN_PORT}}|$LISTEN_PORT|" \

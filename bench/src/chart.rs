@@ -8,7 +8,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::report::{Group, Stat};
+use crate::figures::num;
+use crate::stats::{Group, Stat};
 
 const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -254,7 +255,7 @@ fn draw_panel<DB: DrawingBackend>(
             .disable_x_mesh()
             .x_labels(2 * n + 1)
             .x_label_formatter(&formatter)
-            .y_label_formatter(&|y| crate::report::num(*y))
+            .y_label_formatter(&|y| num(*y))
             .label_style(("sans-serif", 14))
             .draw()?;
     } else {
@@ -284,7 +285,7 @@ fn draw_panel<DB: DrawingBackend>(
         )))?;
         if text {
             chart.draw_series(std::iter::once(Text::new(
-                crate::report::num(bar.stat.median),
+                num(bar.stat.median),
                 (x0, (bar.stat.max.max(lo)) * 1.15),
                 ("sans-serif", 12),
             )))?;

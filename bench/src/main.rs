@@ -11,6 +11,7 @@
 //! Run a subcommand with `--help` for its options.
 
 mod chart;
+mod figures;
 mod load;
 mod micro;
 mod payload;
@@ -18,6 +19,7 @@ mod probe;
 mod procstat;
 mod record;
 mod report;
+mod stats;
 mod upstream;
 
 use std::path::PathBuf;

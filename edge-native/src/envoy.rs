@@ -160,6 +160,24 @@ impl Stream {
         self.set_header(abi::REQUEST_HEADER, name, value);
     }
 
+    /// Removes every copy of a request header (a null value, per abi.h).
+    pub fn remove_request_header(&self, name: &str) {
+        let none = abi::ModuleBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: the name buffer is valid for the call; a null value asks
+        // Envoy to remove the header.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                abi::REQUEST_HEADER,
+                ModuleBuffer::of(name.as_bytes()),
+                none,
+            );
+        }
+    }
+
     /// Sets a response header (in the response-headers hook).
     pub fn set_response_header(&self, name: &str, value: &str) {
         self.set_header(abi::RESPONSE_HEADER, name, value);

@@ -7,9 +7,9 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use signalgate_filter::decide::{
-    self, Admitted, BodyAction, HeadersAction, Outcome, Reply, RequestHead,
-};
+use signalgate_filter::decide::{self, Admitted, BodyAction, HeadersAction, RequestHead};
+use signalgate_filter::outcome::Outcome;
+use signalgate_filter::reply::Reply;
 use signalgate_filter::source::SourceMode;
 
 use crate::abi;
@@ -179,6 +179,9 @@ impl Request {
             HeadersAction::ReadBody(admitted) => {
                 for (name, value) in admitted.forward_headers() {
                     stream.set_request_header(name, value);
+                }
+                for name in decide::STRIPPED_HEADERS {
+                    stream.remove_request_header(name);
                 }
                 if let Some(why) = &admitted.limit_error {
                     settings.counters.count_limit_error(stream);

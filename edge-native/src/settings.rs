@@ -6,7 +6,7 @@
 use std::hash::{BuildHasher, Hasher};
 
 use signalgate_filter::config::{self, Config};
-use signalgate_filter::decide::Outcome;
+use signalgate_filter::outcome::Outcome;
 use signalgate_filter::table::{self, Seed};
 
 use crate::envoy::{self, ConfigHandle, Level, Stream};

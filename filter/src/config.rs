@@ -17,23 +17,26 @@
 //! Unknown or repeated keys, wrong types and out-of-range values are errors
 //! naming the key, so Envoy refuses the configuration instead of running
 //! with a limit nobody asked for.
+//!
+//! [`document`] is the document's shape (serde-derived), [`value`] checks
+//! each value, [`error`] names the key at fault; [`parse`] reads the document
+//! and checks what relates two keys.
 
-use std::fmt;
-
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-
-use crate::ratelimit::{Limit, MAX_RATE};
+use crate::ratelimit::Limit;
 use crate::source::SourceMode;
-use crate::tenants::{parse_sha256_hex, Tenant, Tenants};
+use crate::tenants::{Tenant, Tenants};
+
+pub mod document;
+pub mod error;
+pub mod value;
+
+use document::{Document, Object, TenantEntry};
+use error::ConfigError;
 
 pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 100;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 256 * 1024;
 pub const DEFAULT_MAX_ALERTS: usize = 1000;
 pub const DEFAULT_OVER_LIMIT_STATUS: u16 = 429;
-pub const MAX_TRUSTED_HOPS: u64 = 64;
-pub const MAX_BODY_BYTES_LIMIT: u64 = 1 << 30;
-pub const MAX_ALERTS_LIMIT: u64 = 1_000_000;
-pub const MAX_TENANT_NAME_LEN: usize = 128;
 
 /// The filter's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,295 +66,21 @@ impl Default for Config {
     }
 }
 
-/// A configuration error: which key, and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The key at fault (`tenants[1].token_sha256` for nested ones; empty
-    /// when the whole configuration is at fault).
-    pub key: String,
-    pub detail: String,
-}
-
-impl ConfigError {
-    fn new(key: impl Into<String>, detail: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.into(),
-            detail: detail.into(),
-        }
+impl Config {
+    /// One line saying what the filter runs with, for the log.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} requests/min, burst {}, source {:?}, over-limit status {}, \
+             max body {} bytes, max alerts {}, {} tenants",
+            self.limit.per_minute,
+            self.limit.burst,
+            self.source,
+            self.over_limit_status,
+            self.max_body_bytes,
+            self.max_alerts_per_request,
+            self.tenants.as_ref().map_or(0, |t| t.list().len())
+        )
     }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "invalid plugin configuration: {}", self.detail)
-        } else {
-            write!(
-                f,
-                "invalid plugin configuration: key \"{}\": {}",
-                self.key, self.detail
-            )
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// A JSON value that keeps every member of an object, in order, so that
-/// repeated keys can be refused (serde_json's `Value` keeps only the last).
-#[derive(Debug, Clone, PartialEq)]
-enum Node {
-    Null,
-    Bool(bool),
-    Number(serde_json::Number),
-    String(String),
-    Array(Vec<Node>),
-    Object(Vec<(String, Node)>),
-}
-
-impl Node {
-    fn kind(&self) -> &'static str {
-        match self {
-            Node::Null => "null",
-            Node::Bool(_) => "a boolean",
-            Node::Number(_) => "a number",
-            Node::String(_) => "a string",
-            Node::Array(_) => "an array",
-            Node::Object(_) => "an object",
-        }
-    }
-}
-
-struct NodeVisitor;
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_unit<E>(self) -> Result<Node, E> {
-        Ok(Node::Null)
-    }
-    fn visit_none<E>(self) -> Result<Node, E> {
-        Ok(Node::Null)
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
-        Ok(Node::Bool(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
-        Ok(Node::Number(v.into()))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
-        Ok(Node::Number(v.into()))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
-        serde_json::Number::from_f64(v)
-            .map(Node::Number)
-            .ok_or_else(|| E::custom("not a finite number"))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
-        Ok(Node::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Node, E> {
-        Ok(Node::String(v))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Node::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-        let mut members = Vec::new();
-        while let Some(member) = map.next_entry::<String, Node>()? {
-            members.push(member);
-        }
-        Ok(Node::Object(members))
-    }
-}
-
-impl<'de> Deserialize<'de> for Node {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Node, D::Error> {
-        d.deserialize_any(NodeVisitor)
-    }
-}
-
-/// The members of an object, refusing repeated keys (`at` prefixes key names).
-fn members<'n>(node: &'n Node, at: &str, what: &str) -> Result<&'n [(String, Node)], ConfigError> {
-    let Node::Object(members) = node else {
-        return Err(ConfigError::new(
-            at,
-            format!("{what} must be a JSON object, not {}", node.kind()),
-        ));
-    };
-    for (i, (key, _)) in members.iter().enumerate() {
-        if members.iter().take(i).any(|(k, _)| k == key) {
-            return Err(ConfigError::new(join(at, key), "given more than once"));
-        }
-    }
-    Ok(members)
-}
-
-fn join(at: &str, key: &str) -> String {
-    if at.is_empty() {
-        key.to_string()
-    } else {
-        format!("{at}.{key}")
-    }
-}
-
-fn integer(key: &str, node: &Node, min: u64, max: u64) -> Result<u64, ConfigError> {
-    let n = match node {
-        Node::Number(n) => n.as_u64(),
-        _ => None,
-    };
-    match n {
-        Some(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(ConfigError::new(
-            key,
-            format!(
-                "expected a whole number from {min} to {max}, got {}",
-                describe(node)
-            ),
-        )),
-    }
-}
-
-fn rate(key: &str, node: &Node) -> Result<u32, ConfigError> {
-    let n = integer(key, node, 1, u64::from(MAX_RATE))?;
-    u32::try_from(n).map_err(|_| ConfigError::new(key, "out of range"))
-}
-
-fn string<'n>(key: &str, node: &'n Node) -> Result<&'n str, ConfigError> {
-    match node {
-        Node::String(s) => Ok(s),
-        other => Err(ConfigError::new(
-            key,
-            format!("expected a string, got {}", describe(other)),
-        )),
-    }
-}
-
-/// A short description of a value for error messages.
-fn describe(node: &Node) -> String {
-    match node {
-        Node::Number(n) => format!("{n}"),
-        Node::String(s) => format!("the string {s:?}"),
-        Node::Bool(b) => format!("{b}"),
-        other => other.kind().to_string(),
-    }
-}
-
-/// Whether `name` is a header name Envoy hands to filters (an RFC 9110
-/// token, lower case; pseudo-headers excluded).
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
-}
-
-fn parse_source(node: &Node) -> Result<SourceMode, ConfigError> {
-    let s = string("source", node)?;
-    match s {
-        "remote_address" => Ok(SourceMode::RemoteAddress),
-        "x-forwarded-for" => Ok(SourceMode::ForwardedFor { trusted_hops: 0 }),
-        _ => match s.strip_prefix("header:") {
-            Some(name) => {
-                let name = name.trim().to_ascii_lowercase();
-                if is_header_name(&name) {
-                    Ok(SourceMode::Header(name))
-                } else {
-                    Err(ConfigError::new(
-                        "source",
-                        format!("{s:?} does not name a valid request header"),
-                    ))
-                }
-            }
-            None => Err(ConfigError::new(
-                "source",
-                format!(
-                    "expected \"remote_address\", \"x-forwarded-for\" or \"header:<name>\", got {s:?}"
-                ),
-            )),
-        },
-    }
-}
-
-/// The raw tenant before the global limit is known.
-struct RawTenant {
-    name: String,
-    token_sha256: [u8; 32],
-    per_minute: Option<u32>,
-}
-
-fn parse_tenants(node: &Node) -> Result<Vec<RawTenant>, ConfigError> {
-    let Node::Array(items) = node else {
-        return Err(ConfigError::new(
-            "tenants",
-            format!("expected an array of tenants, got {}", describe(node)),
-        ));
-    };
-    if items.is_empty() {
-        return Err(ConfigError::new(
-            "tenants",
-            "empty: list at least one tenant, or leave tenants out",
-        ));
-    }
-    let mut out: Vec<RawTenant> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let at = format!("tenants[{i}]");
-        let (mut name, mut token, mut per_minute) = (None, None, None);
-        for (key, value) in members(item, &at, "a tenant")? {
-            let k = join(&at, key);
-            match key.as_str() {
-                "name" => {
-                    let n = string(&k, value)?.trim();
-                    let valid = n.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-                    if n.is_empty() || n.len() > MAX_TENANT_NAME_LEN || !valid {
-                        return Err(ConfigError::new(
-                            k,
-                            format!(
-                                "a tenant name is 1 to {MAX_TENANT_NAME_LEN} printable ASCII characters"
-                            ),
-                        ));
-                    }
-                    if out.iter().any(|t| t.name == n) {
-                        return Err(ConfigError::new(k, format!("tenant {n:?} is listed twice")));
-                    }
-                    name = Some(n.to_string());
-                }
-                "token_sha256" => {
-                    let hex = string(&k, value)?;
-                    let digest = parse_sha256_hex(hex.trim()).ok_or_else(|| {
-                        ConfigError::new(&k, "expected 64 hex digits (the SHA-256 of the token)")
-                    })?;
-                    if out.iter().any(|t| t.token_sha256 == digest) {
-                        return Err(ConfigError::new(k, "two tenants have the same token"));
-                    }
-                    token = Some(digest);
-                }
-                "requests_per_minute" => per_minute = Some(rate(&k, value)?),
-                _ => {
-                    return Err(ConfigError::new(
-                        k,
-                        "unknown key: a tenant has name, token_sha256 and requests_per_minute",
-                    ))
-                }
-            }
-        }
-        let name = name.ok_or_else(|| ConfigError::new(join(&at, "name"), "missing"))?;
-        let token_sha256 =
-            token.ok_or_else(|| ConfigError::new(join(&at, "token_sha256"), "missing"))?;
-        out.push(RawTenant {
-            name,
-            token_sha256,
-            per_minute,
-        });
-    }
-    Ok(out)
 }
 
 /// Parses the plugin configuration; no configuration (or only whitespace)
@@ -361,93 +90,97 @@ pub fn parse(bytes: Option<&[u8]>) -> Result<Config, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Config::default());
     }
-    let root: Node = serde_json::from_slice(bytes).map_err(|e| {
-        ConfigError::new(
-            "",
-            format!("the plugin configuration is not valid JSON: {e}"),
-        )
-    })?;
-    let mut cfg = Config::default();
-    let (mut per_minute, mut burst, mut hops, mut source) = (None, None, None, None);
-    let mut tenants = None;
-    for (key, value) in members(&root, "", "the plugin configuration")? {
-        match key.as_str() {
-            "requests_per_minute" => per_minute = Some(rate(key, value)?),
-            "burst" => burst = Some(rate(key, value)?),
-            "source" => source = Some(parse_source(value)?),
-            "trusted_hops" => hops = Some(integer(key, value, 0, MAX_TRUSTED_HOPS)?),
-            "over_limit_status" => {
-                cfg.over_limit_status = match integer(key, value, 0, u64::from(u16::MAX)) {
-                    Ok(429) => 429,
-                    Ok(503) => 503,
-                    _ => {
-                        return Err(ConfigError::new(
-                            key,
-                            format!("expected 429 or 503, got {}", describe(value)),
-                        ))
-                    }
-                }
-            }
-            "max_body_bytes" => {
-                cfg.max_body_bytes = integer(key, value, 1, MAX_BODY_BYTES_LIMIT)?;
-            }
-            "max_alerts_per_request" => {
-                let n = integer(key, value, 1, MAX_ALERTS_LIMIT)?;
-                cfg.max_alerts_per_request = usize::try_from(n).unwrap_or(DEFAULT_MAX_ALERTS);
-            }
-            "tenants" => tenants = Some(parse_tenants(value)?),
-            _ => {
-                return Err(ConfigError::new(
-                    key,
-                    "unknown key: the knobs are requests_per_minute, burst, source, trusted_hops, \
-                     over_limit_status, max_body_bytes, max_alerts_per_request and tenants",
-                ))
-            }
-        }
-    }
-    let per_minute = per_minute.unwrap_or(DEFAULT_REQUESTS_PER_MINUTE);
-    cfg.limit = Limit {
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let Object(doc): Object<Document> =
+        serde_path_to_error::deserialize(&mut json).map_err(|e| error::from_serde(&e))?;
+    json.end().map_err(|e| error::not_json(&e))?;
+    build(doc)
+}
+
+/// The configuration a well-formed document gives, once what relates two
+/// keys is checked.
+fn build(doc: Document) -> Result<Config, ConfigError> {
+    let defaults = Config::default();
+    let per_minute = doc
+        .requests_per_minute
+        .map_or(DEFAULT_REQUESTS_PER_MINUTE, |r| r.per_minute());
+    let limit = Limit {
         per_minute,
-        burst: burst.unwrap_or(per_minute),
+        burst: doc.burst.map_or(per_minute, |r| r.per_minute()),
     };
-    cfg.source = source.unwrap_or(SourceMode::RemoteAddress);
-    if let Some(h) = hops {
-        match &mut cfg.source {
-            SourceMode::ForwardedFor { trusted_hops } => {
-                *trusted_hops = u32::try_from(h).unwrap_or(0);
-            }
-            _ if h == 0 => {}
-            _ => {
-                return Err(ConfigError::new(
-                    "trusted_hops",
-                    "only meaningful with \"source\": \"x-forwarded-for\"",
-                ))
-            }
+    let mut source = doc.source.map_or(SourceMode::RemoteAddress, |s| s.0);
+    match (&mut source, doc.trusted_hops) {
+        (SourceMode::ForwardedFor { trusted_hops }, Some(hops)) => {
+            *trusted_hops = u32::try_from(hops.0).unwrap_or(0);
+        }
+        (_, None) => {}
+        (_, Some(hops)) if hops.0 == 0 => {}
+        (_, Some(_)) => {
+            return Err(ConfigError::new(
+                "trusted_hops",
+                "only meaningful with \"source\": \"x-forwarded-for\"",
+            ))
         }
     }
-    cfg.tenants = tenants.map(|list| {
-        Tenants::new(
-            list.into_iter()
-                .map(|t| Tenant {
-                    name: t.name,
-                    token_sha256: t.token_sha256,
-                    limit: match t.per_minute {
-                        Some(n) => Limit {
-                            per_minute: n,
-                            burst: n,
-                        },
-                        None => cfg.limit,
-                    },
-                })
-                .collect(),
-        )
-    });
-    Ok(cfg)
+    let tenants = match doc.tenants {
+        Some(list) => Some(tenants(list.0, limit)?),
+        None => None,
+    };
+    Ok(Config {
+        limit,
+        source,
+        over_limit_status: doc
+            .over_limit_status
+            .map_or(defaults.over_limit_status, |s| s.0),
+        max_body_bytes: doc.max_body_bytes.map_or(defaults.max_body_bytes, |n| n.0),
+        max_alerts_per_request: doc
+            .max_alerts_per_request
+            .map_or(defaults.max_alerts_per_request, |n| {
+                usize::try_from(n.0).unwrap_or(DEFAULT_MAX_ALERTS)
+            }),
+        tenants,
+    })
+}
+
+/// The tenants, each name and each token once; a tenant without its own
+/// rate has the global `limit`.
+fn tenants(entries: Vec<TenantEntry>, limit: Limit) -> Result<Tenants, ConfigError> {
+    let mut list: Vec<Tenant> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        let name = entry.name.0;
+        if list.iter().any(|t| t.name == name) {
+            return Err(ConfigError::new(
+                format!("tenants[{i}].name"),
+                format!("tenant {name:?} is listed twice"),
+            ));
+        }
+        let token_sha256 = entry.token_sha256.0;
+        if list.iter().any(|t| t.token_sha256 == token_sha256) {
+            return Err(ConfigError::new(
+                format!("tenants[{i}].token_sha256"),
+                "two tenants have the same token",
+            ));
+        }
+        let limit = match entry.requests_per_minute {
+            Some(rate) => Limit {
+                per_minute: rate.per_minute(),
+                burst: rate.per_minute(),
+            },
+            None => limit,
+        };
+        list.push(Tenant {
+            name,
+            token_sha256,
+            limit,
+        });
+    }
+    Ok(Tenants::new(list))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tenants::parse_sha256_hex;
 
     const HASH_A: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     const HASH_B: &str = "60303AE22B998861BCE3B28F33EEC1BE758A213C86C93C076DBE9F558C11C752";
@@ -456,8 +189,17 @@ mod tests {
         parse(Some(s.as_bytes()))
     }
 
+    /// The configuration `s` gives; a fixture that does not parse fails the
+    /// test with the parse error.
+    fn parsed(s: &str) -> Config {
+        parse_str(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
     fn err_key(s: &str) -> String {
-        parse_str(s).err().map(|e| e.key).unwrap_or_default()
+        match parse_str(s) {
+            Err(e) => e.key,
+            Ok(c) => panic!("{s} was accepted: {c:?}"),
+        }
     }
 
     #[test]
@@ -485,7 +227,7 @@ mod tests {
                             {{"name": "team-b", "token_sha256": "{HASH_B}"}}]}}"#
         ));
         assert!(c.is_ok(), "{c:?}");
-        let c = c.unwrap_or_default();
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             c.limit,
             Limit {
@@ -513,7 +255,7 @@ mod tests {
 
     #[test]
     fn burst_defaults_to_the_rate() {
-        let c = parse_str(r#"{"requests_per_minute": 20}"#).unwrap_or_default();
+        let c = parsed(r#"{"requests_per_minute": 20}"#);
         assert_eq!(c.limit.burst, 20);
     }
 
@@ -633,5 +375,92 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(msg.contains("must be a JSON object"), "{msg}");
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_at_every_level() {
+        let tenant = format!(r#"{{"name": "a", "token_sha256": "{HASH_A}"}}"#);
+        for (json, key) in [
+            (r#"{"burst": 5, "burst": 5}"#.to_string(), "burst"),
+            // Also when the first copy is out of range or of another type.
+            (r#"{"burst": 5, "burst": "x"}"#.to_string(), "burst"),
+            (
+                format!(r#"{{"tenants": [{tenant}], "tenants": [{tenant}]}}"#),
+                "tenants",
+            ),
+            (
+                format!(
+                    r#"{{"tenants": [{{"name": "a", "name": "b", "token_sha256": "{HASH_A}"}}]}}"#
+                ),
+                "tenants[0].name",
+            ),
+            (
+                format!(
+                    r#"{{"tenants": [{tenant}, {{"name": "b", "token_sha256": "{HASH_B}",
+                        "requests_per_minute": 1, "requests_per_minute": 1}}]}}"#
+                ),
+                "tenants[1].requests_per_minute",
+            ),
+        ] {
+            let e = parse_str(&json).err();
+            assert_eq!(e.as_ref().map(|e| e.key.as_str()), Some(key), "{json}");
+            assert_eq!(
+                e.map(|e| e.detail).as_deref(),
+                Some("given more than once"),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let detail = |json: &str| match parse_str(json) {
+            Err(e) => e.to_string(),
+            Ok(c) => panic!("{json} was accepted: {c:?}"),
+        };
+        assert_eq!(
+            detail(r#"{"rate": 5}"#),
+            "invalid plugin configuration: key \"rate\": unknown key: expected one of \
+             `requests_per_minute`, `burst`, `source`, `trusted_hops`, `over_limit_status`, \
+             `max_body_bytes`, `max_alerts_per_request`, `tenants`"
+        );
+        assert_eq!(
+            detail(r#"{"tenants": [{"name": "a"}]}"#),
+            "invalid plugin configuration: key \"tenants[0].token_sha256\": missing"
+        );
+        assert_eq!(
+            detail(r#"{"tenants": [[]]}"#),
+            "invalid plugin configuration: key \"tenants[0]\": a tenant must be a JSON object, \
+             not an array"
+        );
+        assert_eq!(
+            detail(r#"{"tenants": {}}"#),
+            "invalid plugin configuration: key \"tenants\": expected an array of tenants, \
+             got an object"
+        );
+        assert_eq!(
+            detail(r#"{"over_limit_status": 500}"#),
+            "invalid plugin configuration: key \"over_limit_status\": expected 429 or 503, got 500"
+        );
+        assert!(detail("{\"burst\": 1} x").contains("is not valid JSON"));
+        // A key that holds a backtick is still named whole.
+        assert_eq!(err_key(r#"{"a`, expected b": 1}"#), "a`, expected b");
+    }
+
+    #[test]
+    fn tenants_without_a_rate_share_the_global_limit() {
+        let c = parsed(&format!(
+            r#"{{"requests_per_minute": 7, "burst": 9,
+                "tenants": [{{"name": " team a ", "token_sha256": "{HASH_A}"}}]}}"#
+        ));
+        let tenants = c.tenants.as_ref().map(|t| t.list().to_vec());
+        let tenant = tenants.as_ref().and_then(|t| t.first());
+        assert_eq!(tenant.map(|t| t.name.as_str()), Some("team a"));
+        assert_eq!(tenant.map(|t| t.limit), Some(c.limit));
+        assert_eq!(
+            c.summary(),
+            "7 requests/min, burst 9, source RemoteAddress, over-limit status 429, \
+             max body 262144 bytes, max alerts 1000, 1 tenants"
+        );
     }
 }

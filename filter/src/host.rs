@@ -7,7 +7,6 @@
 //! than the trait helpers, which unwrap. The SDK still panics (a VM trap)
 //! on a status a call never returns in Envoy, which this code cannot catch.
 
-use std::borrow::Cow;
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -17,8 +16,10 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::{self, Config};
-use crate::decide::{self, Admitted, BodyAction, HeadersAction, Outcome, Reply, RequestHead};
-use crate::source::SourceMode;
+use crate::decide::{self, Admitted, BodyAction, HeadersAction, RequestHead, STRIPPED_HEADERS};
+use crate::outcome::Outcome;
+use crate::reply::Reply;
+use crate::request_headers::RequestHeaders;
 use crate::table::{self, Seed, SharedStore, StoreError};
 
 proxy_wasm::main! {{
@@ -148,20 +149,7 @@ impl RootContext for Root {
         if self.metrics.outcomes.is_empty() {
             self.metrics = Rc::new(Metrics::define());
         }
-        log(
-            LogLevel::Info,
-            &format!(
-                "configured: {} requests/min, burst {}, source {:?}, over-limit status {}, \
-                 max body {} bytes, max alerts {}, {} tenants",
-                config.limit.per_minute,
-                config.limit.burst,
-                config.source,
-                config.over_limit_status,
-                config.max_body_bytes,
-                config.max_alerts_per_request,
-                config.tenants.as_ref().map_or(0, |t| t.list().len())
-            ),
-        );
+        log(LogLevel::Info, &format!("configured: {}", config.summary()));
         self.config = Rc::new(config);
         true
     }
@@ -201,43 +189,9 @@ struct Edge {
 }
 
 /// The request headers, fetched in one host call (each call costs a round
-/// trip between the VM and Envoy). Values are bytes: Envoy lets through
-/// header values that are not UTF-8, and they must not trap the VM.
-struct Headers(Vec<(String, Vec<u8>)>);
-
-impl Headers {
-    fn fetch() -> Headers {
-        Headers(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default())
-    }
-
-    /// The first value of `name` (lower case), as text.
-    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v))
-    }
-
-    /// The last value of `name`: of a header a trusted proxy appends, the
-    /// copy it wrote rather than one the client sent.
-    fn last(&self, name: &str) -> Option<Cow<'_, str>> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v))
-    }
-
-    /// Every value of `name` joined with `,` (a list header sent as several lines).
-    fn joined(&self, name: &str) -> Option<String> {
-        let values: Vec<Cow<'_, str>> = self
-            .0
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v))
-            .collect();
-        (!values.is_empty()).then(|| values.join(","))
-    }
+/// trip between the VM and Envoy).
+fn request_headers() -> RequestHeaders {
+    RequestHeaders(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default())
 }
 
 impl Edge {
@@ -271,23 +225,13 @@ impl Edge {
             }
         }
     }
-
-    /// The value of the source header the configuration reads, if any.
-    fn source_header(&self, headers: &Headers) -> Option<String> {
-        match &self.config.source {
-            SourceMode::RemoteAddress => None,
-            // Every x-forwarded-for value, not just the first one.
-            SourceMode::ForwardedFor { .. } => headers.joined("x-forwarded-for"),
-            SourceMode::Header(name) => headers.last(name).map(Cow::into_owned),
-        }
-    }
 }
 
 impl Context for Edge {}
 
 impl HttpContext for Edge {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let headers = Headers::fetch();
+        let headers = request_headers();
         let method = headers.get(":method").unwrap_or_default();
         let path = headers.get(":path").unwrap_or_default();
         let content_type = headers.get("content-type");
@@ -301,7 +245,7 @@ impl HttpContext for Edge {
             .ok()
             .flatten()
             .map(|b| String::from_utf8_lossy(&b).into_owned());
-        let source_header = self.source_header(&headers);
+        let source_header = headers.source_header(&self.config.source);
         let head = RequestHead {
             method: &method,
             path: &path,
@@ -319,6 +263,9 @@ impl HttpContext for Edge {
                     // Replaces every copy the client sent.
                     let _ =
                         hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+                }
+                for name in STRIPPED_HEADERS {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
                 }
                 if let Some(why) = &admitted.limit_error {
                     self.metrics.count_limit_error();

@@ -6,11 +6,12 @@ use std::fmt;
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use crate::alert_labels::LabelView;
 use crate::invalid::{pointer, Invalid};
-use crate::labels::is_valid_label_name;
-pub use crate::labels::Labels;
-use crate::signal::{is_namespace_name, not_a_namespace, LabelView};
-use crate::{json, rfc3339, Text};
+use crate::labels::{is_valid_label_name, Labels};
+use crate::namespace::{is_namespace_name, not_a_namespace};
+use crate::text::Text;
+use crate::{json, rfc3339};
 
 /// The webhook body. Every field is optional at the serde level so that
 /// [`parse`] can name what is missing; unknown fields are ignored (newer

@@ -4,10 +4,11 @@
 
 use serde::Deserialize;
 
-use crate::alertmanager::Labels;
 use crate::invalid::Invalid;
-use crate::signal::{is_namespace_name, not_a_namespace};
-use crate::{json, Text};
+use crate::json;
+use crate::labels::Labels;
+use crate::namespace::{is_namespace_name, not_a_namespace};
+use crate::text::Text;
 
 /// One event, in any of the accepted shapes. All fields are optional at the
 /// serde level so that [`parse`] can name what is missing.

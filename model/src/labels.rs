@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
-use crate::Text;
+use crate::text::Text;
 
 /// A label or annotation set as sent: string names, string values, in
 /// document order. A list rather than a map: the sets are small, a lookup is

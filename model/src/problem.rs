@@ -7,7 +7,7 @@ use crate::invalid::{Invalid, InvalidKind};
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
-/// Base of the `type` URIs; each problem type is documented in the README.
+/// Base of the `type` URIs; each problem type is documented in docs/reference.md.
 pub const TYPE_BASE: &str = "https://signalgate.io/problems/";
 
 /// An error answer.

@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::alertmanager::{Alert, Labels, Webhook};
+use crate::alert_labels::LabelView;
+use crate::alertmanager::{Alert, Webhook};
 use crate::kube_event::KubeEvent;
+use crate::labels::Labels;
+use crate::namespace::NamespaceFrom;
 
 /// Which payload a signal came from; also the last segment of its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -28,10 +31,6 @@ impl SignalType {
             SignalType::Prometheus => "prometheus",
             SignalType::KubernetesEvent => "kubernetes-event",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
 
     /// The ingestion path: `/api/v1/signals/<type>`.
@@ -64,20 +63,6 @@ pub struct Target {
     pub name: String,
     /// `None` for cluster-scoped targets (nodes, alerts without a namespace).
     pub namespace: Option<String>,
-}
-
-/// Where a signal's namespace came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum NamespaceFrom {
-    /// The alert's `namespace` label.
-    Label,
-    /// The alert's `exported_namespace` label.
-    ExportedLabel,
-    /// The event's object (or the event's own metadata).
-    Object,
-    /// None was given: the configured fallback namespace.
-    Fallback,
 }
 
 /// One normalised signal.
@@ -171,29 +156,6 @@ impl Signal {
     }
 }
 
-/// A Kubernetes namespace name (an RFC 1123 label): what a signal's
-/// namespace must be, since it names a directory of the directory sink and a
-/// path segment of the Kubernetes API.
-pub fn is_namespace_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// The error detail for a namespace that is not [`is_namespace_name`].
-pub(crate) fn not_a_namespace(v: &str) -> String {
-    const RULE: &str = "a Kubernetes namespace name is at most 63 lower-case letters, \
-                        digits and '-', starting and ending with a letter or digit";
-    if v.len() > 63 {
-        format!("{} bytes is too long: {RULE}", v.len())
-    } else {
-        format!("{v:?} is not a namespace name: {RULE}")
-    }
-}
-
 /// See [`Identity::fingerprint`]. Each part is length-prefixed, so no two
 /// different tuples hash the same input.
 pub fn fingerprint(
@@ -282,62 +244,6 @@ pub fn alert_signal(w: &Webhook<'_>, i: usize, ctx: &Context<'_>) -> Option<Sign
 
 fn alerts<'w, 'a>(w: &'w Webhook<'a>) -> &'w [Alert<'a>] {
     w.alerts.as_deref().unwrap_or_default()
-}
-
-/// An alert's own label set over the webhook's common one, read in place: a
-/// name the alert has is looked up there (even if its value is empty), any
-/// other in the common set (its last repeat), as in the merged map.
-pub(crate) struct LabelView<'l, 'a> {
-    own: Option<&'l Labels<'a>>,
-    common: Option<&'l Labels<'a>>,
-}
-
-/// The label an alert's namespace is read from.
-pub(crate) struct NamespaceLabel<'l> {
-    pub value: &'l str,
-    /// `namespace` or `exported_namespace`.
-    pub label: &'static str,
-    pub from: NamespaceFrom,
-    /// The alert's own set holds it (else the common set).
-    pub own: bool,
-}
-
-impl<'l, 'a> LabelView<'l, 'a> {
-    pub(crate) fn new(own: Option<&'l Labels<'a>>, common: Option<&'l Labels<'a>>) -> Self {
-        LabelView { own, common }
-    }
-
-    /// The value of `name`, if present and not empty.
-    fn get(&self, name: &str) -> Option<&'l str> {
-        self.find(name).map(|(v, _)| v)
-    }
-
-    /// The value of `name` if present and not empty, and whether it is the alert's own.
-    fn find(&self, name: &str) -> Option<(&'l str, bool)> {
-        let found = match self.own.and_then(|l| l.get(name)) {
-            Some(v) => (v, true),
-            None => (self.common.and_then(|l| l.get(name))?, false),
-        };
-        Some((found.0.as_str(), found.1)).filter(|(v, _)| !v.is_empty())
-    }
-
-    /// The alert's namespace label: `namespace`, else `exported_namespace`
-    /// (set when Prometheus renamed a scraped `namespace` label).
-    pub(crate) fn namespace(&self) -> Option<NamespaceLabel<'l>> {
-        [
-            ("namespace", NamespaceFrom::Label),
-            ("exported_namespace", NamespaceFrom::ExportedLabel),
-        ]
-        .into_iter()
-        .find_map(|(name, from)| {
-            self.find(name).map(|(value, own)| NamespaceLabel {
-                value,
-                label: name,
-                from,
-                own,
-            })
-        })
-    }
 }
 
 /// The alert's own pairs over the common ones. Alertmanager's common labels

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::coalesce::Coalescer;
+use crate::config::knobs::{REDIS_URL, SINK};
 use crate::config::{Config, SinkConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::{Limits, Pipeline};
@@ -37,24 +38,25 @@ impl App {
             Some(url) => Arc::new(
                 RedisStore::connect(url, config.store.clone(), config.redis_timeout)
                     .await
-                    .map_err(|e| format!("SIGNALGATE_REDIS_URL: {e}"))?,
+                    .map_err(|e| format!("{}: {e}", REDIS_URL.env()))?,
             ),
         };
         let sink: Arc<dyn Sink> = match &config.sink {
             SinkConfig::Dir(path) => {
-                Arc::new(DirSink::new(path).map_err(|e| format!("SIGNALGATE_SINK: {e}"))?)
+                Arc::new(DirSink::new(path).map_err(|e| format!("{}: {e}", SINK.env()))?)
             }
             SinkConfig::Kube => Arc::new(
                 KubeSink::connect(&config.fallback_namespace, config.kube_lookup_reads)
                     .await
-                    .map_err(|e| format!("SIGNALGATE_SINK=kube: {e}"))?,
+                    .map_err(|e| format!("{}=kube: {e}", SINK.env()))?,
             ),
         };
-        Ok(App::with(config, store, sink))
+        Ok(App::over(config, store, sink))
     }
 
-    /// An app over a given store and sink (tests, benchmarks).
-    pub fn with(config: Config, store: Arc<dyn Store>, sink: Arc<dyn Sink>) -> App {
+    /// The app around an opened store and sink: its pipeline, coalescer and
+    /// metrics.
+    fn over(config: Config, store: Arc<dyn Store>, sink: Arc<dyn Sink>) -> App {
         let metrics = Arc::new(Metrics::new());
         let coalescer = Arc::new(Coalescer::new(store.clone(), sink.clone(), metrics.clone()));
         let pipeline = Pipeline {

@@ -14,6 +14,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTE
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use signalgate_model::http::{is_json, SOURCE_HEADER};
 use signalgate_model::problem::{self, Problem};
 use signalgate_model::SignalType;
 use tokio::net::TcpListener;
@@ -21,13 +22,11 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::pipeline::Failure;
+use crate::config::knobs::MAX_IN_FLIGHT;
+use crate::failure::Failure;
 use crate::sink::SinkError;
 
 pub type Body = Full<Bytes>;
-
-/// The header the edge sets to the sender's source (or tenant).
-pub const SOURCE_HEADER: &str = "x-signalgate-source";
 
 /// Serves `handler` on `listener` until `stop` turns true, then lets
 /// in-flight requests finish for up to `grace`.
@@ -228,7 +227,8 @@ fn overloaded(app: &App) -> Response<Body> {
             "overloaded",
             "Overloaded",
             format!(
-                "this sidecar is already serving {max} requests (SIGNALGATE_MAX_IN_FLIGHT); retry"
+                "this sidecar is already serving {max} requests ({}); retry",
+                MAX_IN_FLIGHT.env()
             ),
         ),
         1,
@@ -322,14 +322,6 @@ fn text(status: u16, body: &str) -> Response<Body> {
     r
 }
 
-/// `application/json`, parameters (e.g. `charset=utf-8`) allowed.
-pub fn is_json(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-}
-
 fn too_large(max: usize) -> Response<Body> {
     problem(Problem::new(
         413,
@@ -369,19 +361,5 @@ fn status_label(status: u16) -> &'static str {
         500 => "500",
         503 => "503",
         _ => "other",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_content_types() {
-        assert!(is_json("application/json"));
-        assert!(is_json("Application/JSON; charset=utf-8"));
-        assert!(!is_json("text/plain"));
-        assert!(!is_json(""));
-        assert!(!is_json("application/jsonx"));
     }
 }

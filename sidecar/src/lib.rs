@@ -4,18 +4,25 @@
 //!
 //! - [`config`]: every knob, from environment and flags.
 //! - [`store`]: the atomic decision and the claim protocol (memory, Redis).
-//! - [`pipeline`]: one request from body to answer.
+//! - [`pipeline`]: one request from body to answer; [`failure`]: why one
+//!   failed; [`store_call`]: one store call, timed and bounded.
+//! - [`recovery`]: sink lookups and adoption in a namespace the store may
+//!   have lost.
 //! - [`resource`]: the `RemediationRequest` CRD and how one is built.
 //! - [`sink`]: where resources are written (directory, Kubernetes).
 //! - [`coalesce`]: counters written at most once per resource per interval.
 //! - [`http`], [`app`], [`metrics`]: the server around it.
 
 pub mod app;
+pub mod clock;
 pub mod coalesce;
 pub mod config;
+pub mod failure;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod recovery;
 pub mod resource;
 pub mod sink;
 pub mod store;
+pub mod store_call;

@@ -1,11 +1,12 @@
-//! `signalgate-sidecar`: see `--help` and the README.
+//! `signalgate-sidecar`: see `--help` and docs/reference.md.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use signalgate_sidecar::app::App;
-use signalgate_sidecar::config::{Config, LogFormat};
+use signalgate_sidecar::config::knobs::{ADMIN_LISTEN, LISTEN, SHUTDOWN_GRACE};
+use signalgate_sidecar::config::{reference, Config, LogFormat};
 use signalgate_sidecar::http;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -18,7 +19,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     if std::env::args().any(|a| a == "--help" || a == "-h") {
-        print!("{}", Config::help());
+        print!("{}", reference::help());
+        return ExitCode::SUCCESS;
+    }
+    if std::env::args().any(|a| a == "--print-knobs-markdown") {
+        print!("{}", reference::markdown_table());
         return ExitCode::SUCCESS;
     }
     if std::env::args().any(|a| a == "--print-crd") {
@@ -95,10 +100,13 @@ async fn run(config: Config) -> Result<(), String> {
     let flush_interval = config.flush_interval;
     let api = TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("SIGNALGATE_LISTEN: cannot listen on {listen}: {e}"))?;
-    let admin = TcpListener::bind(admin_listen)
-        .await
-        .map_err(|e| format!("SIGNALGATE_ADMIN_LISTEN: cannot listen on {admin_listen}: {e}"))?;
+        .map_err(|e| format!("{}: cannot listen on {listen}: {e}", LISTEN.env()))?;
+    let admin = TcpListener::bind(admin_listen).await.map_err(|e| {
+        format!(
+            "{}: cannot listen on {admin_listen}: {e}",
+            ADMIN_LISTEN.env()
+        )
+    })?;
     let app = Arc::new(App::build(config).await?);
     tracing::info!(
         %listen,
@@ -146,8 +154,8 @@ async fn run(config: Config) -> Result<(), String> {
     if !flushed {
         tracing::warn!(
             ?grace,
-            "the final flush did not finish within SIGNALGATE_SHUTDOWN_GRACE; \
-             exiting with counts unwritten"
+            "the final flush did not finish within {}; exiting with counts unwritten",
+            SHUTDOWN_GRACE.env()
         );
     }
     let _ = admin_server.await;

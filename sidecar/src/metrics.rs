@@ -1,11 +1,12 @@
 //! Prometheus metrics, served on the admin port at `/metrics`.
 
+use crate::config::knobs::MAX_IN_FLIGHT;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
-/// Every metric the sidecar exports (names are in the README).
+/// Every metric the sidecar exports (docs/reference.md lists them).
 pub struct Metrics {
     registry: Registry,
     /// `signalgate_signals_total{type, outcome}`: outcome is created,
@@ -79,7 +80,10 @@ impl Metrics {
         .expect("valid metric");
         let requests_in_flight = IntGauge::new(
             "signalgate_requests_in_flight",
-            "Signal requests being served (at most SIGNALGATE_MAX_IN_FLIGHT)",
+            format!(
+                "Signal requests being served (at most {})",
+                MAX_IN_FLIGHT.env()
+            ),
         )
         .expect("valid metric");
         let pending_updates = IntGauge::new(

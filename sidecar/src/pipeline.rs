@@ -1,6 +1,7 @@
 //! One request, start to end: parse → signals → ONE store round trip for
-//! all of them → create the resources this request owns → wait for claims
-//! other requests own → answer. See the claim protocol in [`crate::store`].
+//! all of them → (in a cold namespace, lookups in the sink: [`crate::recovery`])
+//! → create the resources this request owns → wait for claims other requests
+//! own → answer. See the claim protocol in [`crate::store`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,19 +9,19 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use signalgate_model::alertmanager::{self, Webhook};
 use signalgate_model::signal::{self, Context, Identity};
-use signalgate_model::{kube_event, Invalid, Signal, SignalType, Status};
+use signalgate_model::{kube_event, Signal, SignalType, Status};
 
 use crate::coalesce::Coalescer;
+use crate::failure::Failure;
 use crate::metrics::Metrics;
+use crate::recovery::Recovery;
 use crate::resource::{self, Progress};
-use crate::sink::{Created, Location, Sink, SinkError};
+use crate::sink::{Created, Location, Sink};
 use crate::store::{Claim, ClaimKey, ClaimState, Decision, Outcome, Store, StoreError, Write};
+use crate::store_call;
 
 /// How often a request waiting on another request's claim looks again.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
-
-/// Namespaces a request looks up in the sink at once (see [`Write::Lookup`]).
-const LOOKUPS_AT_ONCE: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -46,11 +47,51 @@ pub struct Pipeline {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SignalResult {
     pub fingerprint: String,
-    /// created, duplicate, storm_started, storm_aggregated or resolved.
-    pub outcome: &'static str,
+    pub outcome: SignalOutcome,
     /// `namespace/name` of the resource the signal counts in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+}
+
+/// A signal's outcome, as the answer and the metrics name it: the store's
+/// decision for a firing signal, or `resolved`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalOutcome {
+    /// First sighting in the dedup window: a new resource.
+    Created,
+    /// Known fingerprint: counted in its resource (or its storm's).
+    Duplicate,
+    /// This signal started a storm: one new storm resource.
+    StormStarted,
+    /// A new fingerprint counted in the namespace's running storm.
+    StormAggregated,
+    /// A resolved signal: nothing to do.
+    Resolved,
+}
+
+impl SignalOutcome {
+    /// The name in the answer's JSON and the `outcome` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalOutcome::Created => "created",
+            SignalOutcome::Duplicate => "duplicate",
+            SignalOutcome::StormStarted => "storm_started",
+            SignalOutcome::StormAggregated => "storm_aggregated",
+            SignalOutcome::Resolved => "resolved",
+        }
+    }
+}
+
+impl From<Outcome> for SignalOutcome {
+    fn from(outcome: Outcome) -> SignalOutcome {
+        match outcome {
+            Outcome::Created => SignalOutcome::Created,
+            Outcome::Duplicate => SignalOutcome::Duplicate,
+            Outcome::StormStarted => SignalOutcome::StormStarted,
+            Outcome::StormAggregated => SignalOutcome::StormAggregated,
+        }
+    }
 }
 
 /// A successful answer: 201 (something created), 202 (all duplicates or
@@ -60,32 +101,6 @@ pub struct Accepted {
     #[serde(skip)]
     pub status: u16,
     pub signals: Vec<SignalResult>,
-}
-
-/// Why a request failed; every failure but `Invalid` is retryable.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    #[error("{0}")]
-    Invalid(Invalid),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    /// Waiting for a claim (or the sink) took longer than the request deadline.
-    #[error("{what} not done within the request deadline")]
-    Deadline { what: String, retry_after: Duration },
-}
-
-impl Failure {
-    /// The metric `kind` of this failure.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Failure::Invalid(_) => "invalid",
-            Failure::Store(_) => "store",
-            Failure::Sink(_) => "sink",
-            Failure::Deadline { .. } => "deadline",
-        }
-    }
 }
 
 /// A signal whose resource this request writes or waits for.
@@ -131,7 +146,7 @@ impl Pipeline {
     ) -> Result<Accepted, Failure> {
         let started = Instant::now();
         let deadline = started + self.limits.request_deadline;
-        let received_ms = now_ms();
+        let received_ms = crate::clock::now_ms();
         let parsed = self.parse(signal_type, source, body)?;
         let identities = &parsed.identities;
         let fingerprints: Vec<String> = identities.iter().map(Identity::fingerprint).collect();
@@ -144,7 +159,7 @@ impl Pipeline {
             .iter()
             .map(|fp| SignalResult {
                 fingerprint: fp.clone(),
-                outcome: "resolved",
+                outcome: SignalOutcome::Resolved,
                 resource: None,
             })
             .collect();
@@ -167,6 +182,7 @@ impl Pipeline {
             self.timed("decide", self.store.decide(&claims)).await?
         };
         if let Err(e) = self
+            .recovery()
             .resolve_lookups(&claims, &mut decisions, received_ms, deadline)
             .await
         {
@@ -185,7 +201,7 @@ impl Pipeline {
         let mut awaits = Vec::new();
         for (&index, decision) in firing.iter().zip(decisions) {
             let result = &mut results[index];
-            result.outcome = decision.outcome.as_str();
+            result.outcome = decision.outcome.into();
             let snapshot = &decision.snapshot;
             result.resource = Some(format!(
                 "{}/{}",
@@ -230,7 +246,7 @@ impl Pipeline {
         for r in &results {
             self.metrics
                 .signals
-                .with_label_values(&[signal_type.as_str(), r.outcome])
+                .with_label_values(&[signal_type.as_str(), r.outcome.as_str()])
                 .inc();
         }
         let status = if created_any {
@@ -312,7 +328,7 @@ impl Pipeline {
                 .iter()
                 .map(|(p, c)| {
                     let key = &p.decision.key;
-                    (key.clone(), c.location.moved_from(key.namespace()))
+                    (key.clone(), c.location.moved_to(key.namespace()))
                 })
                 .collect();
             let committed = self.timed("commit", self.store.commit(&keys)).await;
@@ -386,181 +402,6 @@ impl Pipeline {
         }
     }
 
-    /// The new fingerprints the store may have lost ([`Write::Lookup`]): a
-    /// live resource of the incident found in the sink is adopted (the
-    /// signal is its duplicate), the rest are decided again as absent. One
-    /// more store round trip, only while a namespace is cold.
-    async fn resolve_lookups(
-        &self,
-        claims: &[Claim],
-        decisions: &mut [Decision],
-        received_ms: i64,
-        deadline: Instant,
-    ) -> Result<(), Failure> {
-        let lookups: Vec<usize> = (0..decisions.len())
-            .filter(|&j| decisions[j].write == Write::Lookup)
-            .collect();
-        if lookups.is_empty() {
-            return Ok(());
-        }
-        let past_deadline = || Failure::Deadline {
-            what: "looking in the sink for live resources".into(),
-            retry_after: Duration::from_secs(1),
-        };
-        let since = received_ms - self.limits.dedup_ttl.as_millis() as i64;
-        // One sink call per namespace for all of its fingerprints (the kube
-        // sink LISTs the namespace and the fallback namespace by label), a
-        // few namespaces at a time.
-        let mut by_namespace: Vec<(&str, Vec<usize>)> = Vec::new();
-        for &j in &lookups {
-            let ns = claims[j].namespace.as_str();
-            match by_namespace.iter_mut().find(|(n, _)| *n == ns) {
-                Some((_, js)) => js.push(j),
-                None => by_namespace.push((ns, vec![j])),
-            }
-        }
-        let finds: Vec<_> = by_namespace
-            .iter()
-            .map(|(ns, js)| {
-                let fingerprints: Vec<String> =
-                    js.iter().map(|&j| claims[j].fingerprint.clone()).collect();
-                async move { self.sink.find_recent(ns, &fingerprints, since).await }
-            })
-            .collect();
-        let found = a_few_at_a_time(finds, deadline)
-            .await
-            .ok_or_else(past_deadline)?;
-
-        let mut again = Vec::new();
-        let mut adopts = Vec::new();
-        for ((_, js), found) in by_namespace.iter().zip(found) {
-            let found = found?;
-            if found.len() != js.len() {
-                return Err(Failure::Sink(SinkError::Unavailable(
-                    "the sink did not answer one lookup per fingerprint".into(),
-                )));
-            }
-            for (&j, found) in js.iter().zip(found) {
-                match found {
-                    Some(found) => adopts.push((j, found)),
-                    None => again.push(j),
-                }
-            }
-        }
-        let adopted_all = futures::future::join_all(adopts.iter().map(|(j, found)| {
-            let key = decisions[*j].key.clone();
-            let existing = crate::store::Snapshot {
-                resource: found.location.name.clone(),
-                first_seen_ms: found.first_seen_ms,
-                last_seen_ms: found.last_seen_ms,
-                occurrence_count: found.occurrence_count,
-                storm: None,
-                moved_to: found.location.moved_from(key.namespace()),
-            };
-            async move { self.timed("adopt", self.store.adopt(&key, &existing)).await }
-        }))
-        .await;
-        // Every adoption that succeeded is recorded before a failed one is
-        // answered: one may have handed this request a claim (Create),
-        // which the caller gives back on failure only if it sees it.
-        let mut failed = None;
-        for ((j, found), result) in adopts.into_iter().zip(adopted_all) {
-            let adopted = match result {
-                Ok(Some(adopted)) => adopted,
-                Ok(None) => {
-                    // It joined a storm meanwhile: decide it again.
-                    again.push(j);
-                    continue;
-                }
-                Err(e) => {
-                    failed.get_or_insert(e);
-                    continue;
-                }
-            };
-            tracing::info!(resource = %found.location, "the store did not know this live incident; adopted its resource");
-            // The store's resource: the one found, or another if another
-            // request claimed the incident first (then wait for its claim,
-            // or take it over).
-            let key = decisions[j].key.clone();
-            decisions[j] = Decision {
-                outcome: Outcome::Duplicate,
-                write: adopted.write,
-                key,
-                snapshot: adopted.snapshot,
-            };
-        }
-        if let Some(e) = failed {
-            return Err(e.into());
-        }
-        if !again.is_empty() {
-            self.adopt_running_storms(claims, &again, received_ms, deadline)
-                .await?;
-            if Instant::now() >= deadline {
-                return Err(past_deadline());
-            }
-            again.sort_unstable();
-            let absent: Vec<Claim> = again
-                .iter()
-                .map(|&j| Claim {
-                    absent: true,
-                    ..claims[j].clone()
-                })
-                .collect();
-            let redecided = self.timed("decide", self.store.decide(&absent)).await?;
-            for (&j, d) in again.iter().zip(redecided) {
-                decisions[j] = d;
-            }
-        }
-        Ok(())
-    }
-
-    /// Signals `again` found no resource of their own in the sink: before
-    /// they are decided as new, a storm of their namespace that the store
-    /// lost but the sink shows still running is adopted, so they join it
-    /// instead of starting another (the store ignores it if it has a
-    /// running storm of its own).
-    async fn adopt_running_storms(
-        &self,
-        claims: &[Claim],
-        again: &[usize],
-        received_ms: i64,
-        deadline: Instant,
-    ) -> Result<(), Failure> {
-        let mut namespaces: Vec<&str> = again
-            .iter()
-            .map(|&j| claims[j].namespace.as_str())
-            .collect();
-        namespaces.sort_unstable();
-        namespaces.dedup();
-        let finds: Vec<_> = namespaces
-            .iter()
-            .map(|ns| async move { self.sink.find_recent_storm(ns, received_ms).await })
-            .collect();
-        let found = a_few_at_a_time(finds, deadline)
-            .await
-            .ok_or_else(|| Failure::Deadline {
-                what: "looking in the sink for a running storm".into(),
-                retry_after: Duration::from_secs(1),
-            })?;
-        for (ns, found) in namespaces.iter().zip(found) {
-            let Some(storm) = found? else {
-                continue;
-            };
-            let key = ClaimKey::Storm {
-                namespace: (*ns).to_string(),
-                name: storm.location.name.clone(),
-            };
-            if self
-                .timed("adopt", self.store.adopt(&key, &storm.snapshot))
-                .await?
-                .is_some()
-            {
-                tracing::info!(resource = %storm.location, "the store did not know this running storm; adopted its resource");
-            }
-        }
-        Ok(())
-    }
-
     /// Waits for a claim another request holds.
     async fn await_claim(
         &self,
@@ -622,38 +463,25 @@ impl Pipeline {
         }
     }
 
+    /// The lookups of a cold namespace ([`Write::Lookup`]) this pipeline runs.
+    fn recovery(&self) -> Recovery<'_> {
+        Recovery {
+            store: self.store.as_ref(),
+            sink: self.sink.as_ref(),
+            metrics: &self.metrics,
+            store_timeout: self.limits.store_timeout,
+            dedup_ttl: self.limits.dedup_ttl,
+        }
+    }
+
     /// A store call with the store timeout and its latency recorded.
     async fn timed<T>(
         &self,
         op: &str,
         call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let timer = self
-            .metrics
-            .store_duration
-            .with_label_values(&[op])
-            .start_timer();
-        let result = tokio::time::timeout(self.limits.store_timeout, call).await;
-        timer.observe_duration();
-        match result {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout(self.limits.store_timeout)),
-        }
+        store_call::timed(&self.metrics, self.limits.store_timeout, op, call).await
     }
-}
-
-/// Runs `calls` (sink lookups, one per namespace) [`LOOKUPS_AT_ONCE`] at a
-/// time; their results in order, or `None` if `deadline` passed first.
-async fn a_few_at_a_time<F: std::future::Future>(
-    calls: Vec<F>,
-    deadline: Instant,
-) -> Option<Vec<F::Output>> {
-    use futures::StreamExt;
-    let all = futures::stream::iter(calls)
-        .buffered(LOOKUPS_AT_ONCE)
-        .collect::<Vec<_>>();
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    tokio::time::timeout(remaining, all).await.ok()
 }
 
 /// A list written `a,b,c` in logs: the request span's `fingerprints`. Its
@@ -687,10 +515,34 @@ fn record(result: &mut SignalResult, created: &Location, created_any: &mut bool)
     *created_any = true;
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_written_as_before() {
+        let all = [
+            (SignalOutcome::Created, "created"),
+            (SignalOutcome::Duplicate, "duplicate"),
+            (SignalOutcome::StormStarted, "storm_started"),
+            (SignalOutcome::StormAggregated, "storm_aggregated"),
+            (SignalOutcome::Resolved, "resolved"),
+        ];
+        for (outcome, name) in all {
+            assert_eq!(outcome.as_str(), name);
+            assert_eq!(serde_json::to_value(outcome).unwrap(), name);
+        }
+        let answer = Accepted {
+            status: 201,
+            signals: vec![SignalResult {
+                fingerprint: "f".into(),
+                outcome: Outcome::StormStarted.into(),
+                resource: Some("shop/storm-1".into()),
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&answer).unwrap(),
+            r#"{"signals":[{"fingerprint":"f","outcome":"storm_started","resource":"shop/storm-1"}]}"#
+        );
+    }
 }

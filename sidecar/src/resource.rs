@@ -14,11 +14,6 @@ use signalgate_model::{Signal, SignalType};
 
 use crate::store::Snapshot;
 
-pub const GROUP: &str = "signalgate.io";
-pub const VERSION: &str = "v1alpha1";
-pub const API_VERSION: &str = "signalgate.io/v1alpha1";
-pub const KIND: &str = "RemediationRequest";
-
 pub const LABEL_FINGERPRINT: &str = "signalgate.io/fingerprint";
 pub const LABEL_SIGNAL_TYPE: &str = "signalgate.io/signal-type";
 pub const LABEL_SEVERITY: &str = "signalgate.io/severity";

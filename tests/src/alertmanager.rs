@@ -283,14 +283,18 @@ impl Alertmanager {
         );
         answer.json()["silenceID"]
             .as_str()
-            .unwrap_or_default()
+            .unwrap_or_else(|| panic!("POST {url}: no silenceID in {}", answer.body))
             .to_string()
     }
 
     /// The alerts Alertmanager holds (`GET /api/v2/alerts`).
     pub fn alerts(&self) -> Vec<Value> {
         let answer = client::get(&self.url("/api/v2/alerts")).expect("GET /api/v2/alerts");
-        answer.json().as_array().cloned().unwrap_or_default()
+        answer
+            .json()
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("GET /api/v2/alerts: not a list: {}", answer.body))
     }
 
     /// `/metrics` as text.
@@ -339,7 +343,7 @@ impl Alertmanager {
 }
 
 /// Sums the samples of `name` (exactly that metric, not `name_bucket`)
-/// whose label set contains `label`.
+/// whose label set contains `label`; a value that is not a number is a panic.
 pub fn sum_samples(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -355,7 +359,11 @@ pub fn sum_samples(text: &str, name: &str, label: &str) -> f64 {
             if !label.is_empty() && !labels.split(',').any(|l| l == label) {
                 return None;
             }
-            value.trim().parse::<f64>().ok()
+            let value = value
+                .trim()
+                .parse::<f64>()
+                .unwrap_or_else(|e| panic!("metrics: {l:?} has no number: {e}"));
+            Some(value)
         })
         .sum()
 }

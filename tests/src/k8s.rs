@@ -238,11 +238,15 @@ impl ApiServer {
             ))
             .arg(format!(
                 "--cache-dir={}",
-                self.dir.path().join("kubectl-cache").display()
+                self.kubectl_cache_dir().display()
             ))
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"))
+    }
+
+    fn kubectl_cache_dir(&self) -> PathBuf {
+        self.dir.path().join("kubectl-cache")
     }
 
     /// `kubectl` as the admin, panicking (with its output) unless it succeeds;
@@ -272,7 +276,10 @@ impl ApiServer {
         }
     }
 
-    /// Waits until the CRD `name` (e.g. `widgets.example.com`) is Established.
+    /// Waits until the CRD `name` (e.g. `widgets.example.com`) is Established,
+    /// then drops kubectl's discovery cache: kubectl keeps it for 10 minutes
+    /// and expands short names (`rr`) only from it, so later calls would not
+    /// know the new type's short names.
     pub fn wait_crd_established(&self, name: &str) {
         self.kubectl_ok(&[
             "wait",
@@ -280,6 +287,12 @@ impl ApiServer {
             "--timeout=60s",
             &format!("crd/{name}"),
         ]);
+        let cache = self.kubectl_cache_dir();
+        match std::fs::remove_dir_all(&cache) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove {}: {e}", cache.display()),
+        }
     }
 
     /// Creates namespace `ns` (no error if it already exists).
@@ -396,11 +409,30 @@ impl ApiServer {
     }
 
     /// The request URIs of the RemediationRequest LISTs served so far, in
-    /// order (from the audit log).
+    /// order (from the audit log; only its last line may be half written).
     pub fn remediation_request_lists(&self) -> Vec<String> {
-        let log = std::fs::read_to_string(self.audit_log()).unwrap_or_default();
-        log.lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        let path = self.audit_log();
+        let log = match std::fs::read_to_string(&path) {
+            Ok(log) => log,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => panic!("cannot read {}: {e}", path.display()),
+        };
+        let complete = log.ends_with('\n');
+        let lines: Vec<&str> = log.lines().collect();
+        lines
+            .iter()
+            .enumerate()
+            .filter_map(
+                |(i, line)| match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(event) => Some(event),
+                    Err(_) if i + 1 == lines.len() && !complete => None,
+                    Err(e) => panic!(
+                        "{}: line {} is not JSON: {e}: {line}",
+                        path.display(),
+                        i + 1
+                    ),
+                },
+            )
             .filter_map(|event| event["requestURI"].as_str().map(str::to_string))
             .collect()
     }

@@ -7,12 +7,18 @@
 
 pub mod alertmanager;
 pub mod client;
+pub mod e2e;
+pub mod edge;
 pub mod envoy;
 pub mod k8s;
+pub mod manifests;
 pub mod native_edge;
 pub mod payloads;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
+pub mod remediation;
 pub mod sidecar;
+pub mod store_suite;
 pub mod upstream;
 pub mod workspace;

@@ -174,14 +174,18 @@ impl Sidecar {
         client::get(&format!("http://{}{path}", self.admin)).expect("admin GET")
     }
 
-    /// The value of one sample in `/metrics` (`name{labels}` as printed), 0 if absent.
+    /// The value of one sample in `/metrics` (`name{labels}` as printed), 0 if
+    /// absent; a value that is not a number is a panic.
     pub fn metric(&self, sample: &str) -> f64 {
         let text = self.admin_get("/metrics").body;
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .find_map(|l| {
                 let (k, v) = l.rsplit_once(' ')?;
-                (k == sample).then(|| v.parse().ok()).flatten()
+                (k == sample).then(|| {
+                    v.parse()
+                        .unwrap_or_else(|e| panic!("/metrics: {l:?} has no number: {e}"))
+                })
             })
             .unwrap_or(0.0)
     }
@@ -205,12 +209,20 @@ impl Sidecar {
     }
 }
 
-/// Reads `<dir>/<namespace>/<name>.json` files, sorted by path.
+/// Reads `<dir>/<namespace>/<name>.json` files, sorted by path; a file
+/// removed since it was listed is left out, one that cannot be read or is
+/// not JSON is a panic (the sink replaces files atomically).
 pub fn read_resources(dir: &Path) -> Vec<Value> {
     resource_paths(dir)
         .iter()
-        .filter_map(|p| std::fs::read(p).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .filter_map(|p| match std::fs::read(p) {
+            Ok(bytes) => Some(
+                serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display())),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => panic!("cannot read {}: {e}", p.display()),
+        })
         .collect()
 }
 

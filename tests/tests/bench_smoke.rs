@@ -61,13 +61,13 @@ fn tail(path: &Path, n: usize) -> String {
 
 /// The median of `metric` in a section entry, asserting it is a positive number.
 fn positive(section: &str, entry: &Value, metric: &str) -> f64 {
-    let v = entry["metrics"][metric]["median"].as_f64();
-    assert!(
-        v.is_some_and(|x| x > 0.0 && x.is_finite()),
-        "{section} {}: {metric} is {v:?}, expected a positive number; entry: {entry}",
-        entry["labels"]
-    );
-    v.unwrap_or_default()
+    match entry["metrics"][metric]["median"].as_f64() {
+        Some(x) if x > 0.0 && x.is_finite() => x,
+        v => panic!(
+            "{section} {}: {metric} is {v:?}, expected a positive number; entry: {entry}",
+            entry["labels"]
+        ),
+    }
 }
 
 fn section<'a>(report: &'a Value, name: &str) -> &'a Vec<Value> {

@@ -23,7 +23,7 @@
 
 use serde_json::{json, Value};
 use signalgate_filter::{config::Config as FilterConfig, decide};
-use signalgate_model::{alertmanager, kube_event, signal, SignalType};
+use signalgate_model::{alertmanager, kube_event, namespace, signal, SignalType};
 use signalgate_sidecar::resource::{self, RemediationRequest, MAX_ENTRIES, MAX_VALUE_BYTES};
 use signalgate_sidecar::store::{Snapshot, StormSnapshot};
 use signalgate_tests::payloads;
@@ -209,7 +209,7 @@ fn damage_values(rng: &mut Rng, seed: &Value) -> Vec<u8> {
             }
         }
     }
-    serde_json::to_vec(&doc).unwrap_or_default()
+    serde_json::to_vec(&doc).expect("a JSON value serialises")
 }
 
 fn snapshot() -> Snapshot {
@@ -306,7 +306,7 @@ fn follow_accepted(signal_type: SignalType, body: &[u8], what: &str) -> usize {
     let snapshot = snapshot();
     for s in &signals {
         assert!(
-            signal::is_namespace_name(&s.namespace),
+            namespace::is_namespace_name(&s.namespace),
             "{what}: namespace {:?} is not a valid one",
             s.namespace
         );
@@ -327,7 +327,7 @@ fn follow_accepted(signal_type: SignalType, body: &[u8], what: &str) -> usize {
 /// Runs `ROUNDS` damaged copies of `seed` through the edge's validation and
 /// the sidecar's parsing; returns (accepted, refused).
 fn hammer(signal_type: SignalType, seed: &Value, rng: &mut Rng) -> (usize, usize) {
-    let seed_bytes = serde_json::to_vec_pretty(seed).unwrap_or_default();
+    let seed_bytes = serde_json::to_vec_pretty(seed).expect("the seed serialises");
     let tokens = tokens();
     let cfg = FilterConfig::default();
     assert!(
@@ -356,7 +356,9 @@ fn hammer(signal_type: SignalType, seed: &Value, rng: &mut Rng) -> (usize, usize
             Some(reply) => {
                 refused += 1;
                 assert_eq!(reply.status, 400, "{what}");
-                let problem: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+                let problem: Value = serde_json::from_str(&reply.body).unwrap_or_else(|e| {
+                    panic!("{what}: the refusal is not JSON ({e}): {}", reply.body)
+                });
                 assert_eq!(problem["status"], json!(400), "{what}: {}", reply.body);
                 assert!(
                     problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
@@ -425,7 +427,7 @@ fn damaged_plugin_configurations_are_refused_by_key_or_give_limits_in_range() {
             {"name": "team-b", "token_sha256": "b".repeat(64)}
         ]
     });
-    let seed_bytes = serde_json::to_vec_pretty(&seed).unwrap_or_default();
+    let seed_bytes = serde_json::to_vec_pretty(&seed).expect("the seed serialises");
     assert!(
         signalgate_filter::config::parse(Some(&seed_bytes)).is_ok(),
         "the undamaged seed must be valid"
@@ -507,7 +509,10 @@ fn hostile_request_heads_are_refused_cleanly_or_admitted_with_safe_headers() {
         json!({"tenants": [{"name": "team a", "token_sha256": token_hash}]}),
     ]
     .iter()
-    .filter_map(|c| signalgate_filter::config::parse(Some(c.to_string().as_bytes())).ok())
+    .map(|c| {
+        signalgate_filter::config::parse(Some(c.to_string().as_bytes()))
+            .unwrap_or_else(|e| panic!("the test's configuration {c} is invalid: {e:?}"))
+    })
     .collect();
     assert_eq!(
         configs.len(),
@@ -619,7 +624,9 @@ fn hostile_request_heads_are_refused_cleanly_or_admitted_with_safe_headers() {
                     "{what}: status {}",
                     reply.status
                 );
-                let problem: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+                let problem: Value = serde_json::from_str(&reply.body).unwrap_or_else(|e| {
+                    panic!("{what}: the refusal is not JSON ({e}): {}", reply.body)
+                });
                 assert_eq!(
                     problem["status"],
                     json!(reply.status),

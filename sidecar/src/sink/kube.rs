@@ -19,6 +19,7 @@ use serde_json::json;
 use super::{
     most_recent, most_recent_storm, Created, Found, FoundStorm, Location, Sink, SinkError,
 };
+use crate::config::knobs::KUBE_LOOKUP_READS;
 use crate::config::LookupReads;
 use crate::resource::{
     Progress, RemediationRequest, LABEL_FINGERPRINT, LABEL_ORIGINAL_NAMESPACE, LABEL_STORM,
@@ -29,8 +30,10 @@ pub const FIELD_MANAGER: &str = "signalgate";
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
-/// Updates are retried this long before they are left for the next flush.
-const UPDATE_RETRY_FOR: Duration = Duration::from_secs(5);
+/// Lookup LISTs and updates are retried this long: then a lookup fails its
+/// request (503) and an update is left for the next flush. Creates are
+/// bounded by their request's deadline instead.
+const LIST_AND_UPDATE_RETRY_FOR: Duration = Duration::from_secs(5);
 /// Fingerprints looked up by one label-selector LIST (`in (…)`): about 3 KB
 /// of selector in the URL at most.
 const FINGERPRINTS_PER_LIST: usize = 50;
@@ -96,7 +99,7 @@ impl KubeSink {
             } else {
                 params.match_any()
             };
-            let list = with_retries(Some(UPDATE_RETRY_FOR), || {
+            let list = with_retries(Some(LIST_AND_UPDATE_RETRY_FOR), || {
                 let (api, params, ns) = (self.api(&ns), &params, &ns);
                 async move {
                     match api.list(params).await {
@@ -131,7 +134,8 @@ impl KubeSink {
                     tracing::warn!(
                         error = %e,
                         "kube lookups read the API server's watch cache: its version is unknown \
-                         (SIGNALGATE_KUBE_LOOKUP_READS=consistent or cache decides without asking)"
+                         ({}=consistent or cache decides without asking)",
+                        KUBE_LOOKUP_READS.env()
                     );
                 } else {
                     tracing::debug!(error = %e, "the API server's version is still unknown");
@@ -152,8 +156,8 @@ impl KubeSink {
                 version = %info.git_version,
                 "kube lookups read the API server's watch cache: before Kubernetes 1.31 a \
                  consistent LIST reads etcd; a resource written a moment before Redis lost its \
-                 record may be missed (SIGNALGATE_KUBE_LOOKUP_READS=consistent trades etcd load \
-                 for that)"
+                 record may be missed ({}=consistent trades etcd load for that)",
+                KUBE_LOOKUP_READS.env()
             );
         }
         *reads = Reads::Known(consistent);
@@ -430,12 +434,16 @@ impl Sink for KubeSink {
                 }
             }
         };
-        match with_retries(Some(UPDATE_RETRY_FOR), || patch_in(namespace.to_string())).await {
+        match with_retries(Some(LIST_AND_UPDATE_RETRY_FOR), || {
+            patch_in(namespace.to_string())
+        })
+        .await
+        {
             // Asked for its own namespace, it may be in the fallback one:
             // store records written before the store kept where a resource
             // went do not say.
             Err(SinkError::NotFound(_)) if namespace != self.fallback_namespace => {
-                with_retries(Some(UPDATE_RETRY_FOR), || {
+                with_retries(Some(LIST_AND_UPDATE_RETRY_FOR), || {
                     patch_in(self.fallback_namespace.clone())
                 })
                 .await

@@ -4,7 +4,7 @@
 use signalgate_model::rfc3339;
 
 use crate::resource::{Progress, RemediationRequest};
-use crate::store::memory::storm_prefix;
+use crate::store::naming::storm_prefix;
 use crate::store::{Snapshot, StormSnapshot};
 
 pub mod dir;
@@ -18,9 +18,9 @@ pub struct Location {
 }
 
 impl Location {
-    /// Where it is, if not in `namespace` (whose resource it is): what the
-    /// store records as [`Snapshot::moved_to`].
-    pub fn moved_from(&self, namespace: &str) -> Option<String> {
+    /// The namespace it moved to, if not `namespace` (whose resource it
+    /// is): what the store records as [`Snapshot::moved_to`].
+    pub fn moved_to(&self, namespace: &str) -> Option<String> {
         (self.namespace != namespace).then(|| self.namespace.clone())
     }
 }
@@ -125,7 +125,7 @@ pub fn most_recent_storm<'a>(
                 started_ms,
                 ends_ms,
             }),
-            moved_to: location.moved_from(namespace),
+            moved_to: location.moved_to(namespace),
         },
         location,
     })

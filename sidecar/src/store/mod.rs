@@ -1,40 +1,12 @@
-//! The dedup/storm state: one atomic step per signal.
-//!
-//! A [`Store`] decides, for every firing signal, whether it is new, a
-//! duplicate, or part of a storm, in ONE atomic step per signal (a Redis
-//! script call, which decides the signals of one namespace in order, or one
-//! critical section in memory) and, for a whole request, in ONE round trip.
-//! It also runs the *claim protocol* that makes resource creation
-//! exactly-once and loss-free:
-//!
-//! - A first sighting (or a storm start) makes a **pending claim** with a
-//!   lease ([`Settings::claim_lease`]) and hands the caller
-//!   [`Write::Create`]: the caller must create the resource (idempotently:
-//!   the resource name is deterministic and stored with the claim), then
-//!   [`Store::commit`] it. If creation fails the caller [`Store::release`]s
-//!   the lease so the sender's retry can take it over at once.
-//! - A signal that finds a pending claim whose lease is still live is
-//!   counted and told [`Write::Await`]: the caller polls [`Store::poll`]
-//!   until the claim is committed (then answers 2xx), or the lease expires
-//!   (then `poll` hands it the claim: [`ClaimState::Owned`], and it creates
-//!   the resource itself). So a 2xx always means the resource exists, even
-//!   when the creating sidecar was killed between claim and create.
-//! - A signal that finds a pending claim whose lease expired takes the
-//!   claim over ([`Write::Create`]).
-//! - A committed claim makes later repeats [`Write::Update`]: counts only.
-//! - A new fingerprint in a namespace the store has remembered for less
-//!   than a dedup window gets [`Write::Lookup`]: nothing is recorded; the
-//!   caller looks for a live resource in the sink and [`Store::adopt`]s it,
-//!   or decides the claim again with [`Claim::absent`] set.
-//!
-//! Keys of one signal live in one hash slot (tagged by namespace), so the
-//! Redis implementation runs unchanged on Redis Cluster. All timestamps are
-//! the store's clock (Redis `TIME`), so several sidecars agree on windows.
+//! The dedup/storm state: a [`Store`] decides, in one atomic step per signal,
+//! whether it is new, a duplicate or part of a storm, and runs the claim
+//! protocol; see `docs/design.md`, "The claim protocol", for how and why.
 
 use std::time::Duration;
 
 mod batch;
 pub mod memory;
+pub mod naming;
 pub mod redis;
 
 /// Tunables of the decision, shared by every store.
@@ -97,17 +69,6 @@ pub enum Outcome {
     StormStarted,
     /// A new fingerprint aggregated into the namespace's running storm.
     StormAggregated,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Created => "created",
-            Outcome::Duplicate => "duplicate",
-            Outcome::StormStarted => "storm_started",
-            Outcome::StormAggregated => "storm_aggregated",
-        }
-    }
 }
 
 /// Which claim a resource belongs to.
@@ -211,7 +172,7 @@ pub struct Snapshot {
     pub storm: Option<StormSnapshot>,
     /// The namespace the resource was written to, when not the claim's own
     /// (the sink's fallback namespace: its own did not exist or was being
-    /// deleted). Recorded by [`Store::commit`] and [`Store::adopt`].
+    /// deleted). Recorded by [`Store::commit`], [`Store::adopt`] and [`Store::adopt_storm`].
     pub moved_to: Option<String>,
 }
 
@@ -265,7 +226,8 @@ pub enum StoreError {
 
 /// Dedup and storm state. Implementations: [`memory::MemoryStore`] (single
 /// process, the embedded default) and [`redis::RedisStore`] (standalone or
-/// cluster). Both pass the same behaviour suite (`tests/tests/store_behaviour.rs`).
+/// cluster). Both pass the same behaviour suite (`tests/tests/store_*.rs`, run
+/// against each backend by `tests/src/store_suite.rs`).
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Decides every claim, in order, each atomically; all in one round trip.
@@ -275,29 +237,31 @@ pub trait Store: Send + Sync {
     async fn commit(&self, done: &[(ClaimKey, Option<String>)]) -> Result<(), StoreError>;
     /// Gives up the caller's leases after a failed create, so the next try takes them at once.
     async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
-    /// After a [`Write::Lookup`] that found the incident's resource in the
-    /// sink: records it (name, first sighting, count) as the fingerprint's
-    /// committed resource and counts this signal in it. If the fingerprint
-    /// is known by now (another request adopted or created it first), the
-    /// signal is counted as a duplicate of what the store holds, and its
-    /// claim settled as [`Store::decide`] would: if another request holds
-    /// it still, the caller must wait ([`Write::Await`]) or, its lease having
-    /// expired, create ([`Write::Create`]). Returns the counters now held
-    /// and that write (`None` if the fingerprint joined a storm).
-    ///
-    /// For a storm key (`existing` with its storm counters): lookups in a
-    /// cold namespace found no resource of their own but the namespace's
-    /// storm resource, still running (its `ends_ms` is ahead). Records it, with its
-    /// counters and affected list, as the namespace's running storm, so the
-    /// new signals join it instead of starting another; what the store
-    /// still holds of it is merged (each counter and its end: the larger).
-    /// Does nothing (`None`) if the namespace runs another storm or this one
-    /// has ended; `Some(existing)` (with [`Write::Update`]) if adopted.
+    /// After a [`Write::Lookup`] of `fingerprint` in `namespace` that found
+    /// the incident's resource in the sink: records `existing` (name, first
+    /// sighting, count, where it went) as the fingerprint's committed
+    /// resource and counts this signal in it. If the fingerprint is known by
+    /// now (another request adopted or created it first), the signal is
+    /// counted as a duplicate of what the store holds, and its claim settled
+    /// as [`Store::decide`] would: if another request holds it still, the
+    /// caller must wait ([`Write::Await`]) or, its lease having expired,
+    /// create ([`Write::Create`]). Returns the counters now held and that
+    /// write (`None` if the fingerprint joined a storm).
     async fn adopt(
         &self,
-        key: &ClaimKey,
+        namespace: &str,
+        fingerprint: &str,
         existing: &Snapshot,
     ) -> Result<Option<Adopted>, StoreError>;
+    /// Lookups in a cold `namespace` found no resource of their own but the
+    /// namespace's storm resource `existing` (with its storm counters),
+    /// still running (its `ends_ms` is ahead). Records it, with its counters
+    /// and affected list, as the namespace's running storm, so the new
+    /// signals join it instead of starting another; what the store still
+    /// holds of it is merged (each counter and its end: the larger).
+    /// Returns whether it adopted: not if `existing` has no storm counters,
+    /// has ended, or the namespace runs another storm.
+    async fn adopt_storm(&self, namespace: &str, existing: &Snapshot) -> Result<bool, StoreError>;
     /// The committed resource `resource` of `key` is gone from the sink
     /// (deleted, say by whoever acted on it): forgets the incident (a storm:
     /// the storm), so that its next sighting claims and creates a new

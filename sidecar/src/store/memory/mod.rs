@@ -1,0 +1,294 @@
+//! [`MemoryStore`]: the embedded default store for a single sidecar process.
+//!
+//! The same decision as the Redis scripts (`decide.lua`, `claim.lua`,
+//! `snapshot.lua`), entry for entry, in one mutex-protected map: every claim
+//! is one critical section, a whole `decide` call one lock. Its clock is the
+//! host's real time ([`crate::clock::now_ms`]).
+//!
+//! Memory stays bounded the way Redis keys do: every entry has an expiry
+//! (a fingerprint the dedup window after its last sighting, a storm until
+//! its last member's fingerprint could expire), expired entries are ignored
+//! and removed when met, and a sweep over the whole map runs at most once a
+//! second from `decide`. The storm window keeps at most `storm_threshold`
+//! fingerprints per namespace, a storm at most `storm_max_affected` listed
+//! targets.
+//!
+//! - `records`: the entries kept, each with its expiry.
+//! - `state`: the map and the decision, step by step.
+
+use std::sync::{Mutex, MutexGuard};
+
+use crate::clock::now_ms;
+
+use super::{
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Settings, Snapshot, Store, StoreError,
+};
+
+mod records;
+mod state;
+
+use records::{FpEntry, FpKind, Params};
+use state::State;
+
+/// How often `decide` sweeps the whole map for expired entries.
+const SWEEP_INTERVAL_MS: i64 = 1_000;
+
+/// The in-memory store. Cheap to share behind an `Arc`.
+pub struct MemoryStore {
+    settings: Settings,
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    pub fn new(settings: Settings) -> MemoryStore {
+        MemoryStore {
+            settings,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Live entries (fingerprints, namespaces with a window or storms, storms)
+    /// after removing the expired ones: what bounds this store's memory.
+    pub fn entry_count(&self) -> usize {
+        let mut state = self.lock();
+        let now = now_ms();
+        state.sweep(now, Params::new(&self.settings).window);
+        state.fingerprints.len()
+            + state.namespaces.len()
+            + state
+                .namespaces
+                .values()
+                .map(|n| n.storms.len())
+                .sum::<usize>()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn decide(&self, claims: &[Claim]) -> Result<Vec<Decision>, StoreError> {
+        let p = Params::new(&self.settings);
+        let mut state = self.lock();
+        let now = now_ms();
+        if now - state.last_sweep_ms >= SWEEP_INTERVAL_MS {
+            state.sweep(now, p.window);
+        }
+        Ok(claims
+            .iter()
+            .map(|claim| {
+                let since = match state.warm.get(&claim.namespace) {
+                    Some(&(since, until)) if until > now => since,
+                    _ => now,
+                };
+                state
+                    .warm
+                    .insert(claim.namespace.clone(), (since, now + p.warm_marker));
+                state.decide_one(claim, &p, now, now - since < p.dedup)
+            })
+            .collect())
+    }
+
+    async fn commit(&self, done: &[(ClaimKey, Option<String>)]) -> Result<(), StoreError> {
+        let p = Params::new(&self.settings);
+        let mut state = self.lock();
+        let now = now_ms();
+        for (key, moved_to) in done {
+            match key {
+                ClaimKey::Fingerprint {
+                    namespace,
+                    fingerprint,
+                } => {
+                    let k = (namespace.clone(), fingerprint.clone());
+                    if let Some(entry) = state.fingerprint(&k, now) {
+                        if let FpKind::Own(own) = &mut entry.kind {
+                            if own.pending {
+                                own.pending = false;
+                                own.moved_to.clone_from(moved_to);
+                                // The lease no longer keeps it: the dedup window does.
+                                entry.expires_ms = (own.last_ms + p.dedup).max(now + 1);
+                            }
+                        }
+                    }
+                }
+                ClaimKey::Storm { namespace, name } => {
+                    if let Some(storm) = state.storm(namespace, name, now) {
+                        if storm.pending {
+                            storm.pending = false;
+                            storm.moved_to.clone_from(moved_to);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let now = now_ms();
+        for key in keys {
+            match key {
+                ClaimKey::Fingerprint {
+                    namespace,
+                    fingerprint,
+                } => {
+                    let k = (namespace.clone(), fingerprint.clone());
+                    if let Some(FpEntry {
+                        kind: FpKind::Own(own),
+                        ..
+                    }) = state.fingerprint(&k, now)
+                    {
+                        if own.pending {
+                            own.lease_until_ms = 0;
+                        }
+                    }
+                }
+                ClaimKey::Storm { namespace, name } => {
+                    if let Some(storm) = state.storm(namespace, name, now) {
+                        if storm.pending {
+                            storm.lease_until_ms = 0;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn adopt(
+        &self,
+        namespace: &str,
+        fingerprint: &str,
+        existing: &Snapshot,
+    ) -> Result<Option<Adopted>, StoreError> {
+        let p = Params::new(&self.settings);
+        let mut state = self.lock();
+        let key = (namespace.to_string(), fingerprint.to_string());
+        Ok(state.adopt(key, existing, &p, now_ms()))
+    }
+
+    async fn adopt_storm(&self, namespace: &str, existing: &Snapshot) -> Result<bool, StoreError> {
+        let p = Params::new(&self.settings);
+        let mut state = self.lock();
+        Ok(state.adopt_storm(namespace, existing, &p, now_ms()))
+    }
+
+    async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let now = now_ms();
+        Ok(match key {
+            ClaimKey::Fingerprint {
+                namespace,
+                fingerprint,
+            } => {
+                let k = (namespace.clone(), fingerprint.clone());
+                let committed_here = state.fingerprint(&k, now).is_some_and(|entry| {
+                    matches!(&entry.kind, FpKind::Own(own) if !own.pending && own.resource == resource)
+                });
+                if committed_here {
+                    state.fingerprints.remove(&k);
+                }
+                committed_here
+            }
+            ClaimKey::Storm { namespace, name } => {
+                let committed = state
+                    .storm(namespace, name, now)
+                    .is_some_and(|storm| !storm.pending);
+                if committed {
+                    if let Some(ns) = state.namespaces.get_mut(namespace) {
+                        ns.drop_storm(name);
+                    }
+                }
+                committed
+            }
+        })
+    }
+
+    async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
+        let p = Params::new(&self.settings);
+        let mut state = self.lock();
+        let now = now_ms();
+        let poll = |pending: bool, lease_until: &mut i64, moved_to: &Option<String>| {
+            if !pending {
+                ClaimState::Committed {
+                    moved_to: moved_to.clone(),
+                }
+            } else if *lease_until > now {
+                ClaimState::Pending
+            } else {
+                *lease_until = now + p.lease;
+                ClaimState::Owned
+            }
+        };
+        Ok(match key {
+            ClaimKey::Fingerprint {
+                namespace,
+                fingerprint,
+            } => {
+                let k = (namespace.clone(), fingerprint.clone());
+                match state.fingerprint(&k, now) {
+                    Some(entry) => match &mut entry.kind {
+                        FpKind::Own(own) => {
+                            let s = poll(own.pending, &mut own.lease_until_ms, &own.moved_to);
+                            if s == ClaimState::Owned {
+                                entry.expires_ms = entry.expires_ms.max(now + p.lease);
+                            }
+                            s
+                        }
+                        FpKind::Member(_) => ClaimState::Gone,
+                    },
+                    None => ClaimState::Gone,
+                }
+            }
+            ClaimKey::Storm { namespace, name } => match state.storm(namespace, name, now) {
+                Some(storm) => {
+                    let s = poll(storm.pending, &mut storm.lease_until_ms, &storm.moved_to);
+                    if s == ClaimState::Owned {
+                        storm.keep_until_ms = storm.keep_until_ms.max(now + p.lease);
+                    }
+                    s
+                }
+                None => ClaimState::Gone,
+            },
+        })
+    }
+
+    async fn snapshot(&self, keys: &[ClaimKey]) -> Result<Vec<Option<Snapshot>>, StoreError> {
+        let mut state = self.lock();
+        let now = now_ms();
+        Ok(keys
+            .iter()
+            .map(|key| match key {
+                ClaimKey::Fingerprint {
+                    namespace,
+                    fingerprint,
+                } => {
+                    let k = (namespace.clone(), fingerprint.clone());
+                    match state.fingerprint(&k, now) {
+                        Some(FpEntry {
+                            kind: FpKind::Own(own),
+                            ..
+                        }) => Some(own.snapshot()),
+                        _ => None,
+                    }
+                }
+                ClaimKey::Storm { namespace, name } => state
+                    .storm(namespace, name, now)
+                    .map(|s| s.snapshot(name, true)),
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

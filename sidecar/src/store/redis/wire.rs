@@ -1,0 +1,501 @@
+//! The scripts' wire format: the Lua sources, the keys and arguments of
+//! each script call, and how the replies read back into decisions,
+//! snapshots and claim states. The scripts themselves (`common.lua`,
+//! `decide.lua`, `claim.lua`, `snapshot.lua`) stay beside the store's other
+//! files in `store/`.
+
+use std::collections::HashMap;
+
+use redis::cluster_routing::Slot;
+use redis::{Script, Value};
+
+use crate::clock::ms;
+use crate::store::naming::storm_prefix;
+use crate::store::{
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, StoreError,
+    StormSnapshot, Write, WARM_MARKER_TTL,
+};
+
+const COMMON: &str = include_str!("../common.lua");
+const DECIDE: &str = include_str!("../decide.lua");
+const CLAIM: &str = include_str!("../claim.lua");
+const SNAPSHOT: &str = include_str!("../snapshot.lua");
+
+/// Signals of one namespace decided by one `decide.lua` call; a bigger batch
+/// is split, so one script never holds Redis for long (about 5 µs a signal).
+const MAX_SIGNALS_PER_CALL: usize = 64;
+
+/// The scripts, each with `common.lua` prepended.
+pub(super) struct Scripts {
+    pub decide: Script,
+    pub claim: Script,
+    pub snapshot: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        let script = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        Scripts {
+            decide: script(DECIDE),
+            claim: script(CLAIM),
+            snapshot: script(SNAPSHOT),
+        }
+    }
+}
+
+/// One script call: its keys (all in one slot) and arguments.
+pub(super) struct Call {
+    pub keys: Vec<String>,
+    pub args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    /// The slot every key of the call lives in.
+    pub fn slot(&self) -> Slot {
+        Slot::for_key(self.keys.first().map(String::as_str).unwrap_or(""))
+    }
+
+    /// A `claim.lua` call: `op` on the claim `key`.
+    pub fn claim(settings: &Settings, op: &str, key: &ClaimKey) -> Call {
+        let (keys, kind, name) = claim_keys(key);
+        Call {
+            keys,
+            args: vec![
+                op.as_bytes().to_vec(),
+                kind.as_bytes().to_vec(),
+                name.as_bytes().to_vec(),
+                ms(settings.claim_lease).to_string().into_bytes(),
+                ms(settings.dedup_ttl).to_string().into_bytes(),
+            ],
+        }
+    }
+
+    /// Commits `key`, its resource in namespace `moved_to` if not its own.
+    pub fn commit(settings: &Settings, key: &ClaimKey, moved_to: Option<&str>) -> Call {
+        let mut call = Call::claim(settings, "commit", key);
+        call.args.push(moved_to_arg(moved_to));
+        call
+    }
+
+    /// Adopts `existing` as the resource of `fingerprint` in `namespace`.
+    pub fn adopt(
+        settings: &Settings,
+        namespace: &str,
+        fingerprint: &str,
+        existing: &Snapshot,
+    ) -> Call {
+        let key = ClaimKey::Fingerprint {
+            namespace: namespace.to_string(),
+            fingerprint: fingerprint.to_string(),
+        };
+        let mut call = Call::claim(settings, "adopt", &key);
+        call.args.push(existing.resource.as_bytes().to_vec());
+        call.args
+            .push(existing.first_seen_ms.to_string().into_bytes());
+        call.args
+            .push(existing.occurrence_count.to_string().into_bytes());
+        call.args.push(moved_to_arg(existing.moved_to.as_deref()));
+        call
+    }
+
+    /// Adopts `existing` as the running storm of `namespace`; `None` if it
+    /// has no storm counters.
+    pub fn adopt_storm(settings: &Settings, namespace: &str, existing: &Snapshot) -> Option<Call> {
+        let storm = existing.storm.as_ref()?;
+        let key = ClaimKey::Storm {
+            namespace: namespace.to_string(),
+            name: existing.resource.clone(),
+        };
+        let mut call = Call::claim(settings, "adopt", &key);
+        let numbers = [
+            storm.started_ms,
+            existing.last_seen_ms,
+            i64::try_from(existing.occurrence_count).unwrap_or(i64::MAX),
+            i64::try_from(storm.alert_count).unwrap_or(i64::MAX),
+            i64::try_from(storm.affected_overflow).unwrap_or(i64::MAX),
+            storm.ends_ms,
+            i64::from(settings.storm_max_affected),
+        ];
+        call.args
+            .extend(numbers.iter().map(|n| n.to_string().into_bytes()));
+        call.args.push(moved_to_arg(existing.moved_to.as_deref()));
+        call.args.extend(
+            storm
+                .affected
+                .iter()
+                .take(settings.storm_max_affected as usize)
+                .map(|a| a.as_bytes().to_vec()),
+        );
+        Some(call)
+    }
+
+    /// Forgets `key` if its committed resource is `resource`.
+    pub fn forget(settings: &Settings, key: &ClaimKey, resource: &str) -> Call {
+        let mut call = Call::claim(settings, "forget", key);
+        call.args.push(resource.as_bytes().to_vec());
+        call
+    }
+
+    /// A `snapshot.lua` call for `key`.
+    pub fn snapshot(key: &ClaimKey) -> Call {
+        let (keys, kind, name) = claim_keys(key);
+        let keys = if kind == "s" {
+            keys[..2].to_vec()
+        } else {
+            keys
+        };
+        Call {
+            keys,
+            args: vec![kind.as_bytes().to_vec(), name.as_bytes().to_vec()],
+        }
+    }
+
+    /// One `decide.lua` call for `claims` (all of one namespace, in order).
+    pub fn decide(settings: &Settings, claims: &[&Claim]) -> Call {
+        let s = settings;
+        let Some(first) = claims.first() else {
+            return Call {
+                keys: Vec::new(),
+                args: Vec::new(),
+            };
+        };
+        let k = Keys(&first.namespace);
+        let mut keys = Vec::with_capacity(6 + claims.len());
+        keys.extend([
+            k.window(),
+            k.storms(),
+            k.affected(),
+            k.expiry(),
+            k.marker(),
+            k.marker_owner(),
+        ]);
+        keys.extend(claims.iter().map(|c| k.fingerprint(&c.fingerprint)));
+        let mut args = Vec::with_capacity(8 + 3 * claims.len());
+        args.extend([
+            storm_prefix(&first.namespace).into_bytes(),
+            ms(s.dedup_ttl).to_string().into_bytes(),
+            s.storm_threshold.to_string().into_bytes(),
+            ms(s.storm_window).to_string().into_bytes(),
+            ms(s.storm_max_duration).to_string().into_bytes(),
+            s.storm_max_affected.to_string().into_bytes(),
+            ms(s.claim_lease).to_string().into_bytes(),
+            ms(s.dedup_ttl.max(WARM_MARKER_TTL))
+                .to_string()
+                .into_bytes(),
+        ]);
+        for c in claims {
+            args.push(c.fingerprint.as_bytes().to_vec());
+            args.push(c.affected.as_bytes().to_vec());
+            args.push(if c.absent {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            });
+        }
+        Call { keys, args }
+    }
+}
+
+/// The keys of one namespace (see `common.lua` for what each holds), all
+/// `sg:{<namespace>}:...`. An empty namespace is written `_` (no Kubernetes
+/// namespace is): an empty hash tag would hash each whole key to its own slot.
+pub(super) struct Keys<'a>(pub &'a str);
+
+impl Keys<'_> {
+    pub fn key(&self, rest: &str) -> String {
+        let tag = if self.0.is_empty() { "_" } else { self.0 };
+        format!("sg:{{{tag}}}:{rest}")
+    }
+    fn fingerprint(&self, fingerprint: &str) -> String {
+        self.key(&format!("f:{fingerprint}"))
+    }
+    fn window(&self) -> String {
+        self.key("w")
+    }
+    fn storms(&self) -> String {
+        self.key("s")
+    }
+    fn affected(&self) -> String {
+        self.key("a")
+    }
+    fn expiry(&self) -> String {
+        self.key("x")
+    }
+    fn marker(&self) -> String {
+        self.key("m")
+    }
+    fn marker_owner(&self) -> String {
+        self.key("o")
+    }
+}
+
+/// The `claim.lua` argument naming where a resource is when not in its
+/// namespace (`''` when it is).
+fn moved_to_arg(moved_to: Option<&str>) -> Vec<u8> {
+    moved_to.unwrap_or("").as_bytes().to_vec()
+}
+
+/// The keys, kind and storm name `claim.lua`/`snapshot.lua` take for `key`.
+fn claim_keys(key: &ClaimKey) -> (Vec<String>, &'static str, &str) {
+    match key {
+        ClaimKey::Fingerprint {
+            namespace,
+            fingerprint,
+        } => (vec![Keys(namespace).fingerprint(fingerprint)], "f", ""),
+        ClaimKey::Storm { namespace, name } => {
+            let k = Keys(namespace);
+            (vec![k.storms(), k.affected(), k.expiry()], "s", name)
+        }
+    }
+}
+
+/// The claims of a batch grouped by namespace, in order, at most
+/// [`MAX_SIGNALS_PER_CALL`] a group: the indices of each `decide.lua` call.
+pub(super) fn namespace_groups(claims: &[Claim]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut open: HashMap<&str, usize> = HashMap::new();
+    for (i, claim) in claims.iter().enumerate() {
+        let ns = claim.namespace.as_str();
+        match open.get(ns) {
+            Some(&g) if groups[g].len() < MAX_SIGNALS_PER_CALL => groups[g].push(i),
+            _ => {
+                open.insert(ns, groups.len());
+                groups.push(vec![i]);
+            }
+        }
+    }
+    groups
+}
+
+/// An error for a reply the `what` script should not have given.
+pub(super) fn unexpected(what: &str, value: &Value) -> StoreError {
+    StoreError::Unavailable(format!(
+        "unexpected reply from the {what} script: {value:?}"
+    ))
+}
+
+/// The reply of one `decide.lua` call: one decision per claim of `group`.
+pub(super) fn parse_decisions(
+    claims: &[Claim],
+    group: &[usize],
+    value: &Value,
+) -> Option<Vec<Decision>> {
+    let Value::Array(v) = value else {
+        return None;
+    };
+    if v.len() != group.len() {
+        return None;
+    }
+    let mut decisions: Vec<Decision> = Vec::with_capacity(v.len());
+    for (&i, reply) in group.iter().zip(v) {
+        let Value::Array(fields) = reply else {
+            return None;
+        };
+        let decision = match fields.len() {
+            4 => repeat_decision(&claims[i], &decisions, fields)?,
+            _ => parse_decision(&claims[i], fields)?,
+        };
+        decisions.push(decision);
+    }
+    Some(decisions)
+}
+
+/// A repeat of a fingerprint answered in full earlier in the same call:
+/// `{ 2, write, occurrence count, 1-based index of that answer }`.
+fn repeat_decision(claim: &Claim, earlier: &[Decision], v: &[Value]) -> Option<Decision> {
+    let first = usize::try_from(int(&v[3])?).ok()?.checked_sub(1)?;
+    let mut decision = earlier.get(first)?.clone();
+    let same = matches!(&decision.key, ClaimKey::Fingerprint { fingerprint, .. }
+        if *fingerprint == claim.fingerprint);
+    if int(&v[0])? != 2 || !same {
+        return None;
+    }
+    decision.outcome = Outcome::Duplicate;
+    decision.write = write_code(int(&v[1])?)?;
+    decision.snapshot.occurrence_count = count(&v[2])?;
+    Some(decision)
+}
+
+/// A reply in full: 7 fields for a signal's own resource (or a lookup), 11 for a storm.
+fn parse_decision(claim: &Claim, v: &[Value]) -> Option<Decision> {
+    let outcome = match int(v.first()?)? {
+        1 => Outcome::Created,
+        2 => Outcome::Duplicate,
+        3 => Outcome::StormStarted,
+        4 => Outcome::StormAggregated,
+        _ => return None,
+    };
+    let write = write_code(int(v.get(1)?)?)?;
+    let storm = int(v.get(2)?)? == 1;
+    if v.len() != if storm { 11 } else { 7 } {
+        return None;
+    }
+    let (moved_to, resource) = split_ref(text(&v[3])?);
+    let key = if storm {
+        ClaimKey::Storm {
+            namespace: claim.namespace.clone(),
+            name: resource.clone(),
+        }
+    } else {
+        ClaimKey::Fingerprint {
+            namespace: claim.namespace.clone(),
+            fingerprint: claim.fingerprint.clone(),
+        }
+    };
+    let snapshot = snapshot_from(resource, moved_to, &v[4..], storm, Vec::new())?;
+    Some(Decision {
+        outcome,
+        write,
+        key,
+        snapshot,
+    })
+}
+
+fn write_code(code: i64) -> Option<Write> {
+    match code {
+        1 => Some(Write::Create),
+        2 => Some(Write::Update),
+        3 => Some(Write::Await),
+        4 => Some(Write::Lookup),
+        _ => None,
+    }
+}
+
+/// The reply of a `snapshot.lua` call (`Some(None)`: the claim is gone).
+pub(super) fn parse_snapshot(storm: bool, value: &Value) -> Option<Option<Snapshot>> {
+    let Value::Array(v) = value else {
+        return None;
+    };
+    if v.is_empty() {
+        return Some(None);
+    }
+    if v.len() < 8 {
+        return None;
+    }
+    let affected = v[8..].iter().map(text).collect::<Option<Vec<String>>>()?;
+    let (moved_to, resource) = split_ref(text(&v[0])?);
+    snapshot_from(resource, moved_to, &v[1..8], storm, affected).map(Some)
+}
+
+/// The reply of an adoption of a signal's own resource: the counters held
+/// and the caller's write (`Some(None)`: the fingerprint joined a storm).
+pub(super) fn parse_adopted(reply: &Value) -> Option<Option<Adopted>> {
+    match reply {
+        Value::Array(v) if v.len() == 5 => {
+            let (moved_to, r) = split_ref(text(&v[0])?);
+            Some(Some(Adopted {
+                snapshot: snapshot_from(r, moved_to, &v[1..4], false, Vec::new())?,
+                write: write_code(int(&v[4])?)?,
+            }))
+        }
+        _ if int(reply) == Some(0) => Some(None),
+        _ => None,
+    }
+}
+
+/// The reply of a storm adoption: whether the storm was adopted.
+pub(super) fn parse_storm_adopted(reply: &Value) -> Option<bool> {
+    match int(reply) {
+        Some(1) => Some(true),
+        Some(0) => Some(false),
+        _ => None,
+    }
+}
+
+/// The reply of a forget: whether the claim was forgotten.
+pub(super) fn parse_forgot(reply: &Value) -> Option<bool> {
+    int(reply).map(|n| n == 1)
+}
+
+/// The reply of a poll.
+pub(super) fn parse_claim_state(reply: &Value) -> Option<ClaimState> {
+    match reply {
+        Value::Array(v) if v.len() == 2 && int(&v[0]) == Some(1) => Some(ClaimState::Committed {
+            moved_to: Some(text(&v[1])?).filter(|ns| !ns.is_empty()),
+        }),
+        _ => match int(reply) {
+            Some(0) => Some(ClaimState::Gone),
+            Some(2) => Some(ClaimState::Pending),
+            Some(3) => Some(ClaimState::Owned),
+            _ => None,
+        },
+    }
+}
+
+/// A resource as the scripts answer it (`resource_ref` in `common.lua`):
+/// its name, or `<namespace>/<name>` when it went to another namespace.
+fn split_ref(resource: String) -> (Option<String>, String) {
+    match resource.split_once('/') {
+        Some((namespace, name)) => (Some(namespace.to_string()), name.to_string()),
+        None => (None, resource),
+    }
+}
+
+/// A [`Snapshot`] from the fields every script reply lays out alike: first
+/// seen ms, last seen ms, occurrence count, then (read for a storm only)
+/// alert count, affected overflow, started ms, ends ms.
+fn snapshot_from(
+    resource: String,
+    moved_to: Option<String>,
+    fields: &[Value],
+    storm: bool,
+    affected: Vec<String>,
+) -> Option<Snapshot> {
+    let field = |i: usize| fields.get(i);
+    Some(Snapshot {
+        resource,
+        first_seen_ms: int(field(0)?)?,
+        last_seen_ms: int(field(1)?)?,
+        occurrence_count: count(field(2)?)?,
+        storm: if storm {
+            Some(StormSnapshot {
+                alert_count: count(field(3)?)?,
+                affected,
+                affected_overflow: count(field(4)?)?,
+                started_ms: int(field(5)?)?,
+                ends_ms: int(field(6)?)?,
+            })
+        } else {
+            None
+        },
+        moved_to,
+    })
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn count(value: &Value) -> Option<u64> {
+    int(value).and_then(|n| u64::try_from(n).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_namespace_slot() {
+        for ns in ["payments", "", "a}b"] {
+            let k = Keys(ns);
+            let slot = Slot::for_key(k.window());
+            for key in [k.fingerprint("ab"), k.storms(), k.affected(), k.expiry()] {
+                assert_eq!(Slot::for_key(key), slot, "{ns:?}");
+            }
+        }
+        assert_eq!(Keys("payments").fingerprint("ab"), "sg:{payments}:f:ab");
+    }
+}

@@ -1,0 +1,146 @@
+//! The pipeline in process: the memory store and a sink that fails on
+//! demand. The claim protocol's recovery paths: a failed create gives its
+//! claim back, a waiter takes over a claim whose creator vanished, and a
+//! namespace the store does not know finds and adopts the resource already
+//! in the sink.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signalgate_sidecar::failure::Failure;
+use signalgate_sidecar::sink::SinkError;
+use signalgate_sidecar::store::{Claim, Store, Write};
+use support::{alert, only, pipeline, send, store_with_lease, FakeSink};
+
+/// Longer than any of these tests: a claim that is not given back is still
+/// held when the retry comes.
+const LONG_LEASE: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_failed_create_gives_its_claim_back_so_the_retry_creates_at_once() {
+    let sink = Arc::new(FakeSink::default());
+    let p = pipeline(
+        store_with_lease(LONG_LEASE),
+        sink.clone(),
+        Duration::from_secs(2),
+    );
+    let body = alert("firing", "KubePodCrashLooping", "shop", "cart-1");
+
+    sink.fail_creates.store(1, Ordering::SeqCst);
+    let failed = send(&p, &body).await;
+    assert!(
+        matches!(failed, Err(Failure::Sink(SinkError::Unavailable(_)))),
+        "{failed:?}"
+    );
+    assert_eq!(sink.count(), 0);
+
+    // Had the claim stayed held, the retry would wait on it (lease: a
+    // minute) until its deadline and fail.
+    let started = Instant::now();
+    let retried = send(&p, &body).await.expect("the retry is served");
+    assert_eq!(retried.status, 201, "{retried:?}");
+    let (_, resource) = only(&retried);
+    assert_eq!(sink.names(), vec![resource.expect("a resource")]);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(sink.create_calls.load(Ordering::SeqCst), 2);
+
+    // And the incident is settled: a repeat is a duplicate of that resource.
+    let again = send(&p, &body).await.expect("a repeat is served");
+    assert_eq!((again.status, only(&again).0), (202, "duplicate"));
+    assert_eq!(sink.count(), 1);
+}
+
+#[tokio::test]
+async fn a_waiter_takes_over_the_claim_of_a_creator_that_vanished() {
+    let lease = Duration::from_millis(300);
+    let store = store_with_lease(lease);
+    let sink = Arc::new(FakeSink::default());
+    let p = pipeline(store.clone(), sink.clone(), Duration::from_secs(5));
+
+    // The signal's fingerprint: a resolved signal is answered with it and
+    // leaves the store alone.
+    let resolved = send(&p, &alert("resolved", "NodeDown", "shop", "cart-1"))
+        .await
+        .expect("resolved");
+    assert_eq!(only(&resolved).0, "resolved");
+    let fingerprint = resolved.signals[0].fingerprint.clone();
+
+    // Another sidecar claims the incident and dies before creating it.
+    let started = Instant::now();
+    let claim = Claim {
+        namespace: "shop".into(),
+        fingerprint,
+        affected: "Pod/cart-1".into(),
+        absent: true,
+    };
+    let taken = store.decide(&[claim]).await.expect("decide");
+    assert_eq!(taken[0].write, Write::Create, "{taken:?}");
+
+    let answer = send(&p, &alert("firing", "NodeDown", "shop", "cart-1"))
+        .await
+        .expect("the waiter is served");
+    // It waited for the lease (the store's clock counts whole
+    // milliseconds), then created the resource itself.
+    let waited = started.elapsed();
+    assert!(waited >= lease - Duration::from_millis(2), "{waited:?}");
+    assert_eq!(answer.status, 201, "{answer:?}");
+    let (_, resource) = only(&answer);
+    assert_eq!(sink.names(), vec![resource.expect("a resource")]);
+    assert_eq!(
+        taken[0].snapshot.resource,
+        sink.names()[0].trim_start_matches("shop/"),
+        "the name the vanished creator claimed"
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_the_store_lost_adopts_the_resource_in_the_sink() {
+    let sink = Arc::new(FakeSink::default());
+    let body = alert("firing", "KubePodCrashLooping", "shop", "cart-1");
+    let first = pipeline(
+        store_with_lease(LONG_LEASE),
+        sink.clone(),
+        Duration::from_secs(2),
+    );
+    let created = send(&first, &body).await.expect("created");
+    assert_eq!(only(&created).0, "created");
+    let resource = only(&created).1;
+
+    // A new store (Redis restarted empty): the namespace is cold, so the
+    // sink is asked before anything is created.
+    let store = store_with_lease(LONG_LEASE);
+    let second = pipeline(store.clone(), sink.clone(), Duration::from_secs(2));
+    let answer = send(&second, &body).await.expect("served");
+    assert_eq!(answer.status, 202, "{answer:?}");
+    assert_eq!(only(&answer), ("duplicate", resource.clone()));
+    assert_eq!(sink.count(), 1, "{:?}", sink.names());
+    assert_eq!(sink.create_calls.load(Ordering::SeqCst), 1);
+
+    // The store now holds it: its counters go on from the resource's.
+    second.coalescer.flush().await;
+    let updates = sink.updates();
+    let (ns, name, progress) = updates.last().expect("an update");
+    assert_eq!(Some(format!("{ns}/{name}")), resource);
+    assert_eq!(progress.deduplication.occurrence_count, 2);
+}
+
+#[tokio::test]
+async fn a_cold_namespace_with_nothing_in_the_sink_creates() {
+    let sink = Arc::new(FakeSink::default());
+    let p = pipeline(
+        store_with_lease(LONG_LEASE),
+        sink.clone(),
+        Duration::from_secs(2),
+    );
+    let answer = send(
+        &p,
+        &alert("firing", "KubePodCrashLooping", "shop", "cart-1"),
+    )
+    .await
+    .expect("served");
+    assert_eq!((answer.status, only(&answer).0), (201, "created"));
+    assert_eq!(sink.count(), 1);
+}

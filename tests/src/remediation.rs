@@ -1,0 +1,115 @@
+//! RemediationRequests in a real kube-apiserver: the API server prepared as
+//! an operator prepares it, a sidecar writing to it as its service account,
+//! and what the API server holds, read as the admin.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::k8s::{ApiServer, Identity};
+use crate::process::wait_for;
+use crate::sidecar::Sidecar;
+use crate::workspace;
+
+/// Where the sidecar writes a resource whose namespace does not exist.
+pub const FALLBACK: &str = "signalgate-system";
+
+/// CRD, the sidecar's RBAC and its namespace, as an operator applies them.
+pub fn prepare(k: &ApiServer) {
+    k.apply_file(&workspace::root().join("deploy/crds"));
+    k.create_namespace(FALLBACK);
+    k.apply_file(&workspace::root().join("deploy/base/rbac.yaml"));
+}
+
+/// One API server for every test of a test binary that does not stop it
+/// (each test uses its own namespaces).
+pub fn shared_api_server() -> &'static ApiServer {
+    static K8S: OnceLock<ApiServer> = OnceLock::new();
+    K8S.get_or_init(|| {
+        let k = ApiServer::start();
+        prepare(&k);
+        k
+    })
+}
+
+/// A prepared API server of one test's own, for tests that stop or change it.
+pub fn private_api_server() -> ApiServer {
+    let k = ApiServer::start();
+    prepare(&k);
+    k
+}
+
+/// A sidecar with the kube sink, authenticating as the sidecar's service
+/// account, with `extra` settings.
+pub fn kube_sidecar(k: &ApiServer, name: &str, extra: &[(&str, &str)]) -> Sidecar {
+    let kubeconfig = k.kubeconfig(Identity::Sidecar).display().to_string();
+    let mut env = vec![
+        ("SIGNALGATE_SINK", "kube"),
+        ("KUBECONFIG", kubeconfig.as_str()),
+        ("SIGNALGATE_FALLBACK_NAMESPACE", FALLBACK),
+    ];
+    env.extend_from_slice(extra);
+    Sidecar::start_named(name, &env)
+}
+
+/// The RemediationRequests in `ns`, sorted by name (read as the admin over
+/// HTTP); why not, when the API server does not answer with a list.
+pub fn try_list(k: &ApiServer, ns: &str) -> Result<Vec<Value>, String> {
+    let url = format!(
+        "{}/apis/signalgate.io/v1alpha1/namespaces/{ns}/remediationrequests",
+        k.url()
+    );
+    match k.try_request(Identity::Admin, "GET", &url, None) {
+        Ok((200, body)) => {
+            let list: Value =
+                serde_json::from_str(&body).map_err(|e| format!("list {ns}: {e}: {body}"))?;
+            let mut items = list["items"]
+                .as_array()
+                .cloned()
+                .ok_or_else(|| format!("list {ns}: no items in {body}"))?;
+            items.sort_by(|a, b| {
+                a["metadata"]["name"]
+                    .as_str()
+                    .cmp(&b["metadata"]["name"].as_str())
+            });
+            Ok(items)
+        }
+        Ok((status, body)) => Err(format!("listing resources in {ns}: HTTP {status}: {body}")),
+        Err(e) => Err(format!("listing resources in {ns}: {e}")),
+    }
+}
+
+/// The RemediationRequests in `ns`, sorted by name; panics when the API
+/// server does not answer with a list.
+pub fn list(k: &ApiServer, ns: &str) -> Vec<Value> {
+    try_list(k, ns).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits up to 30 s until the resources in `ns` satisfy `cond`; returns them.
+pub fn wait_list(
+    k: &ApiServer,
+    ns: &str,
+    what: &str,
+    cond: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    wait_for(what, Duration::from_secs(30), || {
+        let items = list(k, ns);
+        cond(&items).then_some(items)
+    })
+}
+
+pub fn is_storm(rr: &Value) -> bool {
+    rr["metadata"]["labels"]["signalgate.io/storm"] == "true"
+}
+
+/// The resource's occurrence count; panics when it has none.
+pub fn count(rr: &Value) -> u64 {
+    rr["spec"]["deduplication"]["occurrenceCount"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no occurrenceCount in {rr}"))
+}
+
+pub fn name_of(rr: &Value) -> String {
+    rr["metadata"]["name"].as_str().unwrap_or("?").to_string()
+}

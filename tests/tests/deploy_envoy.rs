@@ -1,0 +1,240 @@
+//! The Envoy bootstrap inside the ConfigMap, and the filter configuration
+//! the Istio EnvoyFilter delivers, are loaded by the real Envoy with the
+//! built filter, which must become ready and answer through the filter.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use signalgate_tests::envoy;
+use signalgate_tests::manifests::{arr, container_port, istio_extension_config, str_of, Rendered};
+use signalgate_tests::process::{free_port, temp_dir, Proc};
+
+/// Moves every socket address of `bootstrap` to a free loopback port (the
+/// same old port always gets the same new one, so the probe listener's admin
+/// cluster still reaches the admin), points the filter at the local build,
+/// and returns the new port of each old one.
+fn localise(bootstrap: &mut Value, wasm: &Path) -> BTreeMap<u64, u16> {
+    fn walk(v: &mut Value, ports: &mut BTreeMap<u64, u16>, wasm: &Path, wasm_found: &mut usize) {
+        match v {
+            Value::Object(map) => {
+                if let Some(sa) = map.get_mut("socket_address") {
+                    let old = sa["port_value"].as_u64().expect("port_value");
+                    let new = *ports.entry(old).or_insert_with(free_port);
+                    sa["port_value"] = json!(new);
+                    sa["address"] = json!("127.0.0.1");
+                }
+                if let Some(code) = map.get_mut("code") {
+                    if code.get("local").is_some() || code.get("remote").is_some() {
+                        *code = json!({"local": {"filename": wasm.display().to_string()}});
+                        *wasm_found += 1;
+                    }
+                }
+                for child in map.values_mut() {
+                    walk(child, ports, wasm, wasm_found);
+                }
+            }
+            Value::Array(items) => {
+                for child in items {
+                    walk(child, ports, wasm, wasm_found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut ports = BTreeMap::new();
+    let mut wasm_found = 0;
+    walk(bootstrap, &mut ports, wasm, &mut wasm_found);
+    assert_eq!(wasm_found, 1, "one wasm code source in the bootstrap");
+    ports
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .into()
+}
+
+fn get(agent: &ureq::Agent, url: &str) -> Option<(u16, String)> {
+    let mut r = agent.get(url).call().ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.body_mut().read_to_string().unwrap_or_default()))
+}
+
+/// A real Envoy running `bootstrap` with the Deployment's own arguments.
+struct RunningEnvoy {
+    proc: Proc,
+    ports: BTreeMap<u64, u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningEnvoy {
+    fn start(mut bootstrap: Value, deployment_args: &[&str]) -> RunningEnvoy {
+        let dir = temp_dir("deploy-envoy");
+        let admin_port = bootstrap["admin"]["address"]["socket_address"]["port_value"]
+            .as_u64()
+            .expect("admin port");
+        let ports = localise(&mut bootstrap, &envoy::wasm_path());
+        let config = dir.path().join("envoy.json");
+        std::fs::write(
+            &config,
+            serde_json::to_vec_pretty(&bootstrap).expect("json"),
+        )
+        .expect("write");
+        let mut args: Vec<String> = deployment_args.iter().map(|s| s.to_string()).collect();
+        let i = args
+            .iter()
+            .position(|a| a == "--config-path")
+            .expect("--config-path");
+        args[i + 1] = config.display().to_string();
+        let mut cmd = Command::new(envoy::envoy_bin());
+        cmd.args(&args);
+        let mut proc = Proc::spawn("envoy", cmd, dir.path());
+        let admin = ports[&admin_port];
+        let agent = http();
+        let deadline = Instant::now() + envoy::READY_TIMEOUT;
+        loop {
+            if let Some(status) = proc.try_wait() {
+                panic!(
+                    "Envoy exited ({status}) before becoming ready:\n{}",
+                    proc.log_tail(60)
+                );
+            }
+            if get(&agent, &format!("http://127.0.0.1:{admin}/ready"))
+                .is_some_and(|(s, body)| s == 200 && body.contains("LIVE"))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy not ready in time:\n{}",
+                proc.log_tail(60)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RunningEnvoy {
+            proc,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, old_port: u64, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports[&old_port])
+    }
+
+    /// The filter answers on the signal listener: a wrong Content-Type gets
+    /// its 415 problem+json (nothing is forwarded).
+    fn assert_filter_answers(&mut self, signals_port: u64) {
+        let mut r = http()
+            .post(&self.url(signals_port, "/api/v1/signals/prometheus"))
+            .header("Content-Type", "text/plain")
+            .send("not json")
+            .expect("POST to the signal listener");
+        let status = r.status().as_u16();
+        let body = r.body_mut().read_to_string().unwrap_or_default();
+        assert_eq!(status, 415, "{body}\n{}", self.proc.log_tail(30));
+        assert!(
+            body.contains("\"status\":415"),
+            "problem+json from the filter: {body}"
+        );
+        self.proc.assert_running();
+    }
+}
+
+fn deployment_args(r: &Rendered) -> Vec<String> {
+    let envoy_c = r.container("envoy").expect("envoy container");
+    assert_eq!(envoy_c["command"], json!(["/usr/local/bin/envoy"]));
+    arr(&envoy_c["args"])
+        .iter()
+        .map(|a| str_of(a, "arg").to_string())
+        .collect()
+}
+
+#[test]
+fn envoy_runs_the_configmap_bootstrap_and_becomes_ready() {
+    let base = Rendered::of("deploy/base");
+    let boot = base.envoy_bootstrap();
+    let envoy_c = base.container("envoy").expect("envoy");
+    let signals = container_port(envoy_c, "signals").expect("signals");
+    let probe = container_port(envoy_c, "envoy-probe").expect("envoy-probe");
+    let args = deployment_args(&base);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut running = RunningEnvoy::start(boot, &args);
+
+    // What kubelet's probes reach, through the probe listener only.
+    let agent = http();
+    let ready_path = str_of(&envoy_c["readinessProbe"]["httpGet"]["path"], "path");
+    let live_path = str_of(&envoy_c["livenessProbe"]["httpGet"]["path"], "path");
+    let (status, body) = get(&agent, &running.url(probe, ready_path)).expect("readiness probe");
+    assert_eq!((status, body.trim()), (200, "LIVE"));
+    assert_eq!(
+        get(&agent, &running.url(probe, live_path)).map(|r| r.0),
+        Some(200)
+    );
+    let (status, metrics) = get(&agent, &running.url(probe, "/stats/prometheus")).expect("metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("signalgate"),
+        "the filter's metrics are scraped here"
+    );
+    // Nothing else of the admin interface is reachable from outside the pod.
+    for path in [
+        "/server_info",
+        "/config_dump",
+        "/quitquitquit",
+        "/healthcheck/fail",
+    ] {
+        assert_eq!(
+            get(&agent, &running.url(probe, path)).map(|r| r.0),
+            Some(404),
+            "{path}"
+        );
+    }
+    let r = agent
+        .post(&running.url(probe, "/quitquitquit"))
+        .send("")
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 404);
+
+    running.assert_filter_answers(signals);
+}
+
+#[test]
+fn envoy_runs_the_istio_filter_configuration() {
+    // The wasm filter exactly as the EnvoyFilter hands it to Istio's Envoy
+    // (with the OCI image swapped for the local build, which is what
+    // istio-agent does), in the base bootstrap's chain.
+    let base = Rendered::of("deploy/base");
+    let istio = Rendered::of("deploy/istio");
+    let mut boot = base.envoy_bootstrap();
+    let istio_wasm = istio_extension_config(&istio)["typed_config"].clone();
+    let mut replaced = 0;
+    for l in boot["static_resources"]["listeners"]
+        .as_array_mut()
+        .expect("listeners")
+    {
+        for chain in l["filter_chains"].as_array_mut().expect("filter_chains") {
+            for f in chain["filters"].as_array_mut().expect("filters") {
+                if let Some(http_filters) = f["typed_config"]["http_filters"].as_array_mut() {
+                    for hf in http_filters {
+                        if hf["name"] == "envoy.filters.http.wasm" {
+                            hf["typed_config"] = istio_wasm.clone();
+                            replaced += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(replaced, 1);
+    let signals = container_port(base.container("envoy").expect("envoy"), "signals").expect("port");
+    let args = deployment_args(&base);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut running = RunningEnvoy::start(boot, &args);
+    running.assert_filter_answers(signals);
+}

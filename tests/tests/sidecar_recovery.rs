@@ -1,0 +1,224 @@
+//! The sidecar after its store lost its data or its sink failed: live
+//! incidents and storms are found and go on in their resources, failed
+//! requests give back their claims, counts catch up.
+
+use std::time::Duration;
+
+use signalgate_tests::payloads::{alert, webhook};
+use signalgate_tests::process::wait_for;
+use signalgate_tests::sidecar::Sidecar;
+
+#[test]
+fn a_restart_on_the_memory_store_keeps_counting_in_the_same_file() {
+    let mut s = Sidecar::start(&[]);
+    let hook = webhook(vec![alert("Restarted", "shop", "p1")]);
+    let first = s.post_alerts(&hook);
+    assert_eq!(first.status, 201, "{}", first.body);
+    s.restart();
+    // Re-sent by several senders at once: one request adopts the file, the
+    // others wait for it (or come after); all name the file that exists.
+    let body = serde_json::to_vec(&hook).unwrap();
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| scope.spawn(|| s.post("/api/v1/signals/prometheus", &body, "t")))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for again in &answers {
+        assert_eq!(again.status, 202, "{}", again.body);
+        assert_eq!(again.json()["signals"][0]["outcome"], "duplicate");
+        assert_eq!(
+            again.json()["signals"][0]["resource"],
+            first.json()["signals"][0]["resource"],
+            "{}",
+            again.body
+        );
+    }
+    let all = s.wait_resources("one file counting 13", |r| {
+        r.len() == 1 && r[0]["spec"]["deduplication"]["occurrenceCount"] == 13
+    });
+    assert_eq!(all.len(), 1);
+}
+
+#[test]
+fn live_incidents_re_sent_after_a_restart_are_adopted_not_taken_for_a_storm() {
+    let mut s = Sidecar::start(&[
+        ("SIGNALGATE_STORM_THRESHOLD", "2"),
+        ("SIGNALGATE_STORM_WINDOW", "200ms"),
+    ]);
+    // Three incidents, each created on its own (more than a window apart).
+    let pods = ["p1", "p2", "p3"];
+    let mut names = Vec::new();
+    for pod in pods {
+        let a = s.post_alerts(&webhook(vec![alert("Live", "shop", pod)]));
+        assert_eq!(a.status, 201, "{}", a.body);
+        names.push(a.json()["signals"][0]["resource"].clone());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The store forgets everything; Alertmanager re-sends the group.
+    s.restart();
+    let all = webhook(pods.iter().map(|p| alert("Live", "shop", p)).collect());
+    let a = s.post_alerts(&all);
+    assert_eq!(a.status, 202, "{}", a.body);
+    for (signal, name) in a.json()["signals"].as_array().unwrap().iter().zip(&names) {
+        assert_eq!(signal["outcome"], "duplicate", "{}", a.body);
+        assert_eq!(&signal["resource"], name, "{}", a.body);
+    }
+    let rrs = s.wait_resources("the three resources, counting 2 each", |r| {
+        r.len() == 3
+            && r.iter()
+                .all(|x| x["spec"]["deduplication"]["occurrenceCount"] == 2)
+    });
+    assert!(rrs
+        .iter()
+        .all(|x| x["metadata"]["labels"]["signalgate.io/storm"] == "false"));
+}
+
+#[test]
+fn a_storm_running_when_the_store_lost_its_data_goes_on_in_the_same_resource() {
+    let mut s = Sidecar::start(&[
+        ("SIGNALGATE_STORM_THRESHOLD", "2"),
+        ("SIGNALGATE_STORM_WINDOW", "2m"),
+    ]);
+    let alerts = |pods: std::ops::Range<u32>| {
+        webhook(
+            pods.map(|i| alert("Storm", "shop", &format!("p{i}")))
+                .collect(),
+        )
+    };
+    // Two resources of their own, then a storm of three.
+    let a = s.post_alerts(&alerts(0..5));
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(
+        a.json()["signals"][2]["outcome"],
+        "storm_started",
+        "{}",
+        a.body
+    );
+    let storm = a.json()["signals"][2]["resource"].clone();
+    s.wait_resources("two resources and a storm of three", |r| {
+        r.len() == 3 && r.iter().any(|x| x["spec"]["storm"]["alertCount"] == 3)
+    });
+    // The store forgets everything while the storm runs; new alerts come.
+    s.restart();
+    let a = s.post_alerts(&alerts(5..8));
+    assert_eq!(a.status, 202, "{}", a.body);
+    for signal in a.json()["signals"].as_array().unwrap() {
+        assert_eq!(signal["outcome"], "storm_aggregated", "{}", a.body);
+        assert_eq!(signal["resource"], storm, "{}", a.body);
+    }
+    let all = s.wait_resources("the storm counting six alerts", |r| {
+        r.iter().any(|x| x["spec"]["storm"]["alertCount"] == 6)
+    });
+    assert_eq!(all.len(), 3);
+}
+
+#[test]
+fn a_failed_lookup_gives_back_the_claims_the_request_took() {
+    use signalgate_model::signal::fingerprint;
+    use signalgate_model::SignalType;
+    let s = Sidecar::start(&[("SIGNALGATE_DEDUP_TTL", "300ms")]);
+    // `warm` is known to the store for a whole dedup window (time must pass).
+    let first = s.post_alerts(&webhook(vec![alert("First", "warm", "p0")]));
+    assert_eq!(first.status, 201, "{}", first.body);
+    std::thread::sleep(Duration::from_millis(400));
+    // `cold` is new to the store, and looking in the sink for its alert
+    // fails: the link the lookup reads is a directory.
+    let fp = fingerprint(SignalType::Prometheus, "cold", "Pod", "p1", "Broken");
+    let link = s.sink_dir.join("cold").join(".by-fingerprint").join(fp);
+    std::fs::create_dir_all(&link).unwrap();
+    let both = webhook(vec![
+        alert("New", "warm", "p2"),
+        alert("Broken", "cold", "p1"),
+    ]);
+    let a = s.post_alerts(&both);
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(a.header("retry-after").is_some());
+    std::fs::remove_dir(&link).unwrap();
+    // The retry creates both at once: the claim the failed request took for
+    // warm/p2 was given back (kept, its 15 s lease would make the retry
+    // wait past its 5 s deadline).
+    let a = s.post_alerts(&both);
+    assert_eq!(a.status, 201, "{}", a.body);
+    // (warm/p2 was counted by the failed request: its retry is a duplicate
+    // that takes the claim over and creates the resource.)
+    let answer = a.json();
+    let outcomes: Vec<&str> = answer["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["duplicate", "created"]);
+    let names: Vec<String> = s
+        .resources()
+        .iter()
+        .map(|r| r["spec"]["signalName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(["First", "New", "Broken"]
+        .iter()
+        .all(|n| names.iter().any(|x| x == n)));
+}
+
+#[test]
+fn a_resource_deleted_from_the_sink_is_made_again_on_the_next_sighting() {
+    let s = Sidecar::start(&[("SIGNALGATE_FLUSH_INTERVAL", "100ms")]);
+    let hook = webhook(vec![alert("StillFiring", "shop", "p1")]);
+    let first = s.post_alerts(&hook);
+    assert_eq!(first.status, 201, "{}", first.body);
+    // Whoever acted on it deletes it; the alert keeps firing.
+    for path in std::fs::read_dir(s.sink_dir.join("shop")).unwrap() {
+        let path = path.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    // The next flush finds it gone and the store forgets the incident: a
+    // later sighting creates a new resource (not a duplicate of nothing).
+    let again = wait_for("a new resource", Duration::from_secs(10), || {
+        let a = s.post_alerts(&hook);
+        (a.status == 201).then_some(a)
+    });
+    assert_eq!(again.json()["signals"][0]["outcome"], "created");
+    assert_ne!(
+        again.json()["signals"][0]["resource"],
+        first.json()["signals"][0]["resource"]
+    );
+    assert_eq!(s.resources().len(), 1);
+}
+
+#[test]
+fn counts_catch_up_after_a_request_whose_other_create_failed() {
+    let s = Sidecar::start(&[
+        ("SIGNALGATE_FLUSH_INTERVAL", "100ms"),
+        ("SIGNALGATE_DEDUP_TTL", "300ms"),
+    ]);
+    // Both namespaces known to the store for a window (time must pass), so
+    // nothing is looked up and the creates are what fails.
+    for ns in ["shop", "blocked"] {
+        let a = s.post_alerts(&webhook(vec![alert("Warm", ns, "p0")]));
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    // `blocked` cannot hold resources any more: its directory is a file.
+    std::fs::remove_dir_all(s.sink_dir.join("blocked")).unwrap();
+    std::fs::write(s.sink_dir.join("blocked"), b"").unwrap();
+    let both = webhook(vec![
+        alert("Fine", "shop", "p1"),
+        alert("Stuck", "blocked", "p2"),
+    ]);
+    let a = s.post_alerts(&both);
+    assert_eq!(a.status, 503, "{}", a.body);
+    std::fs::remove_file(s.sink_dir.join("blocked")).unwrap();
+    // The sender's retry: shop/p1's resource was made by the failed request.
+    let a = s.post_alerts(&both);
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.json()["signals"][0]["outcome"], "duplicate", "{}", a.body);
+    // Both of its sightings end up in it.
+    s.wait_resources("shop/p1 counting 2, blocked/p2 created", |r| {
+        r.iter().any(|x| {
+            x["spec"]["signalName"] == "Fine" && x["spec"]["deduplication"]["occurrenceCount"] == 2
+        }) && r.iter().any(|x| x["spec"]["signalName"] == "Stuck")
+    });
+}

@@ -1,0 +1,177 @@
+//! The sidecar binary on Redis: an outage answers 503 and recovers; two
+//! sidecars share one Redis; a Redis restored from an older snapshot or
+//! restarted empty does not make a second resource.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use signalgate_tests::payloads::{alert, webhook};
+use signalgate_tests::process::wait_for;
+use signalgate_tests::redis::RedisServer;
+use signalgate_tests::sidecar::Sidecar;
+
+#[test]
+fn redis_outage_answers_503_with_retry_after_then_recovers() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let s = Sidecar::start(&[
+        ("SIGNALGATE_REDIS_URL", &url),
+        ("SIGNALGATE_REDIS_TIMEOUT", "300ms"),
+    ]);
+    assert_eq!(
+        s.post_alerts(&webhook(vec![alert("A", "shop", "p1")]))
+            .status,
+        201
+    );
+    redis.stop();
+    let a = s.post_alerts(&webhook(vec![alert("B", "shop", "p2")]));
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(a
+        .header("retry-after")
+        .is_some_and(|v| v.parse::<u64>().is_ok()));
+    assert_eq!(s.admin_get("/readyz").status, 503);
+    redis.start_again();
+    wait_for(
+        "readiness back after Redis restarts",
+        Duration::from_secs(15),
+        || (s.admin_get("/readyz").status == 200).then_some(()),
+    );
+    let a = s.post_alerts(&webhook(vec![alert("B", "shop", "p2")]));
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(s.resources().len(), 2);
+}
+
+#[test]
+fn two_sidecars_on_one_redis_create_each_incident_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = Sidecar::start_named("sidecar-a", &[("SIGNALGATE_REDIS_URL", &url)]);
+    let dir = format!("dir:{}", a.sink_dir.display());
+    let b = Sidecar::start_named(
+        "sidecar-b",
+        &[("SIGNALGATE_REDIS_URL", &url), ("SIGNALGATE_SINK", &dir)],
+    );
+    let bodies: Vec<Vec<u8>> = (0..5)
+        .map(|i| {
+            serde_json::to_vec(&webhook(vec![alert("Race", "shop", &format!("p{i}"))])).unwrap()
+        })
+        .collect();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..60)
+            .map(|n| {
+                let side = if n % 2 == 0 { &a } else { &b };
+                let body = &bodies[n % 5];
+                scope.spawn(move || side.post("/api/v1/signals/prometheus", body, "t").status)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|&&c| c == 201).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|&c| c == 201 || c == 202),
+        "{statuses:?}"
+    );
+    let all = a.wait_resources("5 resources counted 12 times each", |r| {
+        r.len() == 5
+            && r.iter()
+                .all(|x| x["spec"]["deduplication"]["occurrenceCount"] == 12)
+    });
+    assert_eq!(all.len(), 5);
+}
+
+#[test]
+fn redis_restored_from_an_older_snapshot_does_not_make_a_second_resource() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    // A window long enough for Redis to restart and the sidecar to reconnect
+    // while the incident below is still live.
+    let s = Sidecar::start(&[
+        ("SIGNALGATE_REDIS_URL", &url),
+        ("SIGNALGATE_DEDUP_TTL", "6s"),
+    ]);
+    let first = s.post_alerts(&webhook(vec![alert("Old", "shop", "p1")]));
+    assert_eq!(first.status, 201, "{}", first.body);
+    // The store has known `shop` for a whole dedup window (time must pass).
+    std::thread::sleep(Duration::from_millis(6200));
+    // A snapshot, then an incident the snapshot does not hold.
+    redis.cli(&["SAVE"]);
+    let hook = webhook(vec![alert("New", "shop", "p2")]);
+    let created = s.post_alerts(&hook);
+    assert_eq!(created.status, 201, "{}", created.body);
+    let name = created.json()["signals"][0]["resource"].clone();
+    // Redis comes back from that snapshot (as after a crash without AOF, or
+    // a failover to a replica that lagged): `shop` is remembered, p2 is not.
+    redis.start_again();
+    assert_eq!(
+        redis.cli(&["EXISTS", "sg:{shop}:m"]).trim(),
+        "1",
+        "the snapshot was loaded"
+    );
+    let again = wait_for("the sidecar back on Redis", Duration::from_secs(15), || {
+        let a = s.post_alerts(&hook);
+        (a.status != 503).then_some(a)
+    });
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(
+        again.json()["signals"][0]["outcome"],
+        "duplicate",
+        "{}",
+        again.body
+    );
+    assert_eq!(
+        again.json()["signals"][0]["resource"],
+        name,
+        "{}",
+        again.body
+    );
+    let news: Vec<Value> = s
+        .resources()
+        .into_iter()
+        .filter(|r| r["spec"]["signalName"] == "New")
+        .collect();
+    assert_eq!(news.len(), 1, "{news:#?}");
+}
+
+#[test]
+fn a_redis_that_refuses_info_is_used_with_a_warning() {
+    let redis = RedisServer::start_with(&["--rename-command", "INFO", ""]);
+    let url = redis.url();
+    let s = Sidecar::start(&[("SIGNALGATE_REDIS_URL", &url)]);
+    let a = s.post_alerts(&webhook(vec![alert("NoInfo", "shop", "p1")]));
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert!(s.log().contains("Redis refuses INFO"), "{}", s.log_tail(20));
+}
+
+#[test]
+fn redis_restarted_empty_does_not_make_a_second_resource() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let s = Sidecar::start(&[("SIGNALGATE_REDIS_URL", &url)]);
+    let hook = webhook(vec![alert("Flushed", "shop", "p1")]);
+    let first = s.post_alerts(&hook);
+    assert_eq!(first.status, 201, "{}", first.body);
+    s.wait_resources("the resource", |r| r.len() == 1);
+    // As after a failover to a fresh replica: the same address, no data.
+    redis.stop();
+    redis.start_again();
+    wait_for("readiness back", Duration::from_secs(15), || {
+        (s.admin_get("/readyz").status == 200).then_some(())
+    });
+    let again = s.post_alerts(&hook);
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.json()["signals"][0]["outcome"], "duplicate");
+    assert_eq!(
+        again.json()["signals"][0]["resource"],
+        first.json()["signals"][0]["resource"]
+    );
+    // The adopted claim is in Redis again: the next repeat is a plain duplicate.
+    assert_eq!(s.post_alerts(&hook).status, 202);
+    let all = s.wait_resources("one resource counting 3", |r| {
+        r.len() == 1 && r[0]["spec"]["deduplication"]["occurrenceCount"] == 3
+    });
+    assert_eq!(all.len(), 1);
+}
