@@ -11,7 +11,7 @@ WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=true
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
 	CARGO_PROFILE_RELEASE_STRIP=true
 
-.PHONY: deps build wasm native native-faults bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-up k8s-down clean crd demo knobs
+.PHONY: deps build wasm native native-faults bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-up k8s-down clean crd demo knobs bench-ab
 
 deps:
 	@scripts/install-deps.sh
@@ -83,6 +83,10 @@ clean:
 ## bench: benchmarks side by side with their baselines; report in target/bench/ (BENCH_QUICK=1: smoke, < 2 min)
 bench: deps
 	@scripts/bench.sh
+
+## bench-ab: same-run A/B of the duplicate path and the wasm filter against BASE=<rev>
+bench-ab: deps
+	@BASE=$(BASE) scripts/bench-ab.sh
 
 ## crd: regenerate deploy/crds/ from the Rust types
 crd:
