@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::envoy::{Request, Response};
+use crate::edge_client::{Request, Response};
 use crate::payloads;
 
 pub const PROM: &str = "/api/v1/signals/prometheus";

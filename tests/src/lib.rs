@@ -9,6 +9,7 @@ pub mod alertmanager;
 pub mod client;
 pub mod e2e;
 pub mod edge;
+pub mod edge_client;
 pub mod envoy;
 pub mod k8s;
 pub mod manifests;

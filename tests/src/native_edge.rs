@@ -2,7 +2,7 @@
 //! `edge-native/`): renders the checked-in local bootstrap
 //! `envoy/envoy-native.yaml` with free ports and a filter configuration,
 //! puts the module's directory on `LD_LIBRARY_PATH`, starts Envoy and waits
-//! for `/ready`. Requests go through [`crate::envoy::Client`], as for the
+//! for `/ready`. Requests go through [`crate::edge_client::Client`], as for the
 //! wasm filter.
 //!
 //! The module is `target/release/libsignalgate_edge_native.so` under the
@@ -16,9 +16,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::envoy::{
-    envoy_bin, parse_prometheus, yaml_single_quoted, Client, Request, StartError, READY_TIMEOUT,
-};
+use crate::edge_client::{Client, Request};
+use crate::envoy::{envoy_bin, parse_prometheus, yaml_single_quoted, StartError, READY_TIMEOUT};
 use crate::process::{free_port, temp_dir, wait_for, Proc};
 use crate::upstream::read_message;
 use crate::workspace;

@@ -4,7 +4,8 @@
 
 use serde_json::{json, Value};
 use signalgate_tests::edge::{second_source, sha256_hex, valid, KUBE, PROM};
-use signalgate_tests::envoy::{Envoy, Options, Request, StartError};
+use signalgate_tests::edge_client::Request;
+use signalgate_tests::envoy::{Envoy, Options, StartError};
 use signalgate_tests::upstream::Upstream;
 
 #[test]

@@ -6,7 +6,8 @@ use serde_json::json;
 use signalgate_tests::edge::{
     body, event, problem, second_source, sha256_hex, valid, webhook, KUBE, PROM, WAIT,
 };
-use signalgate_tests::envoy::{Envoy, Request};
+use signalgate_tests::edge_client::Request;
+use signalgate_tests::envoy::Envoy;
 use signalgate_tests::upstream::Upstream;
 
 #[test]

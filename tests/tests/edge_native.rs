@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use signalgate_tests::envoy::{Client, Envoy, Request, Response};
+use signalgate_tests::edge_client::{Client, Request, Response};
+use signalgate_tests::envoy::Envoy;
 use signalgate_tests::native_edge::{self, NativeEnvoy, NativeOptions};
 use signalgate_tests::payloads;
 use signalgate_tests::upstream::{Received, Upstream};

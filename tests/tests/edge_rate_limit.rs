@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use signalgate_tests::edge::{problem, second_source, statuses, valid, PROM, WAIT};
-use signalgate_tests::envoy::{Envoy, Options, Request, Response};
+use signalgate_tests::edge_client::{Request, Response};
+use signalgate_tests::envoy::{Envoy, Options};
 use signalgate_tests::upstream::Upstream;
 
 #[test]

@@ -4,7 +4,8 @@
 
 use serde_json::{json, Value};
 use signalgate_tests::edge::{body, event, problem, valid, webhook, KUBE, PROM, WAIT};
-use signalgate_tests::envoy::{Envoy, Request};
+use signalgate_tests::edge_client::Request;
+use signalgate_tests::envoy::Envoy;
 use signalgate_tests::upstream::Upstream;
 
 /// One validation case: the request, the expected status, the expected `field`.
