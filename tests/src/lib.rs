@@ -13,7 +13,6 @@ pub mod edge_client;
 pub mod envoy;
 pub mod k8s;
 pub mod manifests;
-pub mod native_edge;
 pub mod payloads;
 pub mod process;
 pub mod prometheus;
