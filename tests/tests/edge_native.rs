@@ -176,6 +176,15 @@ mod same_answers {
             .post_in_two_reads(PROM, &payload, payload.len() / 2);
         assert_eq!(status, 200, "{text}");
         assert_eq!(forwarded(&pair.native_up, 2)[1].body, payload);
+        let wasm = pair
+            .wasm
+            .post_in_two_reads(PROM, &payload, payload.len() / 2);
+        assert_eq!(
+            wasm,
+            (status, text),
+            "two reads: the wasm filter answers otherwise"
+        );
+        assert_eq!(forwarded(&pair.wasm_up, 2)[1].body, payload);
         // Broken in the middle: refused the same way.
         let mut broken = payload.clone();
         let middle = broken.len() / 2;
