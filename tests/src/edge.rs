@@ -1,13 +1,69 @@
-//! Helpers for the edge tests (`tests/tests/edge_*.rs`): the signal paths,
-//! valid payloads, and the checks every refusal must pass.
+//! The edge suite's machinery (`tests/tests/edge_*.rs`): every case runs
+//! against both builds of the filter in real Envoy, the wasm filter and the
+//! native module ([`Edge`]). A test file lists its cases in
+//! [`edge_suite!`](crate::edge_suite), which makes one test per case and
+//! host (modules `wasm` and `native`). Plus the signal paths, valid
+//! payloads, and the checks every refusal must pass.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::envoy::{Request, Response};
+use crate::edge_client::{Request, Response};
+use crate::envoy::{Envoy, Options};
 use crate::payloads;
+
+/// Makes one test per case and host: `$case(Edge)` run with the wasm filter
+/// (`wasm::$case`) and with the native module (`native::$case`).
+#[macro_export]
+macro_rules! edge_suite {
+    ($($case:ident),* $(,)?) => {
+        mod wasm {
+            $(
+                #[test]
+                fn $case() {
+                    super::$case($crate::edge::Edge::Wasm)
+                }
+            )*
+        }
+        mod native {
+            $(
+                #[test]
+                fn $case() {
+                    super::$case($crate::edge::Edge::Native)
+                }
+            )*
+        }
+    };
+}
+
+/// Which build of the filter Envoy runs: the same decision core behind
+/// either host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Edge {
+    /// The proxy-wasm filter (`make wasm`), in V8.
+    Wasm,
+    /// The Envoy dynamic module (`make native`), in-process.
+    Native,
+}
+
+impl Edge {
+    /// This build with `plugin_config`, one worker, debug logs, in front of
+    /// `upstream_port`.
+    pub fn options(self, plugin_config: &str, upstream_port: u16) -> Options {
+        match self {
+            Edge::Wasm => Options::filter(plugin_config, upstream_port),
+            Edge::Native => Options::native(plugin_config, upstream_port),
+        }
+    }
+
+    /// Starts Envoy with this build and `plugin_config` (one worker) in
+    /// front of `upstream_port`; panics unless it becomes ready.
+    pub fn start(self, plugin_config: &str, upstream_port: u16) -> Envoy {
+        Envoy::start_with(self.options(plugin_config, upstream_port))
+    }
+}
 
 pub const PROM: &str = "/api/v1/signals/prometheus";
 pub const KUBE: &str = "/api/v1/signals/kubernetes-event";

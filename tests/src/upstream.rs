@@ -1,7 +1,7 @@
 //! A recording HTTP/1.1 upstream: answers every request `200 {}` and keeps
 //! what it received (method, path, headers, body), so edge tests can check
 //! what got past Envoy and the filter. Also the small HTTP/1.1 message
-//! reader the edge client shares (see [`crate::envoy::Client`]).
+//! reader the edge client shares (see [`crate::edge_client::Client`]).
 //!
 //! Thread-per-connection, std only: plenty for tests, and it reads every
 //! body completely like a real sidecar would.

@@ -1,7 +1,8 @@
 //! The whole chain on one machine: real Envoy with the built filter in front
 //! of the real sidecar (in-memory store, directory sink).
 
-use signalgate_tests::envoy::{Envoy, Request};
+use signalgate_tests::edge_client::Request;
+use signalgate_tests::envoy::Envoy;
 use signalgate_tests::payloads::{alert, pod_event, webhook};
 use signalgate_tests::sidecar::Sidecar;
 

@@ -1,14 +1,23 @@
-//! How the edge is set up and what it reports, in real Envoy: a bad plugin
-//! configuration keeps Envoy from starting, the local bootstrap and the
-//! baseline templates, and the counters per outcome.
+//! How the edge is set up and what it reports, in real Envoy: with each
+//! build of the filter, a bad plugin configuration keeps Envoy from
+//! starting and the counters per outcome; and the local bootstraps (the
+//! wasm template, the native one configured alike) and the baseline
+//! templates.
 
 use serde_json::{json, Value};
-use signalgate_tests::edge::{second_source, sha256_hex, valid, KUBE, PROM};
-use signalgate_tests::envoy::{Envoy, Options, Request, StartError};
+use signalgate_tests::edge::{second_source, sha256_hex, valid, Edge, KUBE, PROM};
+use signalgate_tests::edge_client::Request;
+use signalgate_tests::edge_suite;
+use signalgate_tests::envoy::{Envoy, Options, StartError};
 use signalgate_tests::upstream::Upstream;
+use signalgate_tests::workspace::root;
 
-#[test]
-fn counters_per_outcome_are_in_stats_prometheus() {
+edge_suite!(
+    counters_per_outcome_are_in_stats_prometheus,
+    a_bad_plugin_configuration_keeps_envoy_from_starting,
+);
+
+fn counters_per_outcome_are_in_stats_prometheus(edge: Edge) {
     let up = Upstream::start();
     let token = "counter-token";
     let config = json!({
@@ -16,7 +25,7 @@ fn counters_per_outcome_are_in_stats_prometheus() {
         "max_body_bytes": 4096,
         "tenants": [{"name": "t", "token_sha256": sha256_hex(token)}]
     });
-    let envoy = Envoy::start(&config.to_string(), up.port());
+    let envoy = edge.start(&config.to_string(), up.port());
     let mut c = envoy.client();
     let auth = |r: Request| r.header("authorization", &format!("Bearer {token}"));
     assert_eq!(c.send(&auth(valid())).status, 200);
@@ -40,18 +49,26 @@ fn counters_per_outcome_are_in_stats_prometheus() {
     for (outcome, n) in expected {
         envoy.wait_outcome(outcome, n);
     }
-    // The names as Prometheus sees them, with their TYPE lines.
+    // The names as Prometheus sees them, with their TYPE lines: Envoy
+    // prefixes a dynamic module's metrics namespace, not the wasm filter's.
+    let prefix = match edge {
+        Edge::Wasm => "signalgate_",
+        Edge::Native => "envoy_signalgate_",
+    };
     let text = envoy.admin_get("/stats/prometheus");
     assert!(
-        text.contains("# TYPE signalgate_accepted counter"),
+        text.contains(&format!("# TYPE {prefix}accepted counter")),
         "{text}"
     );
-    assert!(text.contains("signalgate_unsupported_media_type"), "{text}");
+    assert!(
+        text.contains(&format!("{prefix}unsupported_media_type")),
+        "{text}"
+    );
 }
 
-fn start_failure(plugin_config: &str) -> StartError {
+fn start_failure(edge: Edge, plugin_config: &str) -> StartError {
     let up = Upstream::start();
-    match Envoy::try_start(Options::filter(plugin_config, up.port()).concurrency(2)) {
+    match Envoy::try_start(edge.options(plugin_config, up.port()).concurrency(2)) {
         Ok(envoy) => panic!(
             "Envoy started with configuration {plugin_config}; log:\n{}",
             envoy.log()
@@ -60,8 +77,7 @@ fn start_failure(plugin_config: &str) -> StartError {
     }
 }
 
-#[test]
-fn a_bad_plugin_configuration_keeps_envoy_from_starting() {
+fn a_bad_plugin_configuration_keeps_envoy_from_starting(edge: Edge) {
     for (config, key) in [
         (
             r#"{"requests_per_minute": 20, "rate_limit": 5}"#,
@@ -74,7 +90,7 @@ fn a_bad_plugin_configuration_keeps_envoy_from_starting() {
             "tenants[0].token_sha256",
         ),
     ] {
-        let e = start_failure(config);
+        let e = start_failure(edge, config);
         let exit = e
             .exit
             .unwrap_or_else(|| panic!("Envoy never exited for {config}"));
@@ -85,14 +101,38 @@ fn a_bad_plugin_configuration_keeps_envoy_from_starting() {
             "{config}: log does not name {key}:\n{}",
             e.log
         );
+        if edge == Edge::Native {
+            // The module's log lines carry its name.
+            assert!(
+                e.log.contains(&format!(
+                    "signalgate: invalid plugin configuration: key \"{key}\""
+                )),
+                "{config}:\n{}",
+                e.log
+            );
+        }
     }
+}
+
+/// The text of `envoy/<file>`.
+fn read(file: &str) -> String {
+    std::fs::read_to_string(root().join("envoy").join(file)).expect(file)
+}
+
+/// The plugin configuration of a local bootstrap (its one `value: '...'`
+/// line), unquoted.
+fn local_plugin_config(bootstrap: &str) -> String {
+    bootstrap
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("value: '"))
+        .and_then(|v| v.strip_suffix('\''))
+        .expect("a plugin configuration line")
+        .replace("''", "'")
 }
 
 #[test]
 fn the_local_bootstrap_is_the_template_rendered_with_the_local_defaults() {
     use signalgate_tests::envoy::render;
-    use signalgate_tests::workspace::root;
-    let read = |f: &str| std::fs::read_to_string(root().join("envoy").join(f)).expect(f);
     let strip = |s: &str| {
         s.lines()
             .filter(|l| !l.trim_start().starts_with('#'))
@@ -100,13 +140,9 @@ fn the_local_bootstrap_is_the_template_rendered_with_the_local_defaults() {
             .join("\n")
     };
     let local = read("envoy.yaml");
-    let plugin_config = local
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("value: '"))
-        .and_then(|v| v.strip_suffix('\''))
-        .expect("plugin configuration in envoy.yaml");
+    let plugin_config = local_plugin_config(&local);
     // The local configuration spells out the defaults.
-    let cfg: Value = serde_json::from_str(plugin_config).expect("plugin configuration JSON");
+    let cfg: Value = serde_json::from_str(&plugin_config).expect("plugin configuration JSON");
     assert_eq!(cfg["requests_per_minute"], 100);
     let rendered = render(
         &read("envoy.template.yaml"),
@@ -118,12 +154,23 @@ fn the_local_bootstrap_is_the_template_rendered_with_the_local_defaults() {
                 "WASM_PATH",
                 "target/wasm32-wasip1/release/signalgate_filter.wasm".into(),
             ),
-            ("PLUGIN_CONFIG", plugin_config.into()),
+            ("PLUGIN_CONFIG", plugin_config),
         ],
     );
     assert_eq!(strip(&rendered), strip(&local));
     assert!(local.contains("allow_on_headers_stop_iteration: true"));
     assert!(local.contains("runtime: envoy.wasm.runtime.v8"));
+}
+
+#[test]
+fn the_local_bootstraps_configure_both_filters_alike() {
+    let native = local_plugin_config(&read("envoy-native.yaml"));
+    assert_eq!(native, local_plugin_config(&read("envoy.yaml")));
+    // The filter's defaults, spelled out.
+    let cfg: Value = serde_json::from_str(&native).expect("JSON filter configuration");
+    assert_eq!(cfg["requests_per_minute"], 100);
+    assert_eq!(cfg["over_limit_status"], 429);
+    assert_eq!(cfg["source"], "remote_address");
 }
 
 #[test]

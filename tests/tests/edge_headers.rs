@@ -1,18 +1,24 @@
-//! What the edge forwards in real Envoy: the request unchanged but for the
-//! headers it owns, and the source they carry: the address, a header,
-//! `x-forwarded-for`, or a tenant's name.
+//! What the edge forwards in real Envoy, with each build of the filter: the
+//! request unchanged but for the headers it owns, and the source they
+//! carry: the address, a header, `x-forwarded-for`, or a tenant's name.
 
 use serde_json::json;
 use signalgate_tests::edge::{
-    body, event, problem, second_source, sha256_hex, valid, webhook, KUBE, PROM, WAIT,
+    body, event, problem, second_source, sha256_hex, valid, webhook, Edge, KUBE, PROM, WAIT,
 };
-use signalgate_tests::envoy::{Envoy, Request};
+use signalgate_tests::edge_client::Request;
+use signalgate_tests::edge_suite;
 use signalgate_tests::upstream::Upstream;
 
-#[test]
-fn accepted_requests_go_on_unchanged_with_our_headers_replacing_spoofed_ones() {
+edge_suite!(
+    accepted_requests_go_on_unchanged_with_our_headers_replacing_spoofed_ones,
+    tenants_good_wrong_and_missing_tokens,
+    the_source_can_come_from_a_header_or_x_forwarded_for,
+);
+
+fn accepted_requests_go_on_unchanged_with_our_headers_replacing_spoofed_ones(edge: Edge) {
     let up = Upstream::start();
-    let envoy = Envoy::start("", up.port());
+    let envoy = edge.start("", up.port());
     let mut c = envoy.client_from(second_source());
     let payload = body(&event());
     let r = c.send(
@@ -24,6 +30,7 @@ fn accepted_requests_go_on_unchanged_with_our_headers_replacing_spoofed_ones() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "{}", "the upstream's answer comes back");
+    assert_eq!(r.header("ratelimit"), Some("\"per-source\";r=99;t=1"));
     let got = up.wait_for_count(1, WAIT);
     let req = &got[0];
     assert_eq!(req.method, "POST");
@@ -59,8 +66,7 @@ fn accepted_requests_go_on_unchanged_with_our_headers_replacing_spoofed_ones() {
 const TOKEN_A: &str = "token-of-team-a";
 const TOKEN_B: &str = "token-of-team-b";
 
-#[test]
-fn tenants_good_wrong_and_missing_tokens() {
+fn tenants_good_wrong_and_missing_tokens(edge: Edge) {
     let up = Upstream::start();
     let config = json!({
         "requests_per_minute": 100,
@@ -69,7 +75,7 @@ fn tenants_good_wrong_and_missing_tokens() {
             {"name": "team-b", "token_sha256": sha256_hex(TOKEN_B).to_uppercase()}
         ]
     });
-    let envoy = Envoy::start(&config.to_string(), up.port());
+    let envoy = edge.start(&config.to_string(), up.port());
     let mut c = envoy.client();
     let bearer = |t: &str| valid().header("authorization", &format!("Bearer {t}"));
 
@@ -121,10 +127,9 @@ fn tenants_good_wrong_and_missing_tokens() {
     );
 }
 
-#[test]
-fn the_source_can_come_from_a_header_or_x_forwarded_for() {
+fn the_source_can_come_from_a_header_or_x_forwarded_for(edge: Edge) {
     let up = Upstream::start();
-    let envoy = Envoy::start(
+    let envoy = edge.start(
         r#"{"source": "header:x-team", "requests_per_minute": 1}"#,
         up.port(),
     );
@@ -166,7 +171,7 @@ fn the_source_can_come_from_a_header_or_x_forwarded_for() {
     drop(envoy);
 
     let up = Upstream::start();
-    let envoy = Envoy::start(
+    let envoy = edge.start(
         r#"{"source": "x-forwarded-for", "trusted_hops": 1, "requests_per_minute": 1}"#,
         up.port(),
     );
@@ -176,10 +181,16 @@ fn the_source_can_come_from_a_header_or_x_forwarded_for() {
     // Same client behind the same proxy, another spoofed entry: same source.
     assert_eq!(c.send(&xff("other, 203.0.113.7, 10.0.0.9")).status, 429);
     assert_eq!(c.send(&xff("203.0.113.8, 10.0.0.1")).status, 200);
+    // Two header lines are one list: the same client as the line before.
+    let split = valid()
+        .header("x-forwarded-for", "203.0.113.8")
+        .header("x-forwarded-for", "10.0.0.1");
+    assert_eq!(c.send(&split).status, 429);
     let got = up.wait_for_count(2, WAIT);
     let sources: Vec<&str> = got
         .iter()
         .filter_map(|r| r.header("x-signalgate-source"))
         .collect();
     assert_eq!(sources, ["203.0.113.7", "203.0.113.8"]);
+    assert_eq!(up.count(), 2);
 }

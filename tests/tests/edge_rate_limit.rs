@@ -1,22 +1,33 @@
-//! The edge's rate limit in real Envoy (the built filter, a recording
-//! upstream, requests over real sockets from 127.0.0.1, and 127.0.0.2 as a
-//! second source): per source, one limit across workers, the over-limit
-//! status, refill, and memory bounded whatever the number of sources.
+//! The edge's rate limit in real Envoy, with each build of the filter (a
+//! recording upstream, requests over real sockets from 127.0.0.1, and
+//! 127.0.0.2 as a second source): per source, one limit across workers, the
+//! over-limit status, refill, and memory bounded whatever the number of
+//! sources.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use signalgate_tests::edge::{problem, second_source, statuses, valid, PROM, WAIT};
-use signalgate_tests::envoy::{Envoy, Options, Request, Response};
+use signalgate_tests::edge::{problem, second_source, statuses, valid, Edge, PROM, WAIT};
+use signalgate_tests::edge_client::{Request, Response};
+use signalgate_tests::edge_suite;
+use signalgate_tests::envoy::{Envoy, Options};
 use signalgate_tests::upstream::Upstream;
 
-#[test]
+edge_suite!(
+    thirty_quick_requests_at_20_per_minute_pass_20_and_429_the_rest_while_another_source_is_unaffected,
+    the_limit_is_one_limit_across_two_workers_and_many_connections,
+    over_limit_status_503_with_retry_after,
+    tokens_come_back_after_retry_after,
+    memory_stays_bounded_with_many_distinct_sources,
+);
+
 fn thirty_quick_requests_at_20_per_minute_pass_20_and_429_the_rest_while_another_source_is_unaffected(
+    edge: Edge,
 ) {
     let up = Upstream::start();
-    let envoy = Envoy::start(r#"{"requests_per_minute": 20}"#, up.port());
+    let envoy = edge.start(r#"{"requests_per_minute": 20}"#, up.port());
     let other = {
         let mut c = envoy.client_from(second_source());
         std::thread::spawn(move || (0..5).map(|_| c.send(&valid())).collect::<Vec<_>>())
@@ -73,15 +84,15 @@ fn thirty_quick_requests_at_20_per_minute_pass_20_and_429_the_rest_while_another
     assert_eq!(up.count(), 25);
 }
 
-#[test]
-fn the_limit_is_one_limit_across_two_workers_and_many_connections() {
+fn the_limit_is_one_limit_across_two_workers_and_many_connections(edge: Edge) {
     const BURST: u64 = 40;
     const THREADS: usize = 8;
     const PER_THREAD: usize = 20;
     let up = Upstream::start();
     // 1 a minute refills nothing during the test: exactly the burst passes.
     let envoy = Envoy::start_with(
-        Options::filter(r#"{"requests_per_minute": 1, "burst": 40}"#, up.port()).concurrency(2),
+        edge.options(r#"{"requests_per_minute": 1, "burst": 40}"#, up.port())
+            .concurrency(2),
     );
     let accepted = Arc::new(AtomicU32::new(0));
     let limited = Arc::new(AtomicU32::new(0));
@@ -128,10 +139,9 @@ fn the_limit_is_one_limit_across_two_workers_and_many_connections() {
     assert_eq!(workers_used, 2, "{per_worker}");
 }
 
-#[test]
-fn over_limit_status_503_with_retry_after() {
+fn over_limit_status_503_with_retry_after(edge: Edge) {
     let up = Upstream::start();
-    let envoy = Envoy::start(
+    let envoy = edge.start(
         r#"{"requests_per_minute": 1, "over_limit_status": 503}"#,
         up.port(),
     );
@@ -149,14 +159,17 @@ fn over_limit_status_503_with_retry_after() {
         r.header("ratelimit-policy"),
         Some("\"per-source\";q=1;w=60")
     );
+    assert_eq!(
+        r.header("ratelimit"),
+        Some(format!("\"per-source\";r=0;t={retry}").as_str())
+    );
     envoy.wait_outcome("rate_limited", 1);
     assert_eq!(up.wait_for_count(1, WAIT).len(), 1);
 }
 
-#[test]
-fn tokens_come_back_after_retry_after() {
+fn tokens_come_back_after_retry_after(edge: Edge) {
     let up = Upstream::start();
-    let envoy = Envoy::start(r#"{"requests_per_minute": 60, "burst": 1}"#, up.port());
+    let envoy = edge.start(r#"{"requests_per_minute": 60, "burst": 1}"#, up.port());
     let mut c = envoy.client();
     assert_eq!(c.send(&valid()).status, 200);
     let r = c.send(&valid());
@@ -205,16 +218,16 @@ fn distinct_sources(envoy: &Envoy, prefix: &str, range: std::ops::Range<u32>) {
     }
 }
 
-#[test]
-fn memory_stays_bounded_with_many_distinct_sources() {
+fn memory_stays_bounded_with_many_distinct_sources(edge: Edge) {
     const N: u32 = 20_000;
     let up = Upstream::start();
     let envoy = Envoy::start_with(Options {
         // Debug logs would log nothing here but cost time.
         debug_logs: false,
-        ..Options::filter(r#"{"source": "header:x-team"}"#, up.port())
+        ..edge.options(r#"{"source": "header:x-team"}"#, up.port())
     });
-    // The table (every shared-data key) exists before the first request, so
+    // The table (every shared-data key of the wasm filter, every slot of the
+    // native module's store) exists before the first request, so
     // the first N sources (more than the 16 384 tracked at once) settle
     // whatever Envoy allocates for connections and stats ...
     distinct_sources(&envoy, "warm-", 0..N);

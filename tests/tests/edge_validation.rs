@@ -1,11 +1,17 @@
-//! The edge's refusals in real Envoy: every route, media-type and payload
-//! rule with its status and field, and the body size limit, with and
-//! without `Content-Length`.
+//! The edge's refusals in real Envoy, with each build of the filter: every
+//! route, media-type and payload rule with its status and field, and the
+//! body size limit, with and without `Content-Length`.
 
 use serde_json::{json, Value};
-use signalgate_tests::edge::{body, event, problem, valid, webhook, KUBE, PROM, WAIT};
-use signalgate_tests::envoy::{Envoy, Request};
+use signalgate_tests::edge::{body, event, problem, valid, webhook, Edge, KUBE, PROM, WAIT};
+use signalgate_tests::edge_client::Request;
+use signalgate_tests::edge_suite;
 use signalgate_tests::upstream::Upstream;
+
+edge_suite!(
+    each_validation_rejection_names_its_status_and_field_and_nothing_reaches_the_upstream,
+    bodies_over_the_limit_get_413_with_and_without_content_length,
+);
 
 /// One validation case: the request, the expected status, the expected `field`.
 struct Case {
@@ -229,10 +235,11 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-#[test]
-fn each_validation_rejection_names_its_status_and_field_and_nothing_reaches_the_upstream() {
+fn each_validation_rejection_names_its_status_and_field_and_nothing_reaches_the_upstream(
+    edge: Edge,
+) {
     let up = Upstream::start();
-    let envoy = Envoy::start(r#"{"max_alerts_per_request": 2}"#, up.port());
+    let envoy = edge.start(r#"{"max_alerts_per_request": 2}"#, up.port());
     let mut c = envoy.client();
     let all = cases();
     for case in &all {
@@ -294,10 +301,9 @@ fn each_validation_rejection_names_its_status_and_field_and_nothing_reaches_the_
     assert_eq!(up.wait_for_count(4, WAIT).len(), 4);
 }
 
-#[test]
-fn bodies_over_the_limit_get_413_with_and_without_content_length() {
+fn bodies_over_the_limit_get_413_with_and_without_content_length(edge: Edge) {
     let up = Upstream::start();
-    let envoy = Envoy::start(r#"{"max_body_bytes": 2048}"#, up.port());
+    let envoy = edge.start(r#"{"max_body_bytes": 2048}"#, up.port());
 
     // Content-Length alone is enough: the body is never sent.
     let mut c = envoy.client();

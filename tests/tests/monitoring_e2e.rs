@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use signalgate_tests::envoy::{Client, Envoy, Request};
+use signalgate_tests::edge_client::{Client, Request};
+use signalgate_tests::envoy::Envoy;
 use signalgate_tests::payloads::{alert, webhook};
 use signalgate_tests::process::temp_dir;
 use signalgate_tests::prometheus::{Prometheus, Target};
