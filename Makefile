@@ -41,9 +41,11 @@ native-faults:
 ## build: the filter (wasm and native module) and the sidecar (release), plus Envoy in .venv
 build: wasm native sidecar
 
-## run: Envoy + filter + sidecar on the embedded default (in-memory store, directory sink)
+## run: Envoy + filter + sidecar on the embedded default (in-memory store, directory sink);
+## EDGE=native runs the dynamic module (envoy/envoy-native.yaml) instead of the wasm filter
+EDGE ?= wasm
 run: build
-	@scripts/run.sh
+	@EDGE=$(EDGE) scripts/run.sh
 
 ## demo: Alertmanager -> Envoy + filter -> sidecar (in-memory store, directory sink), fires a small storm
 demo: build
