@@ -90,7 +90,7 @@ bench: deps
 crd:
 	$(CARGO) run -q -p signalgate-sidecar -- --print-crd > deploy/crds/remediationrequests.signalgate.io.yaml
 	cp deploy/crds/remediationrequests.signalgate.io.yaml deploy/base/
-	cp deploy/crds/remediationrequests.signalgate.io.yaml deploy/istio/
+	cp deploy/crds/remediationrequests.signalgate.io.yaml deploy/istio/common/
 
 ## knobs: regenerate the sidecar's knob table in docs/reference.md from the code
 knobs:

@@ -14,6 +14,7 @@ pub const KUSTOMIZATIONS: &[&str] = &[
     "deploy/base",
     "deploy/overlays/redis-cluster",
     "deploy/istio",
+    "deploy/istio/common",
 ];
 /// Kustomizations checked by their own test file instead (Prometheus
 /// Operator objects: tests/tests/monitoring_rules.rs).

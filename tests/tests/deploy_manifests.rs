@@ -21,6 +21,7 @@ const CLUSTER_SCOPED: &[&str] = &[
     "ClusterRoleBinding",
 ];
 const RBAC_FILE: &str = "deploy/base/rbac.yaml";
+const ISTIO_RBAC_COPY: &str = "deploy/istio/common/rbac.yaml";
 
 #[test]
 fn every_kustomization_under_deploy_is_tested() {
@@ -62,7 +63,7 @@ fn crd_and_rbac_copies_equal_the_originals() {
     let crd = read(CRD_FILE);
     for copy in [
         "deploy/base/remediationrequests.signalgate.io.yaml",
-        "deploy/istio/remediationrequests.signalgate.io.yaml",
+        "deploy/istio/common/remediationrequests.signalgate.io.yaml",
     ] {
         assert!(
             read(copy) == crd,
@@ -70,8 +71,8 @@ fn crd_and_rbac_copies_equal_the_originals() {
         );
     }
     assert!(
-        read("deploy/istio/rbac.yaml") == read(RBAC_FILE),
-        "deploy/istio/rbac.yaml differs from {RBAC_FILE}: run `cp {RBAC_FILE} deploy/istio/rbac.yaml`"
+        read(ISTIO_RBAC_COPY) == read(RBAC_FILE),
+        "{ISTIO_RBAC_COPY} differs from {RBAC_FILE}: run `cp {RBAC_FILE} {ISTIO_RBAC_COPY}`"
     );
 }
 
@@ -417,7 +418,12 @@ fn rendered_manifests_hang_together() {
     let base = Rendered::of("deploy/base");
     let cluster = Rendered::of("deploy/overlays/redis-cluster");
     let istio = Rendered::of("deploy/istio");
-    for r in [&base, &cluster, &istio] {
+    for r in [
+        &base,
+        &cluster,
+        &istio,
+        &Rendered::of("deploy/istio/common"),
+    ] {
         check_common(r);
     }
     check_envoy_pod(&base);
