@@ -41,9 +41,11 @@ native-faults:
 ## build: the filter (wasm and native module) and the sidecar (release), plus Envoy in .venv
 build: wasm native sidecar
 
-## run: Envoy + filter + sidecar on the embedded default (in-memory store, directory sink)
+## run: Envoy + filter + sidecar on the embedded default (in-memory store, directory sink);
+## EDGE=native runs the dynamic module (envoy/envoy-native.yaml) instead of the wasm filter
+EDGE ?= wasm
 run: build
-	@scripts/run.sh
+	@EDGE=$(EDGE) scripts/run.sh
 
 ## demo: Alertmanager -> Envoy + filter -> sidecar (in-memory store, directory sink), fires a small storm
 demo: build
@@ -92,7 +94,7 @@ bench-ab: deps
 crd:
 	$(CARGO) run -q -p signalgate-sidecar -- --print-crd > deploy/crds/remediationrequests.signalgate.io.yaml
 	cp deploy/crds/remediationrequests.signalgate.io.yaml deploy/base/
-	cp deploy/crds/remediationrequests.signalgate.io.yaml deploy/istio/
+	cp deploy/crds/remediationrequests.signalgate.io.yaml deploy/istio/common/
 
 ## knobs: regenerate the sidecar's knob table in docs/reference.md from the code
 knobs:

@@ -13,8 +13,15 @@ use crate::{k8s, workspace};
 pub const KUSTOMIZATIONS: &[&str] = &[
     "deploy/base",
     "deploy/overlays/redis-cluster",
+    "deploy/overlays/native",
     "deploy/istio",
+    "deploy/istio/common",
+    "deploy/overlays/istio-native",
 ];
+/// Kustomizations that are examples to adapt, not a whole install (no
+/// namespace, CRD or workload of their own): rendered, dry-run and checked
+/// by tests/tests/deploy_native.rs, but not by the install-wide checks.
+pub const EXAMPLES: &[&str] = &["deploy/examples/envoy-gateway-native"];
 /// Kustomizations checked by their own test file instead (Prometheus
 /// Operator objects: tests/tests/monitoring_rules.rs).
 pub const TESTED_ELSEWHERE: &[&str] = &["deploy/monitoring"];
@@ -196,6 +203,41 @@ pub fn wasm_config(bootstrap: &Value) -> &Value {
         .collect();
     assert_eq!(found.len(), 1, "exactly one wasm filter in the bootstrap");
     &found[0]["config"]
+}
+
+/// The type of the dynamic-module HTTP filter's configuration.
+pub const DYNAMIC_MODULE_FILTER: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+
+/// The (single) dynamic-module HTTP filter's `typed_config` in `v` (a
+/// bootstrap or an EnvoyFilter).
+pub fn dynamic_module_filter(v: &Value) -> &Value {
+    let found: Vec<&Value> = all_of(v, "typed_config")
+        .into_iter()
+        .map(|(_, tc)| tc)
+        .filter(|tc| tc["@type"] == DYNAMIC_MODULE_FILTER)
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one dynamic-module filter");
+    found[0]
+}
+
+/// The file a dynamic-module filter loads (`module.local.filename`).
+pub fn module_file(filter: &Value) -> &str {
+    str_of(
+        &filter["dynamic_module_config"]["module"]["local"]["filename"],
+        "dynamic_module_config.module.local.filename",
+    )
+}
+
+/// A dynamic-module filter's configuration (a StringValue holding JSON).
+pub fn module_config_json(filter: &Value) -> Value {
+    let config = &filter["filter_config"];
+    assert_eq!(
+        config["@type"], "type.googleapis.com/google.protobuf.StringValue",
+        "the module's configuration is a StringValue"
+    );
+    serde_json::from_str(str_of(&config["value"], "filter_config.value"))
+        .expect("the module's configuration is JSON")
 }
 
 pub fn plugin_config_json(wasm_config: &Value) -> Value {

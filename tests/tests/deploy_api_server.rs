@@ -1,16 +1,22 @@
 //! Every kustomization under `deploy/` is accepted by a real kube-apiserver
-//! (server-side dry run), after the CRD and stand-ins for Istio's CRDs.
+//! (server-side dry run), after the CRD and stand-ins for Istio's and Envoy
+//! Gateway's CRDs.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use signalgate_tests::k8s::ApiServer;
-use signalgate_tests::manifests::{str_of, Rendered, CRD_FILE, KUSTOMIZATIONS, NAMESPACE};
+use signalgate_tests::manifests::{
+    str_of, Rendered, CRD_FILE, EXAMPLES, KUSTOMIZATIONS, NAMESPACE,
+};
 use signalgate_tests::process::temp_dir;
 use signalgate_tests::workspace;
 
-const ISTIO_STAND_IN_CRDS: &str = "tests/fixtures/istio-crds-stand-in.yaml";
+const STAND_IN_CRDS: &[&str] = &[
+    "tests/fixtures/istio-crds-stand-in.yaml",
+    "tests/fixtures/envoy-gateway-crds-stand-in.yaml",
+];
 
 /// `kind.group/name`, as `kubectl ... -o name` prints it.
 fn kubectl_name(o: &Value) -> String {
@@ -52,13 +58,16 @@ fn every_kustomization_is_accepted_by_a_real_api_server() {
     let k8s = ApiServer::start();
     // For real: the CRD (as `make k8s-up` and operators do first), the
     // namespace (a dry run does not create it, and namespaced objects need
-    // it), and stand-ins for Istio's CRDs (clearly marked in the file).
+    // it), and stand-ins for Istio's and Envoy Gateway's CRDs (clearly
+    // marked in the files).
     k8s.apply_file(&workspace::root().join(CRD_FILE));
     k8s.create_namespace(NAMESPACE);
-    k8s.apply_file(&workspace::root().join(ISTIO_STAND_IN_CRDS));
+    for file in STAND_IN_CRDS {
+        k8s.apply_file(&workspace::root().join(file));
+    }
     let tmp = temp_dir("deploy-dry-run");
 
-    for dir in KUSTOMIZATIONS {
+    for dir in KUSTOMIZATIONS.iter().chain(EXAMPLES) {
         let rendered = Rendered::of(dir);
         let objects = for_api_server_1_20(&rendered.objects);
         let file = write_objects(

@@ -12,6 +12,8 @@ use signalgate_tests::workspace;
 
 /// The Makefile's name for the built filter (`WASM :=`).
 const WASM_OUTPUT: &str = "target/wasm32-wasip1/release/signalgate_filter.wasm";
+/// The Makefile's name for the built native module (`make native`).
+const NATIVE_OUTPUT: &str = "target/release/libsignalgate_edge_native.so";
 
 /// One Dockerfile instruction: keyword (upper case) and the rest.
 #[derive(Debug, Clone)]
@@ -165,12 +167,78 @@ fn dockerignore(dockerfile: &Path) -> Vec<String> {
         .collect()
 }
 
+/// An init image (`dockerfile`) holds `file`, built by the Makefile as
+/// `output`, and its ENTRYPOINT and CMD are the command of `r`'s
+/// install-filter init container, which is returned.
+fn check_init_image<'a>(
+    parsed: &BTreeMap<String, Vec<Stage>>,
+    dockerfile: &str,
+    r: &'a Rendered,
+    file: &str,
+    output: &str,
+) -> &'a Value {
+    let image = parsed[dockerfile].last().expect("stage");
+    let dests: BTreeMap<String, Vec<String>> = image
+        .all("COPY")
+        .into_iter()
+        .map(|c| {
+            let (_, sources, dest) = copy_parts(c);
+            (dest, sources)
+        })
+        .collect();
+    assert_eq!(
+        dests.get(file),
+        Some(&vec![output.to_string()]),
+        "{dockerfile}"
+    );
+    let init = arr(&r.pod_spec()["initContainers"])
+        .iter()
+        .find(|c| c["name"] == "install-filter")
+        .expect("install-filter");
+    let cmd: Vec<String> = arr(&init["command"])
+        .iter()
+        .map(|v| str_of(v, "cmd").to_string())
+        .collect();
+    assert!(
+        dests.contains_key(&cmd[0]),
+        "{}: the init container runs {}, which {dockerfile} lacks",
+        r.dir,
+        cmd[0]
+    );
+    assert_eq!(cmd[1..3], ["cp", file], "{}", r.dir);
+    let entry = exec_form(&image.all("ENTRYPOINT")[0].args);
+    assert_eq!(
+        entry,
+        cmd[..3],
+        "{dockerfile}: the image's ENTRYPOINT does what the manifest runs"
+    );
+    assert_eq!(
+        exec_form(&image.all("CMD")[0].args),
+        cmd[3..],
+        "{dockerfile}: the image's default target is the manifest's"
+    );
+    // The image's user is the one the pod runs it as.
+    let user = &image.all("USER").last().expect("USER").args;
+    let psc = &r.pod_spec()["securityContext"];
+    assert_eq!(
+        *user,
+        format!("{}:{}", psc["runAsUser"], psc["runAsGroup"]),
+        "{dockerfile}: USER vs {}'s runAsUser:runAsGroup",
+        r.dir
+    );
+    init
+}
+
 #[test]
 fn dockerfiles_match_the_build_and_the_manifests() {
     let makefile = read("Makefile");
     assert!(
         makefile.contains(&format!("WASM := {WASM_OUTPUT}")),
         "the Makefile names {WASM_OUTPUT} as the filter build output"
+    );
+    assert!(
+        makefile.contains(&format!("ls -l {NATIVE_OUTPUT}")),
+        "make native builds {NATIVE_OUTPUT}"
     );
     let images_dir = workspace::root().join("deploy/images");
     let mut dockerfiles: Vec<PathBuf> = std::fs::read_dir(&images_dir)
@@ -190,6 +258,7 @@ fn dockerfiles_match_the_build_and_the_manifests() {
     assert_eq!(
         names,
         [
+            "Dockerfile.native-init",
             "Dockerfile.sidecar",
             "Dockerfile.wasm",
             "Dockerfile.wasm-init"
@@ -282,44 +351,22 @@ fn dockerfiles_match_the_build_and_the_manifests() {
     assert_eq!(sources, [WASM_OUTPUT]);
     assert_eq!(dest, "/plugin.wasm");
 
-    // Dockerfile.wasm-init: what the init container runs is in the image.
-    let init_image = parsed["Dockerfile.wasm-init"].last().expect("stage");
-    let dests: BTreeMap<String, Vec<String>> = init_image
-        .all("COPY")
-        .into_iter()
-        .map(|c| {
-            let (_, sources, dest) = copy_parts(c);
-            (dest, sources)
-        })
-        .collect();
-    assert_eq!(
-        dests.get("/plugin.wasm"),
-        Some(&vec![WASM_OUTPUT.to_string()])
+    // Dockerfile.wasm-init and Dockerfile.native-init: what the init
+    // container runs is in the image.
+    let init = check_init_image(
+        &parsed,
+        "Dockerfile.wasm-init",
+        &base,
+        "/plugin.wasm",
+        WASM_OUTPUT,
     );
-    let init = arr(&base.pod_spec()["initContainers"])
-        .iter()
-        .find(|c| c["name"] == "install-filter")
-        .expect("install-filter");
-    let cmd: Vec<String> = arr(&init["command"])
-        .iter()
-        .map(|v| str_of(v, "cmd").to_string())
-        .collect();
-    assert!(
-        dests.contains_key(&cmd[0]),
-        "init container runs {}, which the image lacks",
-        cmd[0]
-    );
-    assert_eq!(cmd[1..3], ["cp", "/plugin.wasm"]);
-    let entry = exec_form(&init_image.all("ENTRYPOINT")[0].args);
-    assert_eq!(
-        entry,
-        cmd[..3],
-        "the image's ENTRYPOINT does what the manifest runs"
-    );
-    assert_eq!(
-        exec_form(&init_image.all("CMD")[0].args),
-        cmd[3..],
-        "the image's default target is the manifest's"
+    let native = Rendered::of("deploy/overlays/native");
+    let native_init = check_init_image(
+        &parsed,
+        "Dockerfile.native-init",
+        &native,
+        "/libsignalgate_edge_native.so",
+        NATIVE_OUTPUT,
     );
 
     // Dockerfile.sidecar: builds and runs the sidecar binary; its documented
@@ -437,6 +484,11 @@ fn dockerfiles_match_the_build_and_the_manifests() {
     assert!(
         init_ref.ends_with(&format!("/signalgate-filter-init:{version}")),
         "{init_ref}"
+    );
+    let native_init_ref = image_of(native_init);
+    assert!(
+        native_init_ref.ends_with(&format!("/signalgate-edge-native-init:{version}")),
+        "{native_init_ref}"
     );
     assert!(
         sidecar_ref.ends_with(&format!("/signalgate-sidecar:{version}")),

@@ -1,54 +1,79 @@
 //! The Envoy bootstrap inside the ConfigMap, and the filter configuration
 //! the Istio EnvoyFilter delivers, are loaded by the real Envoy with the
-//! built filter, which must become ready and answer through the filter.
+//! built filter, which must become ready and answer through the filter; the
+//! same for the native module (deploy/overlays/native, istio-native and the
+//! Envoy Gateway example).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use signalgate_tests::envoy;
-use signalgate_tests::manifests::{arr, container_port, istio_extension_config, str_of, Rendered};
+use signalgate_tests::manifests::{
+    arr, container_port, dynamic_module_filter, istio_extension_config, str_of, Rendered,
+    DYNAMIC_MODULE_FILTER,
+};
+use signalgate_tests::native_edge;
 use signalgate_tests::process::{free_port, temp_dir, Proc};
 
 /// Moves every socket address of `bootstrap` to a free loopback port (the
 /// same old port always gets the same new one, so the probe listener's admin
-/// cluster still reaches the admin), points the filter at the local build,
-/// and returns the new port of each old one.
-fn localise(bootstrap: &mut Value, wasm: &Path) -> BTreeMap<u64, u16> {
-    fn walk(v: &mut Value, ports: &mut BTreeMap<u64, u16>, wasm: &Path, wasm_found: &mut usize) {
-        match v {
-            Value::Object(map) => {
-                if let Some(sa) = map.get_mut("socket_address") {
-                    let old = sa["port_value"].as_u64().expect("port_value");
-                    let new = *ports.entry(old).or_insert_with(free_port);
-                    sa["port_value"] = json!(new);
-                    sa["address"] = json!("127.0.0.1");
-                }
-                if let Some(code) = map.get_mut("code") {
-                    if code.get("local").is_some() || code.get("remote").is_some() {
-                        *code = json!({"local": {"filename": wasm.display().to_string()}});
-                        *wasm_found += 1;
-                    }
-                }
-                for child in map.values_mut() {
-                    walk(child, ports, wasm, wasm_found);
-                }
-            }
-            Value::Array(items) => {
-                for child in items {
-                    walk(child, ports, wasm, wasm_found);
-                }
-            }
-            _ => {}
-        }
-    }
+/// cluster still reaches the admin), points the filter (wasm or module) at
+/// the local build, and returns the new port of each old one.
+fn localise(bootstrap: &mut Value) -> BTreeMap<u64, u16> {
     let mut ports = BTreeMap::new();
-    let mut wasm_found = 0;
-    walk(bootstrap, &mut ports, wasm, &mut wasm_found);
-    assert_eq!(wasm_found, 1, "one wasm code source in the bootstrap");
+    let mut filters_found = 0;
+    // Each build is looked up only when the bootstrap loads it.
+    walk(
+        bootstrap,
+        &mut ports,
+        &envoy::wasm_path,
+        &native_edge::module_path,
+        &mut filters_found,
+    );
+    assert_eq!(filters_found, 1, "one filter code source in the bootstrap");
     ports
+}
+
+fn walk(
+    v: &mut Value,
+    ports: &mut BTreeMap<u64, u16>,
+    wasm: &dyn Fn() -> PathBuf,
+    module: &dyn Fn() -> PathBuf,
+    found: &mut usize,
+) {
+    match v {
+        Value::Object(map) => {
+            if let Some(sa) = map.get_mut("socket_address") {
+                let old = sa["port_value"].as_u64().expect("port_value");
+                let new = *ports.entry(old).or_insert_with(free_port);
+                sa["port_value"] = json!(new);
+                sa["address"] = json!("127.0.0.1");
+            }
+            if let Some(code) = map.get_mut("code") {
+                if code.get("local").is_some() || code.get("remote").is_some() {
+                    *code = json!({"local": {"filename": wasm().display().to_string()}});
+                    *found += 1;
+                }
+            }
+            if map.get("@type").is_some_and(|t| t == DYNAMIC_MODULE_FILTER) {
+                map["dynamic_module_config"]["module"] =
+                    json!({"local": {"filename": module().display().to_string()}});
+                *found += 1;
+            }
+            for child in map.values_mut() {
+                walk(child, ports, wasm, module, found);
+            }
+        }
+        Value::Array(items) => {
+            for child in items {
+                walk(child, ports, wasm, module, found);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn http() -> ureq::Agent {
@@ -78,7 +103,7 @@ impl RunningEnvoy {
         let admin_port = bootstrap["admin"]["address"]["socket_address"]["port_value"]
             .as_u64()
             .expect("admin port");
-        let ports = localise(&mut bootstrap, &envoy::wasm_path());
+        let ports = localise(&mut bootstrap);
         let config = dir.path().join("envoy.json");
         std::fs::write(
             &config,
@@ -237,4 +262,112 @@ fn envoy_runs_the_istio_filter_configuration() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut running = RunningEnvoy::start(boot, &args);
     running.assert_filter_answers(signals);
+}
+
+/// deploy/base's bootstrap with `filter` (a whole HTTP filter entry) in
+/// place of the wasm filter.
+fn base_bootstrap_with(base: &Rendered, filter: Value) -> Value {
+    let mut boot = base.envoy_bootstrap();
+    let mut replaced = 0;
+    for l in boot["static_resources"]["listeners"]
+        .as_array_mut()
+        .expect("listeners")
+    {
+        for chain in l["filter_chains"].as_array_mut().expect("filter_chains") {
+            for f in chain["filters"].as_array_mut().expect("filters") {
+                if let Some(http_filters) = f["typed_config"]["http_filters"].as_array_mut() {
+                    for hf in http_filters {
+                        if hf["name"] == "envoy.filters.http.wasm" {
+                            *hf = filter.clone();
+                            replaced += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(replaced, 1);
+    boot
+}
+
+/// Starts Envoy on `boot` with the arguments of `pod`'s Envoy container and
+/// checks that it becomes ready through its readiness probe, that the module
+/// answers on the signal listener and, given the metrics namespace, that it
+/// counts the refusal there.
+fn assert_module_serves(pod: &Rendered, boot: Value, metrics_namespace: Option<&str>) {
+    let envoy_c = pod.container("envoy").expect("envoy");
+    let signals = container_port(envoy_c, "signals").expect("signals");
+    let probe = container_port(envoy_c, "envoy-probe").expect("envoy-probe");
+    let args = deployment_args(pod);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut running = RunningEnvoy::start(boot, &args);
+    let ready_path = str_of(&envoy_c["readinessProbe"]["httpGet"]["path"], "path");
+    let (status, body) = get(&http(), &running.url(probe, ready_path)).expect("readiness probe");
+    assert_eq!((status, body.trim()), (200, "LIVE"));
+    running.assert_filter_answers(signals);
+    let Some(namespace) = metrics_namespace else {
+        return;
+    };
+    let (status, metrics) =
+        get(&http(), &running.url(probe, "/stats/prometheus")).expect("metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(&format!("envoy_{namespace}_unsupported_media_type")),
+        "the module's counter of the refused request:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("signalgate"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn envoy_runs_the_native_overlay_bootstrap_and_becomes_ready() {
+    // The native overlay's ConfigMap and Deployment, as kubelet would run
+    // them (the module at the path the init container writes, here the
+    // local build), probes included.
+    let native = Rendered::of("deploy/overlays/native");
+    assert_module_serves(&native, native.envoy_bootstrap(), Some("signalgate"));
+}
+
+#[test]
+fn envoy_runs_the_istio_native_filter_configuration() {
+    // The module exactly as the EnvoyFilter inserts it into istio-proxy's
+    // chain (the image volume's file swapped for the local build), in the
+    // base bootstrap's chain.
+    let base = Rendered::of("deploy/base");
+    let istio = Rendered::of("deploy/overlays/istio-native");
+    let ef = istio.one("EnvoyFilter");
+    let value = ef["spec"]["configPatches"][0]["patch"]["value"].clone();
+    assert_eq!(dynamic_module_filter(&value), &value["typed_config"]);
+    assert_module_serves(&base, base_bootstrap_with(&base, value), Some("signalgate"));
+}
+
+#[test]
+fn envoy_runs_the_envoy_gateway_example_filter_configuration() {
+    // The filter as Envoy Gateway builds it from the example: the registered
+    // module, the policy's filter name, and its `config` as JSON in a
+    // StringValue.
+    let base = Rendered::of("deploy/base");
+    let eg = Rendered::of("deploy/examples/envoy-gateway-native");
+    let registered = &eg.one("EnvoyProxy")["spec"]["dynamicModules"][0];
+    let policy = &eg.one("EnvoyExtensionPolicy")["spec"]["dynamicModule"][0];
+    let filter = json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER,
+            "dynamic_module_config": {
+                "name": registered["name"],
+                "module": {"local": {"filename": registered["source"]["local"]["path"]}},
+            },
+            "filter_name": policy["filterName"],
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": serde_json::to_string(&policy["config"]).expect("json"),
+            },
+        },
+    });
+    // Envoy Gateway sets no metrics namespace: Envoy's default applies.
+    assert_module_serves(&base, base_bootstrap_with(&base, filter), None);
 }

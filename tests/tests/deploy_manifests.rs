@@ -8,9 +8,10 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use signalgate_tests::manifests::{
-    all_of, arr, container_port, env_value, env_var, istio_extension_config, parse_yaml_docs,
-    plugin_config_json, port_of, read, selects, str_of, wasm_config, Rendered, CRD_FILE,
-    KUSTOMIZATIONS, NAMESPACE, TESTED_ELSEWHERE,
+    all_of, arr, container_port, dynamic_module_filter, env_value, env_var, istio_extension_config,
+    module_file, parse_yaml_docs, plugin_config_json, port_of, read, selects, str_of, wasm_config,
+    Rendered, CRD_FILE, DYNAMIC_MODULE_FILTER, EXAMPLES, KUSTOMIZATIONS, NAMESPACE,
+    TESTED_ELSEWHERE,
 };
 use signalgate_tests::workspace;
 
@@ -21,6 +22,7 @@ const CLUSTER_SCOPED: &[&str] = &[
     "ClusterRoleBinding",
 ];
 const RBAC_FILE: &str = "deploy/base/rbac.yaml";
+const ISTIO_RBAC_COPY: &str = "deploy/istio/common/rbac.yaml";
 
 #[test]
 fn every_kustomization_under_deploy_is_tested() {
@@ -46,6 +48,7 @@ fn every_kustomization_under_deploy_is_tested() {
     walk(&workspace::root().join("deploy"), &mut found);
     let listed: BTreeSet<String> = KUSTOMIZATIONS
         .iter()
+        .chain(EXAMPLES)
         .chain(TESTED_ELSEWHERE)
         .map(|s| s.to_string())
         .collect();
@@ -62,7 +65,7 @@ fn crd_and_rbac_copies_equal_the_originals() {
     let crd = read(CRD_FILE);
     for copy in [
         "deploy/base/remediationrequests.signalgate.io.yaml",
-        "deploy/istio/remediationrequests.signalgate.io.yaml",
+        "deploy/istio/common/remediationrequests.signalgate.io.yaml",
     ] {
         assert!(
             read(copy) == crd,
@@ -70,8 +73,8 @@ fn crd_and_rbac_copies_equal_the_originals() {
         );
     }
     assert!(
-        read("deploy/istio/rbac.yaml") == read(RBAC_FILE),
-        "deploy/istio/rbac.yaml differs from {RBAC_FILE}: run `cp {RBAC_FILE} deploy/istio/rbac.yaml`"
+        read(ISTIO_RBAC_COPY) == read(RBAC_FILE),
+        "{ISTIO_RBAC_COPY} differs from {RBAC_FILE}: run `cp {RBAC_FILE} {ISTIO_RBAC_COPY}`"
     );
 }
 
@@ -280,6 +283,29 @@ fn check_common(r: &Rendered) {
     }
 }
 
+/// The file Envoy loads the filter from: the wasm filter's (with the flags
+/// it needs) or the dynamic module's.
+fn loaded_filter_file(dir: &str, boot: &Value) -> String {
+    let module_filters = all_of(boot, "typed_config")
+        .into_iter()
+        .filter(|(_, tc)| tc["@type"] == DYNAMIC_MODULE_FILTER)
+        .count();
+    if module_filters > 0 {
+        return module_file(dynamic_module_filter(boot)).to_string();
+    }
+    let wasm = wasm_config(boot);
+    assert_eq!(wasm["allow_on_headers_stop_iteration"], true, "{dir}");
+    assert_eq!(
+        wasm["vm_config"]["runtime"], "envoy.wasm.runtime.v8",
+        "{dir}"
+    );
+    str_of(
+        &wasm["vm_config"]["code"]["local"]["filename"],
+        "wasm filename",
+    )
+    .to_string()
+}
+
 /// Plain Envoy: Envoy + filter + sidecar in one pod.
 fn check_envoy_pod(r: &Rendered) {
     let dir = r.dir;
@@ -323,8 +349,8 @@ fn check_envoy_pod(r: &Rendered) {
     );
 
     // Bootstrap vs pod: admin on loopback, listeners on the declared ports,
-    // the sidecar cluster on the sidecar's port, the wasm where the init
-    // container puts it.
+    // the sidecar cluster on the sidecar's port, the filter (wasm or module)
+    // where the init container puts it.
     let boot = r.envoy_bootstrap();
     assert_eq!(
         boot["admin"]["address"]["socket_address"]["address"], "127.0.0.1",
@@ -361,16 +387,7 @@ fn check_envoy_pod(r: &Rendered) {
         "{dir}: cluster sidecar port"
     );
 
-    let wasm = wasm_config(&boot);
-    assert_eq!(wasm["allow_on_headers_stop_iteration"], true, "{dir}");
-    assert_eq!(
-        wasm["vm_config"]["runtime"], "envoy.wasm.runtime.v8",
-        "{dir}"
-    );
-    let wasm_file = str_of(
-        &wasm["vm_config"]["code"]["local"]["filename"],
-        "wasm filename",
-    );
+    let filter_file = loaded_filter_file(dir, &boot);
     let mount_of = |c: &Value, volume: &str| -> String {
         arr(&c["volumeMounts"])
             .iter()
@@ -379,7 +396,7 @@ fn check_envoy_pod(r: &Rendered) {
             .unwrap_or_else(|| panic!("{dir}: {} does not mount {volume}", c["name"]))
     };
     assert!(
-        wasm_file.starts_with(&format!("{}/", mount_of(envoy_c, "filter"))),
+        filter_file.starts_with(&format!("{}/", mount_of(envoy_c, "filter"))),
         "{dir}"
     );
     let init = arr(&pod["initContainers"])
@@ -392,11 +409,11 @@ fn check_envoy_pod(r: &Rendered) {
         .collect();
     assert_eq!(
         cmd.last().copied(),
-        Some(wasm_file),
+        Some(filter_file.as_str()),
         "{dir}: the init container writes the file Envoy loads"
     );
     assert!(
-        wasm_file.starts_with(&format!("{}/", mount_of(init, "filter"))),
+        filter_file.starts_with(&format!("{}/", mount_of(init, "filter"))),
         "{dir}"
     );
     let cfg_mount = mount_of(envoy_c, "envoy-config");
@@ -414,14 +431,15 @@ fn check_envoy_pod(r: &Rendered) {
 
 #[test]
 fn rendered_manifests_hang_together() {
+    for dir in KUSTOMIZATIONS {
+        check_common(&Rendered::of(dir));
+    }
     let base = Rendered::of("deploy/base");
     let cluster = Rendered::of("deploy/overlays/redis-cluster");
     let istio = Rendered::of("deploy/istio");
-    for r in [&base, &cluster, &istio] {
-        check_common(r);
+    for r in [&base, &cluster, &Rendered::of("deploy/overlays/native")] {
+        check_envoy_pod(r);
     }
-    check_envoy_pod(&base);
-    check_envoy_pod(&cluster);
 
     // The overlay changes the Redis URL and the replicas, nothing else.
     let cluster_url = {
