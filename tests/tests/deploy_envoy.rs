@@ -15,7 +15,7 @@ use signalgate_tests::manifests::{
     arr, container_port, dynamic_module_filter, istio_extension_config, str_of, Rendered,
     DYNAMIC_MODULE_FILTER,
 };
-use signalgate_tests::native_edge;
+
 use signalgate_tests::process::{free_port, temp_dir, Proc};
 
 /// Moves every socket address of `bootstrap` to a free loopback port (the
@@ -30,7 +30,7 @@ fn localise(bootstrap: &mut Value) -> BTreeMap<u64, u16> {
         bootstrap,
         &mut ports,
         &envoy::wasm_path,
-        &native_edge::module_path,
+        &envoy::module_path,
         &mut filters_found,
     );
     assert_eq!(filters_found, 1, "one filter code source in the bootstrap");
