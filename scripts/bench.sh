@@ -3,11 +3,12 @@
 # one run on this machine; report in target/bench/ (report.md, report.json,
 # chart.png, and the raw runs in results.jsonl).
 #
-#   1. edge      the same Envoy binary, four configurations — no filter, Envoy's
+#   1. edge      the same Envoy binary, five configurations — no filter, Envoy's
 #                native local_ratelimit per source, the wasm floor (an empty
 #                proxy-wasm filter that waits for the body and reads it:
-#                bench/wasm-floor), the signalgate filter (limit high enough
-#                never to refuse, full validation) — in front of a
+#                bench/wasm-floor), the signalgate filter and the signalgate
+#                native module (edge-native/, an Envoy dynamic module; both
+#                with a limit high enough never to refuse, full validation) — in front of a
 #                real upstream that reads every body (`signalgate-bench upstream`),
 #                1 KB / 4 KB / 64 KB Alertmanager webhooks, 1 and 2 Envoy workers:
 #                req/s, p50, p99, Envoy CPU per request. Then Envoy's RSS while
@@ -36,7 +37,7 @@
 #   BENCH_OUT            report directory (target/bench)
 #   BENCH_SKIP_BUILD=1   use what is built (with SIGNALGATE_BENCH_BIN,
 #                        SIGNALGATE_SIDECAR_BIN, SIGNALGATE_FILTER_WASM,
-#                        SIGNALGATE_FLOOR_WASM, ENVOY_BIN)
+#                        SIGNALGATE_FLOOR_WASM, SIGNALGATE_NATIVE_MODULE, ENVOY_BIN)
 # Only free loopback ports are used; every process started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,16 +75,19 @@ die() {
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
-    log "building (make bench-wasm; cargo build --release -p signalgate-sidecar -p signalgate-bench)"
-    make --no-print-directory bench-wasm >&2
+    log "building (make bench-wasm native; cargo build --release -p signalgate-sidecar -p signalgate-bench)"
+    make --no-print-directory bench-wasm native >&2
     cargo build --release -p signalgate-sidecar -p signalgate-bench >&2
 fi
 BENCH=${SIGNALGATE_BENCH_BIN:-$TARGET/release/signalgate-bench}
 SIDECAR=${SIGNALGATE_SIDECAR_BIN:-$TARGET/release/signalgate-sidecar}
 WASM=${SIGNALGATE_FILTER_WASM:-$TARGET/wasm32-wasip1/release/signalgate_filter.wasm}
 FLOOR_WASM=${SIGNALGATE_FLOOR_WASM:-$TARGET/wasm32-wasip1/release/signalgate_wasm_floor.wasm}
+# Envoy loads the dynamic module by name (libsignalgate_edge_native.so) from
+# its library search path: the module's directory, given only to those Envoys.
+MODULE=${SIGNALGATE_NATIVE_MODULE:-$TARGET/release/libsignalgate_edge_native.so}
 ENVOY=${ENVOY_BIN:-$ROOT/.venv/bin/envoy}
-for f in "$BENCH" "$SIDECAR" "$WASM" "$FLOOR_WASM" "$ENVOY"; do
+for f in "$BENCH" "$SIDECAR" "$WASM" "$FLOOR_WASM" "$MODULE" "$ENVOY"; do
     [ -e "$f" ] || die "$f is missing (run without BENCH_SKIP_BUILD, or make deps)"
 done
 for cmd in redis-server redis-cli redis-benchmark prometheus-alertmanager curl python3; do
@@ -177,6 +181,33 @@ open(out, "w").write(text)
 EOF
 }
 
+# render_module OUT NAME=VALUE...: envoy/envoy-native.yaml (the module's local
+# bootstrap) with the ports (LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT) and the
+# filter configuration (FILTER_CONFIG) replaced, as tests/src/native_edge.rs does.
+render_module() {
+    local out=$1
+    shift
+    python3 - envoy/envoy-native.yaml "$out" "$@" <<'EOF'
+import sys
+template, out, *pairs = sys.argv[1:]
+values = dict(pair.split("=", 1) for pair in pairs)
+text = open(template).read()
+def once(text, old, new):
+    if text.count(old) != 1:
+        sys.exit(f"{template}: {old!r} is not there exactly once: update scripts/bench.sh")
+    return text.replace(old, new)
+for local, name in [("9901", "ADMIN_PORT"), ("8080", "LISTEN_PORT"), ("8081", "UPSTREAM_PORT")]:
+    text = once(text, f"port_value: {local} }}", f"port_value: {values[name]} }}")
+lines = [l for l in text.splitlines() if l.lstrip().startswith("value: '{")]
+if len(lines) != 1:
+    sys.exit(f"{template}: no single filter configuration line: update scripts/bench.sh")
+indent = lines[0][: len(lines[0]) - len(lines[0].lstrip())]
+config = values["FILTER_CONFIG"].replace("'", "''")
+text = once(text, lines[0], f"{indent}value: '{config}'")
+open(out, "w").write(text)
+EOF
+}
+
 # Pin the single-worker Envoy under test to CPU 0 and the load to CPU 1.
 PIN_TEST=() PIN_LOAD=()
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
@@ -207,7 +238,7 @@ record --label part=meta \
     --info "redis=$(redis-server --version | grep -o 'v=[0-9.]*' | sed 's/v=/Redis /')" \
     --info "alertmanager=Alertmanager $(prometheus-alertmanager --version 2>&1 | grep -o 'version [0-9.]*' | head -1 | cut -d' ' -f2)" \
     --info "rustc=$(rustc --version | cut -d' ' -f1-2)" --info "git=$git_rev" \
-    --info "wasm_bytes=$(wc -c <"$WASM")" \
+    --info "wasm_bytes=$(wc -c <"$WASM")" --info "module_bytes=$(wc -c <"$MODULE")" \
     --info "table_capacity=$((table_slots * table_ways))" --info "table_bound_kib=$table_bound_kib" \
     --info "distinct_sources=$SOURCES" \
     --info "pinning=$([ ${#PIN_TEST[@]} -gt 0 ] && echo '1-worker Envoy on CPU 0, load generator and upstream on CPU 1; 2-worker runs unpinned' || echo none)"
@@ -223,7 +254,7 @@ post() { # post URL FILE [CURL ARGS...] -> status code
 }
 
 # ================================================================== 1. edge
-log "1. edge: starting the upstream and 8 Envoys (4 configurations x 1, 2 workers)"
+log "1. edge: starting the upstream and 10 Envoys (5 configurations x 1, 2 workers)"
 UP_PORT=$(free_port)
 start upstream "$BENCH" upstream "127.0.0.1:$UP_PORT"
 UP_PID=$PID
@@ -235,8 +266,8 @@ done
 FILTER_CONFIG="{\"requests_per_minute\": $RATE, \"max_body_bytes\": 262144, \"max_alerts_per_request\": 1000}"
 declare -A EDGE_PORT EDGE_PID EDGE_ADMIN
 for w in "${WORKERS[@]}"; do
-    for c in nofilter native floor filter; do
-        port=$(free_port) admin=$(free_port)
+    for c in nofilter native floor filter module; do
+        port=$(free_port) admin=$(free_port) env=()
         case $c in
         nofilter) render envoy/envoy-nofilter.yaml "$WORK/$c-$w.yaml" LISTEN_PORT="$port" \
             ADMIN_PORT="$admin" UPSTREAM_PORT="$UP_PORT" ;;
@@ -246,10 +277,15 @@ for w in "${WORKERS[@]}"; do
             ADMIN_PORT="$admin" UPSTREAM_PORT="$UP_PORT" WASM_PATH="$FLOOR_WASM" PLUGIN_CONFIG="{}" ;;
         filter) render envoy/envoy.template.yaml "$WORK/$c-$w.yaml" LISTEN_PORT="$port" \
             ADMIN_PORT="$admin" UPSTREAM_PORT="$UP_PORT" WASM_PATH="$WASM" PLUGIN_CONFIG="$FILTER_CONFIG" ;;
+        module)
+            render_module "$WORK/$c-$w.yaml" LISTEN_PORT="$port" ADMIN_PORT="$admin" \
+                UPSTREAM_PORT="$UP_PORT" FILTER_CONFIG="$FILTER_CONFIG"
+            env=(env "LD_LIBRARY_PATH=$(dirname "$MODULE")")
+            ;;
         esac
         pin=()
         [ "$w" = 1 ] && pin=("${PIN_TEST[@]}")
-        start "envoy-$c-$w" "${pin[@]}" "$ENVOY" -c "$WORK/$c-$w.yaml" --concurrency "$w" \
+        start "envoy-$c-$w" "${env[@]}" "${pin[@]}" "$ENVOY" -c "$WORK/$c-$w.yaml" --concurrency "$w" \
             --disable-hot-restart -l warn
         EDGE_PORT[$c-$w]=$port
         EDGE_PID[$c-$w]=$PID
@@ -259,18 +295,20 @@ done
 for key in "${!EDGE_PID[@]}"; do
     wait_http "envoy-$key" "${EDGE_PID[$key]}" "http://127.0.0.1:${EDGE_ADMIN[$key]}/ready" LIVE
 done
-# Every configuration forwards a valid webhook; the filter refuses an invalid one.
+# Every configuration forwards a valid webhook; the filter and the module refuse an invalid one.
 for key in "${!EDGE_PORT[@]}"; do
     code=$(post "http://127.0.0.1:${EDGE_PORT[$key]}/api/v1/signals/prometheus" "$BODY4K")
     [ "$code" = 200 ] || die "edge $key answered $code to a valid webhook: $(cat "$WORK/last-answer")"
 done
 echo '{"version":"4","status":"firing","alerts":[]}' >"$WORK/invalid.json"
 for w in "${WORKERS[@]}"; do
-    code=$(post "http://127.0.0.1:${EDGE_PORT[filter-$w]}/api/v1/signals/prometheus" "$WORK/invalid.json")
-    [ "$code" = 400 ] || die "the filter ($w workers) answered $code to an invalid webhook: validation is off?"
+    for c in filter module; do
+        code=$(post "http://127.0.0.1:${EDGE_PORT[$c-$w]}/api/v1/signals/prometheus" "$WORK/invalid.json")
+        [ "$code" = 400 ] || die "the $c ($w workers) answered $code to an invalid webhook: validation is off?"
+    done
 done
 
-CONFIGS=(nofilter native floor filter)
+CONFIGS=(nofilter native floor filter module)
 for run in $(seq "$RUNS"); do
     for w in "${WORKERS[@]}"; do
         pin=()

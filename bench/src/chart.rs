@@ -19,7 +19,8 @@ const FONT_PATHS: &[&str] = &[
 
 pub const LEGEND: &str = "Chart, four panels, log scales, whiskers = min–max over the runs: \
 top left, edge throughput (req/s) and top right, edge p99 (ms), grouped by payload and Envoy \
-workers (w1, w2), bars grey = no filter, blue = native local_ratelimit, brown = wasm floor (empty filter reading the body), orange = signalgate filter; \
+workers (w1, w2), bars grey = no filter, blue = native local_ratelimit, brown = wasm floor (empty filter reading the body), orange = signalgate filter, \
+pink = signalgate native module; \
 bottom left, alerts/s and bottom right, p99 (ms) of the sidecar alone (`sc`): green `sc dup` = \
 duplicate path, dark green `sc new` = created path (directory sink), olive `sc storm` = \
 storm path (new alerts at the default storm threshold), purple `sc kube` = \
@@ -38,6 +39,7 @@ const DARK_RED: RGBColor = RGBColor(120, 20, 20);
 const TEAL: RGBColor = RGBColor(23, 190, 207);
 const NAVY: RGBColor = RGBColor(20, 40, 120);
 const OLIVE: RGBColor = RGBColor(150, 150, 20);
+const PINK: RGBColor = RGBColor(227, 119, 194);
 
 /// Loads a system font for plotters; false when there is none.
 fn load_font() -> bool {
@@ -104,6 +106,7 @@ pub fn draw(
             Some("nofilter") => (0, GREY),
             Some("native") => (1, BLUE),
             Some("floor") => (2, BROWN),
+            Some("module") => (4, PINK),
             _ => (3, ORANGE),
         };
         if let Some(stat) = g.stat("rps") {
@@ -181,16 +184,16 @@ pub fn draw(
     let panels = [
         Panel {
             title:
-                "Edge req/s — grey: no filter, blue: native, brown: wasm floor, orange: signalgate",
+                "Edge req/s — grey: none, blue: native, brown: floor, orange: wasm, pink: module",
             groups: edge_groups.clone(),
-            slots: 4,
+            slots: 5,
             bars: rps_bars,
         },
         Panel {
             title:
-                "Edge p99 ms — grey: no filter, blue: native, brown: wasm floor, orange: signalgate",
+                "Edge p99 ms — grey: none, blue: native, brown: floor, orange: wasm, pink: module",
             groups: edge_groups,
-            slots: 4,
+            slots: 5,
             bars: p99_bars,
         },
         Panel {

@@ -111,14 +111,16 @@ fn quick_benchmark_writes_a_complete_report() {
     let edge = section(&report, "edge");
     assert_eq!(
         edge.len(),
-        24,
-        "4 configurations x 3 payloads x 2 worker counts"
+        30,
+        "5 configurations x 3 payloads x 2 worker counts"
     );
-    let floor = edge
-        .iter()
-        .filter(|e| e["labels"]["config"] == "floor")
-        .count();
-    assert_eq!(floor, 6, "the wasm floor at every payload and worker count");
+    for (config, what) in [("floor", "the wasm floor"), ("module", "the native module")] {
+        let n = edge
+            .iter()
+            .filter(|e| e["labels"]["config"] == config)
+            .count();
+        assert_eq!(n, 6, "{what} at every payload and worker count");
+    }
     for e in edge {
         for m in [
             "rps",
@@ -182,7 +184,18 @@ fn quick_benchmark_writes_a_complete_report() {
             .is_some_and(|n| n.starts_with("reference:"))
     });
     assert_eq!(references.len(), 2, "the wasm floor, 1 and 2 workers");
-    assert!(goals.len() >= 6, "every target stated: {goals:?}");
+    assert!(goals.len() >= 8, "every target stated: {goals:?}");
+    for w in ["1", "2"] {
+        let name = format!("edge: native module vs native local_ratelimit, 4 KB, {w} worker(s)");
+        assert!(
+            goals.iter().any(|t| t["name"] == name.as_str()),
+            "no target {name:?}: {goals:?}"
+        );
+    }
+    assert!(
+        md.contains("**The native module against native local_ratelimit**"),
+        "report.md lacks the module's comparison:\n{md}"
+    );
     for t in references {
         assert!(t["met"].is_null(), "a reference with a verdict: {t}");
     }

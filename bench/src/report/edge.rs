@@ -1,21 +1,23 @@
-//! Part 1 of the report: the same Envoy in four configurations, and Envoy's
+//! Part 1 of the report: the same Envoy in five configurations, and Envoy's
 //! memory while distinct sources are rate-limited.
 
 use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
 
+use super::module;
 use super::parts::Parts;
 use super::target::Target;
 use crate::figures::{cell, num, ratio_cell};
 use crate::stats::{distinct_values, find, paired_ratio, round, Group};
 
-const EDGE_CONFIGS: [&str; 4] = ["nofilter", "native", "floor", "filter"];
-const CONFIG_NAMES: [(&str, &str); 4] = [
+const EDGE_CONFIGS: [&str; 5] = ["nofilter", "native", "floor", "filter", "module"];
+const CONFIG_NAMES: [(&str, &str); 5] = [
     ("nofilter", "no filter (router only)"),
     ("native", "native local_ratelimit per source"),
     ("floor", "wasm floor (empty filter that reads the body)"),
     ("filter", "signalgate filter (limit + validation)"),
+    ("module", "signalgate native module (limit + validation)"),
 ];
 
 fn config_name(c: &str) -> &str {
@@ -32,17 +34,19 @@ pub fn chapter(
     targets: &mut Vec<Target>,
     ratios: &mut Map<String, Value>,
 ) -> Result<String, String> {
-    let edge_md = configurations(&parts.edge, targets, ratios);
+    let mut edge_md = configurations(&parts.edge, targets, ratios);
+    edge_md.push_str(&module::comparison(&parts.edge, targets));
     let mem_md = memory(parts, targets, ratios)?;
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "## 1. Edge: the same Envoy, four configurations\n\nLoad generator → Envoy → a body-reading upstream \
+        "## 1. Edge: the same Envoy, five configurations\n\nLoad generator → Envoy → a body-reading upstream \
          (`signalgate-bench upstream`: reads every body, answers 200) so the edge is measured without \
          a direct_response shortcut. Limits are high enough that nothing is refused; every answer was checked. \
          The wasm floor (`bench/wasm-floor`) is a proxy-wasm module that only waits for the whole body, copies \
          it into the VM and lets the request through: the least any filter that checks bodies in Envoy's wasm \
-         VM costs, so the gap between it and the signalgate filter is the filter's own work.{edge_md}{mem_md}"
+         VM costs, so the gap between it and the signalgate filter is the filter's own work. The native module \
+         (`edge-native/`) is the same filter core as an Envoy dynamic module, run in-process without a VM.{edge_md}{mem_md}"
     );
     Ok(md)
 }

@@ -6,6 +6,7 @@
 
 mod chain;
 mod edge;
+mod module;
 mod parts;
 mod peer;
 mod sidecar;
@@ -102,7 +103,8 @@ fn header(parts: &Parts) -> String {
     );
     let _ = writeln!(
         md,
-        "Machine: {} ({} cores), {}. Versions: {}; {}; {}; {}; signalgate {} (wasm {} bytes).\n",
+        "Machine: {} ({} cores), {}. Versions: {}; {}; {}; {}; signalgate {} (wasm {} bytes, \
+         native module {} bytes).\n",
         m("cpu"),
         m("cores"),
         m("kernel"),
@@ -111,7 +113,8 @@ fn header(parts: &Parts) -> String {
         m("alertmanager"),
         m("rustc"),
         m("git"),
-        m("wasm_bytes")
+        m("wasm_bytes"),
+        m("module_bytes")
     );
     md
 }
@@ -143,7 +146,12 @@ mod tests {
         for run in ["1", "2"] {
             for w in ["1", "2"] {
                 for p in ["1k", "4k"] {
-                    for (c, rps) in [("nofilter", 100.0), ("native", 95.0), ("filter", 80.0)] {
+                    for (c, rps) in [
+                        ("nofilter", 100.0),
+                        ("native", 95.0),
+                        ("filter", 80.0),
+                        ("module", 90.0),
+                    ] {
                         recs.push(rec(
                             &[
                                 ("part", "edge"),
@@ -217,13 +225,17 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("0.84x"), "{md}");
+        assert!(
+            md.contains("| edge: native module vs native local_ratelimit, 4 KB, 2 worker(s) | throughput >= 0.9x"),
+            "{md}"
+        );
         assert!(md.contains("**met**"), "{md}");
         let json: Value = std::fs::read_to_string(dir.join("report.json"))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null);
-        assert_eq!(json["edge"].as_array().map(Vec::len), Some(12));
-        assert!(json["targets"].as_array().is_some_and(|t| t.len() >= 4));
+        assert_eq!(json["edge"].as_array().map(Vec::len), Some(16));
+        assert!(json["targets"].as_array().is_some_and(|t| t.len() >= 6));
         assert!(
             std::fs::metadata(dir.join("chart.png"))
                 .map(|m| m.len())
