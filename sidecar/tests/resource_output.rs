@@ -89,7 +89,7 @@ fn rendered() -> String {
             &own_snapshot(),
             RECEIVED_MS,
         ));
-        let affected = resource::affected_name(&s.target);
+        let affected = signalgate_resource::builder::affected_name(&s.target);
         for started in [Some(1_764_190_635_123), None] {
             docs.push(resource::for_storm(
                 &s,
