@@ -67,6 +67,7 @@ lint: deps structure
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p signalgate-filter --target wasm32-wasip1 -- -D warnings
+	$(CARGO) clippy -p signalgate-checker --target wasm32-unknown-unknown -- -D warnings
 
 ## structure: no import loops between modules, no oversized files (docs/development.md)
 structure:
