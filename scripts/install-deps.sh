@@ -34,8 +34,8 @@ if ! wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $BINDGEN_VERSIO
     log "installing wasm-bindgen-cli $BINDGEN_VERSION into ~/.cargo/bin"
     # --locked: the CLI's own lock file. A registry mirror that lacks one of
     # those exact versions refuses it; then the newest compatible ones.
-    cargo install --quiet --locked --version "$BINDGEN_VERSION" wasm-bindgen-cli \
-        || cargo install --quiet --force --version "$BINDGEN_VERSION" wasm-bindgen-cli
+    cargo install --locked --version "$BINDGEN_VERSION" wasm-bindgen-cli \
+        || cargo install --force --version "$BINDGEN_VERSION" wasm-bindgen-cli
 fi
 
 if [ ! -x .venv/bin/envoy ] || ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
