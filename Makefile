@@ -22,10 +22,11 @@ wasm: deps
 
 ## checker: the payload checker page (docs/checker.md) in target/checker: the model and the
 ## resource building for the browser (wasm-bindgen), plus checker/www; static files for any server
+## (unstripped: wasm-bindgen reads the wasm's target_features section; it drops the names itself)
 checker: deps
-	$(CARGO) build --release --target wasm32-unknown-unknown -p signalgate-checker
-	wasm-bindgen --target web --no-typescript --out-dir target/checker/pkg \
-		target/wasm32-unknown-unknown/release/signalgate_checker.wasm
+	CARGO_PROFILE_RELEASE_STRIP=false $(CARGO) build --release --target wasm32-unknown-unknown -p signalgate-checker
+	wasm-bindgen --target web --no-typescript --remove-name-section --remove-producers-section \
+		--out-dir target/checker/pkg target/wasm32-unknown-unknown/release/signalgate_checker.wasm
 	cp checker/www/index.html checker/www/checker.js checker/www/checker.css target/checker/
 	@ls -l target/checker/pkg/signalgate_checker_bg.wasm
 
