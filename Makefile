@@ -11,7 +11,7 @@ WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=true
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
 	CARGO_PROFILE_RELEASE_STRIP=true
 
-.PHONY: deps build wasm native native-faults bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-up k8s-down clean crd demo knobs bench-ab
+.PHONY: deps build wasm checker native native-faults bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-up k8s-down clean crd demo knobs bench-ab
 
 deps:
 	@scripts/install-deps.sh
@@ -19,6 +19,16 @@ deps:
 wasm: deps
 	$(WASM_PROFILE) $(CARGO) build --release --target wasm32-wasip1 -p signalgate-filter
 	@ls -l $(WASM)
+
+## checker: the payload checker page (docs/checker.md) in target/checker: the model and the
+## resource building for the browser (wasm-bindgen), plus checker/www; static files for any server
+## (unstripped: wasm-bindgen reads the wasm's target_features section; it drops the names itself)
+checker: deps
+	CARGO_PROFILE_RELEASE_STRIP=false $(CARGO) build --release --target wasm32-unknown-unknown -p signalgate-checker
+	wasm-bindgen --target web --no-typescript --remove-name-section --remove-producers-section \
+		--out-dir target/checker/pkg target/wasm32-unknown-unknown/release/signalgate_checker.wasm
+	cp checker/www/index.html checker/www/checker.js checker/www/checker.css target/checker/
+	@ls -l target/checker/pkg/signalgate_checker_bg.wasm
 
 ## bench-wasm: the filter plus the benchmark's floor module (bench/wasm-floor)
 bench-wasm: wasm
@@ -38,8 +48,8 @@ native-faults:
 	$(CARGO) build -p signalgate-edge-native --features fault-injection
 	mkdir -p target/fault-injection && cp target/debug/libsignalgate_edge_native.so target/fault-injection/
 
-## build: the filter (wasm and native module) and the sidecar (release), plus Envoy in .venv
-build: wasm native sidecar
+## build: the filter (wasm and native module), the sidecar (release) and the checker page, plus Envoy in .venv
+build: wasm native sidecar checker
 
 ## run: Envoy + filter + sidecar on the embedded default (in-memory store, directory sink);
 ## EDGE=native runs the dynamic module (envoy/envoy-native.yaml) instead of the wasm filter
@@ -52,7 +62,7 @@ demo: build
 	@scripts/demo.sh
 
 ## test: everything, against real Envoy, Redis, kube-apiserver and Alertmanager
-test: deps wasm native native-faults k8s-build
+test: deps wasm native native-faults checker k8s-build
 	$(CARGO) build -p signalgate-sidecar
 	$(CARGO) test --workspace --no-fail-fast
 
@@ -60,6 +70,7 @@ lint: deps structure
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p signalgate-filter --target wasm32-wasip1 -- -D warnings
+	$(CARGO) clippy -p signalgate-checker --target wasm32-unknown-unknown -- -D warnings
 
 ## structure: no import loops between modules, no oversized files (docs/development.md)
 structure:

@@ -36,6 +36,7 @@ for f in "$SIDECAR" "$FILTER" "$ENVOY"; do
 done
 
 export SIGNALGATE_SINK=${SIGNALGATE_SINK:-dir:./remediationrequests}
+export SIGNALGATE_CHECKER_DIR=${SIGNALGATE_CHECKER_DIR:-target/checker}
 "$SIDECAR" &
 sidecar=$!
 envoy_pid=
@@ -65,6 +66,7 @@ signalgate is running, edge: $EDGE ($FILTER in Envoy, $BOOTSTRAP).
   Send Alertmanager webhooks to   http://127.0.0.1:8080/api/v1/signals/prometheus
   Send Kubernetes Events to       http://127.0.0.1:8080/api/v1/signals/kubernetes-event
   Resources are written to        ${SIGNALGATE_SINK#dir:}/<namespace>/<name>.json
+  Payload checker page            http://127.0.0.1:9090/check/
   Sidecar metrics                 http://127.0.0.1:9090/metrics
   Envoy admin / filter counters   http://127.0.0.1:9901/stats/prometheus  (${COUNTERS}*)
 Try:  scripts/send-example-alert.sh    (README "Quick start" shows the curl)

@@ -18,7 +18,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-use crate::resource::Progress;
+use signalgate_resource::Progress;
+
+use crate::resource;
 use crate::sink::{Sink, SinkError};
 use crate::store::{ClaimKey, Snapshot, Store};
 
@@ -133,7 +135,7 @@ impl Coalescer {
                     }
                     return None;
                 };
-                let progress = Progress::from_snapshot(&s);
+                let progress = resource::progress(&s);
                 // A re-check that finds what we wrote: done with this resource.
                 (checks.get(&k) != Some(&progress)).then_some((k, s, progress))
             })

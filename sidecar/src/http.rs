@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::app::App;
+use crate::checker_page;
 use crate::config::knobs::MAX_IN_FLIGHT;
 use crate::failure::Failure;
 use crate::sink::SinkError;
@@ -291,8 +292,12 @@ fn failure_response(app: &App, failure: &Failure) -> Response<Body> {
     }
 }
 
-/// Admin port: `/metrics`, `/healthz`, `/readyz`.
+/// Admin port: `/metrics`, `/healthz`, `/readyz`, and the payload checker at `/check`.
 pub async fn admin_api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    if checker_page::is_page(req.uri().path()) {
+        let dir = app.config.checker_dir.as_deref();
+        return checker_page::answer(dir, req.method(), req.uri().path()).await;
+    }
     match req.uri().path() {
         "/metrics" => {
             app.metrics

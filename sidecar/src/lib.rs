@@ -8,12 +8,15 @@
 //!   failed; [`store_call`]: one store call, timed and bounded.
 //! - [`recovery`]: sink lookups and adoption in a namespace the store may
 //!   have lost.
-//! - [`resource`]: the `RemediationRequest` CRD and how one is built.
+//! - [`resource`]: the store's counters as a `RemediationRequest`'s (the
+//!   resource itself is the `signalgate-resource` crate's).
 //! - [`sink`]: where resources are written (directory, Kubernetes).
 //! - [`coalesce`]: counters written at most once per resource per interval.
-//! - [`http`], [`app`], [`metrics`]: the server around it.
+//! - [`http`], [`app`], [`metrics`]: the server around it;
+//!   [`checker_page`]: the payload checker's files on the admin port.
 
 pub mod app;
+pub mod checker_page;
 pub mod clock;
 pub mod coalesce;
 pub mod config;

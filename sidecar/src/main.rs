@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if std::env::args().any(|a| a == "--print-crd") {
-        print!("{}", signalgate_sidecar::resource::crd_yaml());
+        print!("{}", signalgate_resource::crd_yaml());
         return ExitCode::SUCCESS;
     }
     let config = match Config::from_env_and_args() {

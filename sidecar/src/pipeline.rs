@@ -15,10 +15,11 @@ use crate::coalesce::Coalescer;
 use crate::failure::Failure;
 use crate::metrics::Metrics;
 use crate::recovery::Recovery;
-use crate::resource::{self, Progress};
+use crate::resource;
 use crate::sink::{Created, Location, Sink};
 use crate::store::{Claim, ClaimKey, ClaimState, Decision, Outcome, Store, StoreError, Write};
 use crate::store_call;
+use signalgate_resource::builder;
 
 /// How often a request waiting on another request's claim looks again.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -171,7 +172,7 @@ impl Pipeline {
             .map(|&i| Claim {
                 namespace: identities[i].namespace.clone(),
                 fingerprint: fingerprints[i].clone(),
-                affected: resource::affected_name(&identities[i].target),
+                affected: builder::affected_name(&identities[i].target),
                 absent: false,
             })
             .collect();
@@ -343,7 +344,7 @@ impl Pipeline {
                 self.coalescer.mark(p.decision.key.clone());
             } else {
                 // Counters may have moved while we created: the next flush checks.
-                let progress = Progress::from_snapshot(&p.decision.snapshot);
+                let progress = resource::progress(&p.decision.snapshot);
                 self.coalescer.created(p.decision.key.clone(), progress);
             }
         }
@@ -367,7 +368,7 @@ impl Pipeline {
             }
             ClaimKey::Storm { .. } => resource::for_storm(
                 signal,
-                &resource::affected_name(&signal.target),
+                &builder::affected_name(&signal.target),
                 &decision.snapshot,
                 received_ms,
             ),

@@ -6,6 +6,7 @@
 //! deadline instead of sleeping.
 
 pub mod alertmanager;
+pub mod browser;
 pub mod client;
 pub mod e2e;
 pub mod edge;

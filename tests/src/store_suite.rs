@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use signalgate_resource::naming::base36;
 use signalgate_sidecar::store::memory::MemoryStore;
-use signalgate_sidecar::store::naming::base36;
 use signalgate_sidecar::store::redis::RedisStore;
 use signalgate_sidecar::store::{
     Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, Write,

@@ -24,7 +24,9 @@
 use serde_json::{json, Value};
 use signalgate_filter::{config::Config as FilterConfig, decide};
 use signalgate_model::{alertmanager, kube_event, namespace, signal, SignalType};
-use signalgate_sidecar::resource::{self, RemediationRequest, MAX_ENTRIES, MAX_VALUE_BYTES};
+use signalgate_resource::builder::affected_name;
+use signalgate_resource::{RemediationRequest, MAX_ENTRIES, MAX_VALUE_BYTES};
+use signalgate_sidecar::resource;
 use signalgate_sidecar::store::{Snapshot, StormSnapshot};
 use signalgate_tests::payloads;
 
@@ -317,7 +319,7 @@ fn follow_accepted(signal_type: SignalType, body: &[u8], what: &str) -> usize {
         );
         let own = resource::for_signal(s, &fingerprint, &snapshot, 1_764_190_640_000);
         check_resource(&own, &s.namespace, what);
-        let affected = resource::affected_name(&s.target);
+        let affected = affected_name(&s.target);
         let storm = resource::for_storm(s, &affected, &snapshot, 1_764_190_640_000);
         check_resource(&storm, &s.namespace, what);
     }

@@ -64,6 +64,7 @@ pub const KNOBS: &[Knob] = &[
     SHUTDOWN_GRACE,
     LOG_FORMAT,
     WORKER_THREADS,
+    CHECKER_DIR,
 ];
 
 pub const LISTEN: Knob = Knob {
@@ -312,6 +313,18 @@ pub const WORKER_THREADS: Knob = Knob {
         them (see docs/performance.md): scale with replicas first",
     read: |c, v| {
         c.worker_threads = worker_threads(v)?;
+        Ok(())
+    },
+};
+
+pub const CHECKER_DIR: Knob = Knob {
+    name: "CHECKER_DIR",
+    default: "",
+    meaning: "directory of the payload checker page (`make checker` builds it in \
+        `target/checker`), served read-only at `/check` on the admin port; unset: not served \
+        (docs/checker.md)",
+    read: |c, v| {
+        c.checker_dir = (!v.is_empty()).then(|| std::path::PathBuf::from(v));
         Ok(())
     },
 };

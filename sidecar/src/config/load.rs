@@ -88,6 +88,7 @@ fn blank() -> Config {
         shutdown_grace: Duration::ZERO,
         log_format: LogFormat::Text,
         worker_threads: None,
+        checker_dir: None,
     }
 }
 

@@ -77,6 +77,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Threads of the async runtime; `None`: one per CPU the process may use.
     pub worker_threads: Option<usize>,
+    /// The payload checker's files (`make checker`), served at `/check` on
+    /// the admin port; `None`: not served.
+    pub checker_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, PartialEq, Eq)]

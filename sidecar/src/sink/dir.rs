@@ -16,7 +16,7 @@ use signalgate_model::rfc3339;
 use super::{
     most_recent, most_recent_storm, Created, Found, FoundStorm, Location, Sink, SinkError,
 };
-use crate::resource::{Progress, RemediationRequest};
+use signalgate_resource::{Progress, RemediationRequest};
 
 /// The link (beside the fingerprints' links) to the namespace's latest storm resource.
 const STORM_LINK: &str = "storm";

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::config::knobs::KUBE_LOOKUP_READS;
 use crate::config::LookupReads;
-use crate::resource::{
+use signalgate_resource::{
     Progress, RemediationRequest, LABEL_FINGERPRINT, LABEL_ORIGINAL_NAMESPACE, LABEL_STORM,
 };
 

@@ -3,9 +3,9 @@
 
 use signalgate_model::rfc3339;
 
-use crate::resource::{Progress, RemediationRequest};
-use crate::store::naming::storm_prefix;
 use crate::store::{Snapshot, StormSnapshot};
+use signalgate_resource::naming::storm_prefix;
+use signalgate_resource::{Progress, RemediationRequest};
 
 pub mod dir;
 pub mod kube;
@@ -201,7 +201,7 @@ pub trait Sink: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::Storm;
+    use signalgate_resource::Storm;
 
     fn storm(name: &str, started: &str, last: &str, ends: Option<&str>) -> RemediationRequest {
         let mut rr: RemediationRequest = serde_json::from_value(serde_json::json!({

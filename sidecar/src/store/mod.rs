@@ -6,7 +6,6 @@ use std::time::Duration;
 
 mod batch;
 pub mod memory;
-pub mod naming;
 pub mod redis;
 
 /// Tunables of the decision, shared by every store.

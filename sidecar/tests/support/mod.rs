@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use signalgate_model::SignalType;
+use signalgate_resource::{Progress, RemediationRequest};
 use signalgate_sidecar::coalesce::Coalescer;
 use signalgate_sidecar::failure::Failure;
 use signalgate_sidecar::metrics::Metrics;
 use signalgate_sidecar::pipeline::{Accepted, Limits, Pipeline};
-use signalgate_sidecar::resource::{Progress, RemediationRequest};
 use signalgate_sidecar::sink::{
     most_recent, most_recent_storm, Created, Found, FoundStorm, Location, Sink, SinkError,
 };

@@ -3,8 +3,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::records::{claim_write, FpEntry, FpKind, Namespace, Own, Params, Storm};
-use crate::store::naming::{fingerprint_resource, storm_resource};
 use crate::store::{Adopted, Claim, ClaimKey, Decision, Outcome, Snapshot, Write};
+use signalgate_resource::naming::{fingerprint_resource, storm_resource};
 
 /// Everything the store holds; behind the store's mutex.
 #[derive(Default)]

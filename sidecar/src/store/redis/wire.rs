@@ -10,11 +10,11 @@ use redis::cluster_routing::Slot;
 use redis::{Script, Value};
 
 use crate::clock::ms;
-use crate::store::naming::storm_prefix;
 use crate::store::{
     Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, StoreError,
     StormSnapshot, Write, WARM_MARKER_TTL,
 };
+use signalgate_resource::naming::storm_prefix;
 
 const COMMON: &str = include_str!("../common.lua");
 const DECIDE: &str = include_str!("../decide.lua");

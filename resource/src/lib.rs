@@ -1,0 +1,159 @@
+//! The `RemediationRequest` custom resource (`signalgate.io/v1alpha1`) that
+//! signalgate writes: its types here, how one is built from a signal and its
+//! counters in [`builder`], how it is named in [`naming`]. Both sinks of the
+//! sidecar (the directory and Kubernetes) write exactly these objects, and
+//! the payload checker (`checker/`) builds them in the browser with this very
+//! code: nothing here does I/O or needs a runtime.
+#![forbid(unsafe_code)]
+
+pub mod builder;
+pub mod naming;
+
+use std::collections::BTreeMap;
+
+use kube_derive::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const LABEL_FINGERPRINT: &str = "signalgate.io/fingerprint";
+pub const LABEL_SIGNAL_TYPE: &str = "signalgate.io/signal-type";
+pub const LABEL_SEVERITY: &str = "signalgate.io/severity";
+pub const LABEL_STORM: &str = "signalgate.io/storm";
+pub const LABEL_ORIGINAL_NAMESPACE: &str = "signalgate.io/original-namespace";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// Signal labels and annotations copied into the spec are bounded: at most
+/// this many entries, each value cut to [`MAX_VALUE_BYTES`].
+pub const MAX_ENTRIES: usize = 64;
+pub const MAX_VALUE_BYTES: usize = 1024;
+
+/// A request for remediation of one incident (or one storm of incidents).
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    crates(kube_core = "::kube_core"),
+    group = "signalgate.io",
+    version = "v1alpha1",
+    kind = "RemediationRequest",
+    plural = "remediationrequests",
+    shortname = "rr",
+    namespaced,
+    status = "RemediationRequestStatus",
+    printcolumn = r#"{"name":"Signal","type":"string","jsonPath":".spec.signalName"}"#,
+    printcolumn = r#"{"name":"Severity","type":"string","jsonPath":".spec.severity"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetResource.name"}"#,
+    printcolumn = r#"{"name":"Count","type":"integer","jsonPath":".spec.deduplication.occurrenceCount"}"#,
+    printcolumn = r#"{"name":"Storm","type":"integer","jsonPath":".spec.storm.alertCount"}"#,
+    printcolumn = r#"{"name":"Last Seen","type":"date","jsonPath":".spec.deduplication.lastSeen"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationRequestSpec {
+    /// SHA-256 hex of the signal (type, namespace, target kind and name, signal name). Immutable.
+    pub signal_fingerprint: String,
+    pub signal_name: String,
+    /// `prometheus` or `kubernetes-event`.
+    pub signal_type: String,
+    pub severity: String,
+    pub target_resource: TargetResource,
+    /// Who sent the signal (edge source or tenant).
+    pub source: String,
+    /// When the signal started firing (RFC 3339).
+    pub firing_time: String,
+    /// When signalgate first received it (RFC 3339).
+    pub received_time: String,
+    #[serde(default)]
+    pub signal_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub signal_annotations: BTreeMap<String, String>,
+    pub deduplication: Deduplication,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<Storm>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetResource {
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deduplication {
+    pub first_seen: String,
+    pub last_seen: String,
+    pub occurrence_count: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storm {
+    /// Distinct signals aggregated into this storm.
+    pub alert_count: u64,
+    /// De-duplicated `Kind/name` of the resources the storm's signals are about (capped).
+    #[serde(default)]
+    pub affected_resources: Vec<String>,
+    /// Storm members whose affected resource is not in the (full) list, counted once per member signal.
+    #[serde(default)]
+    pub affected_resources_overflow: u64,
+    pub started_at: String,
+    /// Until when the storm takes new signals: each new signal moves it on
+    /// by the storm window, up to the storm's maximum duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<String>,
+}
+
+/// Written by the remediation controller, never by signalgate.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationRequestStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The counters the sink keeps up to date after creation (coalesced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub deduplication: Deduplication,
+    pub storm: Option<Storm>,
+}
+
+impl Progress {
+    /// Applies these counters to a spec.
+    pub fn apply(&self, spec: &mut RemediationRequestSpec) {
+        spec.deduplication = self.deduplication.clone();
+        if self.storm.is_some() {
+            spec.storm = self.storm.clone();
+        }
+    }
+}
+
+/// The CRD manifest (what `deploy/crds/` holds), as YAML.
+pub fn crd_yaml() -> String {
+    use kube_core::CustomResourceExt;
+    let crd = RemediationRequest::crd();
+    let yaml = serde_yaml::to_string(&crd).unwrap_or_default();
+    format!("# Generated by `signalgate-sidecar --print-crd` (make crd); do not edit.\n{yaml}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_crds_holds_the_crd_of_these_types() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/crds/remediationrequests.signalgate.io.yaml"
+        );
+        let shipped = std::fs::read_to_string(path).unwrap();
+        assert!(
+            shipped == crd_yaml(),
+            "deploy/crds/ drifted from the Rust types: run `make crd` and commit the result"
+        );
+    }
+}
