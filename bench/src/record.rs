@@ -18,6 +18,19 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record from label and metric pairs, for tests.
+    #[cfg(test)]
+    pub fn of(labels: &[(&str, &str)], metrics: &[(&str, f64)]) -> Record {
+        Record {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            info: BTreeMap::new(),
+        }
+    }
+
     pub fn label(&self, key: &str) -> &str {
         self.labels.get(key).map(String::as_str).unwrap_or("")
     }

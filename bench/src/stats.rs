@@ -188,17 +188,6 @@ pub fn distinct_values(groups: &[Group], key: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn rec(labels: &[(&str, &str)], metrics: &[(&str, f64)]) -> Record {
-        Record {
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            info: BTreeMap::new(),
-        }
-    }
-
     #[test]
     fn medians_and_paired_ratios() {
         assert_eq!(Stat::of(&[3.0, 1.0, 2.0]).map(|s| s.median), Some(2.0));
@@ -206,11 +195,11 @@ mod tests {
         assert_eq!(Stat::of(&[]), None);
         let mut recs = Vec::new();
         for (run, a, b) in [("1", 90.0, 100.0), ("2", 80.0, 100.0), ("3", 50.0, 40.0)] {
-            recs.push(rec(
+            recs.push(Record::of(
                 &[("part", "edge"), ("config", "filter"), ("run", run)],
                 &[("rps", a)],
             ));
-            recs.push(rec(
+            recs.push(Record::of(
                 &[("part", "edge"), ("config", "native"), ("run", run)],
                 &[("rps", b)],
             ));

@@ -1,7 +1,7 @@
 //! Headless Chromium driven through chromedriver's W3C WebDriver HTTP API:
 //! one private browser per test, with a fresh profile.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::process::{free_port, temp_dir, wait_for, wait_for_port, Proc};
+use crate::workspace;
 
 /// How long a page may take to reach a state the test waits for.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -28,24 +29,6 @@ const FLAGS: &[&str] = &[
     "--window-size=1400,1000",
 ];
 
-/// `env` if set, else `name` on `PATH`; panics naming `make deps` otherwise.
-fn binary(env: &str, name: &str, package: &str) -> PathBuf {
-    let found = match std::env::var_os(env) {
-        Some(bin) => Some(PathBuf::from(bin)).filter(|p| p.is_file()),
-        None => std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(name))
-                .find(|p| p.is_file())
-        }),
-    };
-    found.unwrap_or_else(|| {
-        panic!(
-            "{name} not found (neither {env} nor PATH has it): install it with \
-             `make deps` (scripts/install-deps.sh, Debian package {package})"
-        )
-    })
-}
-
 pub struct Browser {
     base: String,
     session: String,
@@ -58,8 +41,9 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a headless Chromium session.
     pub fn start() -> Browser {
-        let chromium = binary("CHROMIUM_BIN", "chromium", "chromium");
-        let chromedriver = binary("CHROMEDRIVER_BIN", "chromedriver", "chromium-driver");
+        let chromium = workspace::installed_binary("CHROMIUM_BIN", "chromium", "chromium");
+        let chromedriver =
+            workspace::installed_binary("CHROMEDRIVER_BIN", "chromedriver", "chromium-driver");
         let profile = temp_dir("chromium");
         let port = free_port();
         let mut cmd = Command::new(chromedriver);

@@ -16,36 +16,19 @@ use serde_json::{json, Value};
 
 use crate::client;
 use crate::process::{free_port, temp_dir, wait_for, Proc};
+use crate::workspace;
 
 /// How long Prometheus may take to answer `/-/ready`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `env` if set, else `name` on `PATH`; panics naming `make deps` otherwise.
-fn binary(env: &str, name: &str) -> PathBuf {
-    let found = match std::env::var_os(env) {
-        Some(bin) => Some(PathBuf::from(bin)).filter(|p| p.is_file()),
-        None => std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(name))
-                .find(|p| p.is_file())
-        }),
-    };
-    found.unwrap_or_else(|| {
-        panic!(
-            "{name} not found (neither {env} nor PATH has it): install it with \
-             `make deps` (scripts/install-deps.sh, Debian package prometheus)"
-        )
-    })
-}
-
 /// The `promtool` binary.
 pub fn promtool_bin() -> PathBuf {
-    binary("PROMTOOL_BIN", "promtool")
+    workspace::installed_binary("PROMTOOL_BIN", "promtool", "prometheus")
 }
 
 /// The `prometheus` server binary.
 pub fn prometheus_bin() -> PathBuf {
-    binary("PROMETHEUS_BIN", "prometheus")
+    workspace::installed_binary("PROMETHEUS_BIN", "prometheus", "prometheus")
 }
 
 /// Runs `promtool args...` in `dir`; its output, whatever the exit status.

@@ -35,3 +35,22 @@ pub fn artefact(env: &str, default: PathBuf, hint: &str) -> PathBuf {
     );
     path
 }
+
+/// A tool the project installs (scripts/install-deps.sh): `env` if set, else
+/// `name` on `PATH`; panics naming `make deps` and the Debian `package`.
+pub fn installed_binary(env: &str, name: &str, package: &str) -> PathBuf {
+    let found = match std::env::var_os(env) {
+        Some(bin) => Some(PathBuf::from(bin)).filter(|p| p.is_file()),
+        None => std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.is_file())
+        }),
+    };
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} not found (neither {env} nor PATH has it): install it with \
+             `make deps` (scripts/install-deps.sh, Debian package {package})"
+        )
+    })
+}

@@ -125,17 +125,6 @@ mod tests {
 
     use super::*;
 
-    fn rec(labels: &[(&str, &str)], metrics: &[(&str, f64)]) -> Record {
-        Record {
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            info: BTreeMap::new(),
-        }
-    }
-
     #[test]
     fn a_report_from_every_part() {
         let mut recs = vec![Record {
@@ -152,7 +141,7 @@ mod tests {
                         ("filter", 80.0),
                         ("module", 90.0),
                     ] {
-                        recs.push(rec(
+                        recs.push(Record::of(
                             &[
                                 ("part", "edge"),
                                 ("config", c),
@@ -172,7 +161,7 @@ mod tests {
                 }
             }
             for (path, a) in [("duplicate", 5000.0), ("created", 1000.0)] {
-                recs.push(rec(
+                recs.push(Record::of(
                     &[
                         ("part", "sidecar"),
                         ("path", path),
@@ -187,7 +176,7 @@ mod tests {
                         ("redis_calls_per_req", 5.0),
                     ],
                 ));
-                recs.push(rec(
+                recs.push(Record::of(
                     &[("part", "chain"), ("path", path), ("run", run)],
                     &[
                         ("alerts_per_s", a / 2.0),
@@ -197,7 +186,7 @@ mod tests {
                     ],
                 ));
             }
-            recs.push(rec(
+            recs.push(Record::of(
                 &[
                     ("part", "redis_benchmark"),
                     ("config", "evalsha"),
@@ -205,13 +194,13 @@ mod tests {
                 ],
                 &[("rps", 70000.0)],
             ));
-            recs.push(rec(
+            recs.push(Record::of(
                 &[("part", "peer"), ("mode", "identical"), ("run", run)],
                 &[("alerts_per_s", 800.0), ("alerts_per_request", 5.0)],
             ));
         }
         for (s, rss) in [("0", 40000.0), ("20000", 41000.0), ("100000", 41100.0)] {
-            recs.push(rec(
+            recs.push(Record::of(
                 &[("part", "edge_memory"), ("sources", s)],
                 &[("rss_kib", rss)],
             ));
