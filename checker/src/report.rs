@@ -95,8 +95,11 @@ fn describe(alert: Option<usize>, s: &Signal, now_ms: i64) -> Value {
             first_seen: now.clone(),
             last_seen: now,
             occurrence_count: 1,
+            firing_count: 1,
+            last_firing_time: None,
         },
         storm: None,
+        resolution: None,
     };
     let resource = builder::for_signal(s, &fingerprint, &name, progress, now_ms);
     let yaml = serde_yaml::to_string(&resource).unwrap_or_else(|e| format!("# {e}\n"));

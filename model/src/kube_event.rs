@@ -145,6 +145,20 @@ impl<'a> KubeEvent<'a> {
             .or(self.deprecated_count)
     }
 
+    /// When the event's series began: `firstTimestamp`, else the
+    /// deprecated copy, else `eventTime` (events.k8s.io: the first
+    /// observation). It stays the same while the series is re-posted with a
+    /// growing count: the incident's firing instance.
+    pub fn first_seen(&self) -> Option<&str> {
+        self.first_timestamp
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .or(self.deprecated_first_timestamp.as_deref())
+            .filter(|t| !t.is_empty())
+            .or(self.event_time.as_deref())
+            .filter(|t| !t.is_empty())
+    }
+
     /// When the event was last seen: the most specific timestamp present.
     pub fn last_seen(&self) -> Option<&str> {
         let series = self

@@ -7,6 +7,13 @@ pub struct Timestamp {
     pub nanos: u32,
 }
 
+/// Milliseconds since the Unix epoch of an RFC 3339 date-time (`None`
+/// when it is not one).
+pub fn unix_millis(s: &str) -> Option<i64> {
+    let t = parse(s)?;
+    Some(t.unix_seconds * 1000 + i64::from(t.nanos / 1_000_000))
+}
+
 /// Parses an RFC 3339 date-time; `None` when it is not one (including
 /// impossible dates such as February 30th).
 pub fn parse(s: &str) -> Option<Timestamp> {

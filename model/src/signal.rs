@@ -10,6 +10,8 @@ use crate::alertmanager::{Alert, Webhook};
 use crate::kube_event::KubeEvent;
 use crate::labels::Labels;
 use crate::namespace::NamespaceFrom;
+use crate::rfc3339;
+use crate::text::Text;
 
 /// Which payload a signal came from; also the last segment of its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -86,6 +88,12 @@ pub struct Signal {
     pub source: String,
     /// The event's message, or the alert's `summary`/`description` annotation.
     pub message: Option<String>,
+    /// The firing instance (see [`Identity::instance_ms`]).
+    #[serde(default)]
+    pub instance_ms: i64,
+    /// A resolved alert's `endsAt` (see [`Identity::resolved_ms`]).
+    #[serde(default)]
+    pub resolved_ms: Option<i64>,
 }
 
 /// What identifies a signal: everything the store and the claim protocol
@@ -101,6 +109,15 @@ pub struct Identity {
     pub namespace_from: NamespaceFrom,
     pub target: Target,
     pub status: Status,
+    /// Which firing of the incident this is, in ms since the Unix epoch: an
+    /// alert's `startsAt` (Alertmanager keeps it while the alert fires and
+    /// gives the next firing a new one), an event's series start
+    /// ([`KubeEvent::first_seen`]). 0 when unknown: the incident is then the
+    /// dedup window.
+    pub instance_ms: i64,
+    /// When a resolved alert ended (its `endsAt`, if it has one): `Some`
+    /// exactly for resolved signals (0 inside when it gave no time).
+    pub resolved_ms: Option<i64>,
 }
 
 impl Identity {
@@ -152,6 +169,8 @@ impl Signal {
             namespace_from: self.namespace_from,
             target: self.target.clone(),
             status: self.status,
+            instance_ms: self.instance_ms,
+            resolved_ms: self.resolved_ms,
         }
     }
 }
@@ -284,6 +303,7 @@ fn alert_identity(labels: &LabelView<'_, '_>, a: &Alert<'_>, ctx: &Context<'_>) 
         Some("resolved") => Status::Resolved,
         _ => Status::Firing,
     };
+    let millis = |t: Option<&Text<'_>>| t.and_then(|t| rfc3339::unix_millis(t.as_str()));
     Identity {
         signal_type: SignalType::Prometheus,
         name,
@@ -291,6 +311,8 @@ fn alert_identity(labels: &LabelView<'_, '_>, a: &Alert<'_>, ctx: &Context<'_>) 
         namespace_from,
         target,
         status,
+        instance_ms: millis(a.starts_at.as_ref()).unwrap_or(0),
+        resolved_ms: (status == Status::Resolved).then(|| millis(a.ends_at.as_ref()).unwrap_or(0)),
     }
 }
 
@@ -321,6 +343,8 @@ fn from_alert(
         status: id.status,
         source: ctx.source.to_string(),
         message,
+        instance_ms: id.instance_ms,
+        resolved_ms: id.resolved_ms,
     }
 }
 
@@ -362,6 +386,8 @@ pub fn from_kube_event(e: &KubeEvent<'_>, ctx: &Context<'_>) -> Signal {
         status: Status::Firing,
         source: ctx.source.to_string(),
         message: e.text().map(str::to_string),
+        instance_ms: e.first_seen().and_then(rfc3339::unix_millis).unwrap_or(0),
+        resolved_ms: None,
     }
 }
 
@@ -582,6 +608,48 @@ mod tests {
             fingerprint(SignalType::Prometheus, "ab", "c", "p", "A"),
             fingerprint(SignalType::Prometheus, "a", "bc", "p", "A")
         );
+    }
+
+    #[test]
+    fn the_firing_instance_is_starts_at_and_a_resolution_ends_at() {
+        let mut resolved = alert(json!({"alertname": "A"}));
+        resolved["status"] = json!("resolved");
+        resolved["endsAt"] = json!("2026-11-26T21:00:00.250Z");
+        let w = webhook(vec![resolved, alert(json!({"alertname": "B"}))], json!({}));
+        let body = serde_json::to_vec(&w).unwrap();
+        let parsed = alertmanager::parse(&body, 10).unwrap();
+        let ids = alert_identities(&parsed, &CTX);
+        let starts = rfc3339::unix_millis("2026-11-26T20:57:15Z").unwrap();
+        assert_eq!(ids[0].instance_ms, starts);
+        assert_eq!(
+            ids[0].resolved_ms,
+            rfc3339::unix_millis("2026-11-26T21:00:00.250Z")
+        );
+        assert_eq!((ids[1].instance_ms, ids[1].resolved_ms), (starts, None));
+        // The whole signal agrees with the identity read without copying.
+        let whole = alert_signal(&parsed, 0, &CTX).unwrap();
+        assert_eq!(whole.identity(), ids[0]);
+    }
+
+    #[test]
+    fn an_event_series_keeps_its_first_timestamp_as_instance() {
+        let event = |count: u32, last: &str| {
+            let v = json!({
+                "involvedObject": {"kind": "Pod", "namespace": "shop", "name": "cart-1"},
+                "reason": "BackOff", "type": "Warning", "count": count,
+                "firstTimestamp": "2026-11-26T20:00:00Z", "lastTimestamp": last
+            });
+            let body = serde_json::to_vec(&v).unwrap();
+            from_kube_event(&kube_event::parse(&body).unwrap(), &CTX)
+        };
+        let first = event(2, "2026-11-26T20:05:00Z");
+        let later = event(40, "2026-11-26T23:00:00Z");
+        assert_eq!(
+            first.instance_ms,
+            rfc3339::unix_millis("2026-11-26T20:00:00Z").unwrap()
+        );
+        assert_eq!(first.instance_ms, later.instance_ms);
+        assert_eq!(first.resolved_ms, None);
     }
 
     #[test]

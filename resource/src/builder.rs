@@ -54,6 +54,7 @@ pub fn for_signal(
         signal_annotations: bounded(&signal.annotations),
         deduplication: progress.deduplication,
         storm: None,
+        resolution: progress.resolution,
     };
     object(
         &signal.namespace,
@@ -100,6 +101,7 @@ pub fn for_storm(
         )]),
         deduplication: progress.deduplication,
         storm,
+        resolution: progress.resolution,
     };
     object(
         &signal.namespace,
@@ -192,6 +194,74 @@ fn bounded(map: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Deduplication, Resolution, Storm};
+    use signalgate_model::namespace::NamespaceFrom;
+    use signalgate_model::signal::Status;
+
+    fn signal() -> Signal {
+        Signal {
+            signal_type: SignalType::Prometheus,
+            name: "A".into(),
+            severity: "critical".into(),
+            namespace: "shop".into(),
+            namespace_from: NamespaceFrom::Label,
+            target: Target {
+                kind: "Pod".into(),
+                name: "p".into(),
+                namespace: Some("shop".into()),
+            },
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            firing_time: Some("2026-11-27T10:00:00Z".into()),
+            status: Status::Firing,
+            source: "s".into(),
+            message: None,
+            instance_ms: 0,
+            resolved_ms: None,
+        }
+    }
+
+    fn progress(storm: Option<Storm>) -> Progress {
+        Progress {
+            deduplication: Deduplication {
+                first_seen: "2026-11-27T10:00:01Z".into(),
+                last_seen: "2026-11-27T12:00:00Z".into(),
+                occurrence_count: 9,
+                firing_count: 3,
+                last_firing_time: Some("2026-11-27T11:50:00Z".into()),
+            },
+            storm,
+            resolution: Some(Resolution {
+                resolved_at: "2026-11-27T12:00:00Z".into(),
+                received_at: "2026-11-27T12:00:03Z".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn resources_carry_the_firing_and_resolution_fields_of_their_progress() {
+        let p = progress(None);
+        let rr = for_signal(&signal(), "f", "rr-f", p.clone(), 0);
+        assert_eq!(rr.spec.deduplication, p.deduplication);
+        assert_eq!(rr.spec.resolution, p.resolution);
+        let storm = Storm {
+            alert_count: 4,
+            affected_resources: vec![],
+            affected_resources_overflow: 0,
+            started_at: "2026-11-27T10:00:00Z".into(),
+            ends_at: None,
+            resolved_count: 4,
+            previous: Some("storm-x-1".into()),
+        };
+        let rr = for_storm(&signal(), "Pod/p", "storm-x-2", progress(Some(storm)), 1, 1);
+        let s = rr.spec.storm.as_ref().unwrap();
+        assert_eq!(
+            (s.resolved_count, s.previous.as_deref()),
+            (4, Some("storm-x-1"))
+        );
+        assert_eq!(rr.spec.deduplication.firing_count, 3);
+        assert_eq!(rr.spec.resolution, p.resolution);
+    }
 
     #[test]
     fn label_values_are_made_valid() {

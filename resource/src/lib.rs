@@ -44,6 +44,8 @@ pub const MAX_VALUE_BYTES: usize = 1024;
     printcolumn = r#"{"name":"Count","type":"integer","jsonPath":".spec.deduplication.occurrenceCount"}"#,
     printcolumn = r#"{"name":"Storm","type":"integer","jsonPath":".spec.storm.alertCount"}"#,
     printcolumn = r#"{"name":"Last Seen","type":"date","jsonPath":".spec.deduplication.lastSeen"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Resolved","type":"date","jsonPath":".spec.resolution.resolvedAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -68,6 +70,19 @@ pub struct RemediationRequestSpec {
     pub deduplication: Deduplication,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm: Option<Storm>,
+    /// Set once the incident resolved (a `resolved` alert); absent while it is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
+}
+
+/// When an incident (or, for a storm, its last member) resolved.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resolution {
+    /// When it stopped firing, as the sender says (`endsAt`; RFC 3339).
+    pub resolved_at: String,
+    /// When signalgate received the resolve (RFC 3339).
+    pub received_at: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
@@ -85,6 +100,18 @@ pub struct Deduplication {
     pub first_seen: String,
     pub last_seen: String,
     pub occurrence_count: u64,
+    /// Firing instances counted in this resource: 1 at creation, one more
+    /// for each new firing (a new `startsAt`) absorbed into it.
+    #[serde(default = "one")]
+    pub firing_count: u64,
+    /// When the latest firing instance counted here started (RFC 3339);
+    /// absent while it is the first (`firingTime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_firing_time: Option<String>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
@@ -103,6 +130,13 @@ pub struct Storm {
     /// by the storm window, up to the storm's maximum duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ends_at: Option<String>,
+    /// Members whose incident resolved.
+    #[serde(default)]
+    pub resolved_count: u64,
+    /// The storm this one continues (it reached its maximum duration while
+    /// its namespace was still storming).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 /// Written by the remediation controller, never by signalgate.
@@ -113,6 +147,9 @@ pub struct RemediationRequestStatus {
     pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the controller finished (RFC 3339), written with a terminal phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
 }
 
 /// The counters the sink keeps up to date after creation (coalesced).
@@ -120,6 +157,8 @@ pub struct RemediationRequestStatus {
 pub struct Progress {
     pub deduplication: Deduplication,
     pub storm: Option<Storm>,
+    /// The incident's resolution; `None`: open (clears an earlier one).
+    pub resolution: Option<Resolution>,
 }
 
 impl Progress {
@@ -129,6 +168,7 @@ impl Progress {
         if self.storm.is_some() {
             spec.storm = self.storm.clone();
         }
+        spec.resolution = self.resolution.clone();
     }
 }
 
@@ -143,6 +183,94 @@ pub fn crd_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn old_resource() -> serde_json::Value {
+        // As written before incidents had a lifecycle: no firing count,
+        // resolution, storm resolved count or completion time.
+        serde_json::json!({
+            "apiVersion": "signalgate.io/v1alpha1",
+            "kind": "RemediationRequest",
+            "metadata": { "name": "rr-1", "namespace": "shop" },
+            "spec": {
+                "signalFingerprint": "f", "signalName": "A", "signalType": "prometheus",
+                "severity": "warning",
+                "targetResource": { "kind": "Pod", "name": "p" },
+                "source": "s", "firingTime": "2026-11-27T10:00:00Z",
+                "receivedTime": "2026-11-27T10:00:01Z",
+                "deduplication": {
+                    "firstSeen": "2026-11-27T10:00:01Z", "lastSeen": "2026-11-27T10:00:01Z",
+                    "occurrenceCount": 3
+                },
+                "storm": { "alertCount": 2, "startedAt": "2026-11-27T10:00:00Z" }
+            },
+            "status": { "phase": "Running" }
+        })
+    }
+
+    #[test]
+    fn resources_written_before_the_lifecycle_fields_read_with_defaults() {
+        let rr: RemediationRequest = serde_json::from_value(old_resource()).unwrap();
+        assert_eq!(rr.spec.deduplication.firing_count, 1);
+        assert_eq!(rr.spec.deduplication.last_firing_time, None);
+        assert_eq!(rr.spec.resolution, None);
+        let storm = rr.spec.storm.as_ref().unwrap();
+        assert_eq!((storm.resolved_count, storm.previous.as_deref()), (0, None));
+        let status = rr.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.completion_time, None);
+    }
+
+    #[test]
+    fn lifecycle_fields_are_written_by_their_names_and_absent_when_unset() {
+        let mut rr: RemediationRequest = serde_json::from_value(old_resource()).unwrap();
+        let written = serde_json::to_value(&rr).unwrap();
+        let spec = &written["spec"];
+        assert!(spec.get("resolution").is_none(), "{spec}");
+        assert!(spec["deduplication"].get("lastFiringTime").is_none());
+        assert!(spec["storm"].get("previous").is_none());
+        assert_eq!(spec["deduplication"]["firingCount"], 1);
+        assert_eq!(spec["storm"]["resolvedCount"], 0);
+
+        let mut progress = Progress {
+            deduplication: rr.spec.deduplication.clone(),
+            storm: None,
+            resolution: Some(Resolution {
+                resolved_at: "2026-11-27T11:00:00Z".into(),
+                received_at: "2026-11-27T11:00:02Z".into(),
+            }),
+        };
+        progress.deduplication.firing_count = 2;
+        progress.deduplication.last_firing_time = Some("2026-11-27T10:30:00Z".into());
+        progress.apply(&mut rr.spec);
+        let spec = serde_json::to_value(&rr.spec).unwrap();
+        assert_eq!(
+            spec["resolution"],
+            serde_json::json!({"resolvedAt": "2026-11-27T11:00:00Z", "receivedAt": "2026-11-27T11:00:02Z"})
+        );
+        assert_eq!(spec["deduplication"]["firingCount"], 2);
+        assert_eq!(
+            spec["deduplication"]["lastFiringTime"],
+            "2026-11-27T10:30:00Z"
+        );
+        assert_eq!(
+            spec["storm"]["alertCount"], 2,
+            "a progress without storm keeps it"
+        );
+        // An open incident again: the resolution is cleared.
+        progress.resolution = None;
+        progress.apply(&mut rr.spec);
+        assert_eq!(rr.spec.resolution, None);
+    }
+
+    #[test]
+    fn the_crd_prints_phase_and_resolution() {
+        let crd = crd_yaml();
+        assert!(crd.contains("jsonPath: .status.phase"), "{crd}");
+        assert!(
+            crd.contains("jsonPath: .spec.resolution.resolvedAt"),
+            "{crd}"
+        );
+    }
 
     #[test]
     fn deploy_crds_holds_the_crd_of_these_types() {
