@@ -248,6 +248,7 @@ pub struct SettingsBuilder(Settings);
 pub fn settings() -> SettingsBuilder {
     SettingsBuilder(Settings {
         dedup_ttl: Duration::from_secs(60),
+        incident_ttl: Duration::from_secs(120),
         storm_threshold: 1_000,
         storm_window: Duration::from_secs(60),
         storm_max_duration: Duration::from_secs(300),
@@ -256,17 +257,23 @@ pub fn settings() -> SettingsBuilder {
     })
 }
 
-/// Settings with a dedup window of `ttl` (and a shorter claim lease), for
-/// tests that watch records expire.
+/// Settings with a dedup window (and incident TTL) of `ttl` and a shorter
+/// claim lease, for tests that watch records expire.
 pub fn short_window(ttl: Duration) -> SettingsBuilder {
     settings()
         .dedup_ttl(ttl)
+        .incident_ttl(ttl)
         .claim_lease(Duration::from_millis(300))
 }
 
 impl SettingsBuilder {
     pub fn dedup_ttl(mut self, ttl: Duration) -> Self {
         self.0.dedup_ttl = ttl;
+        self
+    }
+
+    pub fn incident_ttl(mut self, ttl: Duration) -> Self {
+        self.0.incident_ttl = ttl;
         self
     }
 
@@ -336,6 +343,7 @@ pub fn claim_on(ns: &str, seed: &str, affected: &str) -> Claim {
         fingerprint: fingerprint(&format!("{ns}/{seed}")),
         affected: affected.to_string(),
         absent: true,
+        ..Claim::default()
     }
 }
 
@@ -363,8 +371,8 @@ pub fn found_in_sink(c: &Claim, count: u64) -> Snapshot {
         first_seen_ms: 1_000,
         last_seen_ms: 2_000,
         occurrence_count: count,
-        storm: None,
-        moved_to: None,
+        firings: 1,
+        ..Snapshot::default()
     }
 }
 

@@ -198,6 +198,7 @@ async fn every_key_expires(b: Backend) {
         .store(
             settings()
                 .dedup_ttl(Duration::from_millis(600))
+                .incident_ttl(Duration::from_millis(600))
                 .storm_threshold(2)
                 .storm_window(Duration::from_millis(500))
                 .storm_max_duration(Duration::from_millis(800))

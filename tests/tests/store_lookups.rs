@@ -39,7 +39,7 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
     let name = existing.resource.clone();
     let adopted = f
         .store
-        .adopt(&a.namespace, &a.fingerprint, &existing)
+        .adopt(&a, &existing, false)
         .await
         .expect("adopt")
         .expect("a fingerprint claim");
@@ -60,7 +60,7 @@ async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
     // A second request that found it too: counted in what the store holds.
     let twice = f
         .store
-        .adopt(&a.namespace, &a.fingerprint, &existing)
+        .adopt(&a, &existing, false)
         .await
         .expect("adopt")
         .expect("a fingerprint claim");
@@ -99,11 +99,11 @@ async fn new_fingerprints_are_looked_up_while_the_namespace_is_cold(b: Backend) 
         "each namespace has its own memory"
     );
     f.store
-        .adopt(&a.namespace, &a.fingerprint, &found_in_sink(&a, 1))
+        .adopt(&a, &found_in_sink(&a, 1), false)
         .await
         .expect("adopt a");
     f.store
-        .adopt(&c.namespace, &c.fingerprint, &found_in_sink(&c, 1))
+        .adopt(&c, &found_in_sink(&c, 1), false)
         .await
         .expect("adopt c");
     // d has no resource: decided as absent, it is the window's first new one.
@@ -184,8 +184,9 @@ async fn a_running_storm_found_in_the_sink_is_adopted(b: Backend) {
             affected_overflow: 3,
             started_ms,
             ends_ms,
+            ..StormSnapshot::default()
         }),
-        moved_to: None,
+        ..Snapshot::default()
     };
     let adopt = |ns: &str, existing: Snapshot| {
         let store = f.store.clone();
@@ -336,11 +337,7 @@ async fn where_a_resource_went_is_remembered_with_it(b: Backend) {
         moved_to: here.clone(),
         ..found_in_sink(&e, 2)
     };
-    let adopted = f
-        .store
-        .adopt(&cold, &e.fingerprint, &existing)
-        .await
-        .expect("adopt");
+    let adopted = f.store.adopt(&e, &existing, false).await.expect("adopt");
     assert_eq!(adopted.and_then(|a| a.snapshot.moved_to), here);
     assert_eq!(moved(&f.one(&e).await), here);
     let now = now_ms();
@@ -355,8 +352,10 @@ async fn where_a_resource_went_is_remembered_with_it(b: Backend) {
             affected_overflow: 0,
             started_ms: now - 1_000,
             ends_ms: now + 60_000,
+            ..StormSnapshot::default()
         }),
         moved_to: here.clone(),
+        ..Snapshot::default()
     };
     let key = ClaimKey::Storm {
         namespace: cold.clone(),
@@ -385,7 +384,7 @@ async fn an_adoption_finding_a_claim_made_meanwhile_settles_it_as_a_duplicate_wo
         let (a, found) = (a.clone(), found.clone());
         async move {
             store
-                .adopt(&a.namespace, &a.fingerprint, &found)
+                .adopt(&a, &found, false)
                 .await
                 .expect("adopt")
                 .expect("its own resource")

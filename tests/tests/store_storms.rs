@@ -184,13 +184,17 @@ async fn storm_max_duration_caps_extension(b: Backend) {
         last_aggregated > started_ms + window.as_millis() as i64,
         "never extended"
     );
-    // After the cap the namespace counts afresh: created, then a new storm.
-    assert_eq!(after.outcome, Outcome::Created, "{after:?}");
+    // After the cap, while new members still arrive, the storm continues at
+    // once as a new storm resource linked to it: nothing is let through.
+    let continued = assert_storm(&after, Outcome::StormStarted, Write::Create);
+    assert_ne!(continued, name);
+    let storm = after.snapshot.storm.as_ref().expect("storm");
+    assert_eq!(storm.previous.as_deref(), Some(name.as_str()), "{after:?}");
     assert!(after.snapshot.first_seen_ms >= cap);
     let next = f.one(&claim(&ns, "next")).await;
-    assert_ne!(
-        assert_storm(&next, Outcome::StormStarted, Write::Create),
-        name
+    assert_eq!(
+        assert_storm(&next, Outcome::StormAggregated, Write::Await),
+        continued
     );
 }
 

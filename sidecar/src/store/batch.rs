@@ -243,7 +243,7 @@ mod tests {
             namespace: "ns".into(),
             fingerprint: fingerprint.into(),
             affected: String::new(),
-            absent: false,
+            ..Claim::default()
         }
     }
 

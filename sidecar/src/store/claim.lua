@@ -4,22 +4,28 @@
 -- A storm claim:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a, KEYS[3] sg:{ns}:x.
 -- ARGV: 1 op ('commit', 'release', 'poll', 'adopt', 'forget'), 2 kind ('f'
 --       or 's'), 3 storm resource name (storm claims), 4 claim lease ms, 5
---       dedup ttl ms; commit: 6 the namespace the resource went to if not
---       its own (else ''); adopt of a fingerprint: 6 resource name, 7 first
---       seen ms, 8 occurrence count of the existing resource, 9 the
---       namespace it is in if not its own (else ''); adopt of a storm: 6
---       started ms, 7 last seen ms, 8 occurrence count, 9 alert count, 10
---       affected overflow, 11 ends ms, 12 max affected, 13 the namespace it
---       is in if not its own (else ''), 14... its affected values; forget:
---       6 the resource name the sink no longer has
+--       dedup ttl ms, 6 incident ttl ms; commit: 7 the namespace the
+--       resource went to if not its own (else ''); adopt of a fingerprint: 7
+--       resource name, 8 first seen ms, 9 occurrence count of the existing
+--       resource, 10 the namespace it is in if not its own (else ''), 11 its
+--       firing instance ms (0 unknown), 12 its firings, 13 and 14 its
+--       resolution (resolved ms, received ms; 0 0 open), 15 the claim's
+--       firing instance ms, 16 '1' to absorb the claim's firing into it as a
+--       new firing instance (else '0'); adopt of a storm: 7 started ms, 8
+--       last seen ms, 9 occurrence count, 10 alert count, 11 affected
+--       overflow, 12 ends ms, 13 max affected, 14 the namespace it is in if
+--       not its own (else ''), 15 resolved count, 16 the storm it continues
+--       (else ''), 17... its affected values; forget: 7 the resource name
+--       the sink no longer has
 -- Reply: commit and release: 1 done, 0 the claim is gone.
 --        forget: 1 forgotten, 0 left (gone, pending, or another resource).
 --        adopt: { resource (name, or '<namespace>/<name>' when it went to
 --        another namespace), first seen ms, last seen ms, count, write (2
 --        update; a claim another request made first: 3 await, 1 create,
---        its lease having expired) }, or 0 if the
---        fingerprint has joined a storm meanwhile; of a storm: 1 adopted,
---        0 not (it has ended, or the namespace runs another storm).
+--        its lease having expired), instance ms, firings, resolved ms,
+--        resolution received ms (0 0 open) }, or 0 if the fingerprint has
+--        joined a storm meanwhile; of a storm: 1 adopted, 0 not (it has
+--        ended, or the namespace runs another storm).
 --        poll: 0 gone, { 1, the namespace the resource went to if not its
 --        own (else '') } committed, 2 pending (live lease), 3 owned (the
 --        lease had expired: the caller now holds a fresh one).
@@ -27,6 +33,7 @@
 local op, kind, name = ARGV[1], ARGV[2], ARGV[3]
 local lease = tonumber(ARGV[4])
 local dedup = tonumber(ARGV[5])
+local incident = tonumber(ARGV[6])
 local now = now_ms()
 
 -- Where the claim's fields live: a fingerprint claim in its own hash (it
@@ -45,7 +52,7 @@ local H, prefix, exists = KEYS[1], '', 'r'
 -- holds of it is merged (each counter and its end: the larger).
 if op == 'adopt' and kind == 's' then
   local S, A, X = KEYS[1], KEYS[2], KEYS[3]
-  local e = tonumber(ARGV[11])
+  local e = tonumber(ARGV[12])
   if e <= now then
     return 0
   end
@@ -60,82 +67,132 @@ if op == 'adopt' and kind == 's' then
   local st = storm_live(S, X, name, now)
   if not st then
     storm_drop(S, A, X, name)
-    st = { f = tonumber(ARGV[6]), l = 0, c = 0, n = 0, o = 0, k = 0, e = 0 }
+    st = { f = tonumber(ARGV[7]), l = 0, c = 0, n = 0, o = 0, k = 0, e = 0, j = 0, r = 0, v = ARGV[16] }
   end
-  st.l = math.max(st.l, tonumber(ARGV[7]))
-  st.c = math.max(st.c, tonumber(ARGV[8]))
-  st.n = math.max(st.n, tonumber(ARGV[9]))
-  st.o = math.max(st.o, tonumber(ARGV[10]))
+  st.l = math.max(st.l, tonumber(ARGV[8]))
+  st.c = math.max(st.c, tonumber(ARGV[9]))
+  st.n = math.max(st.n, tonumber(ARGV[10]))
+  st.o = math.max(st.o, tonumber(ARGV[11]))
   st.e = math.max(st.e, e)
-  local max_affected = tonumber(ARGV[12])
-  for i = 14, #ARGV do
+  st.j = math.max(st.j, tonumber(ARGV[8]))
+  st.r = math.max(st.r, tonumber(ARGV[15]))
+  local max_affected = tonumber(ARGV[13])
+  for i = 17, #ARGV do
     if st.k < max_affected and redis.call('ZADD', A, 'NX', 0, name .. '|' .. ARGV[i]) == 1 then
       st.k = st.k + 1
     end
   end
   redis.call('HSET', S, name .. '|f', int(st.f), name .. '|l', int(st.l), name .. '|c', int(st.c),
     name .. '|n', int(st.n), name .. '|e', int(st.e), name .. '|p', 0, name .. '|u', 0,
-    name .. '|o', int(st.o), name .. '|k', int(st.k), 'cur', name)
-  if ARGV[13] ~= '' then
-    redis.call('HSET', S, name .. '|w', ARGV[13])
+    name .. '|o', int(st.o), name .. '|k', int(st.k), name .. '|j', int(st.j), 'cur', name)
+  if st.r > 0 then
+    redis.call('HSET', S, name .. '|r', int(st.r))
   end
-  storm_keep(S, A, X, { { name, math.max(now + dedup, st.e) } }, now)
+  if ARGV[14] ~= '' then
+    redis.call('HSET', S, name .. '|w', ARGV[14])
+  end
+  if st.v ~= '' then
+    redis.call('HSET', S, name .. '|v', st.v)
+  end
+  storm_keep(S, A, X, { { name, math.max(now + math.max(dedup, incident), st.e) } }, now)
   return 1
 end
 
+-- A fingerprint record's TTL after a sighting (ttl_of): the incident TTL
+-- while it has a firing instance (i, a string) and is open (z absent or 0),
+-- else the dedup window.
+local function ttl_of(i, z)
+  if i and i ~= '0' and num(z) == 0 then
+    return incident
+  end
+  return dedup
+end
+
 if op == 'adopt' then
-  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u')
+  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u', 'c', 'i', 'g', 'z', 'y')
   if known[3] then
     return 0
   end
-  local resource, first, c, moved = known[1], num(known[2]), 0, committed_to(known[4])
-  local write, keep = 2, dedup
-  if resource then
-    -- Another request's claim, maybe still pending: settled as decide.lua
-    -- would settle a duplicate of it (wait for it, or take it over).
-    c = redis.call('HINCRBY', H, 'c', 1)
-    local lease_until
-    write, lease_until = claim_write(num(known[4]), num(known[5]), now, lease)
+  local ci, ri = ARGV[15], known[7] or '0'
+  if known[1] and (ci == '0' or ri == '0' or ri == ci) then
+    -- The claim's incident, by now known (another request adopted or
+    -- created it first; maybe still pending): counted as decide.lua counts
+    -- a duplicate of it (wait for its claim, or take it over).
+    local c = redis.call('HINCRBY', H, 'c', 1)
+    local write, lease_until = claim_write(num(known[4]), num(known[5]), now, lease)
     redis.call('HSET', H, 'l', int(now), 'u', int(lease_until))
+    local keep = ttl_of(ri, known[9])
     if write ~= 2 then
-      keep = math.max(dedup, lease_until - now)
+      keep = math.max(keep, lease_until - now)
     end
+    if redis.call('PTTL', H) < keep then
+      redis.call('PEXPIRE', H, int(keep))
+    end
+    return { resource_ref(known[1], committed_to(known[4])), num(known[2]), now, c, write,
+      ri, tonumber(known[8]) or 1, known[9] or 0, known[10] or 0 }
+  end
+  -- A new record of the resource found (replacing one of another instance);
+  -- the counters of the store's record if it names that resource (fresher).
+  local resource = ARGV[7]
+  local first, c, g, moved, z, y
+  if known[1] == resource then
+    first, c, g, moved = num(known[2]), num(known[6]), tonumber(known[8]) or 1, committed_to(known[4])
+    z, y = num(known[9]), num(known[10])
   else
-    resource, first, c, moved = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]) + 1, ARGV[9]
-    redis.call('HSET', H, 'r', resource, 'f', int(first), 'l', int(now), 'c', int(c),
-      'p', committed_p(moved), 'u', 0)
+    first, c, g, moved = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[12]), ARGV[10]
+    z, y = tonumber(ARGV[13]), tonumber(ARGV[14])
   end
-  if redis.call('PTTL', H) < keep then
-    redis.call('PEXPIRE', H, int(keep))
+  local i = ARGV[11]
+  if ARGV[16] == '1' then
+    -- Absorbed: the claim's firing counts as a new firing of the resource.
+    i, g, z, y = ci, math.max(g, 1) + 1, 0, 0
+  else
+    g = math.max(g, 1)
   end
-  return { resource_ref(resource, moved), first, now, c, write }
+  c = c + 1
+  redis.call('DEL', H)
+  redis.call('HSET', H, 'r', resource, 'f', int(first), 'l', int(now), 'c', int(c),
+    'p', committed_p(moved), 'u', 0)
+  if i ~= '0' then
+    redis.call('HSET', H, 'i', i)
+  end
+  if g ~= 1 then
+    redis.call('HSET', H, 'g', int(g))
+  end
+  if z ~= 0 then
+    redis.call('HSET', H, 'z', int(z), 'y', int(y))
+  end
+  redis.call('PEXPIRE', H, int(ttl_of(i, z)))
+  return { resource_ref(resource, moved), first, now, c, 2, i, g, z, y }
 end
 
 if kind == 's' then
   prefix = name .. '|'
   exists = prefix .. 'f'
 end
-local v = redis.call('HMGET', H, exists, prefix .. 'l', prefix .. 'p', prefix .. 'u', prefix .. 'w')
+local v = redis.call('HMGET', H, exists, prefix .. 'l', prefix .. 'p', prefix .. 'u', prefix .. 'w',
+  prefix .. 'i', prefix .. 'z', prefix .. 'y')
 if not v[1] then
   return 0
 end
 local last, pending, lease_until = num(v[2]), num(v[3]), num(v[4])
 
--- A fingerprint claim no longer held by a lease lives for the dedup window
--- from its last sighting.
+-- A fingerprint claim no longer held by a lease lives for its TTL (ttl_of)
+-- from its last sighting, or from its resolution if that came later.
 local function expire_after_last_sighting()
-  redis.call('PEXPIRE', H, int(math.max(1, last + dedup - now)))
+  local from = math.max(last, num(v[8]))
+  redis.call('PEXPIRE', H, int(math.max(1, from + ttl_of(v[6], v[7]) - now)))
 end
 
 if op == 'commit' then
   if pending == 1 then
     if kind == 'f' then
-      redis.call('HSET', H, 'p', committed_p(ARGV[6]))
+      redis.call('HSET', H, 'p', committed_p(ARGV[7]))
       expire_after_last_sighting()
     else
       redis.call('HSET', H, prefix .. 'p', 0)
-      if ARGV[6] ~= '' then
-        redis.call('HSET', H, prefix .. 'w', ARGV[6])
+      if ARGV[7] ~= '' then
+        redis.call('HSET', H, prefix .. 'w', ARGV[7])
       end
     end
   end
@@ -145,7 +202,7 @@ elseif op == 'forget' then
     return 0
   end
   if kind == 'f' then
-    if v[1] ~= ARGV[6] then
+    if v[1] ~= ARGV[7] then
       return 0
     end
     redis.call('DEL', H)

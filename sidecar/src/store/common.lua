@@ -7,9 +7,20 @@
 --                   seen ms), l (last seen ms), c (count), p (the claim: 1
 --                   pending, 0 committed, '@<namespace>' committed and the
 --                   resource went to that namespace; see committed_to), u
---                   (lease until ms). Storm member: s (storm resource name)
---                   only. TTL: dedup window, refreshed on every sighting (a
---                   pending claim is kept at least until its lease ends).
+--                   (lease until ms), i (the firing instance counted last,
+--                   ms; absent: 0, unknown), g (firing instances counted;
+--                   absent: 1), z and y (the resolution: when it resolved and
+--                   when that was received, ms; absent while open). Storm
+--                   member: s (storm resource name), and z (when its
+--                   resolution came, ms) once resolved. Fields a record does
+--                   not need are not written (a record of an earlier
+--                   version has none of i, g, z, y: an open incident, one
+--                   firing, instance unknown). TTL, refreshed on every
+--                   sighting: ttl_of() for an own resource (the incident TTL
+--                   while it has an instance and is open, else the dedup
+--                   window; a pending claim is kept at least until its lease
+--                   ends); a member: the incident TTL if its last signal had
+--                   an instance, else (or once resolved) the dedup window.
 --   sg:{ns}:w       zset, the storm window: distinct new fingerprints created
 --                   individually, scored by first-seen ms; at most
 --                   storm_threshold members. TTL: storm window.
@@ -19,8 +30,10 @@
 --                   storm's de-duplicated affected list, at most
 --                   storm_max_affected per storm; sorted by ZRANGEBYLEX.
 --   sg:{ns}:x       zset of storm names scored by the ms until which the storm
---                   record must live; expired storms are swept from s and a.
---                   s, a and x expire together when their last storm does.
+--                   record must live (after every touch at least the longer
+--                   of the dedup window and the incident TTL, as its members
+--                   may live that long); expired storms are swept from s and
+--                   a. s, a and x expire together when their last storm does.
 --   sg:{ns}:m       the warm marker: when the store's memory of the namespace
 --                   began (ms); every decide refreshes its TTL (7 days, at
 --                   least the dedup window).
@@ -63,10 +76,18 @@ end
 -- Per-storm fields in sg:{ns}:s:
 --   f started ms, l last seen ms, c occurrences, n alert count (distinct
 --   members), e end of the storm (ms, exclusive), p pending claim flag,
---   u lease until ms, o affected overflow, k affected values listed (the
---   numbers, STORM); and w, the namespace the storm resource went to, only
---   when not its own.
-local STORM = { 'f', 'l', 'c', 'n', 'e', 'p', 'u', 'o', 'k' }
+--   u lease until ms, o affected overflow, k affected values listed, j the
+--   last join (ms: when a new member last joined), r resolved count
+--   (members whose resolution came), z and y the storm's resolution (when
+--   its last open member resolved and when that was received, ms; 0 open)
+--   (the numbers, STORM; a field absent reads 0: r, z and y are written only
+--   once a member resolved); and two strings, written only when set: w, the
+--   namespace the storm resource went to when not its own, and v, the storm
+--   this one continues (it reached its maximum duration while members still
+--   arrived).
+local STORM = { 'f', 'l', 'c', 'n', 'e', 'p', 'u', 'o', 'k', 'j', 'r', 'z', 'y' }
+-- How many of STORM every write of a storm sets (r, z, y only when changed).
+local STORM_BASE = 10
 
 local function storm_fields(name)
   local fields = {}
@@ -74,6 +95,7 @@ local function storm_fields(name)
     fields[i] = name .. '|' .. f
   end
   fields[#STORM + 1] = name .. '|w'
+  fields[#STORM + 2] = name .. '|v'
   return fields
 end
 
@@ -82,7 +104,7 @@ local function storm_load(S, name)
   if not v[1] then
     return nil
   end
-  local st = { name = name, w = v[#STORM + 1] or '' }
+  local st = { name = name, w = v[#STORM + 1] or '', v = v[#STORM + 2] or '' }
   for i, f in ipairs(STORM) do
     st[f] = num(v[i])
   end

@@ -10,10 +10,12 @@
 -- KEYS[6 + i] sg:{ns}:f:<fp> of signal i (1-based)
 -- ARGV: 1 storm name prefix ('storm-<12 hex of sha256(ns)>-'), 2 dedup ttl
 --       ms, 3 storm threshold, 4 storm window ms, 5 storm max duration ms,
---       6 max affected, 7 claim lease ms, 8 warm marker ttl ms; then per
---       signal i: ARGV[6 + 3i] fingerprint, ARGV[7 + 3i] affected,
---       ARGV[8 + 3i] '1' if the sink was searched and has no live resource
---       of it (else '0')
+--       6 max affected, 7 claim lease ms, 8 warm marker ttl ms, 9 incident
+--       ttl ms; then per signal i: ARGV[5 + 5i] fingerprint, ARGV[6 + 5i]
+--       affected, ARGV[7 + 5i] firing instance ms ('0' unknown), ARGV[8 +
+--       5i] '1' if the sink was searched and has no live resource of it
+--       (else '0'), ARGV[9 + 5i] for a resolution when it resolved (ms),
+--       '' for a firing
 -- A fingerprint repeated within a call (the sidecar batches the signals of
 -- concurrent requests, and senders repeat their alerts) is decided from the
 -- record this call already holds: its count, last-seen and lease are written
@@ -22,14 +24,20 @@
 -- would give: nothing outside this script can run in between.
 --
 -- Reply: one entry per signal, in order: { outcome (1 created, 2 duplicate,
---          3 storm_started, 4 storm_aggregated), write (1 create, 2 update,
---          3 await, 4 lookup: nothing was recorded), kind (0 fingerprint,
+--          3 storm_started, 4 storm_aggregated, 5 resolved, 6
+--          resolved_unknown), write (1 create, 2 update, 3 await, 4 lookup,
+--          5 review: nothing was recorded; 6 skip), kind (0 fingerprint,
 --          1 storm), resource (its name, or '<namespace>/<name>' when it
---          went to another namespace), first seen ms, last seen ms, occurrence
---          count, [storm only: alert count, affected overflow, storm started
---          ms, storm ends ms] }; a repeat of a fingerprint already answered in full by
---          this call gets { 2, write, occurrence count, index of that
---          signal } (the rest is the same: same resource, same instant).
+--          went to another namespace; '' when none), first seen ms, last
+--          seen ms, occurrence count, then for a fingerprint: instance ms,
+--          firings, resolved ms, resolution received ms (0 0 open; every
+--          number 0 when no resource is known); for a storm: alert count,
+--          affected overflow, storm started ms, storm ends ms, resolved
+--          count, resolved ms, resolution received ms, the storm it
+--          continues ('' none) }; a duplicate of a fingerprint already
+--          answered in full by this call gets { 2, write, occurrence count,
+--          index of that signal } (the rest is the same: same resource,
+--          same instant, nothing else changed in between).
 --          (Tables of numbers rather than one formatted string a signal: Lua
 --          formats a number into a string at a cost that, on the duplicate
 --          path, would add a quarter to this script's CPU time.)
@@ -94,7 +102,7 @@ local function is_cold()
 end
 
 local function storm_reply(outcome, write, st)
-  return { outcome, write, 1, resource_ref(st.name, st.w), st.f, st.l, st.c, st.n, st.o, st.f, st.e }
+  return { outcome, write, 1, resource_ref(st.name, st.w), st.f, st.l, st.c, st.n, st.o, st.f, st.e, st.r, st.z, st.y, st.v }
 end
 
 -- Storm records read or started by this call, by name (false: gone). Like
@@ -155,36 +163,48 @@ local function add_affected(st, affected)
 end
 
 -- Writes every storm this call changed; each record must outlive its
--- members' keys, the storm itself and the lease.
+-- members' keys (the incident TTL, or the dedup window), the storm itself
+-- and the lease. Its r, z and y only if a resolution changed them.
 local function flush_storms()
   if #changed_storms == 0 then
     return
   end
+  local keep = math.max(dedup, tonumber(ARGV[9]))
   local keeps = {}
   for i, st in ipairs(changed_storms) do
     local fields = {}
-    for j, f in ipairs(STORM) do
+    local n = STORM_BASE
+    if st.resolving then
+      n = #STORM
+    end
+    for j = 1, n do
+      local f = STORM[j]
       fields[2 * j - 1] = st.name .. '|' .. f
       fields[2 * j] = int(st[f])
     end
     redis.call('HSET', S, unpack(fields))
-    keeps[i] = { st.name, math.max(now + dedup, st.e, st.u) }
+    keeps[i] = { st.name, math.max(now + keep, st.e, st.u) }
   end
   storm_keep(S, A, X, keeps, now)
 end
 
 -- A new fingerprint's F holds nothing: decide() found neither 'r' nor 's'
--- in it (or deleted a record whose storm was gone), and no record lacks
--- both. So it is written without deleting it first, here and on create.
-local function join_storm(F, name)
+-- in it (or deleted a record whose storm was gone, or that it replaced), and
+-- no record lacks both. So it is written without deleting it first, here
+-- and on create. ttl: the member's TTL (ms, a string).
+local function join_storm(F, name, ttl)
   redis.call('HSET', F, 's', name)
-  redis.call('PEXPIRE', F, int(dedup))
+  redis.call('PEXPIRE', F, ttl)
 end
 
 -- Own-resource fingerprint records read or created by this call, by key:
--- { r resource (resource_ref), f first seen, c count, p pending, u lease until, ttl, dirty,
--- at: the signal whose reply gave it in full }.
--- A dirty record's c, l, u and TTL are written by flush() at the end.
+-- { r resource (resource_ref), f first seen, c count, p pending, u lease
+-- until, i instance (a string, '0' unknown), k the record's fields as read
+-- (k[8] g, k[9] z, k[10] y: nil when absent), ttl (ms: ttl_of(rec), a
+-- string, or longer for a pending claim's lease), dirty, at: the signal
+-- whose reply gave it in full }.
+-- A dirty record's c, l, u (while pending) and TTL are written by flush()
+-- at the end.
 local held = {}
 local dirty = {}
 
@@ -192,9 +212,13 @@ local function own_duplicate(i, F, rec)
   rec.c = rec.c + 1
   local write, lease_until = claim_write(rec.p, rec.u, now, lease)
   rec.u = lease_until
-  rec.ttl = dedup
-  if rec.p == 1 and lease_until - now > dedup then
-    rec.ttl = lease_until - now
+  if rec.p == 1 then
+    -- A pending claim's record lives at least until its lease ends.
+    local keep = dedup
+    if rec.i ~= '0' and not rec.k[9] then
+      keep = tonumber(ARGV[9])
+    end
+    rec.ttl = math.max(keep, lease_until - now)
   end
   if not rec.dirty then
     rec.dirty = true
@@ -204,98 +228,219 @@ local function own_duplicate(i, F, rec)
     return { 2, write, rec.c, rec.at }
   end
   rec.at = i
-  return { 2, write, 0, rec.r, rec.f, now, rec.c }
+  local k = rec.k
+  return { 2, write, 0, rec.r, rec.f, now, rec.c, rec.i, k[8] or 1, k[9] or 0, k[10] or 0 }
 end
 
 local function flush()
   for _, F in ipairs(dirty) do
     local rec = held[F]
-    redis.call('HSET', F, 'c', rec.c, 'l', now, 'u', rec.u)
-    redis.call('PEXPIRE', F, int(rec.ttl))
+    if rec and rec.dirty then
+      rec.dirty = false
+      if rec.p == 1 then
+        redis.call('HSET', F, 'c', rec.c, 'l', now, 'u', rec.u)
+      else
+        -- (a committed claim's lease stays as it was)
+        redis.call('HSET', F, 'c', rec.c, 'l', now)
+      end
+      redis.call('PEXPIRE', F, rec.ttl)
+    end
   end
 end
 
--- Signal i: fingerprint key F, fingerprint fp, affected value, absent flag.
-local function decide(i, F, fp, affected, absent)
+-- Signal i: fingerprint key F, fingerprint fp, affected value, firing
+-- instance ci ('0' unknown), absent flag, resolved ms t ('' for a firing).
+-- The rare cases (a resolution, a firing of another instance than the
+-- record's) are written out in here rather than in functions of their own:
+-- the script body makes each of its functions anew on every call, at a cost
+-- the duplicate path would pay.
+local function decide(i, F, fp, affected, ci, absent, t)
   local rec = held[F]
-  if rec then
-    return own_duplicate(i, F, rec)
+  if not rec then
+    local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's', 'i', 'g', 'z', 'y')
+    if known[6] then
+      -- A storm member: repeats are duplicates of the storm resource.
+      local st = storm_get(known[6])
+      if t ~= '' then
+        -- A member's resolution, counted in its storm (once).
+        if not st then
+          redis.call('DEL', F)
+          return { 6, 6, 0, '', 0, 0, 0, 0, 0, 0, 0 }
+        end
+        if known[9] then
+          return storm_reply(5, 6, st)
+        end
+        redis.call('HSET', F, 'z', t)
+        redis.call('PEXPIRE', F, ARGV[2])
+        st.r = st.r + 1
+        if st.r >= st.n and st.z == 0 then
+          -- Every member it knows has resolved: so has the storm.
+          st.z, st.y = tonumber(t), now
+        end
+        local write
+        write, st.u = claim_write(st.p, st.u, now, lease)
+        st.resolving = true
+        storm_changed(st)
+        return storm_reply(5, write, st)
+      end
+      if st then
+        if known[9] then
+          -- A resolved member fires again: its storm is open again.
+          redis.call('HDEL', F, 'z')
+          st.r = math.max(st.r - 1, 0)
+          st.z, st.y, st.resolving = 0, 0, true
+        end
+        local write = storm_count(st)
+        redis.call('PEXPIRE', F, ci == '0' and ARGV[2] or ARGV[9])
+        return storm_reply(2, write, st)
+      end
+      -- The storm record is gone: the signal is new again.
+      redis.call('DEL', F)
+    elseif known[1] then
+      -- A known fingerprint with its own resource. (p: '1' pending, '0' or
+      -- '@<namespace>' committed; f, and u of a committed claim, are only
+      -- passed on, so not converted.)
+      local r, p = known[1], known[4]
+      if p ~= '0' and p ~= '1' then
+        -- (two string compares: the duplicate path's whole cost of knowing)
+        r = resource_ref(r, committed_to(p))
+      end
+      local ri = known[7] or '0'
+      rec = { r = r, f = known[2], c = num(known[3]), p = 0, u = known[5], i = ri, k = known, ttl = ARGV[2] }
+      if p == '1' then
+        rec.p, rec.u = 1, num(known[5])
+      end
+      if ri ~= '0' and not known[9] then
+        rec.ttl = ARGV[9]
+      end
+      held[F] = rec
+    end
   end
-  local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's')
-
-  if known[6] then
-    -- A storm member: repeats are duplicates of the storm resource.
-    local st = storm_get(known[6])
-    if st then
-      local write = storm_count(st)
-      redis.call('PEXPIRE', F, int(dedup))
-      return storm_reply(2, write, st)
+  if rec then
+    if t == '' and (ci == rec.i or ci == '0' or rec.i == '0') then
+      return own_duplicate(i, F, rec)
     end
-    -- The storm record is gone: the signal is new again.
-    redis.call('DEL', F)
-  elseif known[1] then
-    -- A known fingerprint with its own resource.
-    local r, p = known[1], known[4]
-    if p ~= '0' and p ~= '1' then
-      -- (two string compares: the duplicate path's whole cost of knowing)
-      r = resource_ref(r, committed_to(p))
+    -- A resolution, or a firing of another instance than the record's.
+    local k = rec.k
+    local outcome, write = 1, 5
+    if t == '' then
+      if absent == '1' then
+        -- The sink holds nothing of it: a new incident, replacing the record.
+        redis.call('DEL', F)
+        rec.dirty = false
+        held[F] = nil
+        rec = nil
+      end
+    elseif not (ci == '0' or rec.i == '0' or rec.i == ci) then
+      return { 6, 6, 0, '', 0, 0, 0, 0, 0, 0, 0 }
+    elseif k[9] then
+      -- Resolved already: the first resolution is kept.
+      outcome, write = 5, 6
+    else
+      outcome = 5
+      write, rec.u = claim_write(rec.p, rec.u, now, lease)
+      k[9], k[10], rec.ttl = t, now, ARGV[2]
+      if rec.p == 1 and rec.u - now > dedup then
+        rec.ttl = rec.u - now
+      end
+      redis.call('HSET', F, 'z', t, 'y', now, 'u', rec.u)
+      redis.call('PEXPIRE', F, rec.ttl)
+      -- Its next duplicate is answered in full (its snapshot has changed).
+      rec.at = nil
     end
-    rec = { r = r, f = num(known[2]), c = num(known[3]), p = num(p), u = num(known[5]) }
-    held[F] = rec
-    return own_duplicate(i, F, rec)
+    if rec then
+      local l = now
+      if not rec.dirty then
+        l = num(redis.call('HGET', F, 'l'))
+      end
+      return { outcome, write, 0, rec.r, rec.f, l, rec.c, rec.i, k[8] or 1, k[9] or 0, k[10] or 0 }
+    end
+  elseif t ~= '' then
+    -- A resolution of an incident the store does not know.
+    return { 6, 6, 0, '', 0, 0, 0, 0, 0, 0, 0 }
   end
 
   -- A new fingerprint. Look in the sink first if the store may have lost it.
   if absent ~= '1' and is_cold() then
-    return { 1, 4, 0, '', 0, 0, 0 }
+    return { 1, 4, 0, '', 0, 0, 0, 0, 0, 0, 0 }
   end
+  local member_ttl = ci == '0' and ARGV[2] or ARGV[9]
 
   -- Does a storm run in this namespace?
   local cur = current_storm()
+  local previous = ''
   if cur then
     local st = storm_get(cur)
     if st and st.e > now then
       st.n = st.n + 1
+      st.j = now
+      if st.z ~= 0 then
+        st.z, st.y, st.resolving = 0, 0, true
+      end
       local write = storm_count(st)
       st.e = math.max(st.e, math.min(now + window, st.f + max_duration))
       add_affected(st, affected)
-      join_storm(F, cur)
+      join_storm(F, cur, member_ttl)
       return storm_reply(4, write, st)
+    end
+    if st and now < st.j + window then
+      -- It reached its maximum duration while members still joined: a new
+      -- storm continues it, at once.
+      previous = cur
     end
   end
 
-  -- Count it in the window; the first `threshold` are created individually.
-  redis.call('ZREMRANGEBYSCORE', W, '-inf', now - window)
-  if redis.call('ZCARD', W) < threshold then
-    redis.call('ZADD', W, now, fp)
-    redis.call('PEXPIRE', W, int(window))
-    local name = 'rr-' .. string.sub(fp, 1, 16) .. '-' .. base36(now)
-    redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease)
-    redis.call('PEXPIRE', F, int(math.max(dedup, lease)))
-    held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, at = i }
-    return { 1, 1, 0, name, now, now, 1 }
+  if previous == '' then
+    if ci ~= '0' and absent ~= '1' then
+      -- A firing the store does not hold: the sink may show an earlier
+      -- firing of it that its controller still works on.
+      return { 1, 5, 0, '', 0, 0, 0, 0, 0, 0, 0 }
+    end
+    -- Count it in the window; the first `threshold` are created individually.
+    redis.call('ZREMRANGEBYSCORE', W, '-inf', now - window)
+    if redis.call('ZCARD', W) < threshold then
+      redis.call('ZADD', W, now, fp)
+      redis.call('PEXPIRE', W, int(window))
+      local name = 'rr-' .. string.sub(fp, 1, 16) .. '-' .. base36(now)
+      local keep = dedup
+      if ci ~= '0' then
+        keep = tonumber(ARGV[9])
+        redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease, 'i', ci)
+      else
+        redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease)
+      end
+      redis.call('PEXPIRE', F, int(math.max(keep, lease)))
+      held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, i = ci, k = {}, ttl = keep, at = i }
+      return { 1, 1, 0, name, now, now, 1, ci, 1, 0, 0 }
+    end
   end
 
-  -- The (threshold+1)-th: a new storm, ONE resource.
+  -- The (threshold+1)-th, or the first after a storm that ran its course
+  -- while still growing (previous): a new storm, ONE resource.
   local name = storm_prefix .. base36(now)
   local st = {
     name = name, f = now, l = now, c = 1, n = 1,
     e = math.min(now + window, now + max_duration),
-    p = 1, u = now + lease, o = 0, k = 0,
+    p = 1, u = now + lease, o = 0, k = 0, j = now, r = 0, z = 0, y = 0, w = '', v = previous,
   }
   storm_drop(S, A, X, name)
-  redis.call('HSET', S, 'cur', name)
+  if previous ~= '' then
+    redis.call('HSET', S, 'cur', name, name .. '|v', previous)
+  else
+    redis.call('HSET', S, 'cur', name)
+  end
   current = name
   storms[name] = st
   storm_changed(st)
   add_affected(st, affected)
-  join_storm(F, name)
+  join_storm(F, name, member_ttl)
   return storm_reply(3, 1, st)
 end
 
 local replies = {}
 for i = 1, #KEYS - 6 do
-  replies[i] = decide(i, KEYS[6 + i], ARGV[6 + 3 * i], ARGV[7 + 3 * i], ARGV[8 + 3 * i])
+  local a = 5 + 5 * i
+  replies[i] = decide(i, KEYS[6 + i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
 end
 flush()
 flush_storms()

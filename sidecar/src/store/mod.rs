@@ -12,8 +12,12 @@ pub mod redis;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// How long a fingerprint stays known after its LAST sighting (every
-    /// duplicate refreshes it to the full window). Default 5 min.
+    /// duplicate refreshes it to the full window), when its signals carry no
+    /// firing instance, or after its incident resolved. Default 5 min.
     pub dedup_ttl: Duration,
+    /// How long an open incident with a firing instance stays known after
+    /// its last signal (`SIGNALGATE_INCIDENT_TTL`). Default 24 h.
+    pub incident_ttl: Duration,
     /// Distinct new fingerprints per namespace within `storm_window` that
     /// are still created individually; the next one starts a storm. Default 10.
     pub storm_threshold: u32,
@@ -34,6 +38,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             dedup_ttl: Duration::from_secs(300),
+            incident_ttl: Duration::from_secs(24 * 3600),
             storm_threshold: 10,
             storm_window: Duration::from_secs(60),
             storm_max_duration: Duration::from_secs(300),
@@ -43,8 +48,8 @@ impl Default for Settings {
     }
 }
 
-/// One firing signal to decide on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One signal to decide on: a firing, or a resolution (`resolved_ms`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Claim {
     /// The namespace the resource goes to (the hash tag of every key).
     pub namespace: String,
@@ -52,6 +57,13 @@ pub struct Claim {
     pub fingerprint: String,
     /// How a storm lists this signal's target, e.g. `Pod/cart-1`.
     pub affected: String,
+    /// The firing instance (ms): when this firing started (an alert's
+    /// `startsAt`, an event series' first timestamp); 0 if unknown. An
+    /// incident is its fingerprint and its firing instance.
+    pub instance_ms: i64,
+    /// Set for a resolved signal: when it resolved (ms; its `endsAt`, or when
+    /// it was received).
+    pub resolved_ms: Option<i64>,
     /// The sink was searched for a live resource of this fingerprint (after
     /// a [`Write::Lookup`]) and has none: decide it as new.
     pub absent: bool,
@@ -68,6 +80,13 @@ pub enum Outcome {
     StormStarted,
     /// A new fingerprint aggregated into the namespace's running storm.
     StormAggregated,
+    /// A new firing of an incident whose resource the remediation controller
+    /// still holds: counted in that resource (set by the lookup, never by decide).
+    Absorbed,
+    /// A resolution recorded for its open incident (or storm member).
+    Resolved,
+    /// A resolution of an incident the store does not know: nothing changed.
+    ResolvedUnknown,
 }
 
 /// Which claim a resource belongs to.
@@ -111,6 +130,13 @@ pub enum Write {
     /// look in the sink, then [`Store::adopt`] what is there, or decide the
     /// claim again with [`Claim::absent`] set.
     Lookup,
+    /// A firing instance the store does not hold for a fingerprint (a new
+    /// firing, or one forgotten after the incident TTL) in a warm namespace:
+    /// nothing was recorded; as [`Write::Lookup`], but from the sink's own
+    /// view (its latest resource and the controller's status decide).
+    Review,
+    /// Nothing to write: a resolution of an unknown incident, or one already recorded.
+    Skip,
 }
 
 /// The store's answer for one claim.
@@ -155,6 +181,13 @@ impl Decision {
 /// that a namespace quiet for a while is not looked up again.
 pub const WARM_MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// When an incident resolved (`endsAt`) and when that was received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolution {
+    pub resolved_ms: i64,
+    pub received_ms: i64,
+}
+
 /// The counters of one resource, as the store holds them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
@@ -173,6 +206,12 @@ pub struct Snapshot {
     /// (the sink's fallback namespace: its own did not exist or was being
     /// deleted). Recorded by [`Store::commit`], [`Store::adopt`] and [`Store::adopt_storm`].
     pub moved_to: Option<String>,
+    /// The latest firing instance counted (ms; 0 unknown). Not for storms.
+    pub instance_ms: i64,
+    /// Firing instances counted in the resource (1 at creation). Not for storms.
+    pub firings: u64,
+    /// The incident's resolution (a storm's: once every member it knows resolved).
+    pub resolution: Option<Resolution>,
 }
 
 impl Snapshot {
@@ -199,6 +238,11 @@ pub struct StormSnapshot {
     /// Until when the storm runs (exclusive): each new member moves it on,
     /// up to the maximum duration; repeats of members do not.
     pub ends_ms: i64,
+    /// Members whose resolution was received.
+    pub resolved_count: u64,
+    /// The storm this one continues (it reached its maximum duration while
+    /// the namespace was still storming).
+    pub previous: Option<String>,
 }
 
 /// The state of a claim, as seen by a caller waiting on it.
@@ -236,21 +280,25 @@ pub trait Store: Send + Sync {
     async fn commit(&self, done: &[(ClaimKey, Option<String>)]) -> Result<(), StoreError>;
     /// Gives up the caller's leases after a failed create, so the next try takes them at once.
     async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
-    /// After a [`Write::Lookup`] of `fingerprint` in `namespace` that found
-    /// the incident's resource in the sink: records `existing` (name, first
-    /// sighting, count, where it went) as the fingerprint's committed
-    /// resource and counts this signal in it. If the fingerprint is known by
-    /// now (another request adopted or created it first), the signal is
-    /// counted as a duplicate of what the store holds, and its claim settled
-    /// as [`Store::decide`] would: if another request holds it still, the
-    /// caller must wait ([`Write::Await`]) or, its lease having expired,
-    /// create ([`Write::Create`]). Returns the counters now held and that
-    /// write (`None` if the fingerprint joined a storm).
+    /// After a [`Write::Lookup`] or [`Write::Review`] of `claim` that found
+    /// its fingerprint's resource `existing` in the sink (name, first
+    /// sighting, count, firings, instance, resolution, where it went):
+    /// records it as the fingerprint's committed resource and counts this
+    /// signal in it. `absorb`: the resource holds another incident that its
+    /// controller is still working on; this firing is counted as a new
+    /// firing instance of it (firings + 1, the claim's instance, reopened).
+    /// If the store holds the claim's incident by now (another request
+    /// adopted or created it first), the signal is counted as a duplicate of
+    /// what the store holds, and its claim settled as [`Store::decide`]
+    /// would: if another request holds it still, the caller must wait
+    /// ([`Write::Await`]) or, its lease having expired, create
+    /// ([`Write::Create`]). Returns the counters now held and that write
+    /// (`None` if the fingerprint joined a storm).
     async fn adopt(
         &self,
-        namespace: &str,
-        fingerprint: &str,
+        claim: &Claim,
         existing: &Snapshot,
+        absorb: bool,
     ) -> Result<Option<Adopted>, StoreError>;
     /// Lookups in a cold `namespace` found no resource of their own but the
     /// namespace's storm resource `existing` (with its storm counters),

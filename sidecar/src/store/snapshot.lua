@@ -5,25 +5,28 @@
 -- ARGV: 1 kind ('f' or 's'), 2 storm resource name (storm resources)
 -- Reply: {} when gone, else { resource (its name, or '<namespace>/<name>'
 --        when it went to another namespace), first seen ms, last seen ms,
---        occurrence count, alert count, affected overflow, started ms, ends
---        ms, affected values (sorted) ... }; the storm fields are 0 for a
---        fingerprint resource.
+--        occurrence count, then for a fingerprint resource: instance ms,
+--        firings, resolved ms, resolution received ms (0 0 open); for a
+--        storm: alert count, affected overflow, started ms, ends ms,
+--        resolved count, resolved ms, resolution received ms, the storm it
+--        continues ('' none), affected values (sorted) ... }.
 
 local kind, name = ARGV[1], ARGV[2]
 
 if kind == 'f' then
-  local v = redis.call('HMGET', KEYS[1], 'r', 'f', 'l', 'c', 'p')
+  local v = redis.call('HMGET', KEYS[1], 'r', 'f', 'l', 'c', 'p', 'i', 'g', 'z', 'y')
   if not v[1] then
     return {}
   end
-  return { resource_ref(v[1], committed_to(v[5])), num(v[2]), num(v[3]), num(v[4]), 0, 0, 0, 0 }
+  return { resource_ref(v[1], committed_to(v[5])), num(v[2]), num(v[3]), num(v[4]),
+    num(v[6]), tonumber(v[7]) or 1, num(v[8]), num(v[9]) }
 end
 
 local st = storm_load(KEYS[1], name)
 if not st then
   return {}
 end
-local reply = { resource_ref(name, st.w), st.f, st.l, st.c, st.n, st.o, st.f, st.e }
+local reply = { resource_ref(name, st.w), st.f, st.l, st.c, st.n, st.o, st.f, st.e, st.r, st.z, st.y, st.v }
 local prefix = name .. '|'
 local listed = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. prefix, '(' .. name .. '}')
 for _, member in ipairs(listed) do

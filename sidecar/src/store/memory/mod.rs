@@ -6,7 +6,8 @@
 //! host's real time ([`crate::clock::now_ms`]).
 //!
 //! Memory stays bounded the way Redis keys do: every entry has an expiry
-//! (a fingerprint the dedup window after its last sighting, a storm until
+//! (a fingerprint its TTL after its last sighting: the incident TTL for an
+//! open incident with a firing instance, else the dedup window; a storm until
 //! its last member's fingerprint could expire), expired entries are ignored
 //! and removed when met, and a sweep over the whole map runs at most once a
 //! second from `decide`. The storm window keeps at most `storm_threshold`
@@ -113,8 +114,12 @@ impl Store for MemoryStore {
                             if own.pending {
                                 own.pending = false;
                                 own.moved_to.clone_from(moved_to);
-                                // The lease no longer keeps it: the dedup window does.
-                                entry.expires_ms = (own.last_ms + p.dedup).max(now + 1);
+                                // The lease no longer keeps it: its TTL does,
+                                // from its last sighting or its resolution.
+                                let from = own
+                                    .resolution
+                                    .map_or(own.last_ms, |r| r.received_ms.max(own.last_ms));
+                                entry.expires_ms = (from + own.ttl(&p)).max(now + 1);
                             }
                         }
                     }
@@ -166,14 +171,13 @@ impl Store for MemoryStore {
 
     async fn adopt(
         &self,
-        namespace: &str,
-        fingerprint: &str,
+        claim: &Claim,
         existing: &Snapshot,
+        absorb: bool,
     ) -> Result<Option<Adopted>, StoreError> {
         let p = Params::new(&self.settings);
         let mut state = self.lock();
-        let key = (namespace.to_string(), fingerprint.to_string());
-        Ok(state.adopt(key, existing, &p, now_ms()))
+        Ok(state.adopt(claim, existing, absorb, &p, now_ms()))
     }
 
     async fn adopt_storm(&self, namespace: &str, existing: &Snapshot) -> Result<bool, StoreError> {
@@ -244,7 +248,7 @@ impl Store for MemoryStore {
                             }
                             s
                         }
-                        FpKind::Member(_) => ClaimState::Gone,
+                        FpKind::Member { .. } => ClaimState::Gone,
                     },
                     None => ClaimState::Gone,
                 }

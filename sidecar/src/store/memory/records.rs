@@ -5,11 +5,12 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::clock::ms;
-use crate::store::{Settings, Snapshot, StormSnapshot, Write, WARM_MARKER_TTL};
+use crate::store::{Resolution, Settings, Snapshot, StormSnapshot, Write, WARM_MARKER_TTL};
 
 /// The settings in milliseconds (and counts as `usize`).
 pub(super) struct Params {
     pub dedup: i64,
+    pub incident: i64,
     pub threshold: usize,
     pub window: i64,
     pub max_duration: i64,
@@ -22,6 +23,7 @@ impl Params {
     pub fn new(s: &Settings) -> Params {
         Params {
             dedup: ms(s.dedup_ttl),
+            incident: ms(s.incident_ttl),
             threshold: s.storm_threshold as usize,
             window: ms(s.storm_window),
             max_duration: ms(s.storm_max_duration),
@@ -29,6 +31,22 @@ impl Params {
             lease: ms(s.claim_lease),
             warm_marker: ms(s.dedup_ttl.max(WARM_MARKER_TTL)),
         }
+    }
+
+    /// How long a storm member's record lives after a signal of instance
+    /// `instance_ms` (0: unknown): an open incident's TTL if it has one.
+    pub fn member_ttl(&self, instance_ms: i64) -> i64 {
+        if instance_ms != 0 {
+            self.incident
+        } else {
+            self.dedup
+        }
+    }
+
+    /// How long a storm record outlives its latest touch: as long as its
+    /// members may.
+    pub fn storm_keep(&self) -> i64 {
+        self.dedup.max(self.incident)
     }
 }
 
@@ -41,8 +59,9 @@ pub(super) struct FpEntry {
 pub(super) enum FpKind {
     /// The fingerprint has its own resource.
     Own(Own),
-    /// The fingerprint was aggregated into this storm resource.
-    Member(String),
+    /// The fingerprint was aggregated into this storm resource (`resolved`:
+    /// its resolution was counted in the storm).
+    Member { storm: String, resolved: bool },
 }
 
 pub(super) struct Own {
@@ -53,6 +72,10 @@ pub(super) struct Own {
     pub pending: bool,
     pub lease_until_ms: i64,
     pub moved_to: Option<String>,
+    /// The latest firing instance counted (0: unknown).
+    pub instance_ms: i64,
+    pub firings: u64,
+    pub resolution: Option<Resolution>,
 }
 
 impl Own {
@@ -64,6 +87,24 @@ impl Own {
             occurrence_count: self.count,
             storm: None,
             moved_to: self.moved_to.clone(),
+            instance_ms: self.instance_ms,
+            firings: self.firings,
+            resolution: self.resolution,
+        }
+    }
+
+    /// Whether a signal of instance `instance_ms` is of this record's incident.
+    pub fn same_incident(&self, instance_ms: i64) -> bool {
+        instance_ms == 0 || self.instance_ms == 0 || self.instance_ms == instance_ms
+    }
+
+    /// How long the record lives after its last signal: an open incident
+    /// with a firing instance the incident TTL, else the dedup window.
+    pub fn ttl(&self, p: &Params) -> i64 {
+        if self.instance_ms != 0 && self.resolution.is_none() {
+            p.incident
+        } else {
+            p.dedup
         }
     }
 }
@@ -102,9 +143,39 @@ pub(super) struct Storm {
     /// The record is kept until then (members, lease, the storm itself).
     pub keep_until_ms: i64,
     pub moved_to: Option<String>,
+    /// When the latest new member joined (the namespace storms until a
+    /// window after it).
+    pub joined_ms: i64,
+    /// Members whose resolution was counted.
+    pub resolved: u64,
+    /// Once every member it knows resolved.
+    pub resolution: Option<Resolution>,
+    /// The storm this one continues.
+    pub previous: Option<String>,
 }
 
 impl Storm {
+    /// A storm started at `now` by its first member.
+    pub fn start(now: i64, p: &Params, previous: Option<String>) -> Storm {
+        Storm {
+            started_ms: now,
+            last_ms: now,
+            count: 1,
+            alerts: 1,
+            ends_ms: (now + p.window).min(now + p.max_duration),
+            pending: true,
+            lease_until_ms: now + p.lease,
+            overflow: 0,
+            affected: BTreeSet::new(),
+            keep_until_ms: 0,
+            moved_to: None,
+            joined_ms: now,
+            resolved: 0,
+            resolution: None,
+            previous,
+        }
+    }
+
     pub fn snapshot(&self, name: &str, with_affected: bool) -> Snapshot {
         Snapshot {
             resource: name.to_string(),
@@ -121,17 +192,22 @@ impl Storm {
                 affected_overflow: self.overflow,
                 started_ms: self.started_ms,
                 ends_ms: self.ends_ms,
+                resolved_count: self.resolved,
+                previous: self.previous.clone(),
             }),
             moved_to: self.moved_to.clone(),
+            instance_ms: 0,
+            firings: 1,
+            resolution: self.resolution,
         }
     }
 
-    /// Keeps the record while it may still be needed: a member's dedup
-    /// window from `now`, the storm's end, its lease.
-    pub fn keep(&mut self, now: i64, dedup: i64) {
+    /// Keeps the record while it may still be needed: its members' records
+    /// from `now`, the storm's end, its lease.
+    pub fn keep(&mut self, now: i64, p: &Params) {
         self.keep_until_ms = self
             .keep_until_ms
-            .max(now + dedup)
+            .max(now + p.storm_keep())
             .max(self.ends_ms)
             .max(self.lease_until_ms);
     }

@@ -1,9 +1,9 @@
 //! The memory store's map and its decision, step by step, under one lock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use super::records::{claim_write, FpEntry, FpKind, Namespace, Own, Params, Storm};
-use crate::store::{Adopted, Claim, ClaimKey, Decision, Outcome, Snapshot, Write};
+use crate::store::{Adopted, Claim, ClaimKey, Decision, Outcome, Resolution, Snapshot, Write};
 use signalgate_resource::naming::{fingerprint_resource, storm_resource};
 
 /// Everything the store holds; behind the store's mutex.
@@ -61,46 +61,70 @@ impl State {
     /// Decides `claim`; `cold`: the memory of its namespace is younger than
     /// a dedup window (see [`WARM_MARKER_TTL`](crate::store::WARM_MARKER_TTL)).
     pub fn decide_one(&mut self, claim: &Claim, p: &Params, now: i64, cold: bool) -> Decision {
+        if let Some(resolved_ms) = claim.resolved_ms {
+            return self.resolve(claim, resolved_ms, p, now);
+        }
         if let Some(repeat) = self.repeat(claim, p, now) {
             return repeat;
         }
-        // A new fingerprint. Look in the sink first if the store may have lost it.
+        // A new incident. Look in the sink first if the store may have lost it.
         if cold && !claim.absent {
-            return Decision {
-                outcome: Outcome::Created,
-                write: Write::Lookup,
-                key: fp_key(claim),
-                snapshot: Snapshot::default(),
-            };
+            return ask_sink(claim, Write::Lookup);
         }
         if let Some(joined) = self.join_running_storm(claim, p, now) {
             return joined;
         }
+        if let Some(continued) = self.continue_storm(claim, p, now) {
+            return continued;
+        }
+        if claim.instance_ms != 0 && !claim.absent {
+            // A firing the store does not hold: the sink may show an earlier
+            // firing of it that its controller still works on.
+            return ask_sink(claim, Write::Review);
+        }
         if let Some(created) = self.create_own(claim, p, now) {
             return created;
         }
-        self.start_storm(claim, p, now)
+        self.start_storm(claim, p, now, None)
     }
 
-    /// A known fingerprint: a duplicate of its own resource or of its
-    /// storm. `None` if it is new (a member whose storm is gone is new again).
+    /// A known incident: a duplicate of its own resource or of its storm.
+    /// `None` if it is new (a member whose storm is gone is new again; so is
+    /// a firing of another instance once the sink has nothing: `absent`).
     fn repeat(&mut self, claim: &Claim, p: &Params, now: i64) -> Option<Decision> {
         let key = entry_key(claim);
         let entry = self.fingerprint(&key, now)?;
-        let name = match &entry.kind {
-            FpKind::Member(name) => name.clone(),
-            FpKind::Own(_) => return repeat_own(entry, claim, p, now),
+        let (name, reopened) = match &mut entry.kind {
+            FpKind::Member { storm, resolved } => (storm.clone(), std::mem::take(resolved)),
+            FpKind::Own(own) if own.same_incident(claim.instance_ms) => {
+                return Some(repeat_own(entry, claim, p, now))
+            }
+            FpKind::Own(own) => {
+                if claim.absent {
+                    // Another firing, and the sink holds nothing of it: new.
+                    self.fingerprints.remove(&key);
+                    return None;
+                }
+                let mut review = ask_sink(claim, Write::Review);
+                review.snapshot = own.snapshot();
+                return Some(review);
+            }
         };
         let Some(storm) = self.storm(&claim.namespace, &name, now) else {
             // The storm record is gone: the signal is new again.
             self.fingerprints.remove(&key);
             return None;
         };
+        if reopened {
+            // A resolved member fires again: its storm is open again.
+            storm.resolved = storm.resolved.saturating_sub(1);
+            storm.resolution = None;
+        }
         let write = storm.count_signal(p, now);
-        storm.keep(now, p.dedup);
+        storm.keep(now, p);
         let snapshot = storm.snapshot(&name, false);
         if let Some(entry) = self.fingerprints.get_mut(&key) {
-            entry.expires_ms = now + p.dedup;
+            entry.expires_ms = now + p.member_ttl(claim.instance_ms);
         }
         Some(Decision {
             outcome: Outcome::Duplicate,
@@ -119,20 +143,34 @@ impl State {
             return None;
         }
         storm.alerts += 1;
+        storm.joined_ms = now;
+        storm.resolution = None;
         let write = storm.count_signal(p, now);
         storm.ends_ms = storm
             .ends_ms
             .max((now + p.window).min(storm.started_ms + p.max_duration));
         storm.add_affected(&claim.affected, p);
-        storm.keep(now, p.dedup);
+        storm.keep(now, p);
         let snapshot = storm.snapshot(&name, false);
-        self.join_storm(entry_key(claim), &name, now + p.dedup);
+        self.join_storm(claim, &name, now + p.member_ttl(claim.instance_ms));
         Some(Decision {
             outcome: Outcome::StormAggregated,
             write,
             key: storm_key(claim, &name),
             snapshot,
         })
+    }
+
+    /// A new fingerprint right after the namespace's storm reached its
+    /// maximum duration while members still joined (less than a storm
+    /// window ago): a new storm at once, continuing it.
+    fn continue_storm(&mut self, claim: &Claim, p: &Params, now: i64) -> Option<Decision> {
+        let name = self.namespaces.get(&claim.namespace)?.current.clone()?;
+        let storm = self.storm(&claim.namespace, &name, now)?;
+        if storm.ends_ms > now || now >= storm.joined_ms + p.window {
+            return None;
+        }
+        Some(self.start_storm(claim, p, now, Some(name)))
     }
 
     /// Counts a new fingerprint in its namespace's storm window: the first
@@ -154,13 +192,17 @@ impl State {
             pending: true,
             lease_until_ms: now + p.lease,
             moved_to: None,
+            instance_ms: claim.instance_ms,
+            firings: 1,
+            resolution: None,
         };
         let snapshot = own.snapshot();
+        let expires_ms = now + own.ttl(p).max(p.lease);
         self.fingerprints.insert(
             entry_key(claim),
             FpEntry {
                 kind: FpKind::Own(own),
-                expires_ms: now + p.dedup.max(p.lease),
+                expires_ms,
             },
         );
         Some(Decision {
@@ -171,30 +213,25 @@ impl State {
         })
     }
 
-    /// The (threshold+1)-th new fingerprint in the window: a new storm, ONE
-    /// resource, claimed by this caller.
-    fn start_storm(&mut self, claim: &Claim, p: &Params, now: i64) -> Decision {
+    /// The (threshold+1)-th new fingerprint in the window, or the first
+    /// after a storm that reached its maximum duration (`previous`): a new
+    /// storm, ONE resource, claimed by this caller.
+    fn start_storm(
+        &mut self,
+        claim: &Claim,
+        p: &Params,
+        now: i64,
+        previous: Option<String>,
+    ) -> Decision {
         let name = storm_resource(&claim.namespace, now);
-        let mut storm = Storm {
-            started_ms: now,
-            last_ms: now,
-            count: 1,
-            alerts: 1,
-            ends_ms: (now + p.window).min(now + p.max_duration),
-            pending: true,
-            lease_until_ms: now + p.lease,
-            overflow: 0,
-            affected: BTreeSet::new(),
-            keep_until_ms: 0,
-            moved_to: None,
-        };
+        let mut storm = Storm::start(now, p, previous);
         storm.add_affected(&claim.affected, p);
-        storm.keep(now, p.dedup);
+        storm.keep(now, p);
         let snapshot = storm.snapshot(&name, false);
         let ns = self.namespaces.entry(claim.namespace.clone()).or_default();
         ns.storms.insert(name.clone(), storm);
         ns.current = Some(name.clone());
-        self.join_storm(entry_key(claim), &name, now + p.dedup);
+        self.join_storm(claim, &name, now + p.member_ttl(claim.instance_ms));
         Decision {
             outcome: Outcome::StormStarted,
             write: Write::Create,
@@ -203,62 +240,172 @@ impl State {
         }
     }
 
-    fn join_storm(&mut self, key: (String, String), name: &str, expires_ms: i64) {
+    /// A resolution: recorded on its open incident's record, or counted in
+    /// its storm (which records its own once every member it knows resolved).
+    fn resolve(&mut self, claim: &Claim, resolved_ms: i64, p: &Params, now: i64) -> Decision {
+        let key = entry_key(claim);
+        let resolution = Resolution {
+            resolved_ms,
+            received_ms: now,
+        };
+        let Some(entry) = self.fingerprint(&key, now) else {
+            return skip(claim, Outcome::ResolvedUnknown);
+        };
+        let name = match &mut entry.kind {
+            FpKind::Own(own) if !own.same_incident(claim.instance_ms) => {
+                return skip(claim, Outcome::ResolvedUnknown)
+            }
+            FpKind::Own(own) if own.resolution.is_some() => {
+                let mut d = skip(claim, Outcome::Resolved);
+                d.snapshot = own.snapshot();
+                return d;
+            }
+            FpKind::Own(own) => {
+                own.resolution = Some(resolution);
+                let (write, lease_until) =
+                    claim_write(own.pending, own.lease_until_ms, now, p.lease);
+                own.lease_until_ms = lease_until;
+                let mut ttl = p.dedup;
+                if own.pending {
+                    ttl = ttl.max(lease_until - now);
+                }
+                let snapshot = own.snapshot();
+                entry.expires_ms = now + ttl;
+                return Decision {
+                    outcome: Outcome::Resolved,
+                    write,
+                    key: fp_key(claim),
+                    snapshot,
+                };
+            }
+            FpKind::Member { storm, resolved } => {
+                (storm.clone(), std::mem::replace(resolved, true))
+            }
+        };
+        let (name, already) = name;
+        entry.expires_ms = now + p.dedup;
+        let Some(storm) = self.storm(&claim.namespace, &name, now) else {
+            self.fingerprints.remove(&key);
+            return skip(claim, Outcome::ResolvedUnknown);
+        };
+        if already {
+            // Counted before: the first resolution stands.
+            return Decision {
+                outcome: Outcome::Resolved,
+                write: Write::Skip,
+                key: storm_key(claim, &name),
+                snapshot: storm.snapshot(&name, false),
+            };
+        }
+        storm.resolved += 1;
+        if storm.resolved >= storm.alerts && storm.resolution.is_none() {
+            storm.resolution = Some(resolution);
+        }
+        let (write, lease_until) = claim_write(storm.pending, storm.lease_until_ms, now, p.lease);
+        storm.lease_until_ms = lease_until;
+        storm.keep(now, p);
+        Decision {
+            outcome: Outcome::Resolved,
+            write,
+            key: storm_key(claim, &name),
+            snapshot: storm.snapshot(&name, false),
+        }
+    }
+
+    fn join_storm(&mut self, claim: &Claim, name: &str, expires_ms: i64) {
         self.fingerprints.insert(
-            key,
+            entry_key(claim),
             FpEntry {
-                kind: FpKind::Member(name.to_string()),
+                kind: FpKind::Member {
+                    storm: name.to_string(),
+                    resolved: false,
+                },
                 expires_ms,
             },
         );
     }
 
     /// [`Store::adopt`](crate::store::Store::adopt): `existing` becomes the
-    /// fingerprint's committed resource, unless the store knows the
-    /// fingerprint by now (then the signal counts in what it holds).
+    /// fingerprint's committed resource (`absorb`: with the claim's firing
+    /// counted as a new one), unless the store holds the claim's incident by
+    /// now (then the signal counts in what it holds).
     pub fn adopt(
         &mut self,
-        key: (String, String),
+        claim: &Claim,
         existing: &Snapshot,
+        absorb: bool,
         p: &Params,
         now: i64,
     ) -> Option<Adopted> {
+        let key = entry_key(claim);
+        let mut base = None;
         if let Some(entry) = self.fingerprint(&key, now) {
-            // Known by now: count the signal in what the store holds, and
-            // settle another request's claim as decide would.
             let FpKind::Own(own) = &mut entry.kind else {
                 return None;
             };
-            own.count += 1;
-            own.last_ms = now;
-            let (write, lease_until) = claim_write(own.pending, own.lease_until_ms, now, p.lease);
-            own.lease_until_ms = lease_until;
-            let keep = if own.pending {
-                lease_until.max(now + p.dedup)
-            } else {
-                now + p.dedup
-            };
-            entry.expires_ms = entry.expires_ms.max(keep);
-            return Some(Adopted {
-                snapshot: own.snapshot(),
-                write,
-            });
+            if own.same_incident(claim.instance_ms) {
+                // Known by now: count the signal in what the store holds, and
+                // settle another request's claim as decide would.
+                own.count += 1;
+                own.last_ms = now;
+                let (write, lease_until) =
+                    claim_write(own.pending, own.lease_until_ms, now, p.lease);
+                own.lease_until_ms = lease_until;
+                let keep = if own.pending {
+                    lease_until.max(now + own.ttl(p))
+                } else {
+                    now + own.ttl(p)
+                };
+                entry.expires_ms = entry.expires_ms.max(keep);
+                return Some(Adopted {
+                    snapshot: own.snapshot(),
+                    write,
+                });
+            }
+            if own.resource == existing.resource {
+                // The store's counters of that resource are the fresher.
+                base = Some((
+                    own.first_ms,
+                    own.count,
+                    own.firings,
+                    own.moved_to.clone(),
+                    own.resolution,
+                ));
+            }
         }
+        let (first_ms, count, firings, moved_to, resolution) = base.unwrap_or_else(|| {
+            (
+                existing.first_seen_ms,
+                existing.occurrence_count,
+                existing.firings,
+                existing.moved_to.clone(),
+                existing.resolution,
+            )
+        });
+        let (instance_ms, firings, resolution) = if absorb {
+            (claim.instance_ms, firings.max(1) + 1, None)
+        } else {
+            (existing.instance_ms, firings.max(1), resolution)
+        };
         let own = Own {
             resource: existing.resource.clone(),
-            first_ms: existing.first_seen_ms,
+            first_ms,
             last_ms: now,
-            count: existing.occurrence_count + 1,
+            count: count + 1,
             pending: false,
             lease_until_ms: 0,
-            moved_to: existing.moved_to.clone(),
+            moved_to,
+            instance_ms,
+            firings,
+            resolution,
         };
         let snapshot = own.snapshot();
+        let expires_ms = now + own.ttl(p);
         self.fingerprints.insert(
             key,
             FpEntry {
                 kind: FpKind::Own(own),
-                expires_ms: now + p.dedup,
+                expires_ms,
             },
         );
         Some(Adopted {
@@ -297,18 +444,10 @@ impl State {
                 return false;
             }
         }
-        let fresh = || Storm {
-            started_ms: found.started_ms,
-            last_ms: 0,
-            count: 0,
-            alerts: 0,
-            ends_ms: 0,
-            pending: false,
-            lease_until_ms: 0,
-            overflow: 0,
-            affected: BTreeSet::new(),
-            keep_until_ms: 0,
-            moved_to: None,
+        let fresh = || {
+            let mut st = Storm::start(found.started_ms, p, found.previous.clone());
+            (st.last_ms, st.count, st.alerts, st.ends_ms, st.joined_ms) = (0, 0, 0, 0, 0);
+            st
         };
         // A record whose time is up is dropped first (as `storm_live` in Lua).
         self.storm(namespace, name, now);
@@ -319,6 +458,8 @@ impl State {
         storm.alerts = storm.alerts.max(found.alert_count);
         storm.overflow = storm.overflow.max(found.affected_overflow);
         storm.ends_ms = storm.ends_ms.max(found.ends_ms);
+        storm.resolved = storm.resolved.max(found.resolved_count);
+        storm.joined_ms = storm.joined_ms.max(existing.last_seen_ms);
         storm.pending = false;
         storm.lease_until_ms = 0;
         if existing.moved_to.is_some() {
@@ -330,33 +471,52 @@ impl State {
             }
             storm.affected.insert(a.clone());
         }
-        storm.keep(now, p.dedup);
+        storm.keep(now, p);
         ns.current = Some(name.to_string());
         true
     }
 }
 
-/// A signal seen again: counted in its own resource, its claim settled.
-/// `None` if the entry is a storm member's.
-fn repeat_own(entry: &mut FpEntry, claim: &Claim, p: &Params, now: i64) -> Option<Decision> {
+/// A signal of a known incident seen again: counted in its own resource,
+/// its claim settled. (Called for an own-resource entry only.)
+fn repeat_own(entry: &mut FpEntry, claim: &Claim, p: &Params, now: i64) -> Decision {
+    let mut d = ask_sink(claim, Write::Update);
+    d.outcome = Outcome::Duplicate;
     let FpKind::Own(own) = &mut entry.kind else {
-        return None;
+        return d;
     };
     own.count += 1;
     own.last_ms = now;
     let (write, lease_until) = claim_write(own.pending, own.lease_until_ms, now, p.lease);
     own.lease_until_ms = lease_until;
-    let mut ttl = p.dedup;
+    let mut ttl = own.ttl(p);
     if own.pending && lease_until - now > ttl {
         ttl = lease_until - now;
     }
     entry.expires_ms = now + ttl;
-    Some(Decision {
-        outcome: Outcome::Duplicate,
+    d.write = write;
+    d.snapshot = own.snapshot();
+    d
+}
+
+/// A decision that records nothing: the sink must be asked first.
+fn ask_sink(claim: &Claim, write: Write) -> Decision {
+    Decision {
+        outcome: Outcome::Created,
         write,
         key: fp_key(claim),
-        snapshot: own.snapshot(),
-    })
+        snapshot: Snapshot::default(),
+    }
+}
+
+/// A resolution that changes nothing.
+fn skip(claim: &Claim, outcome: Outcome) -> Decision {
+    Decision {
+        outcome,
+        write: Write::Skip,
+        key: fp_key(claim),
+        snapshot: Snapshot::default(),
+    }
 }
 
 /// The map key of `claim`'s fingerprint record.

@@ -13,7 +13,7 @@
 //!
 //! Every step is one Lua script call: `decide.lua` (one per namespace of a
 //! batch, deciding its signals in order, at most 64 a call),
-//! `claim.lua` (commit, release, poll) and `snapshot.lua`, each with
+//! `claim.lua` (commit, release, poll, adopt, forget) and `snapshot.lua`, each with
 //! `common.lua` (the key layout and shared helpers) prepended. They run by
 //! SHA (`EVALSHA` via [`redis::Script`]); a `NOSCRIPT` answer (a restarted,
 //! flushed or failed-over server, a new cluster node) makes the store send
@@ -44,7 +44,7 @@
 //! trip). One call for several signals decides each of them exactly as
 //! separate calls would, in order, but Redis does its per-call work (script
 //! dispatch, `TIME`, the warm marker) once, and a fingerprint repeated within
-//! the call is read once and written once (its repeats are answered in a
+//! the call is read once and written once (its duplicates are answered in a
 //! 4-field short form that the parser completes from the earlier answer). On
 //! the duplicate path this cut Redis CPU per signal by more than half (see
 //! CHANGELOG.md, Performance). `GETEX` (the warm marker) needs Redis 6.2 or newer.
@@ -239,11 +239,11 @@ impl Core {
 
     async fn adopt(
         &self,
-        namespace: &str,
-        fingerprint: &str,
+        claim: &Claim,
         existing: &Snapshot,
+        absorb: bool,
     ) -> Result<Option<Adopted>, StoreError> {
-        let call = Call::adopt(&self.settings, namespace, fingerprint, existing);
+        let call = Call::adopt(&self.settings, claim, existing, absorb);
         self.claim_script(call, wire::parse_adopted).await
     }
 
@@ -318,11 +318,11 @@ impl Store for RedisStore {
 
     async fn adopt(
         &self,
-        namespace: &str,
-        fingerprint: &str,
+        claim: &Claim,
         existing: &Snapshot,
+        absorb: bool,
     ) -> Result<Option<Adopted>, StoreError> {
-        self.core.adopt(namespace, fingerprint, existing).await
+        self.core.adopt(claim, existing, absorb).await
     }
 
     async fn adopt_storm(&self, namespace: &str, existing: &Snapshot) -> Result<bool, StoreError> {

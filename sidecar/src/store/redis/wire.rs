@@ -11,8 +11,8 @@ use redis::{Script, Value};
 
 use crate::clock::ms;
 use crate::store::{
-    Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, StoreError,
-    StormSnapshot, Write, WARM_MARKER_TTL,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Resolution, Settings, Snapshot,
+    StoreError, StormSnapshot, Write, WARM_MARKER_TTL,
 };
 use signalgate_resource::naming::storm_prefix;
 
@@ -66,6 +66,7 @@ impl Call {
                 name.as_bytes().to_vec(),
                 ms(settings.claim_lease).to_string().into_bytes(),
                 ms(settings.dedup_ttl).to_string().into_bytes(),
+                ms(settings.incident_ttl).to_string().into_bytes(),
             ],
         }
     }
@@ -77,16 +78,12 @@ impl Call {
         call
     }
 
-    /// Adopts `existing` as the resource of `fingerprint` in `namespace`.
-    pub fn adopt(
-        settings: &Settings,
-        namespace: &str,
-        fingerprint: &str,
-        existing: &Snapshot,
-    ) -> Call {
+    /// Adopts `existing` as the resource of `claim`'s fingerprint
+    /// (`absorb`: counting the claim's firing as a new firing of it).
+    pub fn adopt(settings: &Settings, claim: &Claim, existing: &Snapshot, absorb: bool) -> Call {
         let key = ClaimKey::Fingerprint {
-            namespace: namespace.to_string(),
-            fingerprint: fingerprint.to_string(),
+            namespace: claim.namespace.clone(),
+            fingerprint: claim.fingerprint.clone(),
         };
         let mut call = Call::claim(settings, "adopt", &key);
         call.args.push(existing.resource.as_bytes().to_vec());
@@ -95,6 +92,18 @@ impl Call {
         call.args
             .push(existing.occurrence_count.to_string().into_bytes());
         call.args.push(moved_to_arg(existing.moved_to.as_deref()));
+        let (resolved, received) = resolution_args(existing.resolution);
+        let numbers = [
+            existing.instance_ms,
+            i64::try_from(existing.firings).unwrap_or(i64::MAX),
+            resolved,
+            received,
+            claim.instance_ms,
+        ];
+        call.args
+            .extend(numbers.iter().map(|n| n.to_string().into_bytes()));
+        call.args
+            .push(if absorb { b"1".to_vec() } else { b"0".to_vec() });
         call
     }
 
@@ -119,6 +128,10 @@ impl Call {
         call.args
             .extend(numbers.iter().map(|n| n.to_string().into_bytes()));
         call.args.push(moved_to_arg(existing.moved_to.as_deref()));
+        call.args
+            .push(storm.resolved_count.to_string().into_bytes());
+        call.args
+            .push(storm.previous.as_deref().unwrap_or("").as_bytes().to_vec());
         call.args.extend(
             storm
                 .affected
@@ -170,7 +183,7 @@ impl Call {
             k.marker_owner(),
         ]);
         keys.extend(claims.iter().map(|c| k.fingerprint(&c.fingerprint)));
-        let mut args = Vec::with_capacity(8 + 3 * claims.len());
+        let mut args = Vec::with_capacity(9 + 5 * claims.len());
         args.extend([
             storm_prefix(&first.namespace).into_bytes(),
             ms(s.dedup_ttl).to_string().into_bytes(),
@@ -182,15 +195,22 @@ impl Call {
             ms(s.dedup_ttl.max(WARM_MARKER_TTL))
                 .to_string()
                 .into_bytes(),
+            ms(s.incident_ttl).to_string().into_bytes(),
         ]);
         for c in claims {
             args.push(c.fingerprint.as_bytes().to_vec());
             args.push(c.affected.as_bytes().to_vec());
+            args.push(c.instance_ms.to_string().into_bytes());
             args.push(if c.absent {
                 b"1".to_vec()
             } else {
                 b"0".to_vec()
             });
+            args.push(
+                c.resolved_ms
+                    .map(|t| t.to_string().into_bytes())
+                    .unwrap_or_default(),
+            );
         }
         Call { keys, args }
     }
@@ -233,6 +253,11 @@ impl Keys<'_> {
 /// namespace (`''` when it is).
 fn moved_to_arg(moved_to: Option<&str>) -> Vec<u8> {
     moved_to.unwrap_or("").as_bytes().to_vec()
+}
+
+/// A resolution as the scripts take it: resolved ms, received ms (0 0: open).
+fn resolution_args(resolution: Option<Resolution>) -> (i64, i64) {
+    resolution.map_or((0, 0), |r| (r.resolved_ms, r.received_ms))
 }
 
 /// The keys, kind and storm name `claim.lua`/`snapshot.lua` take for `key`.
@@ -316,18 +341,21 @@ fn repeat_decision(claim: &Claim, earlier: &[Decision], v: &[Value]) -> Option<D
     Some(decision)
 }
 
-/// A reply in full: 7 fields for a signal's own resource (or a lookup), 11 for a storm.
+/// A reply in full: 11 fields for a signal's own resource (or no resource:
+/// a lookup, a review, a skip), 15 for a storm.
 fn parse_decision(claim: &Claim, v: &[Value]) -> Option<Decision> {
     let outcome = match int(v.first()?)? {
         1 => Outcome::Created,
         2 => Outcome::Duplicate,
         3 => Outcome::StormStarted,
         4 => Outcome::StormAggregated,
+        5 => Outcome::Resolved,
+        6 => Outcome::ResolvedUnknown,
         _ => return None,
     };
     let write = write_code(int(v.get(1)?)?)?;
     let storm = int(v.get(2)?)? == 1;
-    if v.len() != if storm { 11 } else { 7 } {
+    if v.len() != if storm { 15 } else { 11 } {
         return None;
     }
     let (moved_to, resource) = split_ref(text(&v[3])?);
@@ -357,6 +385,8 @@ fn write_code(code: i64) -> Option<Write> {
         2 => Some(Write::Update),
         3 => Some(Write::Await),
         4 => Some(Write::Lookup),
+        5 => Some(Write::Review),
+        6 => Some(Write::Skip),
         _ => None,
     }
 }
@@ -369,22 +399,24 @@ pub(super) fn parse_snapshot(storm: bool, value: &Value) -> Option<Option<Snapsh
     if v.is_empty() {
         return Some(None);
     }
-    if v.len() < 8 {
+    let len = if storm { 12 } else { 8 };
+    if v.len() < len || (!storm && v.len() != len) {
         return None;
     }
-    let affected = v[8..].iter().map(text).collect::<Option<Vec<String>>>()?;
+    let affected = v[len..].iter().map(text).collect::<Option<Vec<String>>>()?;
     let (moved_to, resource) = split_ref(text(&v[0])?);
-    snapshot_from(resource, moved_to, &v[1..8], storm, affected).map(Some)
+    snapshot_from(resource, moved_to, &v[1..len], storm, affected).map(Some)
 }
 
 /// The reply of an adoption of a signal's own resource: the counters held
 /// and the caller's write (`Some(None)`: the fingerprint joined a storm).
 pub(super) fn parse_adopted(reply: &Value) -> Option<Option<Adopted>> {
     match reply {
-        Value::Array(v) if v.len() == 5 => {
+        Value::Array(v) if v.len() == 9 => {
             let (moved_to, r) = split_ref(text(&v[0])?);
+            let fields = [&v[1..4], &v[5..9]].concat();
             Some(Some(Adopted {
-                snapshot: snapshot_from(r, moved_to, &v[1..4], false, Vec::new())?,
+                snapshot: snapshot_from(r, moved_to, &fields, false, Vec::new())?,
                 write: write_code(int(&v[4])?)?,
             }))
         }
@@ -432,8 +464,11 @@ fn split_ref(resource: String) -> (Option<String>, String) {
 }
 
 /// A [`Snapshot`] from the fields every script reply lays out alike: first
-/// seen ms, last seen ms, occurrence count, then (read for a storm only)
-/// alert count, affected overflow, started ms, ends ms.
+/// seen ms, last seen ms, occurrence count, then for a signal's own
+/// resource instance ms, firings, resolved ms, resolution received ms (0 0
+/// open); for a storm alert count, affected overflow, started ms, ends ms,
+/// resolved count, resolved ms, resolution received ms, the storm it
+/// continues (`''` none).
 fn snapshot_from(
     resource: String,
     moved_to: Option<String>,
@@ -442,24 +477,41 @@ fn snapshot_from(
     affected: Vec<String>,
 ) -> Option<Snapshot> {
     let field = |i: usize| fields.get(i);
-    Some(Snapshot {
+    let resolution = |at: usize| -> Option<Option<Resolution>> {
+        let resolved_ms = int(field(at)?)?;
+        let received_ms = int(field(at + 1)?)?;
+        Some((resolved_ms != 0).then_some(Resolution {
+            resolved_ms,
+            received_ms,
+        }))
+    };
+    let mut snapshot = Snapshot {
         resource,
         first_seen_ms: int(field(0)?)?,
         last_seen_ms: int(field(1)?)?,
         occurrence_count: count(field(2)?)?,
-        storm: if storm {
-            Some(StormSnapshot {
-                alert_count: count(field(3)?)?,
-                affected,
-                affected_overflow: count(field(4)?)?,
-                started_ms: int(field(5)?)?,
-                ends_ms: int(field(6)?)?,
-            })
-        } else {
-            None
-        },
         moved_to,
-    })
+        ..Snapshot::default()
+    };
+    if storm {
+        snapshot.storm = Some(StormSnapshot {
+            alert_count: count(field(3)?)?,
+            affected,
+            affected_overflow: count(field(4)?)?,
+            started_ms: int(field(5)?)?,
+            ends_ms: int(field(6)?)?,
+            resolved_count: count(field(7)?)?,
+            previous: Some(text(field(10)?)?).filter(|p| !p.is_empty()),
+        });
+        // As the memory store: a storm counts as one firing.
+        snapshot.firings = 1;
+        snapshot.resolution = resolution(8)?;
+    } else {
+        snapshot.instance_ms = int(field(3)?)?;
+        snapshot.firings = count(field(4)?)?;
+        snapshot.resolution = resolution(5)?;
+    }
+    Some(snapshot)
 }
 
 fn int(value: &Value) -> Option<i64> {
