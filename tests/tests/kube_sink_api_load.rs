@@ -2,9 +2,12 @@
 //! 10 000-signal storm, and lookups after the store lost its data cost two
 //! LISTs per 50 alerts and read the watch cache only where that is safe.
 
+use std::time::Duration;
+
 use serde_json::Value;
 use signalgate_tests::k8s::{ApiServer, Identity};
 use signalgate_tests::payloads::{alert, webhook};
+use signalgate_tests::process::wait_for;
 use signalgate_tests::remediation::{
     kube_sidecar, list, private_api_server, shared_api_server, wait_list, FALLBACK,
 };
@@ -169,6 +172,13 @@ fn a_group_re_sent_after_the_store_lost_its_data(
     });
     // The in-memory store forgets everything; the group comes again.
     s.restart();
+    // Once the restarted sink's cache has LISTed its resources: the LISTs
+    // counted below are the lookups'.
+    wait_for(
+        "the restarted sink's cache to sync",
+        Duration::from_secs(30),
+        || (s.log().matches("kube sink cache synced").count() == 2).then_some(()),
+    );
     let before = lists_served(&k);
     let a = s.post_alerts(&hook);
     assert_eq!(a.status, 202, "{}", a.body);

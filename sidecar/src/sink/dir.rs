@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use signalgate_model::rfc3339;
 
 use super::{
-    most_recent, most_recent_storm, Created, Found, FoundStorm, Location, Sink, SinkError,
+    latest, most_recent_storm, Created, Found, FoundStorm, Location, Read, Sink, SinkError,
 };
 use signalgate_resource::{Progress, RemediationRequest};
 
@@ -144,33 +144,55 @@ impl DirSink {
         })
     }
 
+    /// Writes `progress` into the file, leaving the rest (the controller's
+    /// `status` above all) as it is. The controller may rewrite the file at
+    /// any time, so the new version is only renamed over a file that still
+    /// holds what it was made from; else it is made again from the new one.
+    /// (What remains is the instant between that check and the rename.)
     fn update_blocking(
         &self,
         namespace: &str,
         name: &str,
         progress: &Progress,
     ) -> Result<(), SinkError> {
+        const ATTEMPTS: usize = 5;
         let path = self.path_of(namespace, name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(SinkError::NotFound(path.display().to_string()))
-            }
-            Err(e) => return Err(io_error(e)),
-        };
-        let mut rr: RemediationRequest = serde_json::from_slice(&bytes).map_err(|e| {
-            SinkError::Rejected(format!(
-                "{} is not a RemediationRequest: {e}",
-                path.display()
-            ))
-        })?;
-        progress.apply(&mut rr.spec);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        let tmp = Self::write_temp(&dir, &rr)?;
-        std::fs::rename(&tmp, &path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io_error(e)
-        })
+        let read = || match std::fs::read(&path) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(SinkError::NotFound(path.display().to_string()))
+            }
+            Err(e) => Err(io_error(e)),
+        };
+        let mut bytes = read()?;
+        for _ in 0..ATTEMPTS {
+            let mut rr: RemediationRequest = serde_json::from_slice(&bytes).map_err(|e| {
+                SinkError::Rejected(format!(
+                    "{} is not a RemediationRequest: {e}",
+                    path.display()
+                ))
+            })?;
+            progress.apply(&mut rr.spec);
+            let tmp = Self::write_temp(&dir, &rr)?;
+            let now = read().inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
+            if now != bytes {
+                // Rewritten meanwhile (the controller wrote its status).
+                let _ = std::fs::remove_file(&tmp);
+                bytes = now;
+                continue;
+            }
+            return std::fs::rename(&tmp, &path).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                io_error(e)
+            });
+        }
+        Err(SinkError::Unavailable(format!(
+            "{} kept changing while its counters were written",
+            path.display()
+        )))
     }
 }
 
@@ -194,11 +216,13 @@ fn join_error(e: tokio::task::JoinError) -> SinkError {
 
 #[async_trait::async_trait]
 impl Sink for DirSink {
-    async fn find_recent(
+    /// The files are the sink's own view and as consistent as it gets:
+    /// both reads read them (the incident's link points at its latest).
+    async fn find_latest(
         &self,
         namespace: &str,
         fingerprints: &[String],
-        seen_since_ms: i64,
+        _read: Read,
     ) -> Result<Vec<Option<Found>>, SinkError> {
         let links: Vec<(PathBuf, String)> = fingerprints
             .iter()
@@ -207,9 +231,7 @@ impl Sink for DirSink {
         tokio::task::spawn_blocking(move || {
             links
                 .iter()
-                .map(|(link, fingerprint)| {
-                    Ok(most_recent(&read_linked(link)?, fingerprint, seen_since_ms))
-                })
+                .map(|(link, fingerprint)| Ok(latest(&read_linked(link)?, fingerprint)))
                 .collect()
         })
         .await

@@ -4,10 +4,16 @@
 //! - A namespace that does not exist sends the resource to the fallback
 //!   namespace, labelled with the original one. A create that retakes a
 //!   claim looks there first: the earlier holder may have put it there.
-//! - Counters are written with a JSON merge patch of `spec.deduplication`
-//!   (and `spec.storm`): the status is never touched.
+//! - Counters are written with a JSON merge patch of `spec.deduplication`,
+//!   `spec.resolution` (null clears it) and `spec.storm`: the status is
+//!   never touched.
 //! - 429, 5xx and transport errors are retried with capped, jittered
 //!   exponential backoff; the caller bounds the total time.
+//! - Cached lookups read the sink's own view of its resources ([`cache`]),
+//!   kept by a LIST and a WATCH of them: no API call per signal.
+
+pub mod cache;
+mod jitter;
 
 use std::time::Duration;
 
@@ -17,10 +23,12 @@ use kube::Client;
 use serde_json::json;
 
 use super::{
-    most_recent, most_recent_storm, Created, Found, FoundStorm, Location, Sink, SinkError,
+    latest, most_recent_storm, Created, Found, FoundStorm, Location, Read, Sink, SinkError,
 };
 use crate::config::knobs::KUBE_LOOKUP_READS;
 use crate::config::LookupReads;
+use cache::WatchCache;
+use jitter::jitter;
 use signalgate_resource::{
     Progress, RemediationRequest, LABEL_FINGERPRINT, LABEL_ORIGINAL_NAMESPACE, LABEL_STORM,
 };
@@ -44,6 +52,8 @@ pub struct KubeSink {
     /// How lookups read. The lookup that asks the API server's version
     /// holds the lock, so that the others wait for its answer.
     reads: tokio::sync::Mutex<Reads>,
+    /// The sink's own view of its resources, for [`Read::Cached`].
+    cache: WatchCache,
 }
 
 /// How lookups read, as far as known.
@@ -175,8 +185,29 @@ impl KubeSink {
         Ok(KubeSink::new(client, fallback_namespace, lookup_reads))
     }
 
+    /// With the kubeconfig at `path` (its current context).
+    pub async fn from_kubeconfig(
+        path: &std::path::Path,
+        fallback_namespace: &str,
+        lookup_reads: LookupReads,
+    ) -> Result<KubeSink, SinkError> {
+        let refused = |e: &dyn std::fmt::Display| {
+            SinkError::Rejected(format!("kubeconfig {}: {e}", path.display()))
+        };
+        let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| refused(&e))?;
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| refused(&e))?;
+        let client = Client::try_from(config).map_err(|e| refused(&e))?;
+        Ok(KubeSink::new(client, fallback_namespace, lookup_reads))
+    }
+
+    /// Starts the sink's cache of its resources on the current tokio
+    /// runtime (it stops when the sink is dropped).
     pub fn new(client: Client, fallback_namespace: &str, lookup_reads: LookupReads) -> KubeSink {
         KubeSink {
+            cache: WatchCache::start(Api::all(client.clone()), fallback_namespace),
             client,
             fallback_namespace: fallback_namespace.to_string(),
             reads: tokio::sync::Mutex::new(match lookup_reads {
@@ -185,6 +216,11 @@ impl KubeSink {
                 LookupReads::Auto => Reads::Unasked,
             }),
         }
+    }
+
+    /// The sink's cache of its resources.
+    pub fn cache(&self) -> &WatchCache {
+        &self.cache
     }
 
     fn api(&self, namespace: &str) -> Api<RemediationRequest> {
@@ -331,28 +367,19 @@ where
     }
 }
 
-/// A delay between half and all of `d`.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    let mut x = u64::from(nanos) | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    let frac = (x % 1000) as f64 / 1000.0;
-    d.mul_f64(0.5 + frac / 2.0)
-}
-
 #[async_trait::async_trait]
 impl Sink for KubeSink {
-    async fn find_recent(
+    async fn find_latest(
         &self,
         namespace: &str,
         fingerprints: &[String],
-        seen_since_ms: i64,
+        read: Read,
     ) -> Result<Vec<Option<Found>>, SinkError> {
+        if read == Read::Cached {
+            if let Some(found) = self.cache.latest(namespace, fingerprints) {
+                return Ok(found);
+            }
+        }
         let mut candidates = Vec::new();
         // One LIST per place for up to FINGERPRINTS_PER_LIST fingerprints.
         for chunk in fingerprints.chunks(FINGERPRINTS_PER_LIST) {
@@ -362,7 +389,7 @@ impl Sink for KubeSink {
         }
         Ok(fingerprints
             .iter()
-            .map(|fp| most_recent(&candidates, fp, seen_since_ms))
+            .map(|fp| latest(&candidates, fp))
             .collect())
     }
 
@@ -415,7 +442,15 @@ impl Sink for KubeSink {
         name: &str,
         progress: &Progress,
     ) -> Result<(), SinkError> {
-        let mut spec = json!({ "deduplication": progress.deduplication });
+        // As `Progress::apply`: the whole deduplication (a field it does not
+        // hold is removed) and resolution (null removes it).
+        let mut spec = json!({
+            "deduplication": progress.deduplication,
+            "resolution": progress.resolution,
+        });
+        if progress.deduplication.last_firing_time.is_none() {
+            spec["deduplication"]["lastFiringTime"] = serde_json::Value::Null;
+        }
         if let Some(storm) = &progress.storm {
             spec["storm"] = json!(storm);
         }
@@ -505,17 +540,6 @@ mod tests {
         ] {
             let got = version_of(&i).is_some_and(consistent_lists_are_cheap);
             assert_eq!(got, cheap, "{i:?}");
-        }
-    }
-
-    #[test]
-    fn jitter_stays_between_half_and_all() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(1000));
-            assert!(
-                j >= Duration::from_millis(500) && j <= Duration::from_millis(1000),
-                "{j:?}"
-            );
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use signalgate_model::rfc3339;
 
-use crate::store::{Snapshot, StormSnapshot};
+use crate::store::{Resolution, Snapshot, StormSnapshot};
 use signalgate_resource::naming::storm_prefix;
 use signalgate_resource::{Progress, RemediationRequest};
 
@@ -54,13 +54,37 @@ pub enum SinkError {
     NotFound(String),
 }
 
-/// An incident's resource found in the sink, with its counters.
+/// An incident's resource found in the sink, with its counters and what
+/// its remediation controller says of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub location: Location,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     pub occurrence_count: u64,
+    /// The latest firing instance counted in it: `spec.deduplication.lastFiringTime`,
+    /// else `spec.firingTime` (ms); 0 if unparsable.
+    pub instance_ms: i64,
+    /// Firing instances counted in it (`spec.deduplication.firingCount`, 1 when absent).
+    pub firings: u64,
+    /// `spec.resolution`; `None`: open.
+    pub resolution: Option<Resolution>,
+    /// `status.phase`, as the remediation controller set it.
+    pub phase: Option<String>,
+    /// `status.completionTime` (ms).
+    pub completed_ms: Option<i64>,
+}
+
+/// How a lookup reads the sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Sees every resource written before it (as far as the sink can):
+    /// for a namespace whose store data may be lost.
+    Consistent,
+    /// The sink's own view, without a call to its backend where it keeps
+    /// one (the kube sink's cache of its resources); may miss a write of a
+    /// moment ago.
+    Cached,
 }
 
 /// A storm resource found in the sink, with its counters as the store holds
@@ -124,52 +148,80 @@ pub fn most_recent_storm<'a>(
                 affected_overflow: storm.affected_resources_overflow,
                 started_ms,
                 ends_ms,
+                resolved_count: storm.resolved_count,
+                previous: storm.previous.clone(),
             }),
             moved_to: location.moved_to(namespace),
+            ..Snapshot::default()
         },
         location,
     })
 }
 
-/// Of `candidates`, the resource of incident `fingerprint` seen most
-/// recently, if that was at or after `seen_since_ms`.
-pub fn most_recent<'a>(
+/// What a lookup needs of `rr`: `None` if it has no namespace or name, or
+/// its first or last seen time is unparsable.
+pub fn found(rr: &RemediationRequest) -> Option<Found> {
+    let spec = &rr.spec;
+    let d = &spec.deduplication;
+    let instance_ms = d
+        .last_firing_time
+        .as_deref()
+        .and_then(unix_millis)
+        .or_else(|| unix_millis(&spec.firing_time))
+        .unwrap_or(0);
+    let resolution = spec.resolution.as_ref().map(|r| {
+        let (resolved, received) = (unix_millis(&r.resolved_at), unix_millis(&r.received_at));
+        Resolution {
+            resolved_ms: resolved.or(received).unwrap_or(0),
+            received_ms: received.or(resolved).unwrap_or(0),
+        }
+    });
+    let status = rr.status.as_ref();
+    Some(Found {
+        first_seen_ms: unix_millis(&d.first_seen)?,
+        last_seen_ms: unix_millis(&d.last_seen)?,
+        occurrence_count: d.occurrence_count,
+        instance_ms,
+        firings: d.firing_count,
+        resolution,
+        phase: status.and_then(|s| s.phase.clone()),
+        completed_ms: status
+            .and_then(|s| s.completion_time.as_deref())
+            .and_then(unix_millis),
+        location: Location {
+            namespace: rr.metadata.namespace.clone()?,
+            name: rr.metadata.name.clone()?,
+        },
+    })
+}
+
+/// Of `candidates`, the latest resource (by first seen) of incident
+/// `fingerprint`, whatever its age.
+pub fn latest<'a>(
     candidates: impl IntoIterator<Item = &'a RemediationRequest>,
     fingerprint: &str,
-    seen_since_ms: i64,
 ) -> Option<Found> {
     candidates
         .into_iter()
         .filter(|rr| rr.spec.signal_fingerprint == fingerprint)
-        .filter_map(|rr| {
-            let d = &rr.spec.deduplication;
-            Some(Found {
-                first_seen_ms: unix_millis(&d.first_seen)?,
-                last_seen_ms: unix_millis(&d.last_seen)?,
-                occurrence_count: d.occurrence_count,
-                location: Location {
-                    namespace: rr.metadata.namespace.clone()?,
-                    name: rr.metadata.name.clone()?,
-                },
-            })
-        })
-        .filter(|f| f.last_seen_ms >= seen_since_ms)
-        .max_by_key(|f| f.last_seen_ms)
+        .filter_map(found)
+        .max_by_key(|f| (f.first_seen_ms, f.last_seen_ms))
 }
 
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync {
-    /// For each of `fingerprints`, the resource of that incident (in
-    /// `namespace`, or moved from it to the fallback namespace) last seen at
-    /// or after `seen_since_ms`: one answer per fingerprint, in order. Asked
-    /// for the new fingerprints of a namespace the store may have lost
-    /// (Redis restarted, a cold namespace), so that a live incident does not
-    /// get a second resource; all of one request's at once.
-    async fn find_recent(
+    /// For each of `fingerprints`, its LATEST resource (by first seen) in
+    /// `namespace` or moved from it to the fallback namespace, whatever its
+    /// age: one answer per fingerprint, in order, all of one request's at
+    /// once. [`Read::Consistent`]: as a lookup for a namespace the store may
+    /// have lost (Redis restarted, a cold namespace). [`Read::Cached`]: the
+    /// sink's own view (kube: its cache of RemediationRequests, no API call;
+    /// a LIST only while the cache has not synced yet; dir: the files).
+    async fn find_latest(
         &self,
         namespace: &str,
         fingerprints: &[String],
-        seen_since_ms: i64,
+        read: Read,
     ) -> Result<Vec<Option<Found>>, SinkError>;
     /// The storm resource of `namespace` (in it, or moved from it to the
     /// fallback namespace) started last, if it takes new signals until at
@@ -223,12 +275,116 @@ mod tests {
             affected_resources_overflow: 0,
             started_at: started.into(),
             ends_at: ends.map(Into::into),
+            resolved_count: 0,
+            previous: None,
         });
         rr
     }
 
     fn ms(t: &str) -> i64 {
         unix_millis(t).unwrap_or_default()
+    }
+
+    /// An incident's resource first seen at `first`, as `edit` changes it.
+    fn incident(
+        name: &str,
+        first: &str,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> RemediationRequest {
+        let mut v = serde_json::json!({
+            "apiVersion": "signalgate.io/v1alpha1",
+            "kind": "RemediationRequest",
+            "metadata": { "name": name, "namespace": "shop" },
+            "spec": {
+                "signalFingerprint": "f", "signalName": "A", "signalType": "prometheus",
+                "severity": "warning",
+                "targetResource": { "kind": "Pod", "name": "p" },
+                "source": "s", "firingTime": "2026-11-27T09:59:00Z", "receivedTime": first,
+                "deduplication": { "firstSeen": first, "lastSeen": "2026-11-27T10:05:00Z", "occurrenceCount": 4 }
+            }
+        });
+        edit(&mut v);
+        serde_json::from_value(v).unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[test]
+    fn a_resource_without_the_lifecycle_fields_is_found_as_one_open_firing() {
+        let rr = incident("rr-1", "2026-11-27T10:00:00Z", |_| {});
+        let f = found(&rr).unwrap_or_else(|| unreachable!());
+        assert_eq!(
+            f,
+            Found {
+                location: Location {
+                    namespace: "shop".into(),
+                    name: "rr-1".into()
+                },
+                first_seen_ms: ms("2026-11-27T10:00:00Z"),
+                last_seen_ms: ms("2026-11-27T10:05:00Z"),
+                occurrence_count: 4,
+                instance_ms: ms("2026-11-27T09:59:00Z"),
+                firings: 1,
+                resolution: None,
+                phase: None,
+                completed_ms: None,
+            }
+        );
+    }
+
+    #[test]
+    fn the_lifecycle_fields_are_read() {
+        let rr = incident("rr-1", "2026-11-27T10:00:00Z", |v| {
+            let d = &mut v["spec"]["deduplication"];
+            d["firingCount"] = 3.into();
+            d["lastFiringTime"] = "2026-11-27T10:04:00.250Z".into();
+            v["spec"]["resolution"] = serde_json::json!({
+                "resolvedAt": "2026-11-27T10:06:00Z", "receivedAt": "2026-11-27T10:06:01Z"
+            });
+            v["status"] = serde_json::json!({
+                "phase": "Completed", "completionTime": "2026-11-27T10:07:00Z"
+            });
+        });
+        let f = found(&rr).unwrap_or_else(|| unreachable!());
+        assert_eq!(f.instance_ms, ms("2026-11-27T10:04:00.250Z"));
+        assert_eq!(f.firings, 3);
+        assert_eq!(
+            f.resolution,
+            Some(Resolution {
+                resolved_ms: ms("2026-11-27T10:06:00Z"),
+                received_ms: ms("2026-11-27T10:06:01Z"),
+            })
+        );
+        assert_eq!(f.phase.as_deref(), Some("Completed"));
+        assert_eq!(f.completed_ms, Some(ms("2026-11-27T10:07:00Z")));
+    }
+
+    #[test]
+    fn unparsable_times_read_as_unknown_or_hide_the_resource() {
+        let odd = incident("rr-1", "2026-11-27T10:00:00Z", |v| {
+            v["spec"]["firingTime"] = "soon".into();
+            v["status"] = serde_json::json!({ "completionTime": "later" });
+        });
+        let f = found(&odd).unwrap_or_else(|| unreachable!());
+        assert_eq!((f.instance_ms, f.completed_ms), (0, None));
+        let unseen = incident("rr-2", "yesterday", |_| {});
+        assert_eq!(found(&unseen), None);
+    }
+
+    #[test]
+    fn the_latest_is_the_one_first_seen_last_however_old() {
+        let old = incident("rr-1", "2026-11-27T10:00:00Z", |_| {});
+        let new = incident("rr-2", "2026-11-27T10:01:00Z", |v| {
+            v["spec"]["deduplication"]["lastSeen"] = "2026-11-27T10:01:00Z".into();
+        });
+        let other = incident("rr-3", "2026-11-27T10:02:00Z", |v| {
+            v["spec"]["signalFingerprint"] = "g".into();
+        });
+        let all = [old, new, other];
+        // rr-1 was seen later, but rr-2 is the latest resource.
+        assert_eq!(
+            latest(&all, "f").map(|f| f.location.name),
+            Some("rr-2".into())
+        );
+        assert_eq!(latest(&all, "h"), None);
     }
 
     #[test]
