@@ -69,7 +69,7 @@ impl App {
                 max_alerts: config.max_alerts,
                 request_deadline: config.request_deadline,
                 store_timeout: config.redis_timeout,
-                dedup_ttl: config.store.dedup_ttl,
+                lifecycle: config.lifecycle.clone(),
             },
         };
         App {

@@ -6,8 +6,10 @@
 //! - [`store`]: the atomic decision and the claim protocol (memory, Redis).
 //! - [`pipeline`]: one request from body to answer; [`failure`]: why one
 //!   failed; [`store_call`]: one store call, timed and bounded.
-//! - [`recovery`]: sink lookups and adoption in a namespace the store may
-//!   have lost.
+//! - [`recovery`]: sink lookups and adoption when the store does not know
+//!   a firing (a cold namespace, a new firing instance); [`lifecycle`]: what
+//!   the fingerprint's latest resource, and its controller's status, make of
+//!   a new firing.
 //! - [`resource`]: the store's counters as a `RemediationRequest`'s (the
 //!   resource itself is the `signalgate-resource` crate's).
 //! - [`sink`]: where resources are written (directory, Kubernetes).
@@ -22,6 +24,7 @@ pub mod coalesce;
 pub mod config;
 pub mod failure;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pipeline;
 pub mod recovery;

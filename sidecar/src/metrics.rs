@@ -10,7 +10,8 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     /// `signalgate_signals_total{type, outcome}`: outcome is created,
-    /// duplicate, storm_started, storm_aggregated or resolved.
+    /// duplicate, storm_started, storm_aggregated, absorbed, resolved or
+    /// resolved_unknown (see `SignalOutcome`).
     pub signals: IntCounterVec,
     /// `signalgate_storms_total`: storms started.
     pub storms: IntCounter,

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use signalgate_model::alertmanager::{self, Webhook};
 use signalgate_model::signal::{self, Context, Identity};
-use signalgate_model::{kube_event, Signal, SignalType, Status};
+use signalgate_model::{kube_event, Signal, SignalType};
 
 use crate::coalesce::Coalescer;
 use crate::failure::Failure;
+use crate::lifecycle::Policy;
 use crate::metrics::Metrics;
 use crate::recovery::Recovery;
 use crate::resource;
@@ -32,8 +33,9 @@ pub struct Limits {
     pub request_deadline: Duration,
     /// One store call.
     pub store_timeout: Duration,
-    /// The dedup window: a resource last seen within it is the live incident's.
-    pub dedup_ttl: Duration,
+    /// What the fingerprint's latest resource makes of a firing the store
+    /// does not know.
+    pub lifecycle: Policy,
 }
 
 pub struct Pipeline {
@@ -55,7 +57,7 @@ pub struct SignalResult {
 }
 
 /// A signal's outcome, as the answer and the metrics name it: the store's
-/// decision for a firing signal, or `resolved`.
+/// decision, or what a lookup in the sink made of it.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SignalOutcome {
@@ -67,8 +69,12 @@ pub enum SignalOutcome {
     StormStarted,
     /// A new fingerprint counted in the namespace's running storm.
     StormAggregated,
-    /// A resolved signal: nothing to do.
+    /// A new firing counted in the resource its controller still works on.
+    Absorbed,
+    /// A resolution recorded in its incident's resource.
     Resolved,
+    /// A resolution of an incident signalgate does not know: nothing changed.
+    ResolvedUnknown,
 }
 
 impl SignalOutcome {
@@ -79,7 +85,9 @@ impl SignalOutcome {
             SignalOutcome::Duplicate => "duplicate",
             SignalOutcome::StormStarted => "storm_started",
             SignalOutcome::StormAggregated => "storm_aggregated",
+            SignalOutcome::Absorbed => "absorbed",
             SignalOutcome::Resolved => "resolved",
+            SignalOutcome::ResolvedUnknown => "resolved_unknown",
         }
     }
 }
@@ -91,12 +99,16 @@ impl From<Outcome> for SignalOutcome {
             Outcome::Duplicate => SignalOutcome::Duplicate,
             Outcome::StormStarted => SignalOutcome::StormStarted,
             Outcome::StormAggregated => SignalOutcome::StormAggregated,
+            Outcome::Absorbed => SignalOutcome::Absorbed,
+            Outcome::Resolved => SignalOutcome::Resolved,
+            Outcome::ResolvedUnknown => SignalOutcome::ResolvedUnknown,
         }
     }
 }
 
-/// A successful answer: 201 (something created), 202 (all duplicates or
-/// aggregated) or 200 (nothing needed action).
+/// A successful answer: 201 (something created), 202 (signals counted or
+/// resolutions recorded in existing resources) or 200 (nothing changed:
+/// only resolutions of unknown incidents).
 #[derive(Debug, Clone, Serialize)]
 pub struct Accepted {
     #[serde(skip)]
@@ -160,19 +172,20 @@ impl Pipeline {
             .iter()
             .map(|fp| SignalResult {
                 fingerprint: fp.clone(),
-                outcome: SignalOutcome::Resolved,
+                outcome: SignalOutcome::ResolvedUnknown,
                 resource: None,
             })
             .collect();
-        let firing: Vec<usize> = (0..identities.len())
-            .filter(|&i| identities[i].status == Status::Firing)
-            .collect();
-        let claims: Vec<Claim> = firing
+        let claims: Vec<Claim> = identities
             .iter()
-            .map(|&i| Claim {
-                namespace: identities[i].namespace.clone(),
-                fingerprint: fingerprints[i].clone(),
-                affected: builder::affected_name(&identities[i].target),
+            .zip(&fingerprints)
+            .map(|(id, fp)| Claim {
+                namespace: id.namespace.clone(),
+                fingerprint: fp.clone(),
+                affected: builder::affected_name(&id.target),
+                instance_ms: id.instance_ms,
+                // A resolution without a time is dated when it arrived.
+                resolved_ms: id.resolved_ms.map(|t| if t > 0 { t } else { received_ms }),
                 absent: false,
             })
             .collect();
@@ -198,11 +211,16 @@ impl Pipeline {
             return Err(e);
         }
 
+        let mut counted_any = false;
         let mut creates = Vec::new();
         let mut awaits = Vec::new();
-        for (&index, decision) in firing.iter().zip(decisions) {
+        for (index, decision) in decisions.into_iter().enumerate() {
             let result = &mut results[index];
             result.outcome = decision.outcome.into();
+            if decision.write == Write::Skip {
+                continue;
+            }
+            counted_any = true;
             let snapshot = &decision.snapshot;
             result.resource = Some(format!(
                 "{}/{}",
@@ -216,8 +234,7 @@ impl Pipeline {
                 self.coalescer.mark(decision.key.clone());
                 continue;
             }
-            // Always there: `firing` indexes `parsed.identities`, one per
-            // alert (or the one event), in order.
+            // Always there: one identity per alert (or the one event), in order.
             let Some(signal) = parsed.signal(index) else {
                 continue;
             };
@@ -252,7 +269,7 @@ impl Pipeline {
         }
         let status = if created_any {
             201
-        } else if !firing.is_empty() {
+        } else if counted_any {
             202
         } else {
             200
@@ -471,7 +488,7 @@ impl Pipeline {
             sink: self.sink.as_ref(),
             metrics: &self.metrics,
             store_timeout: self.limits.store_timeout,
-            dedup_ttl: self.limits.dedup_ttl,
+            lifecycle: &self.limits.lifecycle,
         }
     }
 
@@ -527,7 +544,9 @@ mod tests {
             (SignalOutcome::Duplicate, "duplicate"),
             (SignalOutcome::StormStarted, "storm_started"),
             (SignalOutcome::StormAggregated, "storm_aggregated"),
+            (SignalOutcome::Absorbed, "absorbed"),
             (SignalOutcome::Resolved, "resolved"),
+            (SignalOutcome::ResolvedUnknown, "resolved_unknown"),
         ];
         for (outcome, name) in all {
             assert_eq!(outcome.as_str(), name);

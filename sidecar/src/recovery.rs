@@ -1,15 +1,21 @@
-//! Recovery in a cold namespace: the store may have lost its record of a
-//! live incident (Redis restarted empty, a failover, a restart on the memory
-//! store), so before a new fingerprint gets a resource, the sink is asked for
-//! one (see [`Write::Lookup`]). A live resource found is adopted; a running
-//! storm found is adopted so that the new signals join it; the rest are
-//! decided again as absent.
+//! When the store does not know a firing, the sink is asked before a
+//! resource is made: [`Write::Lookup`] in a cold namespace (the store may
+//! have lost its record of a live incident: Redis restarted empty, a
+//! failover, a restart on the memory store; read consistently), and
+//! [`Write::Review`] for a firing instance the store does not hold (a new
+//! firing, or one it forgot after the incident TTL; read from the sink's
+//! own view: no API call). The fingerprint's latest resource, and its
+//! controller's status, decide ([`Policy::verdict`]): the same incident is
+//! adopted, one being remediated absorbs the firing, else the signal is
+//! decided again as new. In a cold namespace a running storm found is
+//! adopted too, so that new signals join it.
 
 use std::time::{Duration, Instant};
 
 use crate::failure::Failure;
+use crate::lifecycle::{Policy, Verdict};
 use crate::metrics::Metrics;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{Found, Read, Sink, SinkError};
 use crate::store::{Claim, Decision, Outcome, Snapshot, Store, StoreError, Write};
 use crate::store_call;
 
@@ -23,15 +29,30 @@ pub struct Recovery<'a> {
     pub metrics: &'a Metrics,
     /// One store call.
     pub store_timeout: Duration,
-    /// The dedup window: a resource last seen within it is the live incident's.
-    pub dedup_ttl: Duration,
+    /// What a found resource makes of a firing.
+    pub lifecycle: &'a Policy,
+}
+
+/// A found resource as the store records it when it adopts it.
+fn adopted_snapshot(found: &Found, namespace: &str) -> Snapshot {
+    Snapshot {
+        resource: found.location.name.clone(),
+        first_seen_ms: found.first_seen_ms,
+        last_seen_ms: found.last_seen_ms,
+        occurrence_count: found.occurrence_count,
+        storm: None,
+        moved_to: found.location.moved_to(namespace),
+        instance_ms: found.instance_ms,
+        firings: found.firings,
+        resolution: found.resolution,
+    }
 }
 
 impl Recovery<'_> {
-    /// The new fingerprints the store may have lost ([`Write::Lookup`]): a
-    /// live resource of the incident found in the sink is adopted (the
-    /// signal is its duplicate), the rest are decided again as absent. One
-    /// more store round trip, only while a namespace is cold.
+    /// The firings the store asked to look up ([`Write::Lookup`],
+    /// [`Write::Review`]): each is adopted, absorbed or decided again as
+    /// new (`absent`). One more store round trip, only for firings the store
+    /// does not know.
     pub async fn resolve_lookups(
         &self,
         claims: &[Claim],
@@ -40,7 +61,7 @@ impl Recovery<'_> {
         deadline: Instant,
     ) -> Result<(), Failure> {
         let lookups: Vec<usize> = (0..decisions.len())
-            .filter(|&j| decisions[j].write == Write::Lookup)
+            .filter(|&j| matches!(decisions[j].write, Write::Lookup | Write::Review))
             .collect();
         if lookups.is_empty() {
             return Ok(());
@@ -49,24 +70,27 @@ impl Recovery<'_> {
             what: "looking in the sink for live resources".into(),
             retry_after: Duration::from_secs(1),
         };
-        let since = received_ms - self.dedup_ttl.as_millis() as i64;
-        // One sink call per namespace for all of its fingerprints (the kube
-        // sink LISTs the namespace and the fallback namespace by label), a
-        // few namespaces at a time.
-        let mut by_namespace: Vec<(&str, Vec<usize>)> = Vec::new();
+        // One sink call per namespace and kind of read for all of its
+        // fingerprints (the kube sink LISTs the namespace and the fallback
+        // namespace by label, or reads its watch cache), a few at a time.
+        let mut groups: Vec<(&str, Read, Vec<usize>)> = Vec::new();
         for &j in &lookups {
             let ns = claims[j].namespace.as_str();
-            match by_namespace.iter_mut().find(|(n, _)| *n == ns) {
-                Some((_, js)) => js.push(j),
-                None => by_namespace.push((ns, vec![j])),
+            let read = match decisions[j].write {
+                Write::Lookup => Read::Consistent,
+                _ => Read::Cached,
+            };
+            match groups.iter_mut().find(|(n, r, _)| *n == ns && *r == read) {
+                Some((_, _, js)) => js.push(j),
+                None => groups.push((ns, read, vec![j])),
             }
         }
-        let finds: Vec<_> = by_namespace
+        let finds: Vec<_> = groups
             .iter()
-            .map(|(ns, js)| {
+            .map(|(ns, read, js)| {
                 let fingerprints: Vec<String> =
                     js.iter().map(|&j| claims[j].fingerprint.clone()).collect();
-                async move { self.sink.find_recent(ns, &fingerprints, since).await }
+                async move { self.sink.find_latest(ns, &fingerprints, *read).await }
             })
             .collect();
         let found = a_few_at_a_time(finds, deadline)
@@ -75,7 +99,7 @@ impl Recovery<'_> {
 
         let mut again = Vec::new();
         let mut adopts = Vec::new();
-        for ((_, js), found) in by_namespace.iter().zip(found) {
+        for ((_, _, js), found) in groups.iter().zip(found) {
             let found = found?;
             if found.len() != js.len() {
                 return Err(Failure::Sink(SinkError::Unavailable(
@@ -83,25 +107,21 @@ impl Recovery<'_> {
                 )));
             }
             for (&j, found) in js.iter().zip(found) {
-                match found {
-                    Some(found) => adopts.push((j, found)),
-                    None => again.push(j),
+                let verdict =
+                    self.lifecycle
+                        .verdict(found.as_ref(), claims[j].instance_ms, received_ms);
+                match (verdict, found) {
+                    (Verdict::Adopt, Some(found)) => adopts.push((j, found, false)),
+                    (Verdict::Absorb, Some(found)) => adopts.push((j, found, true)),
+                    _ => again.push(j),
                 }
             }
         }
-        let adopted_all = futures::future::join_all(adopts.iter().map(|(j, found)| {
+        let adopted_all = futures::future::join_all(adopts.iter().map(|(j, found, absorb)| {
             let claim = &claims[*j];
-            let existing = Snapshot {
-                resource: found.location.name.clone(),
-                first_seen_ms: found.first_seen_ms,
-                last_seen_ms: found.last_seen_ms,
-                occurrence_count: found.occurrence_count,
-                storm: None,
-                moved_to: found.location.moved_to(&claim.namespace),
-            };
-            let (namespace, fingerprint) = (&claim.namespace, &claim.fingerprint);
+            let existing = adopted_snapshot(found, &claim.namespace);
             async move {
-                let adopt = self.store.adopt(namespace, fingerprint, &existing);
+                let adopt = self.store.adopt(claim, &existing, *absorb);
                 self.timed("adopt", adopt).await
             }
         }))
@@ -110,7 +130,7 @@ impl Recovery<'_> {
         // answered: one may have handed this request a claim (Create),
         // which the caller gives back on failure only if it sees it.
         let mut failed = None;
-        for ((j, found), result) in adopts.into_iter().zip(adopted_all) {
+        for ((j, found, absorb), result) in adopts.into_iter().zip(adopted_all) {
             let adopted = match result {
                 Ok(Some(adopted)) => adopted,
                 Ok(None) => {
@@ -123,13 +143,21 @@ impl Recovery<'_> {
                     continue;
                 }
             };
-            tracing::info!(resource = %found.location, "the store did not know this live incident; adopted its resource");
+            if absorb {
+                tracing::info!(resource = %found.location, phase = ?found.phase, "a new firing of an incident being remediated; absorbed into its resource");
+            } else {
+                tracing::info!(resource = %found.location, "the store did not know this firing; adopted its resource");
+            }
             // The store's resource: the one found, or another if another
             // request claimed the incident first (then wait for its claim,
             // or take it over).
             let key = decisions[j].key.clone();
             decisions[j] = Decision {
-                outcome: Outcome::Duplicate,
+                outcome: if absorb {
+                    Outcome::Absorbed
+                } else {
+                    Outcome::Duplicate
+                },
                 write: adopted.write,
                 key,
                 snapshot: adopted.snapshot,
@@ -139,8 +167,16 @@ impl Recovery<'_> {
             return Err(e.into());
         }
         if !again.is_empty() {
-            self.adopt_running_storms(claims, &again, received_ms, deadline)
-                .await?;
+            // A storm the store lost can only be behind a cold lookup.
+            let cold: Vec<usize> = again
+                .iter()
+                .copied()
+                .filter(|&j| decisions[j].write == Write::Lookup)
+                .collect();
+            if !cold.is_empty() {
+                self.adopt_running_storms(claims, &cold, received_ms, deadline)
+                    .await?;
+            }
             if Instant::now() >= deadline {
                 return Err(past_deadline());
             }

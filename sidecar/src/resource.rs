@@ -5,7 +5,9 @@
 
 use signalgate_model::rfc3339::format_unix_millis;
 use signalgate_model::signal::Signal;
-use signalgate_resource::{builder, Deduplication, Progress, RemediationRequest, Storm};
+use signalgate_resource::{
+    builder, Deduplication, Progress, RemediationRequest, Resolution, Storm,
+};
 
 use crate::store::Snapshot;
 
@@ -16,6 +18,8 @@ pub fn progress(s: &Snapshot) -> Progress {
             first_seen: format_unix_millis(s.first_seen_ms),
             last_seen: format_unix_millis(s.last_seen_ms),
             occurrence_count: s.occurrence_count,
+            firing_count: s.firings.max(1),
+            last_firing_time: (s.instance_ms > 0).then(|| format_unix_millis(s.instance_ms)),
         },
         storm: s.storm.as_ref().map(|st| Storm {
             alert_count: st.alert_count,
@@ -23,6 +27,12 @@ pub fn progress(s: &Snapshot) -> Progress {
             affected_resources_overflow: st.affected_overflow,
             started_at: format_unix_millis(st.started_ms),
             ends_at: (st.ends_ms > 0).then(|| format_unix_millis(st.ends_ms)),
+            resolved_count: st.resolved_count,
+            previous: st.previous.clone(),
+        }),
+        resolution: s.resolution.map(|r| Resolution {
+            resolved_at: format_unix_millis(r.resolved_ms),
+            received_at: format_unix_millis(r.received_ms),
         }),
     }
 }

@@ -60,20 +60,25 @@ async fn a_waiter_takes_over_the_claim_of_a_creator_that_vanished() {
     let sink = Arc::new(FakeSink::default());
     let p = pipeline(store.clone(), sink.clone(), Duration::from_secs(5));
 
-    // The signal's fingerprint: a resolved signal is answered with it and
-    // leaves the store alone.
+    // The signal's fingerprint: a resolved signal of an incident nobody
+    // knows is answered with it and leaves the store alone.
     let resolved = send(&p, &alert("resolved", "NodeDown", "shop", "cart-1"))
         .await
         .expect("resolved");
-    assert_eq!(only(&resolved).0, "resolved");
+    assert_eq!(only(&resolved).0, "resolved_unknown");
     let fingerprint = resolved.signals[0].fingerprint.clone();
 
-    // Another sidecar claims the incident and dies before creating it.
+    // Another sidecar claims the incident (this firing of it: the alert's
+    // startsAt) and dies before creating it.
+    let resolved_instance =
+        signalgate_model::rfc3339::unix_millis("2026-11-26T20:57:15.123Z").expect("a time");
     let started = Instant::now();
     let claim = Claim {
         namespace: "shop".into(),
         fingerprint,
         affected: "Pod/cart-1".into(),
+        instance_ms: resolved_instance,
+        resolved_ms: None,
         absent: true,
     };
     let taken = store.decide(&[claim]).await.expect("decide");
@@ -143,4 +148,37 @@ async fn a_cold_namespace_with_nothing_in_the_sink_creates() {
     .expect("served");
     assert_eq!((answer.status, only(&answer).0), (201, "created"));
     assert_eq!(sink.count(), 1);
+}
+
+#[tokio::test]
+async fn resources_created_before_another_create_failed_stay_committed() {
+    let sink = Arc::new(FakeSink::default());
+    let p = pipeline(
+        store_with_lease(LONG_LEASE),
+        sink.clone(),
+        Duration::from_secs(2),
+    );
+    // One request of two new alerts; the first create the sink sees fails.
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&alert("firing", "Stuck", "blocked", "p2")).unwrap();
+    let fine: serde_json::Value =
+        serde_json::from_slice(&alert("firing", "Fine", "shop", "p1")).unwrap();
+    let second = fine["alerts"][0].clone();
+    body["alerts"].as_array_mut().unwrap().push(second);
+    let body = serde_json::to_vec(&body).unwrap();
+
+    sink.fail_creates.store(1, Ordering::SeqCst);
+    let failed = send(&p, &body).await;
+    assert!(matches!(failed, Err(Failure::Sink(_))), "{failed:?}");
+    assert_eq!(sink.count(), 1, "the other resource was created");
+
+    // The retry: both are duplicates (the failed request counted them); the
+    // failed claim was given back and is created at once, the created one
+    // was committed (no second create).
+    let retried = send(&p, &body).await.expect("the retry is served");
+    assert_eq!(retried.status, 201, "{retried:?}");
+    let outcomes: Vec<&str> = retried.signals.iter().map(|s| s.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["duplicate", "duplicate"]);
+    assert_eq!(sink.count(), 2);
+    assert_eq!(sink.create_calls.load(Ordering::SeqCst), 3);
 }

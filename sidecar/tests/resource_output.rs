@@ -57,8 +57,8 @@ fn own_snapshot() -> Snapshot {
         first_seen_ms: 1_764_190_635_123,
         last_seen_ms: RECEIVED_MS,
         occurrence_count: 3,
-        storm: None,
-        moved_to: None,
+        firings: 1,
+        ..Snapshot::default()
     }
 }
 
@@ -74,8 +74,9 @@ fn storm_snapshot(started_ms: Option<i64>) -> Snapshot {
             affected_overflow: 2,
             started_ms,
             ends_ms: 1_764_190_935_123,
+            ..StormSnapshot::default()
         }),
-        moved_to: None,
+        ..Snapshot::default()
     }
 }
 

@@ -113,6 +113,12 @@ impl Receiver {
         self
     }
 
+    /// Whether resolved alerts are sent too (`send_resolved` of the webhook).
+    pub fn send_resolved(mut self, yes: bool) -> Receiver {
+        self.send_resolved = yes;
+        self
+    }
+
     /// The Alertmanager configuration file (JSON, which is YAML).
     pub fn config(&self) -> String {
         let mut webhook = json!({

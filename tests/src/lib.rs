@@ -13,6 +13,7 @@ pub mod edge;
 pub mod edge_client;
 pub mod envoy;
 pub mod k8s;
+pub mod lifecycle;
 pub mod manifests;
 pub mod payloads;
 pub mod process;

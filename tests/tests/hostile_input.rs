@@ -226,8 +226,10 @@ fn snapshot() -> Snapshot {
             affected_overflow: 0,
             started_ms: 1_764_190_635_123,
             ends_ms: 1_764_190_935_123,
+            ..StormSnapshot::default()
         }),
-        moved_to: None,
+        firings: 1,
+        ..Snapshot::default()
     }
 }
 

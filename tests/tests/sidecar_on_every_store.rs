@@ -183,10 +183,10 @@ fn resolved_alerts_create_nothing(b: &Backend) {
     let s = b.start(&[]);
     let a = s.post_alerts(&webhook(vec![resolved("A", "shop", "p1")]));
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(a.json()["signals"][0]["outcome"], "resolved");
+    assert_eq!(a.json()["signals"][0]["outcome"], "resolved_unknown");
     assert!(s.resources().is_empty());
     assert_eq!(
-        s.metric("signalgate_signals_total{outcome=\"resolved\",type=\"prometheus\"}"),
+        s.metric("signalgate_signals_total{outcome=\"resolved_unknown\",type=\"prometheus\"}"),
         1.0
     );
     // Mixed with a firing one: only that one creates.

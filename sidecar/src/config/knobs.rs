@@ -5,8 +5,8 @@
 //! all built from [`KNOBS`].
 
 use super::values::{
-    addr, duration, duration_or_zero, log_format, lookup_reads, namespace, number, redis_url, sink,
-    worker_threads,
+    addr, duration, duration_or_zero, log_format, lookup_reads, namespace, number, phases,
+    redis_url, sink, worker_threads,
 };
 use super::{Config, ConfigError};
 
@@ -53,6 +53,9 @@ pub const KNOBS: &[Knob] = &[
     STORM_MAX_DURATION,
     STORM_MAX_AFFECTED,
     CLAIM_LEASE,
+    INCIDENT_TTL,
+    TERMINAL_PHASES,
+    REOPEN_COOLDOWN,
     KUBE_LOOKUP_READS,
     FALLBACK_NAMESPACE,
     REQUEST_DEADLINE,
@@ -179,6 +182,42 @@ pub const CLAIM_LEASE: Knob = Knob {
     meaning: "how long a claim waits for its creator before another request takes it over",
     read: |c, v| {
         c.store.claim_lease = duration(v)?;
+        Ok(())
+    },
+};
+
+pub const INCIDENT_TTL: Knob = Knob {
+    name: "INCIDENT_TTL",
+    default: "24h",
+    meaning: "the store remembers an incident (a fingerprint and its firing instance: an \
+        alert's `startsAt`, an event series' first timestamp) this long after its last signal; \
+        a later re-send of the same firing is looked up in the sink's view. Keep it above \
+        Alertmanager's `repeat_interval`",
+    read: |c, v| {
+        c.store.incident_ttl = duration(v)?;
+        Ok(())
+    },
+};
+
+pub const TERMINAL_PHASES: Knob = Knob {
+    name: "TERMINAL_PHASES",
+    default: "Completed,Failed,Cancelled",
+    meaning: "comma-separated `status.phase` values with which the remediation controller says \
+        it is done with a resource; any other phase means it is working on it, and new firings \
+        of its incident are absorbed into it (see the status contract in docs/reference.md)",
+    read: |c, v| {
+        c.lifecycle.terminal_phases = phases(v)?;
+        Ok(())
+    },
+};
+
+pub const REOPEN_COOLDOWN: Knob = Knob {
+    name: "REOPEN_COOLDOWN",
+    default: "5m",
+    meaning: "after a terminal phase, new firings are still absorbed into the resource this \
+        long from its `status.completionTime`; `0`: not at all",
+    read: |c, v| {
+        c.lifecycle.reopen_cooldown = duration_or_zero(v)?;
         Ok(())
     },
 };

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::knobs::{KNOBS, STORM_MAX_DURATION, STORM_WINDOW};
 use super::{Config, ConfigError, LogFormat, LookupReads, SinkConfig};
+use crate::lifecycle::Policy;
 use crate::store::Settings;
 
 impl Config {
@@ -56,6 +57,7 @@ impl Config {
             let value = values.get(knob.name).map_or(knob.default, String::as_str);
             knob.apply(&mut config, value)?;
         }
+        config.lifecycle.dedup_ttl = config.store.dedup_ttl;
         if config.store.storm_max_duration < config.store.storm_window {
             return Err(ConfigError(format!(
                 "{} must be at least {}",
@@ -78,6 +80,7 @@ fn blank() -> Config {
         sink: SinkConfig::Dir(PathBuf::new()),
         kube_lookup_reads: LookupReads::Auto,
         store: Settings::default(),
+        lifecycle: Policy::default(),
         fallback_namespace: String::new(),
         request_deadline: Duration::ZERO,
         flush_interval: Duration::ZERO,
@@ -117,6 +120,26 @@ mod tests {
         assert_eq!(c.worker_threads, Some(1));
         assert_eq!(c.max_in_flight, 256);
         assert_eq!(c.kube_lookup_reads, LookupReads::Auto);
+        assert_eq!(c.lifecycle, Policy::default());
+        assert_eq!(c.store.incident_ttl, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn terminal_phases_are_a_list_and_the_cooldown_may_be_off() {
+        let c = cfg(
+            &[
+                ("SIGNALGATE_TERMINAL_PHASES", " Done , Gave-Up,"),
+                ("SIGNALGATE_REOPEN_COOLDOWN", "0"),
+                ("SIGNALGATE_DEDUP_TTL", "2s"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.lifecycle.terminal_phases, ["Done", "Gave-Up"]);
+        assert_eq!(c.lifecycle.reopen_cooldown, Duration::ZERO);
+        assert_eq!(c.lifecycle.dedup_ttl, Duration::from_secs(2));
+        let e = cfg(&[("SIGNALGATE_TERMINAL_PHASES", " , ")], &[]).unwrap_err();
+        assert!(e.0.contains("SIGNALGATE_TERMINAL_PHASES"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::lifecycle::Policy;
 use crate::store::Settings;
 
 pub mod knobs;
@@ -59,6 +60,9 @@ pub struct Config {
     pub sink: SinkConfig,
     pub kube_lookup_reads: LookupReads,
     pub store: Settings,
+    /// How the remediation controller's status is read (its `dedup_ttl` is
+    /// the store's).
+    pub lifecycle: Policy,
     pub fallback_namespace: String,
     /// How long one request may take in total (waiting on another sidecar's
     /// claim, retrying the sink) before it is answered 503.

@@ -50,6 +50,20 @@ pub(super) fn number<T: std::str::FromStr + PartialOrd + Default>(v: &str) -> Re
     }
 }
 
+/// A comma-separated list of `status.phase` values (at least one).
+pub(super) fn phases(v: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect();
+    if list.is_empty() {
+        return Err(format!("{v:?} names no phase (example: Completed,Failed)"));
+    }
+    Ok(list)
+}
+
 pub(super) fn addr(v: &str) -> Result<SocketAddr, String> {
     v.parse()
         .map_err(|_| format!("{v:?} is not an address like 127.0.0.1:8081"))

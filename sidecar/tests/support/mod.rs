@@ -13,10 +13,11 @@ use signalgate_model::SignalType;
 use signalgate_resource::{Progress, RemediationRequest};
 use signalgate_sidecar::coalesce::Coalescer;
 use signalgate_sidecar::failure::Failure;
+use signalgate_sidecar::lifecycle::Policy;
 use signalgate_sidecar::metrics::Metrics;
 use signalgate_sidecar::pipeline::{Accepted, Limits, Pipeline};
 use signalgate_sidecar::sink::{
-    most_recent, most_recent_storm, Created, Found, FoundStorm, Location, Sink, SinkError,
+    latest, most_recent_storm, Created, Found, FoundStorm, Location, Read, Sink, SinkError,
 };
 use signalgate_sidecar::store::memory::MemoryStore;
 use signalgate_sidecar::store::{Settings, Store};
@@ -52,6 +53,24 @@ impl FakeSink {
         self.updates.lock().unwrap().clone()
     }
 
+    /// Sets the resource's status as a remediation controller would:
+    /// `phase`, and `completion_time` (RFC 3339).
+    pub fn set_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        phase: &str,
+        completion_time: Option<&str>,
+    ) {
+        let mut resources = self.resources.lock().unwrap();
+        let rr = resources
+            .get_mut(&(namespace.to_string(), name.to_string()))
+            .unwrap_or_else(|| panic!("no resource {namespace}/{name}"));
+        let status = rr.status.get_or_insert_with(Default::default);
+        status.phase = Some(phase.to_string());
+        status.completion_time = completion_time.map(str::to_string);
+    }
+
     fn in_namespace(&self, namespace: &str) -> Vec<RemediationRequest> {
         let resources = self.resources.lock().unwrap();
         resources
@@ -72,17 +91,15 @@ fn take_failure(n: &AtomicUsize) -> bool {
 
 #[async_trait::async_trait]
 impl Sink for FakeSink {
-    async fn find_recent(
+    /// Both reads see every resource held.
+    async fn find_latest(
         &self,
         namespace: &str,
         fingerprints: &[String],
-        seen_since_ms: i64,
+        _read: Read,
     ) -> Result<Vec<Option<Found>>, SinkError> {
         let here = self.in_namespace(namespace);
-        Ok(fingerprints
-            .iter()
-            .map(|fp| most_recent(&here, fp, seen_since_ms))
-            .collect())
+        Ok(fingerprints.iter().map(|fp| latest(&here, fp)).collect())
     }
 
     async fn find_recent_storm(
@@ -156,7 +173,7 @@ pub fn pipeline(store: Arc<MemoryStore>, sink: Arc<FakeSink>, deadline: Duration
             max_alerts: 100,
             request_deadline: deadline,
             store_timeout: Duration::from_secs(1),
-            dedup_ttl: Settings::default().dedup_ttl,
+            lifecycle: Policy::default(),
         },
     }
 }
