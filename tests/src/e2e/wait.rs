@@ -77,11 +77,17 @@ pub fn sidecar_metric(s: &Sidecar, name: &str, label: &str) -> f64 {
     sum_samples(&s.admin_get("/metrics").body, name, label)
 }
 
-/// Firing signals the sidecar counted (every outcome but `resolved`).
+/// Firing signals the sidecar counted (every outcome but `resolved` and
+/// `resolved_unknown`).
 pub fn firing_signals(s: &Sidecar) -> u64 {
     let text = s.admin_get("/metrics").body;
     let all = sum_samples(&text, "signalgate_signals_total", "");
-    let resolved = sum_samples(&text, "signalgate_signals_total", "outcome=\"resolved\"");
+    let resolved = sum_samples(&text, "signalgate_signals_total", "outcome=\"resolved\"")
+        + sum_samples(
+            &text,
+            "signalgate_signals_total",
+            "outcome=\"resolved_unknown\"",
+        );
     (all - resolved) as u64
 }
 
