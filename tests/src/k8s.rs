@@ -575,7 +575,9 @@ fn wait_until(
     }
 }
 
-fn http_agent(ca_pem: &[u8]) -> ureq::Agent {
+/// An HTTP agent that trusts the API server's CA `ca_pem` and returns
+/// error statuses as answers.
+pub(crate) fn http_agent(ca_pem: &[u8]) -> ureq::Agent {
     use ureq::tls::{Certificate, RootCerts, TlsConfig};
     let ca = Certificate::from_pem(ca_pem).expect("parse generated CA");
     let tls = TlsConfig::builder()

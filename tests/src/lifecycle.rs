@@ -12,7 +12,6 @@
 //! `remediationrequests/status`.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -558,7 +557,7 @@ impl Controller {
         }
         let ca = std::fs::read(k.ca_path()).expect("read the API server's CA");
         Controller {
-            http: agent(&ca),
+            http: crate::k8s::http_agent(&ca),
             url: k.url(),
             admin_token: k.admin_token().to_string(),
         }
@@ -609,20 +608,6 @@ impl Controller {
         let patch = json!({"spec": {"severity": "info"}});
         self.patch(ns, name, "", &patch).0
     }
-}
-
-fn agent(ca_pem: &[u8]) -> ureq::Agent {
-    use ureq::tls::{Certificate, RootCerts, TlsConfig};
-    let ca = Certificate::from_pem(ca_pem).expect("parse the API server's CA");
-    let tls = TlsConfig::builder()
-        .root_certs(RootCerts::Specific(Arc::new(vec![ca])))
-        .build();
-    ureq::Agent::config_builder()
-        .tls_config(tls)
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
 }
 
 #[cfg(test)]

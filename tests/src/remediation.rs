@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use signalgate_sidecar::config::LookupReads;
+use signalgate_sidecar::sink::kube::KubeSink;
+
 use crate::k8s::{ApiServer, Identity};
 use crate::process::wait_for;
 use crate::sidecar::Sidecar;
@@ -112,4 +115,68 @@ pub fn count(rr: &Value) -> u64 {
 
 pub fn name_of(rr: &Value) -> String {
     rr["metadata"]["name"].as_str().unwrap_or("?").to_string()
+}
+
+/// RemediationRequest requests the API server has answered so far, of one
+/// of `verbs` (`"LIST"`, `"GET"`, …) and, if given, with status `code`.
+pub fn requests_served(k: &ApiServer, verbs: &[&str], code: Option<&str>) -> f64 {
+    let (status, metrics) = k.get(Identity::Admin, "/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains("resource=\"remediationrequests\"")
+                && verbs.iter().any(|v| l.contains(&format!("verb=\"{v}\"")))
+                && code.is_none_or(|c| l.contains(&format!("code=\"{c}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The kube sink as the sidecar's service account (lookups through its
+/// watch cache), and the runtime the cache runs on.
+pub fn sidecar_sink(k: &ApiServer) -> (tokio::runtime::Runtime, KubeSink) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let path = k.kubeconfig(Identity::Sidecar);
+    let sink = rt
+        .block_on(KubeSink::from_kubeconfig(
+            &path,
+            FALLBACK,
+            LookupReads::Cache,
+        ))
+        .expect("kube sink");
+    (rt, sink)
+}
+
+/// A RemediationRequest as another client than signalgate writes it:
+/// incident `fingerprint` of `namespace` named `name`, first seen at
+/// `first`, last seen on 2026-12-01 at 11:00, counted 5 times over 2 firings.
+pub fn foreign_resource(namespace: &str, name: &str, fingerprint: &str, first: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "signalgate.io/v1alpha1",
+        "kind": "RemediationRequest",
+        "metadata": {
+            "name": name, "namespace": namespace,
+            "labels": {"signalgate.io/fingerprint": fingerprint}
+        },
+        "spec": {
+            "signalFingerprint": fingerprint, "signalName": "Foreign", "signalType": "prometheus",
+            "severity": "warning",
+            "targetResource": {"kind": "Pod", "name": "p", "namespace": namespace},
+            "source": "test", "firingTime": "2026-12-01T10:00:00Z", "receivedTime": first,
+            "deduplication": {
+                "firstSeen": first, "lastSeen": "2026-12-01T11:00:00Z", "occurrenceCount": 5,
+                "firingCount": 2, "lastFiringTime": "2026-12-01T10:30:00Z"
+            }
+        }
+    })
+}
+
+/// Creates `rr` (in its namespace) as the cluster admin.
+pub fn create_as_admin(k: &ApiServer, rr: &Value) {
+    let ns = rr["metadata"]["namespace"].as_str().expect("a namespace");
+    let url = format!("/apis/signalgate.io/v1alpha1/namespaces/{ns}/remediationrequests");
+    let (status, body) = k.request(Identity::Admin, "POST", &url, Some(rr));
+    assert_eq!(status, 201, "{body}");
 }

@@ -244,3 +244,45 @@ fn resource_paths(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// The store a sidecar under test runs on: its memory store, or a private
+/// Redis. [`on_every_store!`](crate::on_every_store) runs a case on each.
+pub enum StoreBackend {
+    Memory,
+    Redis(crate::redis::RedisServer),
+}
+
+impl StoreBackend {
+    pub fn redis() -> StoreBackend {
+        StoreBackend::Redis(crate::redis::RedisServer::start())
+    }
+
+    /// A sidecar on this store, with the extra environment `extra`.
+    pub fn start(&self, extra: &[(&str, &str)]) -> Sidecar {
+        let url;
+        let mut env: Vec<(&str, &str)> = extra.to_vec();
+        if let StoreBackend::Redis(r) = self {
+            url = r.url();
+            env.push(("SIGNALGATE_REDIS_URL", &url));
+        }
+        Sidecar::start(&env)
+    }
+}
+
+/// One test per store for each case `fn case(b: &StoreBackend)`: modules
+/// `memory` and `redis`.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[test] fn $name() {
+                super::$name(&$crate::sidecar::StoreBackend::Memory)
+            } )*
+        }
+        mod redis {
+            $( #[test] fn $name() {
+                super::$name(&$crate::sidecar::StoreBackend::redis())
+            } )*
+        }
+    };
+}

@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use signalgate_tests::k8s::{ApiServer, Identity};
+use signalgate_tests::k8s::ApiServer;
 use signalgate_tests::payloads::{alert, webhook};
 use signalgate_tests::process::wait_for;
 use signalgate_tests::remediation::{
-    kube_sidecar, list, private_api_server, shared_api_server, wait_list, FALLBACK,
+    kube_sidecar, list, private_api_server, requests_served, shared_api_server, wait_list, FALLBACK,
 };
 use signalgate_tests::sidecar::Sidecar;
 
@@ -70,21 +70,6 @@ fn a_10000_signal_storm_keeps_api_writes_bounded() {
         10_000.0 / sent.as_secs_f64(),
         (creates + updates) / elapsed.as_secs_f64()
     );
-}
-
-/// `LIST`s of RemediationRequests the API server has answered so far.
-fn lists_served(k: &ApiServer) -> f64 {
-    let (status, metrics) = k.get(Identity::Admin, "/metrics");
-    assert_eq!(status, 200, "{metrics}");
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("apiserver_request_total{")
-                && l.contains("resource=\"remediationrequests\"")
-                && l.contains("verb=\"LIST\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]
@@ -179,7 +164,7 @@ fn a_group_re_sent_after_the_store_lost_its_data(
         Duration::from_secs(30),
         || (s.log().matches("kube sink cache synced").count() == 2).then_some(()),
     );
-    let before = lists_served(&k);
+    let before = requests_served(&k, &["LIST"], None);
     let a = s.post_alerts(&hook);
     assert_eq!(a.status, 202, "{}", a.body);
     let signals = a.json()["signals"].as_array().cloned().unwrap_or_default();
@@ -190,7 +175,7 @@ fn a_group_re_sent_after_the_store_lost_its_data(
     );
     // Per namespace: 50 + 10 fingerprints, each LIST in the namespace and in
     // the fallback namespace.
-    assert_eq!(lists_served(&k) - before, 8.0);
+    assert_eq!(requests_served(&k, &["LIST"], None) - before, 8.0);
     assert_eq!(list(&k, "relist").len(), 60);
     let lookups: Vec<String> = k
         .remediation_request_lists()

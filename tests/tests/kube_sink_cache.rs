@@ -9,76 +9,18 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use signalgate_resource::{Deduplication, Progress, RemediationRequest, Resolution, Storm};
-use signalgate_sidecar::config::LookupReads;
 use signalgate_sidecar::sink::kube::KubeSink;
 use signalgate_sidecar::sink::{Found, Read, Sink};
 use signalgate_tests::k8s::{ApiServer, Identity};
-use signalgate_tests::remediation::{private_api_server, shared_api_server, FALLBACK};
+use signalgate_tests::remediation::{
+    create_as_admin, foreign_resource, private_api_server, requests_served, shared_api_server,
+    sidecar_sink, FALLBACK,
+};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A runtime for the sink (its cache runs on it) and the sink, as the
-/// sidecar's service account.
-fn sink(k: &ApiServer) -> (tokio::runtime::Runtime, KubeSink) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let path = k.kubeconfig(Identity::Sidecar);
-    let sink = rt
-        .block_on(KubeSink::from_kubeconfig(
-            &path,
-            FALLBACK,
-            LookupReads::Cache,
-        ))
-        .unwrap();
-    (rt, sink)
-}
-
-/// GETs and LISTs of RemediationRequests the API server has answered so far.
-fn reads_served(k: &ApiServer) -> f64 {
-    let (status, metrics) = k.get(Identity::Admin, "/metrics");
-    assert_eq!(status, 200, "{metrics}");
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("apiserver_request_total{")
-                && l.contains("resource=\"remediationrequests\"")
-                && (l.contains("verb=\"LIST\"") || l.contains("verb=\"GET\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A resource as another client writes it: incident `fingerprint` of
-/// `namespace` named `name`, first seen at `first`.
-fn resource(namespace: &str, name: &str, fingerprint: &str, first: &str) -> Value {
-    json!({
-        "apiVersion": "signalgate.io/v1alpha1",
-        "kind": "RemediationRequest",
-        "metadata": {
-            "name": name, "namespace": namespace,
-            "labels": {"signalgate.io/fingerprint": fingerprint}
-        },
-        "spec": {
-            "signalFingerprint": fingerprint, "signalName": "Cached", "signalType": "prometheus",
-            "severity": "warning",
-            "targetResource": {"kind": "Pod", "name": "p", "namespace": namespace},
-            "source": "test", "firingTime": "2026-12-01T10:00:00Z", "receivedTime": first,
-            "deduplication": {
-                "firstSeen": first, "lastSeen": "2026-12-01T11:00:00Z", "occurrenceCount": 5,
-                "firingCount": 2, "lastFiringTime": "2026-12-01T10:30:00Z"
-            }
-        }
-    })
-}
-
 fn path(namespace: &str, name: &str) -> String {
     format!("/apis/signalgate.io/v1alpha1/namespaces/{namespace}/remediationrequests/{name}")
-}
-
-fn create(k: &ApiServer, rr: &Value) {
-    let ns = rr["metadata"]["namespace"].as_str().unwrap();
-    let url = format!("/apis/signalgate.io/v1alpha1/namespaces/{ns}/remediationrequests");
-    let (status, body) = k.request(Identity::Admin, "POST", &url, Some(rr));
-    assert_eq!(status, 201, "{body}");
 }
 
 /// Asks the sink (cached) for `fingerprint` of `namespace` until `cond`
@@ -114,14 +56,14 @@ fn the_cache_sees_what_others_write_and_answers_without_an_api_call() {
     // A private API server: its request counts are this test's alone.
     let k = private_api_server();
     k.create_namespace("cache-a");
-    let (rt, sink) = sink(&k);
+    let (rt, sink) = sidecar_sink(&k);
     assert!(block(&rt, sink.cache().wait_synced(SYNC_TIMEOUT)));
-    let before = reads_served(&k);
+    let before = requests_served(&k, &["LIST", "GET"], None);
 
     // Created by another client: seen, with every field a lookup needs.
-    create(
+    create_as_admin(
         &k,
-        &resource("cache-a", "rr-a-1", "fa", "2026-12-01T10:00:01Z"),
+        &foreign_resource("cache-a", "rr-a-1", "fa", "2026-12-01T10:00:01Z"),
     );
     let found = poll_cached(&rt, &sink, "cache-a", "fa", "the resource", Option::is_some).unwrap();
     assert_eq!(found.location.to_string(), "cache-a/rr-a-1");
@@ -145,12 +87,12 @@ fn the_cache_sees_what_others_write_and_answers_without_an_api_call() {
 
     // A later resource of the incident, moved to the fallback namespace,
     // is the latest; another namespace's is not this one's.
-    let mut moved = resource(FALLBACK, "rr-a-2", "fa", "2026-12-01T13:00:00Z");
+    let mut moved = foreign_resource(FALLBACK, "rr-a-2", "fa", "2026-12-01T13:00:00Z");
     moved["metadata"]["labels"]["signalgate.io/original-namespace"] = json!("cache-a");
-    create(&k, &moved);
-    create(
+    create_as_admin(&k, &moved);
+    create_as_admin(
         &k,
-        &resource(FALLBACK, "rr-a-3", "fa", "2026-12-01T14:00:00Z"),
+        &foreign_resource(FALLBACK, "rr-a-3", "fa", "2026-12-01T14:00:00Z"),
     );
     let found = poll_cached(&rt, &sink, "cache-a", "fa", "the moved resource", |f| {
         f.as_ref().is_some_and(|f| f.location.name == "rr-a-2")
@@ -169,23 +111,23 @@ fn the_cache_sees_what_others_write_and_answers_without_an_api_call() {
     // All of it without one GET or LIST.
     let fps = ["fa".to_string(), "nothing".to_string()];
     let cached = block(&rt, sink.find_latest("cache-a", &fps, Read::Cached)).unwrap();
-    assert_eq!(reads_served(&k) - before, 0.0);
+    assert_eq!(requests_served(&k, &["LIST", "GET"], None) - before, 0.0);
     // A consistent read LISTs (the namespace and the fallback one), and agrees.
     let consistent = block(&rt, sink.find_latest("cache-a", &fps, Read::Consistent)).unwrap();
     assert_eq!(cached, consistent);
     assert_eq!(cached[1], None);
-    assert_eq!(reads_served(&k) - before, 2.0);
+    assert_eq!(requests_served(&k, &["LIST", "GET"], None) - before, 2.0);
 }
 
 #[test]
 fn the_cache_recovers_after_the_api_server_restarts() {
     let mut k = private_api_server();
     k.create_namespace("cache-b");
-    let (rt, sink) = sink(&k);
+    let (rt, sink) = sidecar_sink(&k);
     assert!(block(&rt, sink.cache().wait_synced(SYNC_TIMEOUT)));
-    create(
+    create_as_admin(
         &k,
-        &resource("cache-b", "rr-b-1", "fb", "2026-12-01T10:00:01Z"),
+        &foreign_resource("cache-b", "rr-b-1", "fb", "2026-12-01T10:00:01Z"),
     );
     poll_cached(
         &rt,
@@ -210,9 +152,9 @@ fn the_cache_recovers_after_the_api_server_restarts() {
     let url = format!("{}/status", path("cache-b", "rr-b-1"));
     let (code, body) = k.request(Identity::Admin, "PATCH", &url, Some(&status));
     assert_eq!(code, 200, "{body}");
-    create(
+    create_as_admin(
         &k,
-        &resource("cache-b", "rr-b-2", "fb2", "2026-12-01T10:00:02Z"),
+        &foreign_resource("cache-b", "rr-b-2", "fb2", "2026-12-01T10:00:02Z"),
     );
     poll_cached(
         &rt,
@@ -237,9 +179,9 @@ fn the_cache_recovers_after_the_api_server_restarts() {
 fn an_update_writes_the_resolution_and_firings_and_a_later_one_clears_them() {
     let k = shared_api_server();
     k.create_namespace("cache-c");
-    let (runtime, sink) = sink(k);
+    let (runtime, sink) = sidecar_sink(k);
     let rt = &runtime;
-    let mut storm = resource("cache-c", "rr-c-1", "fc", "2026-12-01T10:00:01Z");
+    let mut storm = foreign_resource("cache-c", "rr-c-1", "fc", "2026-12-01T10:00:01Z");
     storm["spec"]["storm"] = json!({"alertCount": 3, "startedAt": "2026-12-01T10:00:00Z"});
     let rr: RemediationRequest = serde_json::from_value(storm).unwrap();
     block(rt, sink.create(&rr, false)).unwrap();

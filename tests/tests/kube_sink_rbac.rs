@@ -4,16 +4,27 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-use signalgate_sidecar::config::LookupReads;
-use signalgate_sidecar::sink::kube::KubeSink;
 use signalgate_sidecar::sink::{Read, Sink};
-use signalgate_tests::k8s::{ApiServer, Identity};
+use signalgate_tests::k8s::ApiServer;
 use signalgate_tests::payloads::{alert, webhook};
 use signalgate_tests::process::wait_for;
 use signalgate_tests::remediation::{
-    kube_sidecar, list, private_api_server, shared_api_server, FALLBACK,
+    create_as_admin, foreign_resource, kube_sidecar, list, private_api_server, requests_served,
+    shared_api_server, sidecar_sink, FALLBACK,
 };
+
+/// Binds the shipped ClusterRole to the sidecar's service account in `namespace`.
+fn bind_sidecar(k: &ApiServer, namespace: &str) {
+    k.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "signalgate-sidecar",
+        "-n",
+        namespace,
+        "--clusterrole=signalgate-sidecar",
+        "--serviceaccount=signalgate-system:signalgate-sidecar",
+    ]);
+}
 
 #[test]
 fn a_namespace_the_sidecar_may_not_write_answers_5xx_and_logs_why() {
@@ -22,24 +33,8 @@ fn a_namespace_the_sidecar_may_not_write_answers_5xx_and_logs_why() {
     k.create_namespace("forbidden");
     // Narrow the shipped ClusterRole to one namespace with a RoleBinding.
     k.kubectl_ok(&["delete", "clusterrolebinding", "signalgate-sidecar"]);
-    k.kubectl_ok(&[
-        "create",
-        "rolebinding",
-        "signalgate-sidecar",
-        "-n",
-        "allowed",
-        "--clusterrole=signalgate-sidecar",
-        "--serviceaccount=signalgate-system:signalgate-sidecar",
-    ]);
-    k.kubectl_ok(&[
-        "create",
-        "rolebinding",
-        "signalgate-sidecar",
-        "-n",
-        FALLBACK,
-        "--clusterrole=signalgate-sidecar",
-        "--serviceaccount=signalgate-system:signalgate-sidecar",
-    ]);
+    bind_sidecar(&k, "allowed");
+    bind_sidecar(&k, FALLBACK);
     let s = kube_sidecar(&k, "sidecar", &[]);
     assert_eq!(
         s.post_alerts(&webhook(vec![alert("Ok", "allowed", "p")]))
@@ -96,75 +91,22 @@ fn the_shipped_rbac_grants_only_what_the_sidecar_uses() {
     }
 }
 
-/// LISTs of RemediationRequests the API server has answered (200) so far.
-fn lists_served(k: &ApiServer) -> f64 {
-    let (status, metrics) = k.get(Identity::Admin, "/metrics");
-    assert_eq!(status, 200, "{metrics}");
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("apiserver_request_total{")
-                && l.contains("resource=\"remediationrequests\"")
-                && l.contains("verb=\"LIST\"")
-                && l.contains("code=\"200\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A resource of incident `fingerprint` in `namespace`, as another client writes it.
-fn create(k: &ApiServer, namespace: &str, name: &str, fingerprint: &str) {
-    let rr = json!({
-        "apiVersion": "signalgate.io/v1alpha1",
-        "kind": "RemediationRequest",
-        "metadata": {
-            "name": name, "namespace": namespace,
-            "labels": {"signalgate.io/fingerprint": fingerprint}
-        },
-        "spec": {
-            "signalFingerprint": fingerprint, "signalName": "Watched", "signalType": "prometheus",
-            "severity": "warning", "targetResource": {"kind": "Pod", "name": "p"},
-            "source": "test", "firingTime": "2026-12-01T10:00:00Z",
-            "receivedTime": "2026-12-01T10:00:00Z",
-            "deduplication": {
-                "firstSeen": "2026-12-01T10:00:00Z", "lastSeen": "2026-12-01T10:00:00Z",
-                "occurrenceCount": 1
-            }
-        }
-    });
-    let url = format!("/apis/signalgate.io/v1alpha1/namespaces/{namespace}/remediationrequests");
-    let (status, body) = k.request(Identity::Admin, "POST", &url, Some(&rr));
-    assert_eq!(status, 201, "{body}");
-}
-
-/// The sink as the sidecar's service account, and the runtime its cache
-/// runs on. Consistent lookups (a resource written a moment before is seen).
-fn sink(k: &ApiServer) -> (tokio::runtime::Runtime, KubeSink) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let path = k.kubeconfig(Identity::Sidecar);
-    let sink = rt
-        .block_on(KubeSink::from_kubeconfig(
-            &path,
-            FALLBACK,
-            LookupReads::Cache,
-        ))
-        .unwrap();
-    (rt, sink)
-}
+/// When the resources these tests write were first seen.
+const FIRST: &str = "2026-12-01T10:00:00Z";
 
 #[test]
 fn the_shipped_rbac_lets_the_sink_watch_its_resources() {
     // A private API server: its LIST count is this test's alone.
     let k = private_api_server();
     k.create_namespace("watched");
-    let (rt, sink) = sink(&k);
+    let (rt, sink) = sidecar_sink(&k);
     assert!(
         rt.block_on(sink.cache().wait_synced(Duration::from_secs(30))),
         "the cache's LIST of every RemediationRequest must be allowed"
     );
-    let lists = lists_served(&k);
+    let lists = requests_served(&k, &["LIST"], Some("200"));
     // Written after the LIST: only the watch can bring it.
-    create(&k, "watched", "rr-w-1", "fw");
+    create_as_admin(&k, &foreign_resource("watched", "rr-w-1", "fw", FIRST));
     let fps = ["fw".to_string()];
     let found = wait_for(
         "the watch to bring the resource",
@@ -176,7 +118,7 @@ fn the_shipped_rbac_lets_the_sink_watch_its_resources() {
     );
     assert_eq!(found.location.name, "rr-w-1");
     assert_eq!(
-        lists_served(&k),
+        requests_served(&k, &["LIST"], Some("200")),
         lists,
         "seen through the watch, not a new LIST"
     );
@@ -187,27 +129,11 @@ fn without_a_cluster_wide_binding_cached_lookups_read_the_api_server() {
     let k = private_api_server();
     k.create_namespace("narrow");
     k.kubectl_ok(&["delete", "clusterrolebinding", "signalgate-sidecar"]);
-    k.kubectl_ok(&[
-        "create",
-        "rolebinding",
-        "signalgate-sidecar",
-        "-n",
-        "narrow",
-        "--clusterrole=signalgate-sidecar",
-        "--serviceaccount=signalgate-system:signalgate-sidecar",
-    ]);
-    k.kubectl_ok(&[
-        "create",
-        "rolebinding",
-        "signalgate-sidecar",
-        "-n",
-        FALLBACK,
-        "--clusterrole=signalgate-sidecar",
-        "--serviceaccount=signalgate-system:signalgate-sidecar",
-    ]);
-    create(&k, "narrow", "rr-n-1", "fn");
-    let (rt, sink) = sink(&k);
-    let before = lists_served(&k);
+    bind_sidecar(&k, "narrow");
+    bind_sidecar(&k, FALLBACK);
+    create_as_admin(&k, &foreign_resource("narrow", "rr-n-1", "fn", FIRST));
+    let (rt, sink) = sidecar_sink(&k);
+    let before = requests_served(&k, &["LIST"], Some("200"));
     let fps = ["fn".to_string()];
     let found = rt
         .block_on(sink.find_latest("narrow", &fps, Read::Cached))
@@ -217,5 +143,5 @@ fn without_a_cluster_wide_binding_cached_lookups_read_the_api_server() {
     // The cache may not LIST across namespaces, so it never syncs: the
     // lookup LISTed the namespace and the fallback one.
     assert!(!sink.cache().synced());
-    assert!(lists_served(&k) - before >= 2.0);
+    assert!(requests_served(&k, &["LIST"], Some("200")) - before >= 2.0);
 }

@@ -11,42 +11,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use signalgate_tests::payloads::{alert, webhook};
-use signalgate_tests::redis::RedisServer;
-use signalgate_tests::sidecar::Sidecar;
+use signalgate_tests::sidecar::{Sidecar, StoreBackend};
 
-enum Backend {
-    Memory,
-    Redis(RedisServer),
-}
-
-impl Backend {
-    fn redis() -> Backend {
-        Backend::Redis(RedisServer::start())
-    }
-
-    fn start(&self, extra: &[(&str, &str)]) -> Sidecar {
-        let url;
-        let mut env: Vec<(&str, &str)> = extra.to_vec();
-        if let Backend::Redis(r) = self {
-            url = r.url();
-            env.push(("SIGNALGATE_REDIS_URL", &url));
-        }
-        Sidecar::start(&env)
-    }
-}
-
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[test] fn $name() { super::$name(&super::Backend::Memory) } )*
-        }
-        mod redis {
-            $( #[test] fn $name() { super::$name(&super::Backend::redis()) } )*
-        }
-    };
-}
-
-on_every_store!(
+signalgate_tests::on_every_store!(
     the_same_firing_after_the_window_is_a_duplicate,
     a_resolution_is_recorded_and_the_next_firing_is_a_new_resource,
     a_resource_being_remediated_absorbs_new_firings,
@@ -111,7 +78,7 @@ fn at(ahead_ms: i64) -> String {
     signalgate_model::rfc3339::format_unix_millis(now + ahead_ms)
 }
 
-fn the_same_firing_after_the_window_is_a_duplicate(b: &Backend) {
+fn the_same_firing_after_the_window_is_a_duplicate(b: &StoreBackend) {
     let s = b.start(&[("SIGNALGATE_DEDUP_TTL", "300ms")]);
     let (status, outcome, first) = post(&s, firing("DiskFull", "db-0", "2026-12-06T01:00:00Z"));
     assert_eq!((status, outcome.as_str()), (201, "created"));
@@ -127,7 +94,7 @@ fn the_same_firing_after_the_window_is_a_duplicate(b: &Backend) {
     assert_eq!(all[0]["spec"]["deduplication"]["firingCount"], 1);
 }
 
-fn a_resolution_is_recorded_and_the_next_firing_is_a_new_resource(b: &Backend) {
+fn a_resolution_is_recorded_and_the_next_firing_is_a_new_resource(b: &StoreBackend) {
     let s = b.start(&[]);
     let t1 = "2026-12-06T01:00:00Z";
     let (_, outcome, first) = post(&s, firing("DiskFull", "db-0", t1));
@@ -166,7 +133,7 @@ fn a_resolution_is_recorded_and_the_next_firing_is_a_new_resource(b: &Backend) {
     assert!(read(&s, &second)["spec"].get("resolution").is_none());
 }
 
-fn a_resource_being_remediated_absorbs_new_firings(b: &Backend) {
+fn a_resource_being_remediated_absorbs_new_firings(b: &StoreBackend) {
     let s = b.start(&[("SIGNALGATE_REOPEN_COOLDOWN", "1s")]);
     let t1 = "2026-12-06T01:00:00Z";
     let (_, _, rr) = post(&s, firing("DiskFull", "db-0", t1));
@@ -220,7 +187,7 @@ fn a_resource_being_remediated_absorbs_new_firings(b: &Backend) {
     s.wait_resources("two resources", |r| r.len() == 2);
 }
 
-fn a_storm_that_outlasts_its_maximum_continues_at_once(b: &Backend) {
+fn a_storm_that_outlasts_its_maximum_continues_at_once(b: &StoreBackend) {
     let s = b.start(&[
         ("SIGNALGATE_STORM_THRESHOLD", "2"),
         ("SIGNALGATE_STORM_WINDOW", "1s"),

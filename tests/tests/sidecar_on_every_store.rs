@@ -5,44 +5,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use signalgate_tests::payloads::{alert, pod_event, resolved, webhook};
-use signalgate_tests::redis::RedisServer;
-use signalgate_tests::sidecar::Sidecar;
+use signalgate_tests::sidecar::StoreBackend;
 
-/// The store a test runs against.
-enum Backend {
-    Memory,
-    Redis(RedisServer),
-}
-
-impl Backend {
-    fn redis() -> Backend {
-        Backend::Redis(RedisServer::start())
-    }
-
-    fn start(&self, extra: &[(&str, &str)]) -> Sidecar {
-        let url;
-        let mut env: Vec<(&str, &str)> = extra.to_vec();
-        if let Backend::Redis(r) = self {
-            url = r.url();
-            env.push(("SIGNALGATE_REDIS_URL", &url));
-        }
-        Sidecar::start(&env)
-    }
-}
-
-/// Generates one test per store for each behaviour function.
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[test] fn $name() { super::$name(&super::Backend::Memory) } )*
-        }
-        mod redis {
-            $( #[test] fn $name() { super::$name(&super::Backend::redis()) } )*
-        }
-    };
-}
-
-on_every_store!(
+signalgate_tests::on_every_store!(
     first_alert_creates_a_complete_resource,
     repeats_are_duplicates_counted_in_the_same_resource,
     every_alert_of_a_batch_is_processed,
@@ -58,7 +23,7 @@ fn spec(r: &Value) -> &Value {
     &r["spec"]
 }
 
-fn first_alert_creates_a_complete_resource(b: &Backend) {
+fn first_alert_creates_a_complete_resource(b: &StoreBackend) {
     let s = b.start(&[]);
     let a = s.post_alerts(&webhook(vec![alert(
         "KubePodCrashLooping",
@@ -118,7 +83,7 @@ fn first_alert_creates_a_complete_resource(b: &Backend) {
     );
 }
 
-fn repeats_are_duplicates_counted_in_the_same_resource(b: &Backend) {
+fn repeats_are_duplicates_counted_in_the_same_resource(b: &StoreBackend) {
     let s = b.start(&[]);
     let hook = webhook(vec![alert("HighLatency", "shop", "api-0")]);
     let first = s.post_alerts(&hook);
@@ -143,7 +108,7 @@ fn repeats_are_duplicates_counted_in_the_same_resource(b: &Backend) {
     );
 }
 
-fn every_alert_of_a_batch_is_processed(b: &Backend) {
+fn every_alert_of_a_batch_is_processed(b: &StoreBackend) {
     let s = b.start(&[]);
     let a = s.post_alerts(&webhook(vec![
         alert("A", "ns1", "p1"),
@@ -179,7 +144,7 @@ fn every_alert_of_a_batch_is_processed(b: &Backend) {
     assert_eq!(namespaces, ["ns1", "ns1", "ns2"]);
 }
 
-fn resolved_alerts_create_nothing(b: &Backend) {
+fn resolved_alerts_create_nothing(b: &StoreBackend) {
     let s = b.start(&[]);
     let a = s.post_alerts(&webhook(vec![resolved("A", "shop", "p1")]));
     assert_eq!(a.status, 200, "{}", a.body);
@@ -198,7 +163,7 @@ fn resolved_alerts_create_nothing(b: &Backend) {
     assert_eq!(s.resources().len(), 1);
 }
 
-fn kubernetes_events_are_deduplicated_across_count_increments(b: &Backend) {
+fn kubernetes_events_are_deduplicated_across_count_increments(b: &StoreBackend) {
     let s = b.start(&[]);
     let first = s.post_event(&pod_event("shop", "cart-1", "BackOff", 1));
     assert_eq!(first.status, 201, "{}", first.body);
@@ -216,7 +181,7 @@ fn kubernetes_events_are_deduplicated_across_count_increments(b: &Backend) {
     assert_eq!(sp["targetResource"]["name"], "cart-1");
 }
 
-fn storm_of_distinct_alerts_becomes_one_storm_resource(b: &Backend) {
+fn storm_of_distinct_alerts_becomes_one_storm_resource(b: &StoreBackend) {
     let s = b.start(&[("SIGNALGATE_STORM_THRESHOLD", "3")]);
     let alerts: Vec<Value> = (0..15)
         .map(|i| alert("PodNotReady", "batch", &format!("job-{i}")))
@@ -269,7 +234,7 @@ fn storm_of_distinct_alerts_becomes_one_storm_resource(b: &Backend) {
     assert_eq!(s.metric("signalgate_storms_total"), 1.0);
 }
 
-fn invalid_input_is_refused_and_changes_nothing(b: &Backend) {
+fn invalid_input_is_refused_and_changes_nothing(b: &StoreBackend) {
     let s = b.start(&[]);
     let mut bad = webhook(vec![alert("A", "shop", "p1")]);
     bad["alerts"][0]["status"] = json!("pending");
@@ -340,7 +305,7 @@ fn status_of_declared_length(addr: std::net::SocketAddr, length: usize) -> u16 {
     std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
 }
 
-fn sigterm_flushes_pending_counts_and_exits_zero(b: &Backend) {
+fn sigterm_flushes_pending_counts_and_exits_zero(b: &StoreBackend) {
     // A flush interval far longer than the test: only the shutdown flush can write the counts.
     let mut s = b.start(&[("SIGNALGATE_FLUSH_INTERVAL", "1h")]);
     let hook = webhook(vec![alert("DiskFull", "ops", "db-0")]);
@@ -357,7 +322,7 @@ fn sigterm_flushes_pending_counts_and_exits_zero(b: &Backend) {
     assert_eq!(all[0]["spec"]["deduplication"]["occurrenceCount"], 7);
 }
 
-fn concurrent_identical_requests_create_exactly_one_resource(b: &Backend) {
+fn concurrent_identical_requests_create_exactly_one_resource(b: &StoreBackend) {
     let s = b.start(&[]);
     let hook = webhook(vec![alert("NodeDown", "infra", "p")]);
     let body = serde_json::to_vec(&hook).unwrap();
