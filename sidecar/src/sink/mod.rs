@@ -256,19 +256,14 @@ mod tests {
     use signalgate_resource::Storm;
 
     fn storm(name: &str, started: &str, last: &str, ends: Option<&str>) -> RemediationRequest {
-        let mut rr: RemediationRequest = serde_json::from_value(serde_json::json!({
-            "apiVersion": "signalgate.io/v1alpha1",
-            "kind": "RemediationRequest",
-            "metadata": { "name": name, "namespace": "shop" },
-            "spec": {
-                "signalFingerprint": "f", "signalName": "SignalStorm", "signalType": "prometheus",
-                "severity": "warning",
-                "targetResource": { "kind": "Namespace", "name": "shop" },
-                "source": "s", "firingTime": started, "receivedTime": started,
-                "deduplication": { "firstSeen": started, "lastSeen": last, "occurrenceCount": 5 }
-            }
-        }))
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        let mut rr = incident(name, started, |v| {
+            let spec = &mut v["spec"];
+            spec["signalName"] = "SignalStorm".into();
+            spec["targetResource"] = serde_json::json!({ "kind": "Namespace", "name": "shop" });
+            spec["firingTime"] = started.into();
+            spec["deduplication"]["lastSeen"] = last.into();
+            spec["deduplication"]["occurrenceCount"] = 5.into();
+        });
         rr.spec.storm = Some(Storm {
             alert_count: 3,
             affected_resources: vec!["Pod/a".into()],

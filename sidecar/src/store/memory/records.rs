@@ -107,6 +107,31 @@ impl Own {
             p.dedup
         }
     }
+
+    /// Until when the record lives after a signal at `now`: its TTL, and a
+    /// pending claim at least until its lease ends.
+    pub fn expiry(&self, p: &Params, now: i64) -> i64 {
+        let at = now + self.ttl(p);
+        if self.pending {
+            at.max(self.lease_until_ms)
+        } else {
+            at
+        }
+    }
+
+    /// Counts one more signal of its incident and settles its claim.
+    pub fn count_signal(&mut self, p: &Params, now: i64) -> Write {
+        self.count += 1;
+        self.last_ms = now;
+        self.settle(p, now)
+    }
+
+    /// What the caller must do with the claim (see [`claim_write`]).
+    pub fn settle(&mut self, p: &Params, now: i64) -> Write {
+        let (write, lease_until) = claim_write(self.pending, self.lease_until_ms, now, p.lease);
+        self.lease_until_ms = lease_until;
+        write
+    }
 }
 
 #[derive(Default)]
@@ -216,6 +241,11 @@ impl Storm {
     pub fn count_signal(&mut self, p: &Params, now: i64) -> Write {
         self.count += 1;
         self.last_ms = now;
+        self.settle(p, now)
+    }
+
+    /// What the caller must do with the storm's claim (see [`claim_write`]).
+    pub fn settle(&mut self, p: &Params, now: i64) -> Write {
         let (write, lease_until) = claim_write(self.pending, self.lease_until_ms, now, p.lease);
         self.lease_until_ms = lease_until;
         write

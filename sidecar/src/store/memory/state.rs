@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::records::{claim_write, FpEntry, FpKind, Namespace, Own, Params, Storm};
+use super::records::{FpEntry, FpKind, Namespace, Own, Params, Storm};
 use crate::store::{Adopted, Claim, ClaimKey, Decision, Outcome, Resolution, Snapshot, Write};
 use signalgate_resource::naming::{fingerprint_resource, storm_resource};
 
@@ -97,7 +97,14 @@ impl State {
         let (name, reopened) = match &mut entry.kind {
             FpKind::Member { storm, resolved } => (storm.clone(), std::mem::take(resolved)),
             FpKind::Own(own) if own.same_incident(claim.instance_ms) => {
-                return Some(repeat_own(entry, claim, p, now))
+                let write = own.count_signal(p, now);
+                entry.expires_ms = own.expiry(p, now);
+                return Some(Decision {
+                    outcome: Outcome::Duplicate,
+                    write,
+                    key: fp_key(claim),
+                    snapshot: own.snapshot(),
+                });
             }
             FpKind::Own(own) => {
                 if claim.absent {
@@ -197,7 +204,7 @@ impl State {
             resolution: None,
         };
         let snapshot = own.snapshot();
-        let expires_ms = now + own.ttl(p).max(p.lease);
+        let expires_ms = own.expiry(p, now);
         self.fingerprints.insert(
             entry_key(claim),
             FpEntry {
@@ -262,20 +269,14 @@ impl State {
             }
             FpKind::Own(own) => {
                 own.resolution = Some(resolution);
-                let (write, lease_until) =
-                    claim_write(own.pending, own.lease_until_ms, now, p.lease);
-                own.lease_until_ms = lease_until;
-                let mut ttl = p.dedup;
-                if own.pending {
-                    ttl = ttl.max(lease_until - now);
-                }
-                let snapshot = own.snapshot();
-                entry.expires_ms = now + ttl;
+                let write = own.settle(p, now);
+                // Resolved: it lives one dedup window (or its lease) from now.
+                entry.expires_ms = own.expiry(p, now);
                 return Decision {
                     outcome: Outcome::Resolved,
                     write,
                     key: fp_key(claim),
-                    snapshot,
+                    snapshot: own.snapshot(),
                 };
             }
             FpKind::Member { storm, resolved } => {
@@ -301,8 +302,7 @@ impl State {
         if storm.resolved >= storm.alerts && storm.resolution.is_none() {
             storm.resolution = Some(resolution);
         }
-        let (write, lease_until) = claim_write(storm.pending, storm.lease_until_ms, now, p.lease);
-        storm.lease_until_ms = lease_until;
+        let write = storm.settle(p, now);
         storm.keep(now, p);
         Decision {
             outcome: Outcome::Resolved,
@@ -346,17 +346,8 @@ impl State {
             if own.same_incident(claim.instance_ms) {
                 // Known by now: count the signal in what the store holds, and
                 // settle another request's claim as decide would.
-                own.count += 1;
-                own.last_ms = now;
-                let (write, lease_until) =
-                    claim_write(own.pending, own.lease_until_ms, now, p.lease);
-                own.lease_until_ms = lease_until;
-                let keep = if own.pending {
-                    lease_until.max(now + own.ttl(p))
-                } else {
-                    now + own.ttl(p)
-                };
-                entry.expires_ms = entry.expires_ms.max(keep);
+                let write = own.count_signal(p, now);
+                entry.expires_ms = entry.expires_ms.max(own.expiry(p, now));
                 return Some(Adopted {
                     snapshot: own.snapshot(),
                     write,
@@ -400,7 +391,7 @@ impl State {
             resolution,
         };
         let snapshot = own.snapshot();
-        let expires_ms = now + own.ttl(p);
+        let expires_ms = own.expiry(p, now);
         self.fingerprints.insert(
             key,
             FpEntry {
@@ -475,28 +466,6 @@ impl State {
         ns.current = Some(name.to_string());
         true
     }
-}
-
-/// A signal of a known incident seen again: counted in its own resource,
-/// its claim settled. (Called for an own-resource entry only.)
-fn repeat_own(entry: &mut FpEntry, claim: &Claim, p: &Params, now: i64) -> Decision {
-    let mut d = ask_sink(claim, Write::Update);
-    d.outcome = Outcome::Duplicate;
-    let FpKind::Own(own) = &mut entry.kind else {
-        return d;
-    };
-    own.count += 1;
-    own.last_ms = now;
-    let (write, lease_until) = claim_write(own.pending, own.lease_until_ms, now, p.lease);
-    own.lease_until_ms = lease_until;
-    let mut ttl = own.ttl(p);
-    if own.pending && lease_until - now > ttl {
-        ttl = lease_until - now;
-    }
-    entry.expires_ms = now + ttl;
-    d.write = write;
-    d.snapshot = own.snapshot();
-    d
 }
 
 /// A decision that records nothing: the sink must be asked first.
