@@ -3,7 +3,7 @@
 //!
 //! It keeps exactly the keys the table uses, [`table::SLOTS`] slot keys and
 //! the seed key, each behind its own mutex with a CAS token, so it is as
-//! bounded as the proxy-wasm shared data (about 0.5 MiB of values) and
+//! bounded as the proxy-wasm shared data (about 0.6 MiB of values) and
 //! [`table::take`] keeps its get / compare-and-swap semantics. Other keys
 //! are refused. A lock is held only to copy a value in or out, never while
 //! the table computes.

@@ -7,24 +7,45 @@
 //!
 //! - [`SLOTS`] keys (`signalgate.rl.v1.<n>`); a source's key hashes
 //!   (SipHash-1-3, keyed by the process's random [`Seed`]) to one slot;
-//! - each slot's value holds [`WAYS`](crate::slot::WAYS) entries ([`crate::slot`]) (a small set-associative
-//!   group): the source's 64-bit hash as tag, its bucket, and the limit the
-//!   bucket was last used with;
-//! - a source not in its slot takes an empty way, else the way whose bucket
-//!   is already full again (forgetting a full bucket changes nothing: a new
-//!   source starts full), else the least recently used way, whose bucket
-//!   level it inherits.
+//! - each slot's value holds [`WAYS`](crate::slot::WAYS) entries (a small
+//!   set-associative group): the source's 64-bit hash as tag, its bucket, and
+//!   the limit the bucket was last used with; and one *overflow* bucket, shared
+//!   by the sources of the slot that have no entry;
+//! - a source not in its slot takes an empty way, else a way whose bucket is
+//!   full again (forgetting a full bucket loses nothing: that source would
+//!   start full anyway), else it is charged to the overflow bucket. A bucket
+//!   that is not full is never forgotten. The whole rule, and why it holds
+//!   the bound below, is in [`crate::slot`].
 //!
-//! So at most `SLOTS * WAYS` = 16 384 sources are tracked at once, in
-//! `SLOTS` values of [`SLOT_BYTES`](crate::slot::SLOT_BYTES) = 129 bytes: about 0.5 MiB of values, and
-//! with the keys and Envoy's per-entry bookkeeping (roughly 100-150 bytes a
-//! key) about 1 MiB for the whole process, whatever the number of sources.
-//! Evicting a bucket that is not full only happens when more than `WAYS`
-//! sources that hash to one slot are active at once. The newcomer then
-//! starts with the evicted bucket's level, not a full bucket: a crowded slot
-//! makes the limit stricter for the sources in it, never looser. (Starting
-//! full would let five sources of one slot taking turns each find a fresh
-//! bucket every time: no limit at all.)
+//! So at most `SLOTS * WAYS` = 16 384 sources have a bucket of their own at
+//! once, in `SLOTS` values of [`SLOT_BYTES`](crate::slot::SLOT_BYTES) = 153
+//! bytes: about 0.6 MiB of values, and with the keys and Envoy's per-entry
+//! bookkeeping (roughly 100-150 bytes a key) about 1.1 MiB for the whole
+//! process, whatever the number of sources.
+//!
+//! **The guarantee.** For any source whose limit (`per_minute`, `burst`)
+//! stays the same, and clock readings that do not go backwards, the requests
+//! the table allows it in any interval `[t0, t1]` number at most
+//! `burst + floor(per_minute * (t1 - t0) / 1 min)`: what its own token bucket
+//! alone would allow, whatever the other sources of its slot do. No source is
+//! ever handed another's tokens. (A clock that steps back refills nothing, see
+//! [`crate::ratelimit`].) The table is stricter than private buckets only
+//! for a crowded slot, one where more than `WAYS` sources have buckets that
+//! are not full at once:
+//!
+//! - the sources without a way share one overflow bucket (one `burst` and
+//!   one rate for all of them);
+//! - a source that takes a way while the overflow is not full starts from the
+//!   overflow's level, not a full burst (it may have just spent from it);
+//! - the overflow serves one limit at a time: a source under another limit
+//!   that finds no way is refused until the overflow is full again.
+//!
+//! As long as a slot's overflow stays full (never used, or unused for the
+//! time it takes to refill), every source of the slot is limited exactly by
+//! its own bucket, and a new source starts with its full burst. (Giving a source that finds no
+//! way a fresh bucket instead would let five sources of one slot taking
+//! turns escape the limit; giving it an evicted source's level would hand it
+//! that source's tokens.)
 //!
 //! The hash is keyed so that nobody can pick sources that land in the slot
 //! of another source (and crowd it): the seed is made at random by the first
@@ -36,8 +57,8 @@
 //! fail and the whole step is retried on the fresh value, up to
 //! [`MAX_ATTEMPTS`] times.
 
-use crate::ratelimit::{self, Decision, Limit};
-use crate::slot::{Entry, Slot};
+use crate::ratelimit::{Decision, Limit};
+use crate::slot::Slot;
 
 /// Number of shared-data keys of the table.
 pub const SLOTS: u32 = 4096;
@@ -156,11 +177,7 @@ pub fn take(
             .get(&key)
             .map_err(|e| TableError::Store(format!("{e:?}")))?;
         let mut slot = Slot::decode(value.as_deref());
-        let (way, bucket) = slot.way_for(tag, now_ns);
-        let (bucket, decision) = ratelimit::take(bucket, limit, now_ns);
-        if let Some(w) = slot.ways.get_mut(way) {
-            *w = Some(Entry { tag, bucket, limit });
-        }
+        let decision = slot.take(tag, limit, now_ns);
         match store.set(&key, &slot.encode(), cas) {
             Ok(()) => return Ok(decision),
             Err(StoreError::CasMismatch) => continue,
@@ -173,6 +190,7 @@ pub fn take(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ratelimit;
     use crate::slot::{SLOT_BYTES, WAYS};
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
@@ -222,10 +240,7 @@ mod tests {
                 if let Some((other_key, limit, now)) = other {
                     let (v, _) = self.map.borrow().get(key).cloned().unwrap_or_default();
                     let mut slot = Slot::decode(Some(&v));
-                    let tag = hash(&SEED, &other_key);
-                    let (way, bucket) = slot.way_for(tag, now);
-                    let (bucket, _) = ratelimit::take(bucket, limit, now);
-                    slot.ways[way] = Some(Entry { tag, bucket, limit });
+                    let _ = slot.take(hash(&SEED, &other_key), limit, now);
                     let cas = self.bump();
                     self.map
                         .borrow_mut()
@@ -401,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn eviction_prefers_full_buckets_then_the_least_recently_used() {
+    fn only_full_buckets_are_evicted_and_crowded_sources_share_the_overflow() {
         let store = FakeStore::default();
         let _ = init(&store);
         let l = limit(60, 2);
@@ -415,24 +430,22 @@ mod tests {
         // A new source at T0 + 1.5 s: keys[1] is full again and is the one replaced.
         let t = T0 + 3 * SEC / 2;
         assert_eq!(allowed(&store, &keys[WAYS], l, t, 2), 2);
-        // keys[0] (not full, LRU but not evicted) is still limited.
+        // keys[0] (not full, least recently used) keeps its bucket.
         assert_eq!(allowed(&store, &keys[0], l, t, 1), 1);
         assert_eq!(allowed(&store, &keys[0], l, t, 1), 0);
-        // Another newcomer: no way is full now, so the least recently used
-        // (keys[2], touched at T0 + 2 ns) goes.
-        assert_eq!(allowed(&store, &keys[WAYS + 1], l, t, 1), 1);
+        // Another newcomer: no way is full now, so it is charged to the
+        // overflow (a burst of 2, shared) and nobody is evicted.
+        assert_eq!(allowed(&store, &keys[WAYS + 1], l, t, 3), 2);
         let (v, _) = store
             .get(&slot_key(slot_of(hash(&SEED, "s:victim"))))
             .unwrap_or_default();
-        let tags: Vec<u64> = Slot::decode(v.as_deref())
-            .ways
-            .iter()
-            .flatten()
-            .map(|e| e.tag)
-            .collect();
+        let slot = Slot::decode(v.as_deref());
+        let tags: Vec<u64> = slot.ways.iter().flatten().map(|e| e.tag).collect();
         assert!(!tags.contains(&hash(&SEED, &keys[1])));
-        assert!(!tags.contains(&hash(&SEED, &keys[2])));
-        assert!(tags.contains(&hash(&SEED, &keys[0])));
+        for k in [0, 2, 3, WAYS] {
+            assert!(tags.contains(&hash(&SEED, &keys[k])), "{k}");
+        }
+        assert_eq!(slot.overflow.map(|o| o.bucket.tokens()), Some(0));
     }
 
     #[test]
@@ -460,12 +473,11 @@ mod tests {
     }
 
     #[test]
-    fn sources_of_one_slot_taking_turns_do_not_get_fresh_buckets() {
+    fn sources_of_one_slot_taking_turns_get_their_burst_once() {
         let store = FakeStore::default();
         let _ = init(&store);
         let l = limit(1, 1);
-        // One more source than the slot has ways, each asking in turn: every
-        // request evicts the source that asks next.
+        // One more source than the slot has ways, each asking in turn.
         let keys = same_slot_keys("s:10.0.1.253", WAYS + 1);
         let mut allowed_total = 0;
         for i in 0..10_000u64 {
@@ -474,23 +486,155 @@ mod tests {
                 allowed_total += 1;
             }
         }
-        // Only the first requests, which found empty ways, got a token.
-        assert_eq!(allowed_total, WAYS);
+        // Each got its burst of one (the last one from the overflow), and
+        // nothing refills in 10 µs at 1/min: no fresh buckets by taking turns.
+        assert_eq!(allowed_total, WAYS + 1);
     }
 
     #[test]
-    fn a_newcomer_inherits_the_level_of_the_bucket_it_evicts_capped_by_its_own_burst() {
+    fn a_new_source_gets_its_full_burst_while_its_slot_is_not_crowded() {
         let store = FakeStore::default();
         let _ = init(&store);
-        let keys = same_slot_keys("s:a", WAYS + 2);
-        // Four sources with 10 tokens each use 7: 3 left each.
+        let l = limit(1, 5);
+        let keys = same_slot_keys("s:new", WAYS + 3);
+        // Sources that drained their buckets do not make a newcomer poorer.
         for (i, k) in keys.iter().take(WAYS).enumerate() {
-            assert_eq!(allowed(&store, k, limit(1, 10), T0 + i as u64, 7), 7);
+            assert_eq!(allowed(&store, k, l, T0 + i as u64, 9), 5, "{k}");
         }
-        // A newcomer under a burst of 5 gets the 3 tokens left, not 5.
-        assert_eq!(allowed(&store, &keys[WAYS], limit(1, 5), T0 + 9, 5), 3);
-        // One under a burst of 2 gets min(3, 2) = 2.
-        assert_eq!(allowed(&store, &keys[WAYS + 1], limit(1, 2), T0 + 9, 5), 2);
+        // Every way is taken and not full: the fifth source gets the
+        // overflow's full burst, and a sixth at once shares what is left.
+        assert_eq!(allowed(&store, &keys[WAYS], l, T0 + 9, 3), 3);
+        assert_eq!(allowed(&store, &keys[WAYS + 1], l, T0 + 9, 9), 2);
+        // A source under another limit, once the overflow is full again.
+        let back = T0 + 5 * 60 * SEC;
+        assert_eq!(allowed(&store, &keys[WAYS + 2], limit(60, 7), back, 9), 7);
+    }
+
+    #[test]
+    fn a_drained_source_gets_no_other_sources_tokens_when_its_slot_is_crowded() {
+        let store = FakeStore::default();
+        let _ = init(&store);
+        // 1 token a minute: nothing refills within these few seconds.
+        let l = limit(1, 5);
+        let keys = same_slot_keys("s:drained", WAYS + 1);
+        // keys[0] spends its whole burst.
+        assert_eq!(allowed(&store, &keys[0], l, T0, 10), 5);
+        // Three more sources take the other ways and spend one token each.
+        for (i, k) in keys.iter().enumerate().take(WAYS).skip(1) {
+            assert_eq!(allowed(&store, k, l, T0 + i as u64 * SEC, 1), 1);
+        }
+        // A fifth source arrives while no way is free or full again.
+        let _ = allowed(&store, &keys[WAYS], l, T0 + 4 * SEC, 1);
+        // keys[0] comes back: over [T0, T0 + 5 s] it may have its burst
+        // (5) plus 5 s of refill at 1/min (0 whole tokens), nothing more.
+        let again = allowed(&store, &keys[0], l, T0 + 5 * SEC, 10);
+        assert_eq!(
+            again, 0,
+            "a drained source was handed {again} tokens on its return"
+        );
+    }
+
+    /// A deterministic xorshift64* sequence (no dev-dependency needed).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Drives `keys` (all in one slot, each under its own limit) with `n`
+    /// requests at random sources and non-decreasing random times; returns
+    /// every request as (source, time, allowed).
+    fn drive(rng: &mut Rng, keys: &[(String, Limit)], n: usize) -> Vec<(usize, u64, bool)> {
+        let store = FakeStore::default();
+        let _ = init(&store);
+        let mut now = T0;
+        let mut log = Vec::with_capacity(n);
+        for _ in 0..n {
+            // Half the requests come at once; the others after up to 3 s.
+            if rng.below(2) == 0 {
+                now += rng.below(3 * SEC);
+            }
+            // The first few sources are busier than the rest.
+            let i = if rng.below(2) == 0 {
+                rng.below(3)
+            } else {
+                rng.below(keys.len() as u64)
+            } as usize;
+            let (key, l) = &keys[i];
+            let ok = matches!(
+                take(&store, &SEED, key, *l, now),
+                Ok(Decision::Allowed { .. })
+            );
+            log.push((i, now, ok));
+        }
+        log
+    }
+
+    #[test]
+    fn no_source_ever_gets_more_than_its_burst_plus_its_refill() {
+        let limits = [limit(60, 3), limit(60, 3), limit(20, 2), limit(120, 5)];
+        for run in 0..12u64 {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ run.wrapping_mul(0x1234_5678_9abc));
+            let n_keys = 5 + (run as usize % 8);
+            let keys: Vec<(String, Limit)> = same_slot_keys(&format!("s:run-{run}"), n_keys)
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| (k, limits[(i + run as usize) % limits.len()]))
+                .collect();
+            let log = drive(&mut rng, &keys, 3000);
+            let total = log.iter().filter(|r| r.2).count();
+            assert!(total > 300, "run {run}: only {total} allowed");
+            for (i, (key, l)) in keys.iter().enumerate() {
+                let times: Vec<u64> = log
+                    .iter()
+                    .filter(|r| r.0 == i && r.2)
+                    .map(|r| r.1)
+                    .collect();
+                assert!(!times.is_empty(), "run {run}: {key} never allowed");
+                // Every interval [times[a], times[b]] between two allowed
+                // requests: at most burst + whole tokens refilled in it.
+                for a in 0..times.len() {
+                    for b in a..times.len() {
+                        let refill = u128::from(l.per_minute) * u128::from(times[b] - times[a])
+                            / u128::from(ratelimit::UNITS_PER_TOKEN);
+                        let bound = u128::from(l.burst) + refill;
+                        let got = (b - a + 1) as u128;
+                        assert!(
+                            got <= bound,
+                            "run {run}: {key} ({l:?}) got {got} > {bound} in {} ns",
+                            times[b] - times[a]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_slot_with_no_more_sources_than_ways_limits_each_by_its_own_bucket_exactly() {
+        let limits = [limit(60, 3), limit(20, 2), limit(120, 5), limit(60, 3)];
+        let mut rng = Rng(42);
+        let keys: Vec<(String, Limit)> = same_slot_keys("s:uncrowded", WAYS)
+            .into_iter()
+            .zip(limits)
+            .collect();
+        let log = drive(&mut rng, &keys, 5000);
+        // The same requests against one private bucket per source.
+        let mut own: Vec<Option<ratelimit::Bucket>> = vec![None; WAYS];
+        for (i, now, ok) in log {
+            let (bucket, d) = ratelimit::take(own[i], keys[i].1, now);
+            own[i] = Some(bucket);
+            assert_eq!(ok, matches!(d, Decision::Allowed { .. }), "{i} at {now}");
+        }
     }
 
     #[test]

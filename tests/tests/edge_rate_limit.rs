@@ -242,8 +242,10 @@ fn memory_stays_bounded_with_many_distinct_sources(edge: Edge) {
         growth < 1024 * 1024,
         "Envoy grew by {growth} bytes for {N} new sources ({before} -> {after})"
     );
-    // An early source, evicted since, is let through again: it takes over a
-    // way whose bucket (one token used a moment ago) is nearly full.
+    // An early source, forgotten since, is let through again: its slot's
+    // ways hold buckets used a moment ago, so it is charged to the slot's
+    // shared overflow bucket, from which each of the slot's other sources
+    // (about 10 on average) took at most one token.
     let r = envoy.client().send(&valid().header("x-team", "warm-0"));
     assert_eq!(r.status, 200);
     let left: u32 = r
@@ -252,6 +254,6 @@ fn memory_stays_bounded_with_many_distinct_sources(edge: Edge) {
         .and_then(|v| v.split(';').next())
         .and_then(|v| v.parse().ok())
         .expect("RateLimit r=");
-    assert!((98..=99).contains(&left), "{:?}", r.header("ratelimit"));
+    assert!((60..=99).contains(&left), "{:?}", r.header("ratelimit"));
     assert_eq!(up.count(), 1);
 }
