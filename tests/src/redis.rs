@@ -321,6 +321,20 @@ impl RedisCluster {
     /// free ports (client and bus), joins them with `redis-cli --cluster
     /// create`, and waits until every node says `cluster_state:ok`.
     pub fn start(masters: usize) -> RedisCluster {
+        RedisCluster::start_announcing(masters, |_, port| port)
+    }
+
+    /// Like [`RedisCluster::start`], each node `i` (listening on `port`)
+    /// announcing itself to the cluster and its clients (`CLUSTER SLOTS`,
+    /// `CLUSTER NODES`, redirects) at `127.0.0.1:announce(i, port)`, e.g. a
+    /// proxy's port (see `fault_proxy::ProxiedCluster`); its cluster bus is
+    /// announced as it is. [`RedisCluster::master_port_for_key`] and
+    /// `redis-cli --cluster` then see the announced ports: something must
+    /// forward them to the nodes from the start.
+    pub fn start_announcing(
+        masters: usize,
+        mut announce: impl FnMut(usize, u16) -> u16,
+    ) -> RedisCluster {
         assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
         let dir = temp_dir("redis-cluster");
         let mut nodes = Vec::with_capacity(masters);
@@ -349,6 +363,17 @@ impl RedisCluster {
                 .collect(),
                 proc: None,
             };
+            let announced = announce(i, port);
+            if announced != port {
+                node.extra.extend([
+                    "--cluster-announce-ip".to_string(),
+                    "127.0.0.1".to_string(),
+                    "--cluster-announce-port".to_string(),
+                    announced.to_string(),
+                    "--cluster-announce-bus-port".to_string(),
+                    bus.to_string(),
+                ]);
+            }
             node.spawn();
             nodes.push(node);
         }
