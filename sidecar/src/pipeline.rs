@@ -18,7 +18,9 @@ use crate::metrics::Metrics;
 use crate::recovery::Recovery;
 use crate::resource;
 use crate::sink::{Created, Location, Sink};
-use crate::store::{Claim, ClaimKey, ClaimState, Decision, Outcome, Store, StoreError, Write};
+use crate::store::{
+    Claim, ClaimKey, ClaimState, Decision, Outcome, Owner, Store, StoreError, Write,
+};
 use crate::store_call;
 use signalgate_resource::builder;
 
@@ -160,6 +162,8 @@ impl Pipeline {
         let started = Instant::now();
         let deadline = started + self.limits.request_deadline;
         let received_ms = crate::clock::now_ms();
+        // This request's token: the owner of every claim it takes.
+        let owner = Owner::next();
         let parsed = self.parse(signal_type, source, body)?;
         let identities = &parsed.identities;
         let fingerprints: Vec<String> = identities.iter().map(Identity::fingerprint).collect();
@@ -180,6 +184,7 @@ impl Pipeline {
             .iter()
             .zip(&fingerprints)
             .map(|(id, fp)| Claim {
+                owner,
                 namespace: id.namespace.clone(),
                 fingerprint: fp.clone(),
                 affected: builder::affected_name(&id.target),
@@ -207,7 +212,7 @@ impl Pipeline {
                 .filter(|d| d.write == Write::Create)
                 .map(|d| d.key.clone())
                 .collect();
-            self.release(&taken).await;
+            self.release(owner, &taken).await;
             return Err(e);
         }
 
@@ -243,19 +248,25 @@ impl Pipeline {
                 index,
                 decision,
             };
+            // A claim this request holds is created once: its repeats in the
+            // same request (the store answers them Create too: the lease is
+            // the request's own) wait for that create.
+            let first = |p: &Plan| p.decision.key == plan.decision.key;
             match plan.decision.write {
-                Write::Create => creates.push(plan),
+                Write::Create if !creates.iter().any(first) => creates.push(plan),
                 _ => awaits.push(plan),
             }
         }
 
         let mut created_any = false;
-        let written = self.create_all(&creates, received_ms, deadline).await?;
+        let written = self
+            .create_all(owner, &creates, received_ms, deadline)
+            .await?;
         for (plan, w) in creates.iter().zip(written) {
             record(&mut results[plan.index], &w, &mut created_any);
         }
         for plan in &awaits {
-            match self.await_claim(plan, received_ms, deadline).await? {
+            match self.await_claim(owner, plan, received_ms, deadline).await? {
                 Awaited::Committed(at) => results[plan.index].resource = Some(at.to_string()),
                 Awaited::Created(at) => record(&mut results[plan.index], &at, &mut created_any),
             }
@@ -318,6 +329,7 @@ impl Pipeline {
     /// are released), so the sender's retry finds them done.
     async fn create_all(
         &self,
+        owner: Owner,
         plans: &[Plan],
         received_ms: i64,
         deadline: Instant,
@@ -349,9 +361,9 @@ impl Pipeline {
                     (key.clone(), c.location.moved_to(key.namespace()))
                 })
                 .collect();
-            let committed = self.timed("commit", self.store.commit(&keys)).await;
+            let committed = self.timed("commit", self.store.commit(owner, &keys)).await;
             if let Err(e) = committed {
-                self.release(&failed).await;
+                self.release(owner, &failed).await;
                 return Err(e.into());
             }
         }
@@ -366,7 +378,7 @@ impl Pipeline {
             }
         }
         if let Some(e) = failure {
-            self.release(&failed).await;
+            self.release(owner, &failed).await;
             return Err(e);
         }
         Ok(done.into_iter().map(|(_, c)| c.location).collect())
@@ -411,11 +423,11 @@ impl Pipeline {
 
     /// Gives leases back after a failure, so the sender's retry takes them at
     /// once; if the store is down too, they simply expire.
-    async fn release(&self, keys: &[ClaimKey]) {
+    async fn release(&self, owner: Owner, keys: &[ClaimKey]) {
         if keys.is_empty() {
             return;
         }
-        if let Err(e) = self.timed("release", self.store.release(keys)).await {
+        if let Err(e) = self.timed("release", self.store.release(owner, keys)).await {
             tracing::warn!(error = %e, "cannot release claims; they expire with their lease");
         }
     }
@@ -423,6 +435,7 @@ impl Pipeline {
     /// Waits for a claim another request holds.
     async fn await_claim(
         &self,
+        owner: Owner,
         plan: &Plan,
         received_ms: i64,
         deadline: Instant,
@@ -435,7 +448,7 @@ impl Pipeline {
             })
         };
         loop {
-            match self.timed("poll", self.store.poll(key)).await? {
+            match self.timed("poll", self.store.poll(owner, key)).await? {
                 ClaimState::Committed { moved_to } => {
                     self.coalescer.mark(key.clone());
                     return Ok(committed(moved_to));
@@ -449,7 +462,9 @@ impl Pipeline {
                         index: plan.index,
                         decision,
                     }];
-                    let created = self.create_all(&single, received_ms, deadline).await?;
+                    let created = self
+                        .create_all(owner, &single, received_ms, deadline)
+                        .await?;
                     return Ok(match created.into_iter().next() {
                         Some(at) => Awaited::Created(at),
                         // Not reached: one plan, one location or an error.

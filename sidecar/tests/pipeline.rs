@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use signalgate_sidecar::failure::Failure;
 use signalgate_sidecar::sink::SinkError;
-use signalgate_sidecar::store::{Claim, Store, Write};
+use signalgate_sidecar::store::{Claim, Owner, Store, Write};
 use support::{alert, only, pipeline, send, store_with_lease, FakeSink};
 
 /// Longer than any of these tests: a claim that is not given back is still
@@ -74,6 +74,7 @@ async fn a_waiter_takes_over_the_claim_of_a_creator_that_vanished() {
         signalgate_model::rfc3339::unix_millis("2026-11-26T20:57:15.123Z").expect("a time");
     let started = Instant::now();
     let claim = Claim {
+        owner: Owner::next(),
         namespace: "shop".into(),
         fingerprint,
         affected: "Pod/cart-1".into(),

@@ -8,16 +8,17 @@
 //! process ([`RedisServer::shared`], [`RedisCluster::shared`]) and isolate
 //! themselves by namespace ([`namespace`]).
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use signalgate_resource::naming::base36;
 use signalgate_sidecar::store::memory::MemoryStore;
 use signalgate_sidecar::store::redis::RedisStore;
 use signalgate_sidecar::store::{
-    Claim, ClaimKey, ClaimState, Decision, Outcome, Settings, Snapshot, Store, Write,
+    Claim, ClaimKey, ClaimState, Decision, Outcome, Owner, Settings, Snapshot, Store, Write,
 };
 
 use crate::redis::{RedisCluster, RedisServer};
@@ -69,6 +70,10 @@ pub struct Fixture {
     pub backend: Backend,
     pub store: Arc<dyn Store>,
     memory: Option<Arc<MemoryStore>>,
+    /// Which call holds each claim a decide or poll of this fixture took:
+    /// every call is a request of its own, with its own token (a claim
+    /// that sets none), and commit and release act for the holder.
+    holders: Mutex<HashMap<ClaimKey, Owner>>,
 }
 
 impl Backend {
@@ -92,6 +97,7 @@ impl Backend {
             backend: self,
             store,
             memory,
+            holders: Mutex::default(),
         }
     }
 }
@@ -105,13 +111,37 @@ pub async fn redis_store(url: &str, settings: impl Into<Settings>) -> RedisStore
 
 impl Fixture {
     pub async fn decide(&self, claims: &[Claim]) -> Vec<Decision> {
+        let claims = with_owner(claims, Owner::next());
         let d = self
             .store
-            .decide(claims)
+            .decide(&claims)
             .await
             .unwrap_or_else(|e| panic!("{:?}: decide: {e}", self.backend));
         assert_eq!(d.len(), claims.len());
+        for (c, d) in claims.iter().zip(&d) {
+            self.took(c.owner, d);
+        }
         d
+    }
+
+    /// Records who holds a claim `d` handed to `owner`.
+    fn took(&self, owner: Owner, d: &Decision) {
+        if d.write == Write::Create {
+            self.holders
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(d.key.clone(), owner);
+        }
+    }
+
+    /// The token of the call of this fixture that holds `key` last.
+    pub fn holder(&self, key: &ClaimKey) -> Owner {
+        self.holders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or_default()
     }
 
     pub async fn one(&self, claim: &Claim) -> Decision {
@@ -128,23 +158,36 @@ impl Fixture {
     /// Commits `key`, its resource written to namespace `moved_to` if given.
     pub async fn commit_moved(&self, key: &ClaimKey, moved_to: Option<&str>) {
         self.store
-            .commit(&[(key.clone(), moved_to.map(str::to_string))])
+            .commit(
+                self.holder(key),
+                &[(key.clone(), moved_to.map(str::to_string))],
+            )
             .await
             .unwrap_or_else(|e| panic!("{:?}: commit: {e}", self.backend));
     }
 
     pub async fn release(&self, key: &ClaimKey) {
         self.store
-            .release(std::slice::from_ref(key))
+            .release(self.holder(key), std::slice::from_ref(key))
             .await
             .unwrap_or_else(|e| panic!("{:?}: release: {e}", self.backend));
     }
 
+    /// A poll by a call of its own (which then holds the claim if Owned).
     pub async fn poll(&self, key: &ClaimKey) -> ClaimState {
-        self.store
-            .poll(key)
+        let owner = Owner::next();
+        let state = self
+            .store
+            .poll(owner, key)
             .await
-            .unwrap_or_else(|e| panic!("{:?}: poll: {e}", self.backend))
+            .unwrap_or_else(|e| panic!("{:?}: poll: {e}", self.backend));
+        if state == ClaimState::Owned {
+            self.holders
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone(), owner);
+        }
+        state
     }
 
     pub async fn snapshot(&self, key: &ClaimKey) -> Option<Snapshot> {
@@ -162,16 +205,20 @@ impl Fixture {
             .into_iter()
             .map(|c| {
                 let store = self.store.clone();
-                tokio::spawn(async move { store.decide(&[c]).await })
+                let c = with_owner(std::slice::from_ref(&c), Owner::next());
+                let owner = c[0].owner;
+                (owner, tokio::spawn(async move { store.decide(&c).await }))
             })
             .collect();
         let mut out = Vec::new();
-        for t in tasks {
+        for (owner, t) in tasks {
             let mut d = t
                 .await
                 .expect("task")
                 .unwrap_or_else(|e| panic!("{:?}: decide: {e}", self.backend));
-            out.push(d.pop().expect("one decision"));
+            let d = d.pop().expect("one decision");
+            self.took(owner, &d);
+            out.push(d);
         }
         out
     }
@@ -418,6 +465,22 @@ pub fn assert_storm(d: &Decision, outcome: Outcome, write: Write) -> String {
 
 pub fn count(ds: &[Decision], outcome: Outcome) -> usize {
     ds.iter().filter(|d| d.outcome == outcome).count()
+}
+
+/// `claims` as one request of token `owner` sends them (a claim that
+/// names its own token keeps it).
+pub fn with_owner(claims: &[Claim], owner: Owner) -> Vec<Claim> {
+    claims
+        .iter()
+        .map(|c| Claim {
+            owner: if c.owner == Owner::default() {
+                owner
+            } else {
+                c.owner
+            },
+            ..c.clone()
+        })
+        .collect()
 }
 
 /// A store whose claims hold `lease`, and claim `a` of a fresh namespace

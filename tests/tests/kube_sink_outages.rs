@@ -48,8 +48,8 @@ fn sidecar_killed_between_claim_and_create_then_the_retry_creates_exactly_one() 
     let url = redis.url();
     let env = [
         ("SIGNALGATE_REDIS_URL", url.as_str()),
-        ("SIGNALGATE_REQUEST_DEADLINE", "20s"),
-        ("SIGNALGATE_CLAIM_LEASE", "3s"),
+        ("SIGNALGATE_REQUEST_DEADLINE", "6s"),
+        ("SIGNALGATE_CLAIM_LEASE", "7s"),
     ];
     let mut s = kube_sidecar(&k, "sidecar", &env);
     let hook = webhook(vec![alert("Killed", "killed", "p")]);

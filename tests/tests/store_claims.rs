@@ -1,11 +1,13 @@
 //! Store behaviour, claims and leases: waiters await the owner's commit, an
 //! expired or released lease is taken over by exactly one caller, with the
-//! same resource. Each case runs against every backend (see
-//! `signalgate_tests::store_suite`).
+//! same resource; a claim is its owner's (the request's token): commit and
+//! release by a request whose lease was taken over change nothing, and a
+//! decide run twice by one request (a resent call) still owns its claim.
+//! Each case runs against every backend (see `signalgate_tests::store_suite`).
 
 use std::time::Duration;
 
-use signalgate_sidecar::store::{ClaimState, Outcome, Write};
+use signalgate_sidecar::store::{Claim, ClaimState, Outcome, Owner, Write};
 use signalgate_tests::behaviour;
 use signalgate_tests::store_suite::{
     a_claim_made, assert_own, claim, namespace, settings, Backend,
@@ -16,6 +18,9 @@ behaviour!(
     expired_lease_is_owned_by_exactly_one_poller,
     release_lets_the_next_decide_create_at_once,
     killed_owner_is_replaced_with_the_same_resource,
+    a_commit_by_a_request_whose_lease_was_taken_over_changes_nothing,
+    a_release_by_a_request_whose_lease_was_taken_over_changes_nothing,
+    a_decide_resent_by_its_request_still_owns_the_claim,
 );
 
 async fn await_until_committed(b: Backend) {
@@ -51,17 +56,30 @@ async fn expired_lease_is_owned_by_exactly_one_poller(b: Backend) {
         .map(|_| {
             let store = f.store.clone();
             let key = waiter.key.clone();
-            tokio::spawn(async move { store.poll(&key).await })
+            let owner = Owner::next();
+            (
+                owner,
+                tokio::spawn(async move { store.poll(owner, &key).await }),
+            )
         })
         .collect();
     let mut states = Vec::new();
-    for p in polls {
-        states.push(p.await.expect("task").expect("poll"));
+    let mut winner = None;
+    for (owner, p) in polls {
+        let state = p.await.expect("task").expect("poll");
+        if state == ClaimState::Owned {
+            winner = Some(owner);
+        }
+        states.push(state);
     }
     let owned = states.iter().filter(|s| **s == ClaimState::Owned).count();
     let pending = states.iter().filter(|s| **s == ClaimState::Pending).count();
     assert_eq!((owned, pending), (1, 9), "{states:?}");
-    f.commit(&waiter.key).await;
+    let winner = winner.expect("one poller owns the claim");
+    f.store
+        .commit(winner, &[(waiter.key.clone(), None)])
+        .await
+        .expect("commit");
     assert_eq!(
         f.poll(&waiter.key).await,
         ClaimState::Committed { moved_to: None }
@@ -105,4 +123,74 @@ async fn killed_owner_is_replaced_with_the_same_resource(b: Backend) {
     let after = f.one(&a).await;
     assert_own(&after, &a, Outcome::Duplicate, Write::Update);
     assert_eq!(after.snapshot.occurrence_count, 4);
+}
+
+/// A claim `a` of a fresh namespace, made by request `first`, whose lease
+/// ran out and was taken over by request `second` (a poller).
+async fn a_claim_taken_over(
+    b: Backend,
+    case: &str,
+) -> (signalgate_tests::store_suite::Fixture, Claim, Owner, Owner) {
+    let lease = Duration::from_millis(300);
+    let f = b.store(settings().claim_lease(lease)).await;
+    let first = Owner::next();
+    let a = Claim {
+        owner: first,
+        ..claim(&namespace(case), "a")
+    };
+    let made = f.one(&a).await;
+    assert_own(&made, &a, Outcome::Created, Write::Create);
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let second = Owner::next();
+    let taken = f.store.poll(second, &made.key).await.expect("poll");
+    assert_eq!(taken, ClaimState::Owned);
+    (f, a, first, second)
+}
+
+async fn a_commit_by_a_request_whose_lease_was_taken_over_changes_nothing(b: Backend) {
+    let (f, a, first, second) = a_claim_taken_over(b, "late-commit").await;
+    let key = f.one(&a).await.key;
+    // The first request's create finished late, into another namespace.
+    f.store
+        .commit(first, &[(key.clone(), Some("fallback".into()))])
+        .await
+        .expect("commit");
+    // Still the second request's claim: others wait for it ...
+    assert_eq!(f.poll(&key).await, ClaimState::Pending);
+    // ... and its commit is the one that counts, with its own namespace.
+    f.store
+        .commit(second, &[(key.clone(), None)])
+        .await
+        .expect("commit");
+    assert_eq!(f.poll(&key).await, ClaimState::Committed { moved_to: None });
+}
+
+async fn a_release_by_a_request_whose_lease_was_taken_over_changes_nothing(b: Backend) {
+    let (f, a, first, _second) = a_claim_taken_over(b, "late-release").await;
+    let key = f.one(&a).await.key;
+    // The first request gives up late: the second's lease stays.
+    f.store
+        .release(first, std::slice::from_ref(&key))
+        .await
+        .expect("release");
+    assert_eq!(f.one(&a).await.write, Write::Await);
+    assert_eq!(f.poll(&key).await, ClaimState::Pending);
+}
+
+async fn a_decide_resent_by_its_request_still_owns_the_claim(b: Backend) {
+    let f = b.store(settings()).await; // a 15 s lease
+    let a = Claim {
+        owner: Owner::next(),
+        ..claim(&namespace("resent"), "a")
+    };
+    let made = f.one(&a).await;
+    assert_own(&made, &a, Outcome::Created, Write::Create);
+    // The reply was lost and the call sent again: the request still
+    // creates (rather than wait for itself until its deadline) ...
+    let again = f.one(&a).await;
+    assert_eq!(again.write, Write::Create, "{again:?}");
+    assert_eq!(again.snapshot.resource, made.snapshot.resource);
+    // ... while any other request waits for it.
+    let other = f.one(&claim(&a.namespace, "a")).await;
+    assert_eq!(other.write, Write::Await, "{other:?}");
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use signalgate_sidecar::store::{
-    Claim, ClaimKey, ClaimState, Decision, Outcome, Write, WARM_MARKER_TTL,
+    Claim, ClaimKey, ClaimState, Decision, Outcome, Owner, Write, WARM_MARKER_TTL,
 };
 use signalgate_tests::behaviour;
 use signalgate_tests::store_suite::{
@@ -113,15 +113,19 @@ async fn one_batch_mixes_every_outcome(b: Backend) {
     let known = f.one(&c("known")).await;
     f.commit(&known.key).await;
 
+    // The requests batched into this call: the one of tokens `first`, and
+    // another that repeats two of its signals.
+    let (first, second) = (Owner::next(), Owner::next());
+    let by = |owner: Owner, c: Claim| Claim { owner, ..c };
     let batch = [
-        c("known"),         // duplicate of a committed resource
-        c("q"),             // created
-        c("r"),             // created (3rd in the window with "known")
-        c("s"),             // starts a storm
-        c("t"),             // aggregated
-        c("q"),             // duplicate of a claim pending in this very batch
-        c("t"),             // duplicate of a storm member
-        claim(&other, "q"), // another namespace: its own window
+        by(first, c("known")),         // duplicate of a committed resource
+        by(first, c("q")),             // created
+        by(first, c("r")),             // created (3rd in the window with "known")
+        by(first, c("s")),             // starts a storm
+        by(first, c("t")),             // aggregated
+        by(second, c("q")),            // duplicate of a claim pending in this very batch
+        by(second, c("t")),            // duplicate of a storm member
+        by(first, claim(&other, "q")), // another namespace: its own window
     ];
     let ds = f.decide(&batch).await;
     assert_own(&ds[0], &c("known"), Outcome::Duplicate, Write::Update);
@@ -129,8 +133,9 @@ async fn one_batch_mixes_every_outcome(b: Backend) {
     assert_own(&ds[1], &c("q"), Outcome::Created, Write::Create);
     assert_own(&ds[2], &c("r"), Outcome::Created, Write::Create);
     let storm = assert_storm(&ds[3], Outcome::StormStarted, Write::Create);
+    // The storm's claim is this request's own: its to create (once).
     assert_eq!(
-        assert_storm(&ds[4], Outcome::StormAggregated, Write::Await),
+        assert_storm(&ds[4], Outcome::StormAggregated, Write::Create),
         storm
     );
     assert_own(&ds[5], &c("q"), Outcome::Duplicate, Write::Await);
@@ -153,8 +158,17 @@ async fn repeats_within_one_decide_count_in_order(b: Backend) {
     let f = b.store(short_window(ttl)).await;
     let ns = namespace("repeat");
     let (a, c) = (claim(&ns, "a"), claim(&ns, "c"));
+    // Two requests batched into one call: the second repeats the first's.
+    let (first, second) = (Owner::next(), Owner::next());
+    let by = |owner: Owner, c: &Claim| Claim { owner, ..c.clone() };
     let ds = f
-        .decide(&[a.clone(), a.clone(), c.clone(), a.clone(), c.clone()])
+        .decide(&[
+            by(first, &a),
+            by(second, &a),
+            by(first, &c),
+            by(second, &a),
+            by(second, &c),
+        ])
         .await;
     assert_own(&ds[0], &a, Outcome::Created, Write::Create);
     assert_own(&ds[1], &a, Outcome::Duplicate, Write::Await);
@@ -211,7 +225,9 @@ async fn every_key_expires(b: Backend) {
     let ds = f.decide(&claims).await;
     assert_eq!(count(&ds, Outcome::StormAggregated), 7);
     let done: Vec<(ClaimKey, Option<String>)> = ds.iter().map(|d| (d.key.clone(), None)).collect();
-    f.store.commit(&done).await.expect("commit");
+    // One decide call: one request's token holds every claim it took.
+    let owner = f.holder(&ds[0].key);
+    f.store.commit(owner, &done).await.expect("commit");
     let live = f.keys(&ns);
     assert!(!live.is_empty());
     // Every key has a TTL.

@@ -406,7 +406,11 @@ async fn an_adoption_finding_a_claim_made_meanwhile_settles_it_as_a_duplicate_wo
         ClaimState::Pending,
         "its lease now"
     );
-    f.commit(&owner.key).await;
+    // The adopting request holds the claim now: its commit is the one.
+    f.store
+        .commit(a.owner, &[(owner.key.clone(), None)])
+        .await
+        .expect("commit");
     let after = adopt().await;
     assert_eq!(after.write, Write::Update);
     assert_eq!(after.snapshot.resource, owner.snapshot.resource);

@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use signalgate_sidecar::store::redis::RedisStore;
-use signalgate_sidecar::store::{Claim, ClaimKey, ClaimState, Outcome, Store, StoreError, Write};
+use signalgate_sidecar::store::{
+    Claim, ClaimKey, ClaimState, Outcome, Owner, Store, StoreError, Write,
+};
 use signalgate_tests::redis::{RedisCluster, RedisServer};
 use signalgate_tests::store_suite::{
     claim, fp_key, namespace, redis_store, settings, short_window, unchecked,
@@ -252,10 +254,11 @@ async fn noscript_reloads_and_runs_every_call_once() {
         .all(|s| s.as_ref().map(|s| s.occurrence_count) == Some(3)));
     server.cli(&["SCRIPT", "FLUSH"]);
     let done: Vec<(ClaimKey, Option<String>)> = keys.iter().map(|k| (k.clone(), None)).collect();
-    store.commit(&done).await.expect("commit");
+    // The claims name no token of their own: the default one holds them.
+    store.commit(Owner::default(), &done).await.expect("commit");
     server.cli(&["SCRIPT", "FLUSH"]);
     assert_eq!(
-        store.poll(&keys[0]).await.expect("poll"),
+        store.poll(Owner::default(), &keys[0]).await.expect("poll"),
         ClaimState::Committed { moved_to: None }
     );
 }

@@ -179,7 +179,8 @@ pub const STORM_MAX_AFFECTED: Knob = Knob {
 pub const CLAIM_LEASE: Knob = Knob {
     name: "CLAIM_LEASE",
     default: "15s",
-    meaning: "how long a claim waits for its creator before another request takes it over",
+    meaning: "how long a claim waits for its creator before another request takes it over; \
+        at least 1s longer than SIGNALGATE_REQUEST_DEADLINE (checked at start-up)",
     read: |c, v| {
         c.store.claim_lease = duration(v)?;
         Ok(())

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::knobs::{KNOBS, STORM_MAX_DURATION, STORM_WINDOW};
+use super::knobs::{CLAIM_LEASE, KNOBS, REQUEST_DEADLINE, STORM_MAX_DURATION, STORM_WINDOW};
 use super::{Config, ConfigError, LogFormat, LookupReads, SinkConfig};
 use crate::lifecycle::Policy;
 use crate::store::Settings;
@@ -65,9 +65,24 @@ impl Config {
                 STORM_WINDOW.env()
             )));
         }
+        if config.store.claim_lease < config.request_deadline + LEASE_MARGIN {
+            return Err(ConfigError(format!(
+                "{} ({:?}) must exceed {} ({:?}) by at least {:?}: a request may hold \
+                 its claims until its deadline, and a create sent just before it must land \
+                 before another request may take the claim over",
+                CLAIM_LEASE.env(),
+                config.store.claim_lease,
+                REQUEST_DEADLINE.env(),
+                config.request_deadline,
+                LEASE_MARGIN
+            )));
+        }
         Ok(config)
     }
 }
+
+/// How much longer than the request deadline a claim's lease must be.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(1);
 
 /// What every knob then overwrites (each is applied, given or default).
 fn blank() -> Config {
@@ -205,6 +220,25 @@ mod tests {
         assert!(e.0.contains("SIGNALGATE_FALLBACK_NAMESPACE"), "{e}");
         let e = cfg(&[], &["--nope", "1"]).unwrap_err();
         assert!(e.0.contains("--nope"), "{e}");
+    }
+
+    #[test]
+    fn a_claim_lease_must_outlast_the_request_deadline() {
+        let lease_and_deadline = |lease: &str, deadline: &str| {
+            cfg(
+                &[
+                    ("SIGNALGATE_CLAIM_LEASE", lease),
+                    ("SIGNALGATE_REQUEST_DEADLINE", deadline),
+                ],
+                &[],
+            )
+        };
+        for (lease, deadline) in [("3s", "4s"), ("5s", "5s"), ("5s", "4500ms")] {
+            let e = lease_and_deadline(lease, deadline).unwrap_err();
+            assert!(e.0.contains("SIGNALGATE_CLAIM_LEASE"), "{e}");
+            assert!(e.0.contains("SIGNALGATE_REQUEST_DEADLINE"), "{e}");
+        }
+        assert!(lease_and_deadline("5s", "4s").is_ok());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{Claim, ClaimKey, Decision, StoreError, Write};
+use super::{Claim, ClaimKey, Decision, Owner, StoreError, Write};
 
 /// Claims sent in one batch at most (a request with more goes alone).
 const MAX_BATCH_CLAIMS: usize = 256;
@@ -47,8 +47,9 @@ pub trait DecideEach: Send + Sync + 'static {
     /// Decides every claim, in order, each atomically; one result per claim
     /// (a failure fails only the claims it touched).
     async fn decide_each(&self, claims: &[Claim]) -> Vec<Result<Decision, StoreError>>;
-    /// Gives up claims taken for requests that will never create them.
-    async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
+    /// Gives up claims taken for requests that will never create them
+    /// (each with the request that holds it).
+    async fn release(&self, held: &[(Owner, ClaimKey)]) -> Result<(), StoreError>;
 }
 
 /// One request's claims and where its answer goes.
@@ -145,11 +146,11 @@ pub async fn decide_alone(
         return Ok(Vec::new());
     }
     let (outcome, taken) = settle(store.decide_each(claims).await, claims.len());
-    release(store, &taken).await;
+    release(store, &held_by(claims, taken)).await;
     outcome
 }
 
-async fn release(store: &dyn DecideEach, keys: &[ClaimKey]) {
+async fn release(store: &dyn DecideEach, keys: &[(Owner, ClaimKey)]) {
     if keys.is_empty() {
         return;
     }
@@ -161,21 +162,22 @@ async fn release(store: &dyn DecideEach, keys: &[ClaimKey]) {
 
 /// Decides the claims of `jobs` in one call and answers each job; returns
 /// the claims taken for jobs that failed or whose caller gave up.
-async fn decide_batch(store: &dyn DecideEach, jobs: Vec<Job>) -> Vec<ClaimKey> {
+async fn decide_batch(store: &dyn DecideEach, jobs: Vec<Job>) -> Vec<(Owner, ClaimKey)> {
     let mut claims = Vec::with_capacity(jobs.iter().map(|j| j.claims.len()).sum());
     let mut answers = Vec::with_capacity(jobs.len());
     for job in jobs {
-        answers.push((job.claims.len(), job.answer));
+        let owner = job.claims.first().map(|c| c.owner).unwrap_or_default();
+        answers.push((job.claims.len(), owner, job.answer));
         claims.extend(job.claims);
     }
     let mut results = store.decide_each(&claims).await.into_iter();
     let mut unclaimed = Vec::new();
-    for (len, answer) in answers {
+    for (len, owner, answer) in answers {
         let (outcome, taken) = settle(results.by_ref().take(len).collect(), len);
-        unclaimed.extend(taken);
+        unclaimed.extend(taken.into_iter().map(|k| (owner, k)));
         if let Err(Ok(decisions)) = answer.send(outcome) {
             // The request gave up while its batch ran: nobody will create.
-            unclaimed.extend(created(decisions));
+            unclaimed.extend(created(decisions).into_iter().map(|k| (owner, k)));
         }
     }
     unclaimed
@@ -202,6 +204,12 @@ fn settle(
         None => (Ok(decisions), Vec::new()),
         Some(e) => (Err(e), created(decisions)),
     }
+}
+
+/// `keys` taken for one request's `claims`, with the request's token.
+fn held_by(claims: &[Claim], keys: Vec<ClaimKey>) -> Vec<(Owner, ClaimKey)> {
+    let owner = claims.first().map(|c| c.owner).unwrap_or_default();
+    keys.into_iter().map(|k| (owner, k)).collect()
 }
 
 fn created(decisions: Vec<Decision>) -> Vec<ClaimKey> {
@@ -243,6 +251,7 @@ mod tests {
             namespace: "ns".into(),
             fingerprint: fingerprint.into(),
             affected: String::new(),
+            owner: Owner(7),
             ..Claim::default()
         }
     }
@@ -271,8 +280,13 @@ mod tests {
                 .collect()
         }
 
-        async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
-            self.released.lock().unwrap().extend_from_slice(keys);
+        async fn release(&self, held: &[(Owner, ClaimKey)]) -> Result<(), StoreError> {
+            for (owner, key) in held {
+                // Every claim is released with its request's token.
+                assert_eq!(*owner, Owner(7), "{key:?}");
+            }
+            let keys = held.iter().map(|(_, k)| k.clone());
+            self.released.lock().unwrap().extend(keys);
             Ok(())
         }
     }

@@ -4,20 +4,23 @@
 -- A storm claim:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a, KEYS[3] sg:{ns}:x.
 -- ARGV: 1 op ('commit', 'release', 'poll', 'adopt', 'forget'), 2 kind ('f'
 --       or 's'), 3 storm resource name (storm claims), 4 claim lease ms, 5
---       dedup ttl ms, 6 incident ttl ms; commit: 7 the namespace the
---       resource went to if not its own (else ''); adopt of a fingerprint: 7
---       resource name, 8 first seen ms, 9 occurrence count of the existing
---       resource, 10 the namespace it is in if not its own (else ''), 11 its
---       firing instance ms (0 unknown), 12 its firings, 13 and 14 its
---       resolution (resolved ms, received ms; 0 0 open), 15 the claim's
---       firing instance ms, 16 '1' to absorb the claim's firing into it as a
---       new firing instance (else '0'); adopt of a storm: 7 started ms, 8
---       last seen ms, 9 occurrence count, 10 alert count, 11 affected
---       overflow, 12 ends ms, 13 max affected, 14 the namespace it is in if
---       not its own (else ''), 15 resolved count, 16 the storm it continues
---       (else ''), 17... its affected values; forget: 7 the resource name
---       the sink no longer has
--- Reply: commit and release: 1 done, 0 the claim is gone.
+--       dedup ttl ms, 6 incident ttl ms, 7 the caller's token (commit and
+--       release act only on a pending claim it owns; a claim poll or adopt
+--       hands it records it); commit: 8 the namespace the resource went to
+--       if not its own (else ''); adopt of a fingerprint: 8 resource name, 9
+--       first seen ms, 10 occurrence count of the existing resource, 11 the
+--       namespace it is in if not its own (else ''), 12 its firing instance
+--       ms (0 unknown), 13 its firings, 14 and 15 its resolution (resolved
+--       ms, received ms; 0 0 open), 16 the claim's firing instance ms, 17
+--       '1' to absorb the claim's firing into it as a new firing instance
+--       (else '0'); adopt of a storm: 8 started ms, 9 last seen ms, 10
+--       occurrence count, 11 alert count, 12 affected overflow, 13 ends ms,
+--       14 max affected, 15 the namespace it is in if not its own (else
+--       ''), 16 resolved count, 17 the storm it continues (else ''), 18...
+--       its affected values; forget: 8 the resource name the sink no longer
+--       has
+-- Reply: commit and release: 1 done, 0 the claim is gone or another
+--        request's (its lease ran out and another took it over).
 --        forget: 1 forgotten, 0 left (gone, pending, or another resource).
 --        adopt: { resource (name, or '<namespace>/<name>' when it went to
 --        another namespace), first seen ms, last seen ms, count, write (2
@@ -34,6 +37,7 @@ local op, kind, name = ARGV[1], ARGV[2], ARGV[3]
 local lease = tonumber(ARGV[4])
 local dedup = tonumber(ARGV[5])
 local incident = tonumber(ARGV[6])
+local owner = ARGV[7]
 local now = now_ms()
 
 -- Where the claim's fields live: a fingerprint claim in its own hash (it
@@ -52,7 +56,7 @@ local H, prefix, exists = KEYS[1], '', 'r'
 -- holds of it is merged (each counter and its end: the larger).
 if op == 'adopt' and kind == 's' then
   local S, A, X = KEYS[1], KEYS[2], KEYS[3]
-  local e = tonumber(ARGV[12])
+  local e = tonumber(ARGV[13])
   if e <= now then
     return 0
   end
@@ -67,17 +71,17 @@ if op == 'adopt' and kind == 's' then
   local st = storm_live(S, X, name, now)
   if not st then
     storm_drop(S, A, X, name)
-    st = { f = tonumber(ARGV[7]), l = 0, c = 0, n = 0, o = 0, k = 0, e = 0, j = 0, r = 0, v = ARGV[16] }
+    st = { f = tonumber(ARGV[8]), l = 0, c = 0, n = 0, o = 0, k = 0, e = 0, j = 0, r = 0, v = ARGV[17] }
   end
-  st.l = math.max(st.l, tonumber(ARGV[8]))
-  st.c = math.max(st.c, tonumber(ARGV[9]))
-  st.n = math.max(st.n, tonumber(ARGV[10]))
-  st.o = math.max(st.o, tonumber(ARGV[11]))
+  st.l = math.max(st.l, tonumber(ARGV[9]))
+  st.c = math.max(st.c, tonumber(ARGV[10]))
+  st.n = math.max(st.n, tonumber(ARGV[11]))
+  st.o = math.max(st.o, tonumber(ARGV[12]))
   st.e = math.max(st.e, e)
-  st.j = math.max(st.j, tonumber(ARGV[8]))
-  st.r = math.max(st.r, tonumber(ARGV[15]))
-  local max_affected = tonumber(ARGV[13])
-  for i = 17, #ARGV do
+  st.j = math.max(st.j, tonumber(ARGV[9]))
+  st.r = math.max(st.r, tonumber(ARGV[16]))
+  local max_affected = tonumber(ARGV[14])
+  for i = 18, #ARGV do
     if st.k < max_affected and redis.call('ZADD', A, 'NX', 0, name .. '|' .. ARGV[i]) == 1 then
       st.k = st.k + 1
     end
@@ -88,8 +92,8 @@ if op == 'adopt' and kind == 's' then
   if st.r > 0 then
     redis.call('HSET', S, name .. '|r', int(st.r))
   end
-  if ARGV[14] ~= '' then
-    redis.call('HSET', S, name .. '|w', ARGV[14])
+  if ARGV[15] ~= '' then
+    redis.call('HSET', S, name .. '|w', ARGV[15])
   end
   if st.v ~= '' then
     redis.call('HSET', S, name .. '|v', st.v)
@@ -109,18 +113,22 @@ local function ttl_of(i, z)
 end
 
 if op == 'adopt' then
-  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u', 'c', 'i', 'g', 'z', 'y')
+  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u', 'c', 'i', 'g', 'z', 'y', 't')
   if known[3] then
     return 0
   end
-  local ci, ri = ARGV[15], known[7] or '0'
+  local ci, ri = ARGV[16], known[7] or '0'
   if known[1] and (ci == '0' or ri == '0' or ri == ci) then
     -- The claim's incident, by now known (another request adopted or
     -- created it first; maybe still pending): counted as decide.lua counts
     -- a duplicate of it (wait for its claim, or take it over).
     local c = redis.call('HINCRBY', H, 'c', 1)
-    local write, lease_until = claim_write(num(known[4]), num(known[5]), now, lease)
+    local write, lease_until = claim_write(num(known[4]), num(known[5]), now, lease,
+      known[11] == owner)
     redis.call('HSET', H, 'l', int(now), 'u', int(lease_until))
+    if write == 1 then
+      redis.call('HSET', H, 't', owner)
+    end
     local keep = ttl_of(ri, known[9])
     if write ~= 2 then
       keep = math.max(keep, lease_until - now)
@@ -133,17 +141,17 @@ if op == 'adopt' then
   end
   -- A new record of the resource found (replacing one of another instance);
   -- the counters of the store's record if it names that resource (fresher).
-  local resource = ARGV[7]
+  local resource = ARGV[8]
   local first, c, g, moved, z, y
   if known[1] == resource then
     first, c, g, moved = num(known[2]), num(known[6]), tonumber(known[8]) or 1, committed_to(known[4])
     z, y = num(known[9]), num(known[10])
   else
-    first, c, g, moved = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[12]), ARGV[10]
-    z, y = tonumber(ARGV[13]), tonumber(ARGV[14])
+    first, c, g, moved = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[13]), ARGV[11]
+    z, y = tonumber(ARGV[14]), tonumber(ARGV[15])
   end
-  local i = ARGV[11]
-  if ARGV[16] == '1' then
+  local i = ARGV[12]
+  if ARGV[17] == '1' then
     -- Absorbed: the claim's firing counts as a new firing of the resource.
     i, g, z, y = ci, math.max(g, 1) + 1, 0, 0
   else
@@ -171,11 +179,14 @@ if kind == 's' then
   exists = prefix .. 'f'
 end
 local v = redis.call('HMGET', H, exists, prefix .. 'l', prefix .. 'p', prefix .. 'u', prefix .. 'w',
-  prefix .. 'i', prefix .. 'z', prefix .. 'y')
+  prefix .. 'i', prefix .. 'z', prefix .. 'y', prefix .. 't')
 if not v[1] then
   return 0
 end
 local last, pending, lease_until = num(v[2]), num(v[3]), num(v[4])
+-- A pending claim another request holds now (it took it over when this
+-- caller's lease ran out) is that request's to commit or release.
+local mine = (v[9] or '') == owner
 
 -- A fingerprint claim no longer held by a lease lives for its TTL (ttl_of)
 -- from its last sighting, or from its resolution if that came later.
@@ -185,14 +196,17 @@ local function expire_after_last_sighting()
 end
 
 if op == 'commit' then
+  if pending == 1 and not mine then
+    return 0
+  end
   if pending == 1 then
     if kind == 'f' then
-      redis.call('HSET', H, 'p', committed_p(ARGV[7]))
+      redis.call('HSET', H, 'p', committed_p(ARGV[8]))
       expire_after_last_sighting()
     else
       redis.call('HSET', H, prefix .. 'p', 0)
-      if ARGV[7] ~= '' then
-        redis.call('HSET', H, prefix .. 'w', ARGV[7])
+      if ARGV[8] ~= '' then
+        redis.call('HSET', H, prefix .. 'w', ARGV[8])
       end
     end
   end
@@ -202,7 +216,7 @@ elseif op == 'forget' then
     return 0
   end
   if kind == 'f' then
-    if v[1] ~= ARGV[7] then
+    if v[1] ~= ARGV[8] then
       return 0
     end
     redis.call('DEL', H)
@@ -211,6 +225,9 @@ elseif op == 'forget' then
   end
   return 1
 elseif op == 'release' then
+  if pending == 1 and not mine then
+    return 0
+  end
   if pending == 1 then
     redis.call('HSET', H, prefix .. 'u', 0)
   end
@@ -229,7 +246,7 @@ if lease_until > now then
 end
 -- The lease had expired: the caller takes the claim, and its record must
 -- outlive the new lease.
-redis.call('HSET', H, prefix .. 'u', now + lease)
+redis.call('HSET', H, prefix .. 'u', now + lease, prefix .. 't', owner)
 if kind == 'f' then
   if redis.call('PTTL', H) < lease then
     redis.call('PEXPIRE', H, int(lease))

@@ -7,7 +7,8 @@
 --                   seen ms), l (last seen ms), c (count), p (the claim: 1
 --                   pending, 0 committed, '@<namespace>' committed and the
 --                   resource went to that namespace; see committed_to), u
---                   (lease until ms), i (the firing instance counted last,
+--                   (lease until ms), t (the token of the request holding
+--                   the claim: only commit and release by it count), i (the firing instance counted last,
 --                   ms; absent: 0, unknown), g (firing instances counted;
 --                   absent: 1), z and y (the resolution: when it resolved and
 --                   when that was received, ms; absent while open). Storm
@@ -81,10 +82,10 @@ end
 --   (members whose resolution came), z and y the storm's resolution (when
 --   its last open member resolved and when that was received, ms; 0 open)
 --   (the numbers, STORM; a field absent reads 0: r, z and y are written only
---   once a member resolved); and two strings, written only when set: w, the
---   namespace the storm resource went to when not its own, and v, the storm
+--   once a member resolved); and three strings, written only when set: w, the
+--   namespace the storm resource went to when not its own, v, the storm
 --   this one continues (it reached its maximum duration while members still
---   arrived).
+--   arrived), and t, the token of the request holding its claim.
 local STORM = { 'f', 'l', 'c', 'n', 'e', 'p', 'u', 'o', 'k', 'j', 'r', 'z', 'y' }
 -- How many of STORM every write of a storm sets (r, z, y only when changed).
 local STORM_BASE = 10
@@ -96,6 +97,7 @@ local function storm_fields(name)
   end
   fields[#STORM + 1] = name .. '|w'
   fields[#STORM + 2] = name .. '|v'
+  fields[#STORM + 3] = name .. '|t'
   return fields
 end
 
@@ -104,7 +106,7 @@ local function storm_load(S, name)
   if not v[1] then
     return nil
   end
-  local st = { name = name, w = v[#STORM + 1] or '', v = v[#STORM + 2] or '' }
+  local st = { name = name, w = v[#STORM + 1] or '', v = v[#STORM + 2] or '', t = v[#STORM + 3] or '' }
   for i, f in ipairs(STORM) do
     st[f] = num(v[i])
   end
@@ -187,12 +189,18 @@ local function storm_keep(S, A, X, keeps, now)
 end
 
 -- What the caller must do with a claim: 1 Create, 2 Update, 3 Await.
--- Takes over a pending claim whose lease expired (returns the new lease end).
-local function claim_write(pending, lease_until, now, lease)
+-- Takes over a pending claim whose lease expired (returns the new lease end;
+-- the caller then records its token as the claim's owner). held: the
+-- caller's own token holds the live lease (its call ran again after a lost
+-- reply): still the caller's to create.
+local function claim_write(pending, lease_until, now, lease, held)
   if pending == 0 then
     return 2, lease_until
   end
   if lease_until > now then
+    if held then
+      return 1, lease_until
+    end
     return 3, lease_until
   end
   return 1, now + lease

@@ -11,11 +11,13 @@
 -- ARGV: 1 storm name prefix ('storm-<12 hex of sha256(ns)>-'), 2 dedup ttl
 --       ms, 3 storm threshold, 4 storm window ms, 5 storm max duration ms,
 --       6 max affected, 7 claim lease ms, 8 warm marker ttl ms, 9 incident
---       ttl ms; then per signal i: ARGV[5 + 5i] fingerprint, ARGV[6 + 5i]
---       affected, ARGV[7 + 5i] firing instance ms ('0' unknown), ARGV[8 +
---       5i] '1' if the sink was searched and has no live resource of it
---       (else '0'), ARGV[9 + 5i] for a resolution when it resolved (ms),
---       '' for a firing
+--       ttl ms; then per signal i: ARGV[4 + 6i] fingerprint, ARGV[5 + 6i]
+--       affected, ARGV[6 + 6i] firing instance ms ('0' unknown), ARGV[7 +
+--       6i] '1' if the sink was searched and has no live resource of it
+--       (else '0'), ARGV[8 + 6i] for a resolution when it resolved (ms),
+--       '' for a firing, ARGV[9 + 6i] the token of the request deciding it
+--       (the owner of a claim it takes; a pending claim under its own token
+--       is its to create: its call ran again after a lost reply)
 -- A fingerprint repeated within a call (the sidecar batches the signals of
 -- concurrent requests, and senders repeat their alerts) is decided from the
 -- record this call already holds: its count, last-seen and lease are written
@@ -138,12 +140,23 @@ local function current_storm()
   return current or nil
 end
 
--- Counts one more signal in storm `st` and settles its claim.
-local function storm_count(st)
+-- Settles storm `st`'s claim for the request of token `o` (claim_write);
+-- a claim it takes records o as its owner.
+local function storm_settle(st, o)
+  local write, lease_until = claim_write(st.p, st.u, now, lease, st.t == o)
+  if write == 1 and st.t ~= o then
+    st.t = o
+    redis.call('HSET', S, st.name .. '|t', o)
+  end
+  st.u = lease_until
+  return write
+end
+
+-- Counts one more signal in storm `st` and settles its claim for token o.
+local function storm_count(st, o)
   st.c = st.c + 1
   st.l = now
-  local write, lease_until = claim_write(st.p, st.u, now, lease)
-  st.u = lease_until
+  local write = storm_settle(st, o)
   storm_changed(st)
   return write
 end
@@ -208,10 +221,26 @@ end
 local held = {}
 local dirty = {}
 
-local function own_duplicate(i, F, rec)
-  rec.c = rec.c + 1
-  local write, lease_until = claim_write(rec.p, rec.u, now, lease)
+-- Settles own record `rec`'s claim for the request of token `o`
+-- (claim_write); its owner's token is read only while the claim is pending,
+-- and a claim taken records o as its owner.
+local function own_settle(F, rec, o)
+  if rec.p == 1 and rec.t == nil then
+    rec.t = redis.call('HGET', F, 't') or ''
+  end
+  local write, lease_until = claim_write(rec.p, rec.u, now, lease, rec.t == o)
+  if write == 1 and rec.t ~= o then
+    rec.t = o
+    redis.call('HSET', F, 't', o)
+  end
   rec.u = lease_until
+  return write
+end
+
+local function own_duplicate(i, F, rec, o)
+  rec.c = rec.c + 1
+  local write = own_settle(F, rec, o)
+  local lease_until = rec.u
   if rec.p == 1 then
     -- A pending claim's record lives at least until its lease ends.
     local keep = dedup
@@ -254,7 +283,7 @@ end
 -- record's) are written out in here rather than in functions of their own:
 -- the script body makes each of its functions anew on every call, at a cost
 -- the duplicate path would pay.
-local function decide(i, F, fp, affected, ci, absent, t)
+local function decide(i, F, fp, affected, ci, absent, t, o)
   local rec = held[F]
   if not rec then
     local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's', 'i', 'g', 'z', 'y')
@@ -277,8 +306,7 @@ local function decide(i, F, fp, affected, ci, absent, t)
           -- Every member it knows has resolved: so has the storm.
           st.z, st.y = tonumber(t), now
         end
-        local write
-        write, st.u = claim_write(st.p, st.u, now, lease)
+        local write = storm_settle(st, o)
         st.resolving = true
         storm_changed(st)
         return storm_reply(5, write, st)
@@ -290,7 +318,7 @@ local function decide(i, F, fp, affected, ci, absent, t)
           st.r = math.max(st.r - 1, 0)
           st.z, st.y, st.resolving = 0, 0, true
         end
-        local write = storm_count(st)
+        local write = storm_count(st, o)
         redis.call('PEXPIRE', F, ci == '0' and ARGV[2] or ARGV[9])
         return storm_reply(2, write, st)
       end
@@ -318,7 +346,7 @@ local function decide(i, F, fp, affected, ci, absent, t)
   end
   if rec then
     if t == '' and (ci == rec.i or ci == '0' or rec.i == '0') then
-      return own_duplicate(i, F, rec)
+      return own_duplicate(i, F, rec, o)
     end
     -- A resolution, or a firing of another instance than the record's.
     local k = rec.k
@@ -338,7 +366,7 @@ local function decide(i, F, fp, affected, ci, absent, t)
       outcome, write = 5, 6
     else
       outcome = 5
-      write, rec.u = claim_write(rec.p, rec.u, now, lease)
+      write = own_settle(F, rec, o)
       k[9], k[10], rec.ttl = t, now, ARGV[2]
       if rec.p == 1 and rec.u - now > dedup then
         rec.ttl = rec.u - now
@@ -377,7 +405,7 @@ local function decide(i, F, fp, affected, ci, absent, t)
       if st.z ~= 0 then
         st.z, st.y, st.resolving = 0, 0, true
       end
-      local write = storm_count(st)
+      local write = storm_count(st, o)
       st.e = math.max(st.e, math.min(now + window, st.f + max_duration))
       add_affected(st, affected)
       join_storm(F, cur, member_ttl)
@@ -405,12 +433,14 @@ local function decide(i, F, fp, affected, ci, absent, t)
       local keep = dedup
       if ci ~= '0' then
         keep = tonumber(ARGV[9])
-        redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease, 'i', ci)
+        redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease, 't', o,
+          'i', ci)
       else
-        redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease)
+        redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease, 't', o)
       end
       redis.call('PEXPIRE', F, int(math.max(keep, lease)))
-      held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, i = ci, k = {}, ttl = keep, at = i }
+      held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, t = o, i = ci, k = {}, ttl = keep,
+        at = i }
       return { 1, 1, 0, name, now, now, 1, ci, 1, 0, 0 }
     end
   end
@@ -421,13 +451,13 @@ local function decide(i, F, fp, affected, ci, absent, t)
   local st = {
     name = name, f = now, l = now, c = 1, n = 1,
     e = math.min(now + window, now + max_duration),
-    p = 1, u = now + lease, o = 0, k = 0, j = now, r = 0, z = 0, y = 0, w = '', v = previous,
+    p = 1, u = now + lease, o = 0, k = 0, j = now, r = 0, z = 0, y = 0, w = '', v = previous, t = o,
   }
   storm_drop(S, A, X, name)
   if previous ~= '' then
-    redis.call('HSET', S, 'cur', name, name .. '|v', previous)
+    redis.call('HSET', S, 'cur', name, name .. '|t', o, name .. '|v', previous)
   else
-    redis.call('HSET', S, 'cur', name)
+    redis.call('HSET', S, 'cur', name, name .. '|t', o)
   end
   current = name
   storms[name] = st
@@ -439,8 +469,9 @@ end
 
 local replies = {}
 for i = 1, #KEYS - 6 do
-  local a = 5 + 5 * i
-  replies[i] = decide(i, KEYS[6 + i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
+  local a = 4 + 6 * i
+  replies[i] = decide(i, KEYS[6 + i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+    ARGV[a + 5])
 end
 flush()
 flush_storms()

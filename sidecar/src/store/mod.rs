@@ -48,9 +48,37 @@ impl Default for Settings {
     }
 }
 
+/// Who holds a claim: one token per request, made at random
+/// ([`Owner::next`]). A pending claim records its owner; commit and release
+/// act only on a claim their caller owns, and a claim found pending under
+/// the caller's own token (its decide call was resent after a lost reply)
+/// is the caller's to create, not another request's to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Owner(pub u64);
+
+impl Owner {
+    /// A fresh token: SipHash of a process-wide counter under this process's
+    /// random keys, so tokens differ across requests and (with 64 bits)
+    /// across replicas. Never 0.
+    pub fn next() -> Owner {
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::OnceLock;
+        static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(1);
+        let mut h = KEYS
+            .get_or_init(std::collections::hash_map::RandomState::new)
+            .build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        Owner(h.finish().max(1))
+    }
+}
+
 /// One signal to decide on: a firing, or a resolution (`resolved_ms`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Claim {
+    /// The request deciding it: the owner of any claim this decide takes.
+    pub owner: Owner,
     /// The namespace the resource goes to (the hash tag of every key).
     pub namespace: String,
     /// SHA-256 hex of the signal ([`signalgate_model::signal::Identity::fingerprint`]).
@@ -123,6 +151,8 @@ pub enum Write {
     /// The resource exists: update its counts (coalesced).
     Update,
     /// Another caller holds a live lease: `poll` until committed or owned.
+    /// (A live lease the caller itself holds is [`Write::Create`]: its
+    /// decide ran twice, the first reply lost.)
     Await,
     /// A new fingerprint in a namespace the store has remembered for less
     /// than a dedup window (new to the store, or its data was lost): its
@@ -275,11 +305,19 @@ pub enum StoreError {
 pub trait Store: Send + Sync {
     /// Decides every claim, in order, each atomically; all in one round trip.
     async fn decide(&self, claims: &[Claim]) -> Result<Vec<Decision>, StoreError>;
-    /// Marks the claims committed (their resources exist), each with the
-    /// namespace its resource went to if not its own. Idempotent.
-    async fn commit(&self, done: &[(ClaimKey, Option<String>)]) -> Result<(), StoreError>;
-    /// Gives up the caller's leases after a failed create, so the next try takes them at once.
-    async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
+    /// Marks `owner`'s claims committed (their resources exist), each with
+    /// the namespace its resource went to if not its own. Idempotent. A claim
+    /// another request took over meanwhile (the lease ran out) is left to
+    /// its new owner, which creates the same resource (found, or made) and
+    /// commits it where it is.
+    async fn commit(
+        &self,
+        owner: Owner,
+        done: &[(ClaimKey, Option<String>)],
+    ) -> Result<(), StoreError>;
+    /// Gives up `owner`'s leases after a failed create, so the next try
+    /// takes them at once. A claim another request took over is left alone.
+    async fn release(&self, owner: Owner, keys: &[ClaimKey]) -> Result<(), StoreError>;
     /// After a [`Write::Lookup`] or [`Write::Review`] of `claim` that found
     /// its fingerprint's resource `existing` in the sink (name, first
     /// sighting, count, firings, instance, resolution, where it went):
@@ -315,8 +353,9 @@ pub trait Store: Send + Sync {
     /// resource instead of counting into nothing. Does nothing if the claim
     /// is pending or names another resource. Returns whether it forgot.
     async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError>;
-    /// For `Write::Await`: the claim's state now (may hand the caller the claim).
-    async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError>;
+    /// For `Write::Await`: the claim's state now (may hand the claim to
+    /// `owner`, whose token it then records).
+    async fn poll(&self, owner: Owner, key: &ClaimKey) -> Result<ClaimState, StoreError>;
     /// The current counters of the resources (storm lists filled), `None` where gone.
     async fn snapshot(&self, keys: &[ClaimKey]) -> Result<Vec<Option<Snapshot>>, StoreError>;
     /// Readiness: the store answers.

@@ -49,7 +49,7 @@ pub fn sidecar(k: &ApiServer, name: &str, redis_url: &str, extra: &[(&str, &str)
     let mut env = vec![
         ("SIGNALGATE_REDIS_URL", redis_url),
         ("SIGNALGATE_REDIS_TIMEOUT", "500ms"),
-        ("SIGNALGATE_CLAIM_LEASE", "3s"),
+        ("SIGNALGATE_CLAIM_LEASE", "5s"),
         ("SIGNALGATE_REQUEST_DEADLINE", "4s"),
         ("SIGNALGATE_FLUSH_INTERVAL", "250ms"),
         ("SIGNALGATE_STORM_THRESHOLD", "10"),

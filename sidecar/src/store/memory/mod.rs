@@ -22,7 +22,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::clock::now_ms;
 
 use super::{
-    Adopted, Claim, ClaimKey, ClaimState, Decision, Settings, Snapshot, Store, StoreError,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Owner, Settings, Snapshot, Store, StoreError,
 };
 
 mod records;
@@ -98,7 +98,11 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn commit(&self, done: &[(ClaimKey, Option<String>)]) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        owner: Owner,
+        done: &[(ClaimKey, Option<String>)],
+    ) -> Result<(), StoreError> {
         let p = Params::new(&self.settings);
         let mut state = self.lock();
         let now = now_ms();
@@ -111,7 +115,7 @@ impl Store for MemoryStore {
                     let k = (namespace.clone(), fingerprint.clone());
                     if let Some(entry) = state.fingerprint(&k, now) {
                         if let FpKind::Own(own) = &mut entry.kind {
-                            if own.pending {
+                            if own.pending && own.owner == owner {
                                 own.pending = false;
                                 own.moved_to.clone_from(moved_to);
                                 // The lease no longer keeps it: its TTL does,
@@ -126,7 +130,7 @@ impl Store for MemoryStore {
                 }
                 ClaimKey::Storm { namespace, name } => {
                     if let Some(storm) = state.storm(namespace, name, now) {
-                        if storm.pending {
+                        if storm.pending && storm.owner == owner {
                             storm.pending = false;
                             storm.moved_to.clone_from(moved_to);
                         }
@@ -137,7 +141,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
+    async fn release(&self, owner: Owner, keys: &[ClaimKey]) -> Result<(), StoreError> {
         let mut state = self.lock();
         let now = now_ms();
         for key in keys {
@@ -152,14 +156,14 @@ impl Store for MemoryStore {
                         ..
                     }) = state.fingerprint(&k, now)
                     {
-                        if own.pending {
+                        if own.pending && own.owner == owner {
                             own.lease_until_ms = 0;
                         }
                     }
                 }
                 ClaimKey::Storm { namespace, name } => {
                     if let Some(storm) = state.storm(namespace, name, now) {
-                        if storm.pending {
+                        if storm.pending && storm.owner == owner {
                             storm.lease_until_ms = 0;
                         }
                     }
@@ -217,11 +221,14 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
+    async fn poll(&self, owner: Owner, key: &ClaimKey) -> Result<ClaimState, StoreError> {
         let p = Params::new(&self.settings);
         let mut state = self.lock();
         let now = now_ms();
-        let poll = |pending: bool, lease_until: &mut i64, moved_to: &Option<String>| {
+        let poll = |pending: bool,
+                    lease_until: &mut i64,
+                    held_by: &mut Owner,
+                    moved_to: &Option<String>| {
             if !pending {
                 ClaimState::Committed {
                     moved_to: moved_to.clone(),
@@ -230,6 +237,7 @@ impl Store for MemoryStore {
                 ClaimState::Pending
             } else {
                 *lease_until = now + p.lease;
+                *held_by = owner;
                 ClaimState::Owned
             }
         };
@@ -242,7 +250,12 @@ impl Store for MemoryStore {
                 match state.fingerprint(&k, now) {
                     Some(entry) => match &mut entry.kind {
                         FpKind::Own(own) => {
-                            let s = poll(own.pending, &mut own.lease_until_ms, &own.moved_to);
+                            let s = poll(
+                                own.pending,
+                                &mut own.lease_until_ms,
+                                &mut own.owner,
+                                &own.moved_to,
+                            );
                             if s == ClaimState::Owned {
                                 entry.expires_ms = entry.expires_ms.max(now + p.lease);
                             }
@@ -255,7 +268,12 @@ impl Store for MemoryStore {
             }
             ClaimKey::Storm { namespace, name } => match state.storm(namespace, name, now) {
                 Some(storm) => {
-                    let s = poll(storm.pending, &mut storm.lease_until_ms, &storm.moved_to);
+                    let s = poll(
+                        storm.pending,
+                        &mut storm.lease_until_ms,
+                        &mut storm.owner,
+                        &storm.moved_to,
+                    );
                     if s == ClaimState::Owned {
                         storm.keep_until_ms = storm.keep_until_ms.max(now + p.lease);
                     }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::clock::ms;
-use crate::store::{Resolution, Settings, Snapshot, StormSnapshot, Write, WARM_MARKER_TTL};
+use crate::store::{Owner, Resolution, Settings, Snapshot, StormSnapshot, Write, WARM_MARKER_TTL};
 
 /// The settings in milliseconds (and counts as `usize`).
 pub(super) struct Params {
@@ -71,6 +71,8 @@ pub(super) struct Own {
     pub count: u64,
     pub pending: bool,
     pub lease_until_ms: i64,
+    /// Who holds the pending claim.
+    pub owner: Owner,
     pub moved_to: Option<String>,
     /// The latest firing instance counted (0: unknown).
     pub instance_ms: i64,
@@ -119,17 +121,22 @@ impl Own {
         }
     }
 
-    /// Counts one more signal of its incident and settles its claim.
-    pub fn count_signal(&mut self, p: &Params, now: i64) -> Write {
+    /// Counts one more signal of its incident and settles its claim for `owner`.
+    pub fn count_signal(&mut self, p: &Params, now: i64, owner: Owner) -> Write {
         self.count += 1;
         self.last_ms = now;
-        self.settle(p, now)
+        self.settle(p, now, owner)
     }
 
-    /// What the caller must do with the claim (see [`claim_write`]).
-    pub fn settle(&mut self, p: &Params, now: i64) -> Write {
-        let (write, lease_until) = claim_write(self.pending, self.lease_until_ms, now, p.lease);
+    /// What `owner` must do with the claim (see [`claim_write`]).
+    pub fn settle(&mut self, p: &Params, now: i64, owner: Owner) -> Write {
+        let held = self.owner == owner;
+        let (write, lease_until) =
+            claim_write(self.pending, self.lease_until_ms, held, now, p.lease);
         self.lease_until_ms = lease_until;
+        if write == Write::Create {
+            self.owner = owner;
+        }
         write
     }
 }
@@ -163,6 +170,8 @@ pub(super) struct Storm {
     pub ends_ms: i64,
     pub pending: bool,
     pub lease_until_ms: i64,
+    /// Who holds the pending claim.
+    pub owner: Owner,
     pub overflow: u64,
     pub affected: BTreeSet<String>,
     /// The record is kept until then (members, lease, the storm itself).
@@ -180,8 +189,8 @@ pub(super) struct Storm {
 }
 
 impl Storm {
-    /// A storm started at `now` by its first member.
-    pub fn start(now: i64, p: &Params, previous: Option<String>) -> Storm {
+    /// A storm started at `now` by its first member, claimed by `owner`.
+    pub fn start(now: i64, p: &Params, previous: Option<String>, owner: Owner) -> Storm {
         Storm {
             started_ms: now,
             last_ms: now,
@@ -190,6 +199,7 @@ impl Storm {
             ends_ms: (now + p.window).min(now + p.max_duration),
             pending: true,
             lease_until_ms: now + p.lease,
+            owner,
             overflow: 0,
             affected: BTreeSet::new(),
             keep_until_ms: 0,
@@ -237,17 +247,22 @@ impl Storm {
             .max(self.lease_until_ms);
     }
 
-    /// Counts one more signal in the storm and settles its claim.
-    pub fn count_signal(&mut self, p: &Params, now: i64) -> Write {
+    /// Counts one more signal in the storm and settles its claim for `owner`.
+    pub fn count_signal(&mut self, p: &Params, now: i64, owner: Owner) -> Write {
         self.count += 1;
         self.last_ms = now;
-        self.settle(p, now)
+        self.settle(p, now, owner)
     }
 
-    /// What the caller must do with the storm's claim (see [`claim_write`]).
-    pub fn settle(&mut self, p: &Params, now: i64) -> Write {
-        let (write, lease_until) = claim_write(self.pending, self.lease_until_ms, now, p.lease);
+    /// What `owner` must do with the storm's claim (see [`claim_write`]).
+    pub fn settle(&mut self, p: &Params, now: i64, owner: Owner) -> Write {
+        let held = self.owner == owner;
+        let (write, lease_until) =
+            claim_write(self.pending, self.lease_until_ms, held, now, p.lease);
         self.lease_until_ms = lease_until;
+        if write == Write::Create {
+            self.owner = owner;
+        }
         write
     }
 
@@ -266,17 +281,21 @@ impl Storm {
 }
 
 /// What the caller must do with a claim; takes over an expired lease.
+/// `held`: the caller's own token holds it (its decide ran again after a
+/// lost reply): still the caller's to create, under the same lease.
 /// Returns the write and the lease the claim now holds.
 pub(super) fn claim_write(
     pending: bool,
     lease_until_ms: i64,
+    held: bool,
     now: i64,
     lease: i64,
 ) -> (Write, i64) {
     if !pending {
         (Write::Update, lease_until_ms)
     } else if lease_until_ms > now {
-        (Write::Await, lease_until_ms)
+        let write = if held { Write::Create } else { Write::Await };
+        (write, lease_until_ms)
     } else {
         (Write::Create, now + lease)
     }

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use super::records::{FpEntry, FpKind, Namespace, Own, Params, Storm};
-use crate::store::{Adopted, Claim, ClaimKey, Decision, Outcome, Resolution, Snapshot, Write};
+use crate::store::{
+    Adopted, Claim, ClaimKey, Decision, Outcome, Owner, Resolution, Snapshot, Write,
+};
 use signalgate_resource::naming::{fingerprint_resource, storm_resource};
 
 /// Everything the store holds; behind the store's mutex.
@@ -97,7 +99,7 @@ impl State {
         let (name, reopened) = match &mut entry.kind {
             FpKind::Member { storm, resolved } => (storm.clone(), std::mem::take(resolved)),
             FpKind::Own(own) if own.same_incident(claim.instance_ms) => {
-                let write = own.count_signal(p, now);
+                let write = own.count_signal(p, now, claim.owner);
                 entry.expires_ms = own.expiry(p, now);
                 return Some(Decision {
                     outcome: Outcome::Duplicate,
@@ -127,7 +129,7 @@ impl State {
             storm.resolved = storm.resolved.saturating_sub(1);
             storm.resolution = None;
         }
-        let write = storm.count_signal(p, now);
+        let write = storm.count_signal(p, now, claim.owner);
         storm.keep(now, p);
         let snapshot = storm.snapshot(&name, false);
         if let Some(entry) = self.fingerprints.get_mut(&key) {
@@ -152,7 +154,7 @@ impl State {
         storm.alerts += 1;
         storm.joined_ms = now;
         storm.resolution = None;
-        let write = storm.count_signal(p, now);
+        let write = storm.count_signal(p, now, claim.owner);
         storm.ends_ms = storm
             .ends_ms
             .max((now + p.window).min(storm.started_ms + p.max_duration));
@@ -198,6 +200,7 @@ impl State {
             count: 1,
             pending: true,
             lease_until_ms: now + p.lease,
+            owner: claim.owner,
             moved_to: None,
             instance_ms: claim.instance_ms,
             firings: 1,
@@ -231,7 +234,7 @@ impl State {
         previous: Option<String>,
     ) -> Decision {
         let name = storm_resource(&claim.namespace, now);
-        let mut storm = Storm::start(now, p, previous);
+        let mut storm = Storm::start(now, p, previous, claim.owner);
         storm.add_affected(&claim.affected, p);
         storm.keep(now, p);
         let snapshot = storm.snapshot(&name, false);
@@ -269,7 +272,7 @@ impl State {
             }
             FpKind::Own(own) => {
                 own.resolution = Some(resolution);
-                let write = own.settle(p, now);
+                let write = own.settle(p, now, claim.owner);
                 // Resolved: it lives one dedup window (or its lease) from now.
                 entry.expires_ms = own.expiry(p, now);
                 return Decision {
@@ -302,7 +305,7 @@ impl State {
         if storm.resolved >= storm.alerts && storm.resolution.is_none() {
             storm.resolution = Some(resolution);
         }
-        let write = storm.settle(p, now);
+        let write = storm.settle(p, now, claim.owner);
         storm.keep(now, p);
         Decision {
             outcome: Outcome::Resolved,
@@ -346,7 +349,7 @@ impl State {
             if own.same_incident(claim.instance_ms) {
                 // Known by now: count the signal in what the store holds, and
                 // settle another request's claim as decide would.
-                let write = own.count_signal(p, now);
+                let write = own.count_signal(p, now, claim.owner);
                 entry.expires_ms = entry.expires_ms.max(own.expiry(p, now));
                 return Some(Adopted {
                     snapshot: own.snapshot(),
@@ -385,6 +388,7 @@ impl State {
             count: count + 1,
             pending: false,
             lease_until_ms: 0,
+            owner: claim.owner,
             moved_to,
             instance_ms,
             firings,
@@ -436,7 +440,12 @@ impl State {
             }
         }
         let fresh = || {
-            let mut st = Storm::start(found.started_ms, p, found.previous.clone());
+            let mut st = Storm::start(
+                found.started_ms,
+                p,
+                found.previous.clone(),
+                Owner::default(),
+            );
             (st.last_ms, st.count, st.alerts, st.ends_ms, st.joined_ms) = (0, 0, 0, 0, 0);
             st
         };

@@ -91,7 +91,7 @@ use std::time::Duration;
 
 use super::batch::{self, Batcher, DecideEach};
 use super::{
-    Adopted, Claim, ClaimKey, ClaimState, Decision, Settings, Snapshot, Store, StoreError,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Owner, Settings, Snapshot, Store, StoreError,
 };
 
 mod transport;
@@ -220,19 +220,24 @@ impl Core {
             .await
     }
 
-    async fn commit(&self, done: &[(ClaimKey, Option<String>)]) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        owner: Owner,
+        done: &[(ClaimKey, Option<String>)],
+    ) -> Result<(), StoreError> {
         let calls = done
             .iter()
-            .map(|(key, moved_to)| Call::commit(&self.settings, key, moved_to.as_deref()))
+            .map(|(key, moved_to)| Call::commit(&self.settings, owner, key, moved_to.as_deref()))
             .collect();
         self.claim_all(calls).await
     }
 
-    /// Gives the leases of `keys` back; all in one round trip.
-    async fn release_all(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
-        let calls = keys
+    /// Gives the leases of `held` (each claim with its owner) back; all in
+    /// one round trip.
+    async fn release_all(&self, held: &[(Owner, ClaimKey)]) -> Result<(), StoreError> {
+        let calls = held
             .iter()
-            .map(|key| Call::claim(&self.settings, "release", key))
+            .map(|(owner, key)| Call::claim(&self.settings, "release", key, *owner))
             .collect();
         self.claim_all(calls).await
     }
@@ -259,8 +264,8 @@ impl Core {
         self.claim_script(call, wire::parse_forgot).await
     }
 
-    async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
-        let call = Call::claim(&self.settings, "poll", key);
+    async fn poll(&self, owner: Owner, key: &ClaimKey) -> Result<ClaimState, StoreError> {
+        let call = Call::claim(&self.settings, "poll", key, owner);
         self.claim_script(call, wire::parse_claim_state).await
     }
 
@@ -294,8 +299,8 @@ impl DecideEach for Core {
         self.decide_calls(claims).await
     }
 
-    async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
-        self.release_all(keys).await
+    async fn release(&self, held: &[(Owner, ClaimKey)]) -> Result<(), StoreError> {
+        self.release_all(held).await
     }
 }
 
@@ -308,12 +313,17 @@ impl Store for RedisStore {
         }
     }
 
-    async fn commit(&self, done: &[(ClaimKey, Option<String>)]) -> Result<(), StoreError> {
-        self.core.commit(done).await
+    async fn commit(
+        &self,
+        owner: Owner,
+        done: &[(ClaimKey, Option<String>)],
+    ) -> Result<(), StoreError> {
+        self.core.commit(owner, done).await
     }
 
-    async fn release(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
-        self.core.release_all(keys).await
+    async fn release(&self, owner: Owner, keys: &[ClaimKey]) -> Result<(), StoreError> {
+        let held: Vec<(Owner, ClaimKey)> = keys.iter().map(|k| (owner, k.clone())).collect();
+        self.core.release_all(&held).await
     }
 
     async fn adopt(
@@ -333,8 +343,8 @@ impl Store for RedisStore {
         self.core.forget(key, resource).await
     }
 
-    async fn poll(&self, key: &ClaimKey) -> Result<ClaimState, StoreError> {
-        self.core.poll(key).await
+    async fn poll(&self, owner: Owner, key: &ClaimKey) -> Result<ClaimState, StoreError> {
+        self.core.poll(owner, key).await
     }
 
     async fn snapshot(&self, keys: &[ClaimKey]) -> Result<Vec<Option<Snapshot>>, StoreError> {

@@ -11,7 +11,7 @@ use redis::{Script, Value};
 
 use crate::clock::ms;
 use crate::store::{
-    Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Resolution, Settings, Snapshot,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Owner, Resolution, Settings, Snapshot,
     StoreError, StormSnapshot, Write, WARM_MARKER_TTL,
 };
 use signalgate_resource::naming::storm_prefix;
@@ -55,8 +55,8 @@ impl Call {
         Slot::for_key(self.keys.first().map(String::as_str).unwrap_or(""))
     }
 
-    /// A `claim.lua` call: `op` on the claim `key`.
-    pub fn claim(settings: &Settings, op: &str, key: &ClaimKey) -> Call {
+    /// A `claim.lua` call: `op` on the claim `key`, by `owner`.
+    pub fn claim(settings: &Settings, op: &str, key: &ClaimKey, owner: Owner) -> Call {
         let (keys, kind, name) = claim_keys(key);
         Call {
             keys,
@@ -67,13 +67,19 @@ impl Call {
                 ms(settings.claim_lease).to_string().into_bytes(),
                 ms(settings.dedup_ttl).to_string().into_bytes(),
                 ms(settings.incident_ttl).to_string().into_bytes(),
+                owner.0.to_string().into_bytes(),
             ],
         }
     }
 
-    /// Commits `key`, its resource in namespace `moved_to` if not its own.
-    pub fn commit(settings: &Settings, key: &ClaimKey, moved_to: Option<&str>) -> Call {
-        let mut call = Call::claim(settings, "commit", key);
+    /// Commits `owner`'s claim `key`, its resource in namespace `moved_to` if not its own.
+    pub fn commit(
+        settings: &Settings,
+        owner: Owner,
+        key: &ClaimKey,
+        moved_to: Option<&str>,
+    ) -> Call {
+        let mut call = Call::claim(settings, "commit", key, owner);
         call.args.push(moved_to_arg(moved_to));
         call
     }
@@ -85,7 +91,7 @@ impl Call {
             namespace: claim.namespace.clone(),
             fingerprint: claim.fingerprint.clone(),
         };
-        let mut call = Call::claim(settings, "adopt", &key);
+        let mut call = Call::claim(settings, "adopt", &key, claim.owner);
         call.args.push(existing.resource.as_bytes().to_vec());
         call.args
             .push(existing.first_seen_ms.to_string().into_bytes());
@@ -115,7 +121,7 @@ impl Call {
             namespace: namespace.to_string(),
             name: existing.resource.clone(),
         };
-        let mut call = Call::claim(settings, "adopt", &key);
+        let mut call = Call::claim(settings, "adopt", &key, Owner::default());
         let numbers = [
             storm.started_ms,
             existing.last_seen_ms,
@@ -144,7 +150,7 @@ impl Call {
 
     /// Forgets `key` if its committed resource is `resource`.
     pub fn forget(settings: &Settings, key: &ClaimKey, resource: &str) -> Call {
-        let mut call = Call::claim(settings, "forget", key);
+        let mut call = Call::claim(settings, "forget", key, Owner::default());
         call.args.push(resource.as_bytes().to_vec());
         call
     }
@@ -183,7 +189,7 @@ impl Call {
             k.marker_owner(),
         ]);
         keys.extend(claims.iter().map(|c| k.fingerprint(&c.fingerprint)));
-        let mut args = Vec::with_capacity(9 + 5 * claims.len());
+        let mut args = Vec::with_capacity(9 + 6 * claims.len());
         args.extend([
             storm_prefix(&first.namespace).into_bytes(),
             ms(s.dedup_ttl).to_string().into_bytes(),
@@ -211,6 +217,7 @@ impl Call {
                     .map(|t| t.to_string().into_bytes())
                     .unwrap_or_default(),
             );
+            args.push(c.owner.0.to_string().into_bytes());
         }
         Call { keys, args }
     }
