@@ -70,9 +70,9 @@ pub struct Fixture {
     pub backend: Backend,
     pub store: Arc<dyn Store>,
     memory: Option<Arc<MemoryStore>>,
-    /// Which call holds each claim a decide or poll of this fixture took:
-    /// every call is a request of its own, with its own token (a claim
-    /// that sets none), and commit and release act for the holder.
+    /// Which request holds each claim a decide or poll of this fixture
+    /// took (every claim that sets no token is a request of its own, and
+    /// so is every poll), so that commit and release act for the holder.
     holders: Mutex<HashMap<ClaimKey, Owner>>,
 }
 
@@ -110,8 +110,14 @@ pub async fn redis_store(url: &str, settings: impl Into<Settings>) -> RedisStore
 }
 
 impl Fixture {
+    /// Decides `claims` in one call; each claim that names no token of its
+    /// own is a request of its own (so repeats count, and wait on each
+    /// other's claims, as concurrent requests batched together do).
     pub async fn decide(&self, claims: &[Claim]) -> Vec<Decision> {
-        let claims = with_owner(claims, Owner::next());
+        let claims: Vec<Claim> = claims
+            .iter()
+            .flat_map(|c| with_owner(std::slice::from_ref(c), Owner::next()))
+            .collect();
         let d = self
             .store
             .decide(&claims)

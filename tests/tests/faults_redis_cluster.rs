@@ -8,8 +8,9 @@
 //! already ran a second time. A new incident's second `decide.lua` finds the
 //! claim its first one took: the claim carries the request's token, so the
 //! request still creates it (before, it waited on itself until the deadline,
-//! 503, the claim then stuck for its lease). A duplicate is still counted
-//! twice (issue 19, finding 4: the ignored case).
+//! 503, the claim then stuck for its lease). And a record remembers which
+//! request counted it last, so the resent call does not count its signal a
+//! second time (before, the store showed 3 for 2 deliveries).
 
 use std::time::{Duration, Instant};
 
@@ -77,11 +78,7 @@ fn post_timed(s: &Sidecar, hook: &Value) -> (Answer, Duration) {
     (answer, started.elapsed())
 }
 
-// Issue 19, finding 4, still open: the resent call counts the duplicate a
-// second time (the store shows 3). Fails on today's code; run it with
-// `--ignored` when working on idempotent script calls.
 #[test]
-#[ignore = "issue 19 finding 4: a resent decide.lua counts a duplicate twice"]
 fn a_duplicate_whose_store_reply_was_lost_is_counted_once() {
     let cluster = ProxiedCluster::start(3);
     let s = sidecar(&cluster);
@@ -183,8 +180,10 @@ fn a_new_incident_whose_claim_reply_was_lost_is_created_once() {
         .expect("fingerprint")
         .to_string();
     let key = record_key(ns, &fp);
-    // (The resent call counted the signal again, and so answers it as a
-    // duplicate of the claim it took: see the ignored case above.)
+    // The resent call found the record its first run made, counted by this
+    // request: not counted again. (It answers the signal as a duplicate of
+    // the claim it holds, which it creates.)
+    assert_eq!(record_field(&cluster, &key, "c"), "1", "counted once");
     assert_eq!(
         record_field(&cluster, &key, "p"),
         "0",
@@ -204,6 +203,7 @@ fn a_new_incident_whose_claim_reply_was_lost_is_created_once() {
         .filter(|x| x["metadata"]["name"] == answered.as_str())
         .collect();
     assert_eq!(mine.len(), 1, "{r:?}");
+    assert_eq!(occurrences(mine[0]), 1, "{}", mine[0]);
 
     // Its next duplicate is an ordinary one, answered at once.
     let counted = record_field(&cluster, &key, "c")

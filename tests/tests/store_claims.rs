@@ -21,6 +21,7 @@ behaviour!(
     a_commit_by_a_request_whose_lease_was_taken_over_changes_nothing,
     a_release_by_a_request_whose_lease_was_taken_over_changes_nothing,
     a_decide_resent_by_its_request_still_owns_the_claim,
+    a_failed_requests_counts_are_taken_back_once_and_only_its_own,
 );
 
 async fn await_until_committed(b: Backend) {
@@ -193,4 +194,60 @@ async fn a_decide_resent_by_its_request_still_owns_the_claim(b: Backend) {
     // ... while any other request waits for it.
     let other = f.one(&claim(&a.namespace, "a")).await;
     assert_eq!(other.write, Write::Await, "{other:?}");
+}
+
+async fn a_failed_requests_counts_are_taken_back_once_and_only_its_own(b: Backend) {
+    let f = b.store(settings().storm_threshold(1)).await;
+    let ns = namespace("uncount");
+    let (a, m1, m2) = (claim(&ns, "a"), claim(&ns, "m1"), claim(&ns, "m2"));
+    let own = f.one(&a).await;
+    f.commit(&own.key).await;
+    // m1 starts the namespace's storm (threshold 1, after "a"), m2 joins.
+    let storm = f.decide(&[m1.clone(), m2.clone()]).await;
+    f.commit(&storm[0].key).await;
+    let signals = |cs: &[&Claim]| -> Vec<(String, String)> {
+        cs.iter()
+            .map(|c| (c.namespace.clone(), c.fingerprint.clone()))
+            .collect()
+    };
+
+    // A request counts "a" and a storm member again, then fails.
+    let failed = Owner::next();
+    let by = |c: &Claim| Claim {
+        owner: failed,
+        ..c.clone()
+    };
+    let ds = f.decide(&[by(&a), by(&m1)]).await;
+    assert_eq!(ds[0].snapshot.occurrence_count, 2);
+    assert_eq!(ds[1].snapshot.occurrence_count, 3);
+    // Another request's count is not its to take back ...
+    f.store
+        .uncount(Owner::next(), &signals(&[&a, &m1]))
+        .await
+        .expect("uncount");
+    assert_eq!(f.snapshot(&own.key).await.unwrap().occurrence_count, 2);
+    // ... its own are, once.
+    for _ in 0..2 {
+        f.store
+            .uncount(failed, &signals(&[&a, &m1]))
+            .await
+            .expect("uncount");
+    }
+    assert_eq!(f.snapshot(&own.key).await.unwrap().occurrence_count, 1);
+    assert_eq!(f.snapshot(&storm[0].key).await.unwrap().occurrence_count, 2);
+    // The sender's retry counts them again.
+    let retried = f.decide(&[a.clone(), m1.clone()]).await;
+    assert_eq!(retried[0].snapshot.occurrence_count, 2);
+    assert_eq!(retried[1].snapshot.occurrence_count, 3);
+    // A resent call of one request (same token) counts once.
+    let resent = Owner::next();
+    for _ in 0..2 {
+        let d = f
+            .one(&Claim {
+                owner: resent,
+                ..a.clone()
+            })
+            .await;
+        assert_eq!(d.snapshot.occurrence_count, 3, "{d:?}");
+    }
 }

@@ -1,9 +1,9 @@
 -- claim: commit, release or poll one claim (common.lua is prepended).
 --
--- A fingerprint claim: KEYS[1] sg:{ns}:f:<fp>.
+-- A fingerprint claim: KEYS[1] sg:{ns}:f:<fp> (uncount: KEYS[2] sg:{ns}:s).
 -- A storm claim:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a, KEYS[3] sg:{ns}:x.
--- ARGV: 1 op ('commit', 'release', 'poll', 'adopt', 'forget'), 2 kind ('f'
---       or 's'), 3 storm resource name (storm claims), 4 claim lease ms, 5
+-- ARGV: 1 op ('commit', 'release', 'poll', 'adopt', 'forget', 'uncount'), 2
+--       kind ('f' or 's'), 3 storm resource name (storm claims), 4 claim lease ms, 5
 --       dedup ttl ms, 6 incident ttl ms, 7 the caller's token (commit and
 --       release act only on a pending claim it owns; a claim poll or adopt
 --       hands it records it); commit: 8 the namespace the resource went to
@@ -22,6 +22,7 @@
 -- Reply: commit and release: 1 done, 0 the claim is gone or another
 --        request's (its lease ran out and another took it over).
 --        forget: 1 forgotten, 0 left (gone, pending, or another resource).
+--        uncount: 1 taken back, 0 not the caller's count.
 --        adopt: { resource (name, or '<namespace>/<name>' when it went to
 --        another namespace), first seen ms, last seen ms, count, write (2
 --        update; a claim another request made first: 3 await, 1 create,
@@ -102,6 +103,29 @@ if op == 'adopt' and kind == 's' then
   return 1
 end
 
+-- uncount: the request of token `owner` failed after its decide counted a
+-- signal on this fingerprint's record (KEYS[2]: the namespace's storm
+-- hash): the count is taken back, in the record's own resource or its
+-- storm, so that the sender's retry of the delivery counts it once. Only if
+-- the last signal counted on the record was that request's (q).
+if op == 'uncount' then
+  local known = redis.call('HMGET', H, 'q', 's', 'c')
+  if owner == '0' or known[1] ~= owner then
+    return 0
+  end
+  redis.call('HDEL', H, 'q')
+  if known[2] then
+    local field = known[2] .. '|c'
+    local c = tonumber(redis.call('HGET', KEYS[2], field))
+    if c and c > 0 then
+      redis.call('HSET', KEYS[2], field, int(c - 1))
+    end
+  elseif num(known[3]) > 0 then
+    redis.call('HSET', H, 'c', int(num(known[3]) - 1))
+  end
+  return 1
+end
+
 -- A fingerprint record's TTL after a sighting (ttl_of): the incident TTL
 -- while it has a firing instance (i, a string) and is open (z absent or 0),
 -- else the dedup window.
@@ -113,7 +137,7 @@ local function ttl_of(i, z)
 end
 
 if op == 'adopt' then
-  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u', 'c', 'i', 'g', 'z', 'y', 't')
+  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u', 'c', 'i', 'g', 'z', 'y', 't', 'q')
   if known[3] then
     return 0
   end
@@ -122,9 +146,14 @@ if op == 'adopt' then
     -- The claim's incident, by now known (another request adopted or
     -- created it first; maybe still pending): counted as decide.lua counts
     -- a duplicate of it (wait for its claim, or take it over).
-    local c = redis.call('HINCRBY', H, 'c', 1)
+    -- (counted once per request, as decide.lua counts)
+    local c = num(known[6])
+    if owner == '0' or known[12] ~= owner then
+      c = redis.call('HINCRBY', H, 'c', 1)
+      redis.call('HSET', H, 'q', owner)
+    end
     local write, lease_until = claim_write(num(known[4]), num(known[5]), now, lease,
-      known[11] == owner)
+      owner ~= '0' and known[11] == owner)
     redis.call('HSET', H, 'l', int(now), 'u', int(lease_until))
     if write == 1 then
       redis.call('HSET', H, 't', owner)
@@ -160,7 +189,7 @@ if op == 'adopt' then
   c = c + 1
   redis.call('DEL', H)
   redis.call('HSET', H, 'r', resource, 'f', int(first), 'l', int(now), 'c', int(c),
-    'p', committed_p(moved), 'u', 0)
+    'p', committed_p(moved), 'u', 0, 'q', owner)
   if i ~= '0' then
     redis.call('HSET', H, 'i', i)
   end

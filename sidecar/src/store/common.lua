@@ -8,11 +8,13 @@
 --                   pending, 0 committed, '@<namespace>' committed and the
 --                   resource went to that namespace; see committed_to), u
 --                   (lease until ms), t (the token of the request holding
---                   the claim: only commit and release by it count), i (the firing instance counted last,
+--                   the claim: only commit and release by it count), q
+--                   (the token of the request whose signal was counted
+--                   last: it counts no more, and may take it back), i (the firing instance counted last,
 --                   ms; absent: 0, unknown), g (firing instances counted;
 --                   absent: 1), z and y (the resolution: when it resolved and
 --                   when that was received, ms; absent while open). Storm
---                   member: s (storm resource name), and z (when its
+--                   member: s (storm resource name), q (as above), and z (when its
 --                   resolution came, ms) once resolved. Fields a record does
 --                   not need are not written (a record of an earlier
 --                   version has none of i, g, z, y: an open incident, one

@@ -143,7 +143,7 @@ end
 -- Settles storm `st`'s claim for the request of token `o` (claim_write);
 -- a claim it takes records o as its owner.
 local function storm_settle(st, o)
-  local write, lease_until = claim_write(st.p, st.u, now, lease, st.t == o)
+  local write, lease_until = claim_write(st.p, st.u, now, lease, o ~= '0' and st.t == o)
   if write == 1 and st.t ~= o then
     st.t = o
     redis.call('HSET', S, st.name .. '|t', o)
@@ -205,8 +205,8 @@ end
 -- in it (or deleted a record whose storm was gone, or that it replaced), and
 -- no record lacks both. So it is written without deleting it first, here
 -- and on create. ttl: the member's TTL (ms, a string).
-local function join_storm(F, name, ttl)
-  redis.call('HSET', F, 's', name)
+local function join_storm(F, name, ttl, o)
+  redis.call('HSET', F, 's', name, 'q', o)
   redis.call('PEXPIRE', F, ttl)
 end
 
@@ -228,7 +228,7 @@ local function own_settle(F, rec, o)
   if rec.p == 1 and rec.t == nil then
     rec.t = redis.call('HGET', F, 't') or ''
   end
-  local write, lease_until = claim_write(rec.p, rec.u, now, lease, rec.t == o)
+  local write, lease_until = claim_write(rec.p, rec.u, now, lease, o ~= '0' and rec.t == o)
   if write == 1 and rec.t ~= o then
     rec.t = o
     redis.call('HSET', F, 't', o)
@@ -237,8 +237,18 @@ local function own_settle(F, rec, o)
   return write
 end
 
+-- A signal counts unless the record's last counted signal was this
+-- request's own (q: the request's decide ran again after a lost reply, or it
+-- repeats the signal); token '0' is no request's and always counts.
+local function counts(q, o)
+  return o == '0' or q ~= o
+end
+
 local function own_duplicate(i, F, rec, o)
-  rec.c = rec.c + 1
+  if counts(rec.q, o) then
+    rec.c = rec.c + 1
+    rec.q = o
+  end
   local write = own_settle(F, rec, o)
   local lease_until = rec.u
   if rec.p == 1 then
@@ -267,10 +277,10 @@ local function flush()
     if rec and rec.dirty then
       rec.dirty = false
       if rec.p == 1 then
-        redis.call('HSET', F, 'c', rec.c, 'l', now, 'u', rec.u)
+        redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q, 'u', rec.u)
       else
         -- (a committed claim's lease stays as it was)
-        redis.call('HSET', F, 'c', rec.c, 'l', now)
+        redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q)
       end
       redis.call('PEXPIRE', F, rec.ttl)
     end
@@ -286,7 +296,7 @@ end
 local function decide(i, F, fp, affected, ci, absent, t, o)
   local rec = held[F]
   if not rec then
-    local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's', 'i', 'g', 'z', 'y')
+    local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's', 'i', 'g', 'z', 'y', 'q')
     if known[6] then
       -- A storm member: repeats are duplicates of the storm resource.
       local st = storm_get(known[6])
@@ -318,7 +328,13 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
           st.r = math.max(st.r - 1, 0)
           st.z, st.y, st.resolving = 0, 0, true
         end
-        local write = storm_count(st, o)
+        local write
+        if counts(known[11], o) then
+          write = storm_count(st, o)
+          redis.call('HSET', F, 'q', o)
+        else
+          write = storm_settle(st, o)
+        end
         redis.call('PEXPIRE', F, ci == '0' and ARGV[2] or ARGV[9])
         return storm_reply(2, write, st)
       end
@@ -334,7 +350,8 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
         r = resource_ref(r, committed_to(p))
       end
       local ri = known[7] or '0'
-      rec = { r = r, f = known[2], c = num(known[3]), p = 0, u = known[5], i = ri, k = known, ttl = ARGV[2] }
+      rec = { r = r, f = known[2], c = num(known[3]), p = 0, u = known[5], i = ri, k = known, ttl = ARGV[2],
+        q = known[11] or '' }
       if p == '1' then
         rec.p, rec.u = 1, num(known[5])
       end
@@ -408,7 +425,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
       local write = storm_count(st, o)
       st.e = math.max(st.e, math.min(now + window, st.f + max_duration))
       add_affected(st, affected)
-      join_storm(F, cur, member_ttl)
+      join_storm(F, cur, member_ttl, o)
       return storm_reply(4, write, st)
     end
     if st and now < st.j + window then
@@ -434,13 +451,14 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
       if ci ~= '0' then
         keep = tonumber(ARGV[9])
         redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease, 't', o,
-          'i', ci)
+          'q', o, 'i', ci)
       else
-        redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease, 't', o)
+        redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease, 't', o,
+          'q', o)
       end
       redis.call('PEXPIRE', F, int(math.max(keep, lease)))
-      held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, t = o, i = ci, k = {}, ttl = keep,
-        at = i }
+      held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, t = o, q = o, i = ci, k = {},
+        ttl = keep, at = i }
       return { 1, 1, 0, name, now, now, 1, ci, 1, 0, 0 }
     end
   end
@@ -463,7 +481,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
   storms[name] = st
   storm_changed(st)
   add_affected(st, affected)
-  join_storm(F, name, member_ttl)
+  join_storm(F, name, member_ttl, o)
   return storm_reply(3, 1, st)
 end
 

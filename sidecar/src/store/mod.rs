@@ -52,7 +52,12 @@ impl Default for Settings {
 /// ([`Owner::next`]). A pending claim records its owner; commit and release
 /// act only on a claim their caller owns, and a claim found pending under
 /// the caller's own token (its decide call was resent after a lost reply)
-/// is the caller's to create, not another request's to wait for.
+/// is the caller's to create, not another request's to wait for. A record
+/// also remembers the request that counted its last signal, so a request
+/// counts each record once and can take its count back
+/// ([`Store::uncount`]). Token 0 (the default) is no request's: it holds no
+/// claim as its own and always counts (stores used without requests, as in
+/// tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Owner(pub u64);
 
@@ -71,6 +76,20 @@ impl Owner {
             .build_hasher();
         h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
         Owner(h.finish().max(1))
+    }
+
+    /// Whether this request is the one holding a claim whose owner is
+    /// `holder` (token 0, no request's, holds nothing).
+    pub fn holds(self, holder: Owner) -> bool {
+        self.0 != 0 && self == holder
+    }
+
+    /// Whether a signal of this request counts in a record whose last
+    /// counted signal was `counted_by`'s: not if it is this request's own
+    /// (its decide ran again after a lost reply, or it repeats a signal).
+    /// Token 0 is no request's (callers that do not say): it always counts.
+    pub fn counts_again(self, counted_by: Owner) -> bool {
+        self.0 == 0 || self != counted_by
     }
 }
 
@@ -353,6 +372,15 @@ pub trait Store: Send + Sync {
     /// resource instead of counting into nothing. Does nothing if the claim
     /// is pending or names another resource. Returns whether it forgot.
     async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError>;
+    /// `owner`'s request failed after its decide: the signals it counted
+    /// (in their own resource or their storm) are counted no more, so that
+    /// the sender's retry of the delivery counts them once. Only where the
+    /// last signal counted on the fingerprint's record was `owner`'s.
+    async fn uncount(
+        &self,
+        owner: Owner,
+        signals: &[(String, String)],
+    ) -> Result<(), StoreError>;
     /// For `Write::Await`: the claim's state now (may hand the claim to
     /// `owner`, whose token it then records).
     async fn poll(&self, owner: Owner, key: &ClaimKey) -> Result<ClaimState, StoreError>;

@@ -173,6 +173,35 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn uncount(
+        &self,
+        owner: Owner,
+        signals: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let now = now_ms();
+        for key in signals {
+            let Some(entry) = state.fingerprint(key, now) else {
+                continue;
+            };
+            if owner.counts_again(entry.counted_by) {
+                continue; // not its count to take back
+            }
+            entry.counted_by = Owner::default();
+            let storm = match &mut entry.kind {
+                FpKind::Own(own) => {
+                    own.count = own.count.saturating_sub(1);
+                    continue;
+                }
+                FpKind::Member { storm, .. } => storm.clone(),
+            };
+            if let Some(storm) = state.storm(&key.0, &storm, now) {
+                storm.count = storm.count.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
     async fn adopt(
         &self,
         claim: &Claim,

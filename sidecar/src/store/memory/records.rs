@@ -54,6 +54,8 @@ pub(super) struct FpEntry {
     pub kind: FpKind,
     /// Gone at and after this store-clock millisecond.
     pub expires_ms: i64,
+    /// The request whose signal was counted last (see [`Owner::counts_again`]).
+    pub counted_by: Owner,
 }
 
 pub(super) enum FpKind {
@@ -130,7 +132,7 @@ impl Own {
 
     /// What `owner` must do with the claim (see [`claim_write`]).
     pub fn settle(&mut self, p: &Params, now: i64, owner: Owner) -> Write {
-        let held = self.owner == owner;
+        let held = owner.holds(self.owner);
         let (write, lease_until) =
             claim_write(self.pending, self.lease_until_ms, held, now, p.lease);
         self.lease_until_ms = lease_until;
@@ -256,7 +258,7 @@ impl Storm {
 
     /// What `owner` must do with the storm's claim (see [`claim_write`]).
     pub fn settle(&mut self, p: &Params, now: i64, owner: Owner) -> Write {
-        let held = self.owner == owner;
+        let held = owner.holds(self.owner);
         let (write, lease_until) =
             claim_write(self.pending, self.lease_until_ms, held, now, p.lease);
         self.lease_until_ms = lease_until;

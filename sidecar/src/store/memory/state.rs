@@ -96,10 +96,19 @@ impl State {
     fn repeat(&mut self, claim: &Claim, p: &Params, now: i64) -> Option<Decision> {
         let key = entry_key(claim);
         let entry = self.fingerprint(&key, now)?;
+        let counts = claim.owner.counts_again(entry.counted_by);
         let (name, reopened) = match &mut entry.kind {
-            FpKind::Member { storm, resolved } => (storm.clone(), std::mem::take(resolved)),
+            FpKind::Member { storm, resolved } => {
+                entry.counted_by = claim.owner;
+                (storm.clone(), std::mem::take(resolved))
+            }
             FpKind::Own(own) if own.same_incident(claim.instance_ms) => {
-                let write = own.count_signal(p, now, claim.owner);
+                entry.counted_by = claim.owner;
+                let write = if counts {
+                    own.count_signal(p, now, claim.owner)
+                } else {
+                    own.settle(p, now, claim.owner)
+                };
                 entry.expires_ms = own.expiry(p, now);
                 return Some(Decision {
                     outcome: Outcome::Duplicate,
@@ -129,7 +138,11 @@ impl State {
             storm.resolved = storm.resolved.saturating_sub(1);
             storm.resolution = None;
         }
-        let write = storm.count_signal(p, now, claim.owner);
+        let write = if counts {
+            storm.count_signal(p, now, claim.owner)
+        } else {
+            storm.settle(p, now, claim.owner)
+        };
         storm.keep(now, p);
         let snapshot = storm.snapshot(&name, false);
         if let Some(entry) = self.fingerprints.get_mut(&key) {
@@ -213,6 +226,7 @@ impl State {
             FpEntry {
                 kind: FpKind::Own(own),
                 expires_ms,
+                counted_by: claim.owner,
             },
         );
         Some(Decision {
@@ -324,6 +338,7 @@ impl State {
                     resolved: false,
                 },
                 expires_ms,
+                counted_by: claim.owner,
             },
         );
     }
@@ -349,7 +364,13 @@ impl State {
             if own.same_incident(claim.instance_ms) {
                 // Known by now: count the signal in what the store holds, and
                 // settle another request's claim as decide would.
-                let write = own.count_signal(p, now, claim.owner);
+                let counts = claim.owner.counts_again(entry.counted_by);
+                entry.counted_by = claim.owner;
+                let write = if counts {
+                    own.count_signal(p, now, claim.owner)
+                } else {
+                    own.settle(p, now, claim.owner)
+                };
                 entry.expires_ms = entry.expires_ms.max(own.expiry(p, now));
                 return Some(Adopted {
                     snapshot: own.snapshot(),
@@ -401,6 +422,7 @@ impl State {
             FpEntry {
                 kind: FpKind::Own(own),
                 expires_ms,
+                counted_by: claim.owner,
             },
         );
         Some(Adopted {

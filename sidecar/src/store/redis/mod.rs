@@ -343,6 +343,18 @@ impl Store for RedisStore {
         self.core.forget(key, resource).await
     }
 
+    async fn uncount(
+        &self,
+        owner: Owner,
+        signals: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let calls = signals
+            .iter()
+            .map(|(ns, fp)| Call::uncount(&self.core.settings, owner, ns, fp))
+            .collect();
+        self.core.claim_all(calls).await
+    }
+
     async fn poll(&self, owner: Owner, key: &ClaimKey) -> Result<ClaimState, StoreError> {
         self.core.poll(owner, key).await
     }

@@ -148,6 +148,19 @@ impl Call {
         Some(call)
     }
 
+    /// Takes back the count `owner`'s request made on the record of
+    /// `fingerprint` (its own resource, or its storm's: the storm hash is
+    /// the second key).
+    pub fn uncount(settings: &Settings, owner: Owner, namespace: &str, fingerprint: &str) -> Call {
+        let key = ClaimKey::Fingerprint {
+            namespace: namespace.to_string(),
+            fingerprint: fingerprint.to_string(),
+        };
+        let mut call = Call::claim(settings, "uncount", &key, owner);
+        call.keys.push(Keys(namespace).storms());
+        call
+    }
+
     /// Forgets `key` if its committed resource is `resource`.
     pub fn forget(settings: &Settings, key: &ClaimKey, resource: &str) -> Call {
         let mut call = Call::claim(settings, "forget", key, Owner::default());
