@@ -170,6 +170,60 @@ impl Progress {
         }
         spec.resolution = self.resolution.clone();
     }
+
+    /// The counters a spec holds (what the last [`Progress::apply`] wrote).
+    pub fn of(spec: &RemediationRequestSpec) -> Progress {
+        Progress {
+            deduplication: spec.deduplication.clone(),
+            storm: spec.storm.clone(),
+            resolution: spec.resolution.clone(),
+        }
+    }
+
+    /// Whether these counters are an earlier state of the incident than
+    /// `held`, what its resource holds now: written, they would put it back
+    /// (a count, `lastSeen` or a storm's `endsAt` going backwards, a
+    /// resolution undone or an old one brought back). The sinks skip such a
+    /// write: it is a flush that read the store before another replica's
+    /// write landed (a stopping replica's last flush, above all).
+    ///
+    /// The order is the store's: every change it makes to a resource's
+    /// counters moves the position `(occurrenceCount, storm resolvedCount,
+    /// resolved)` forward. A sighting counts one more occurrence, and only a
+    /// sighting moves `lastSeen`, `endsAt`, the firings and the storm's
+    /// members; reopening an incident or a storm is a sighting (a new firing,
+    /// a new member, a resolved member firing again, which takes one off
+    /// `resolvedCount`); a resolution counts no occurrence but resolves one
+    /// more storm member or, at the same count, the incident (so at equal
+    /// counters, resolved is the later state). Neither the fields one by one
+    /// (`resolvedCount` may go down) nor the times (the clocks of whoever
+    /// counted) would give that order. Equal positions are the same state of
+    /// the store: not behind.
+    pub fn is_behind(&self, held: &Progress) -> bool {
+        let position = |p: &Progress, resolved_members: u64| {
+            (
+                p.deduplication.occurrence_count,
+                resolved_members,
+                p.resolution.is_some(),
+            )
+        };
+        let (ours, theirs) = match (&self.storm, &held.storm) {
+            (Some(ours), Some(theirs)) => (ours.resolved_count, theirs.resolved_count),
+            // Without a storm, a write leaves the resource's as it is.
+            _ => (0, 0),
+        };
+        position(self, ours) < position(held, theirs)
+    }
+
+    /// Whether applying these counters would change a resource holding `held`.
+    pub fn changes(&self, held: &Progress) -> bool {
+        self.deduplication != held.deduplication
+            || self.resolution != held.resolution
+            || self
+                .storm
+                .as_ref()
+                .is_some_and(|s| held.storm.as_ref() != Some(s))
+    }
 }
 
 /// The CRD manifest (what `deploy/crds/` holds), as YAML.
@@ -260,6 +314,89 @@ mod tests {
         progress.resolution = None;
         progress.apply(&mut rr.spec);
         assert_eq!(rr.spec.resolution, None);
+    }
+
+    fn counted(count: u64, firings: u64, resolved: bool, storm: Option<u64>) -> Progress {
+        let at = |minute: u64| format!("2026-11-27T10:{minute:02}:00Z");
+        Progress {
+            deduplication: Deduplication {
+                first_seen: at(0),
+                // A later count, an earlier clock: times never decide.
+                last_seen: at(59 - count),
+                occurrence_count: count,
+                firing_count: firings,
+                last_firing_time: None,
+            },
+            storm: storm.map(|resolved_count| Storm {
+                alert_count: 3,
+                affected_resources: vec![],
+                affected_resources_overflow: 0,
+                started_at: at(0),
+                ends_at: Some(at(count)),
+                resolved_count,
+                previous: None,
+            }),
+            resolution: resolved.then(|| Resolution {
+                resolved_at: at(30),
+                received_at: at(30),
+            }),
+        }
+    }
+
+    #[test]
+    fn progress_is_ordered_as_the_store_counts() {
+        let behind = |ours: Progress, held: Progress| ours.is_behind(&held);
+        // Fewer sightings: behind, whatever the clocks say.
+        assert!(behind(
+            counted(10, 1, false, None),
+            counted(11, 1, false, None)
+        ));
+        assert!(!behind(
+            counted(11, 1, false, None),
+            counted(10, 1, false, None)
+        ));
+        // The same state: not behind, and nothing to change.
+        let same = counted(10, 1, false, None);
+        assert!(!behind(same.clone(), same.clone()));
+        assert!(!same.changes(&same));
+        // Resolved at the same count: a flush read before the resolution
+        // is behind it; a reopening is a sighting (and a firing) more.
+        assert!(behind(
+            counted(7, 2, false, None),
+            counted(7, 2, true, None)
+        ));
+        assert!(!behind(
+            counted(7, 2, true, None),
+            counted(7, 2, false, None)
+        ));
+        assert!(!behind(
+            counted(8, 3, false, None),
+            counted(7, 2, true, None)
+        ));
+        assert!(behind(
+            counted(7, 2, true, None),
+            counted(8, 3, false, None)
+        ));
+        // A storm: a member resolving counts no sighting; one firing again
+        // counts one and takes one off the resolved members.
+        assert!(behind(
+            counted(9, 1, false, Some(1)),
+            counted(9, 1, false, Some(2))
+        ));
+        assert!(!behind(
+            counted(10, 1, false, Some(1)),
+            counted(9, 1, false, Some(2))
+        ));
+        // Without a storm, a progress leaves the resource's storm alone.
+        assert!(!behind(
+            counted(9, 1, false, None),
+            counted(9, 1, false, Some(2))
+        ));
+        let storm = counted(9, 1, false, Some(2));
+        let mut without = storm.clone();
+        without.storm = None;
+        assert!(!without.changes(&storm));
+        assert!(storm.changes(&without));
     }
 
     #[test]

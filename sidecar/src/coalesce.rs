@@ -4,12 +4,23 @@
 //! counters from the store (one round trip for all dirty resources) and
 //! writes each resource once. Pending updates are flushed on shutdown.
 //!
-//! Several sidecars may flush the same resource. One of them can read the
-//! counters just before another and write just after it, leaving an older
-//! count in place. So each written resource is checked once more on the next
-//! flush: if the store's counters differ from what this sidecar wrote, it
-//! writes again; if not, it forgets the resource. The last check of every
-//! sidecar therefore sees the final counters.
+//! Several sidecars may flush the same resource, and one of them can read
+//! the counters just before another and write just after it (a stopping
+//! replica's final flush, above all). The sinks never write a resource
+//! backwards: an update whose counters are older than what the resource
+//! holds ([`Progress::is_behind`]) is not written, and counts as done; the
+//! kube sink decides that on the resource's current state and makes the
+//! write conditional on it (its resourceVersion), so a concurrent write
+//! cannot slip in between. Every sighting marks its resource dirty on the
+//! sidecar that counted it, whose next flush reads counters at least that
+//! recent: the resource thus ends up holding the final counters, whichever
+//! write lands last.
+//!
+//! Each written resource is still checked once more on the next flush: if
+//! the store's counters differ from what this sidecar wrote, it writes
+//! again; if not, it forgets the resource. That covers what the sinks
+//! cannot order: a kube sink whose RBAC may not read its resources, and the
+//! instant between the directory sink's check of a file and its rename.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

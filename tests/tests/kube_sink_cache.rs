@@ -237,7 +237,9 @@ fn an_update_writes_the_resolution_and_firings_and_a_later_one_clears_them() {
     );
 
     // Open again: the resolution is removed (as the lastFiringTime a
-    // progress without one leaves).
+    // progress without one leaves). Reopening counts a sighting: counters
+    // that did not move would be older than the resolution, not written.
+    progress.deduplication.occurrence_count += 1;
     progress.resolution = None;
     progress.deduplication.last_firing_time = None;
     block(rt, sink.update("cache-c", "rr-c-1", &progress)).unwrap();

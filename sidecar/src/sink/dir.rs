@@ -145,9 +145,12 @@ impl DirSink {
     }
 
     /// Writes `progress` into the file, leaving the rest (the controller's
-    /// `status` above all) as it is. The controller may rewrite the file at
-    /// any time, so the new version is only renamed over a file that still
-    /// holds what it was made from; else it is made again from the new one.
+    /// `status` above all) as it is; not if the file holds a later state of
+    /// the incident ([`Progress::is_behind`]: another sidecar sharing the
+    /// directory wrote newer counters) or these very counters. The
+    /// controller, or another sidecar, may rewrite the file at any time, so
+    /// the new version is only renamed over a file that still holds what it
+    /// was made from; else it is decided and made again from the new one.
     /// (What remains is the instant between that check and the rename.)
     fn update_blocking(
         &self,
@@ -173,6 +176,13 @@ impl DirSink {
                     path.display()
                 ))
             })?;
+            let held = Progress::of(&rr.spec);
+            let behind = progress.is_behind(&held);
+            if behind || !progress.changes(&held) {
+                tracing::debug!(file = %path.display(), behind,
+                    "the resource holds these counters or later ones; not written");
+                return Ok(());
+            }
             progress.apply(&mut rr.spec);
             let tmp = Self::write_temp(&dir, &rr)?;
             let now = read().inspect_err(|_| {

@@ -4,23 +4,30 @@
 //! - A namespace that does not exist sends the resource to the fallback
 //!   namespace, labelled with the original one. A create that retakes a
 //!   claim looks there first: the earlier holder may have put it there.
+//!   The sink remembers the namespaces its calls found missing (briefly:
+//!   their next creates go straight to the fallback namespace) or existing
+//!   ([`namespaces`]; [`Sink::knows_namespace`]).
 //! - Counters are written with a JSON merge patch of `spec.deduplication`,
 //!   `spec.resolution` (null clears it) and `spec.storm`: the status is
-//!   never touched.
+//!   never touched. Never backwards: the patch is conditional on the
+//!   resourceVersion of the state it was decided on, and is not sent when
+//!   that state is later than the counters (see `update.rs`).
 //! - 429, 5xx and transport errors are retried with capped, jittered
 //!   exponential backoff; the caller bounds the total time.
 //! - Cached lookups read the sink's own view of its resources ([`cache`]),
 //!   kept by a LIST and a WATCH of them: no API call per signal.
 
 pub mod cache;
+mod call;
 mod jitter;
+mod namespaces;
+mod update;
 
-use std::time::Duration;
+use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::version::Info;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::Client;
-use serde_json::json;
 
 use super::{
     latest, most_recent_storm, Created, Found, FoundStorm, Location, Read, Sink, SinkError,
@@ -28,20 +35,13 @@ use super::{
 use crate::config::knobs::KUBE_LOOKUP_READS;
 use crate::config::LookupReads;
 use cache::WatchCache;
-use jitter::jitter;
+use call::{classify, with_retries, Attempt, FIELD_MANAGER, LIST_AND_UPDATE_RETRY_FOR};
+use namespaces::Namespaces;
 use signalgate_resource::{
     Progress, RemediationRequest, LABEL_FINGERPRINT, LABEL_ORIGINAL_NAMESPACE, LABEL_STORM,
 };
+use update::Updates;
 
-/// The field manager signalgate writes as.
-pub const FIELD_MANAGER: &str = "signalgate";
-
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(2);
-/// Lookup LISTs and updates are retried this long: then a lookup fails its
-/// request (503) and an update is left for the next flush. Creates are
-/// bounded by their request's deadline instead.
-const LIST_AND_UPDATE_RETRY_FOR: Duration = Duration::from_secs(5);
 /// Fingerprints looked up by one label-selector LIST (`in (…)`): about 3 KB
 /// of selector in the URL at most.
 const FINGERPRINTS_PER_LIST: usize = 50;
@@ -54,6 +54,10 @@ pub struct KubeSink {
     reads: tokio::sync::Mutex<Reads>,
     /// The sink's own view of its resources, for [`Read::Cached`].
     cache: WatchCache,
+    /// Which namespaces its calls found to exist, or to be missing.
+    namespaces: Namespaces,
+    /// Counter updates, never backwards ([`update`]).
+    updates: Updates,
 }
 
 /// How lookups read, as far as known.
@@ -64,12 +68,6 @@ enum Reads {
     Unasked,
     /// `Auto`, and asking failed (later transient failures log at debug).
     ProbeFailed,
-}
-
-enum Attempt<T> {
-    Done(T),
-    Retry(String),
-    Fail(SinkError),
 }
 
 impl KubeSink {
@@ -119,6 +117,10 @@ impl KubeSink {
                 }
             })
             .await?;
+            if ns != self.fallback_namespace && !list.is_empty() {
+                // Resources in it: it exists.
+                self.namespaces.learn(&ns, true, Instant::now());
+            }
             found.extend(list);
         }
         Ok(found)
@@ -210,6 +212,8 @@ impl KubeSink {
             cache: WatchCache::start(Api::all(client.clone()), fallback_namespace),
             client,
             fallback_namespace: fallback_namespace.to_string(),
+            namespaces: Namespaces::default(),
+            updates: Updates::default(),
             reads: tokio::sync::Mutex::new(match lookup_reads {
                 LookupReads::Consistent => Reads::Known(true),
                 LookupReads::Cache => Reads::Known(false),
@@ -286,23 +290,6 @@ impl KubeSink {
     }
 }
 
-/// Sorts an error into retry (transient) or fail (for good).
-fn classify<T>(e: kube::Error, what: &str) -> Attempt<T> {
-    match e {
-        kube::Error::Api(s) if s.code == 404 => {
-            Attempt::Fail(SinkError::NotFound(format!("{what}: {}", s.message)))
-        }
-        kube::Error::Api(s) if s.code == 429 || s.code >= 500 => {
-            Attempt::Retry(format!("{what}: {} {}", s.code, s.message))
-        }
-        kube::Error::Api(s) => Attempt::Fail(SinkError::Rejected(format!(
-            "{what}: {} {} {}",
-            s.code, s.reason, s.message
-        ))),
-        other => Attempt::Retry(format!("{what}: {other}")),
-    }
-}
-
 /// The API server's (major, minor): the version it emulates where it says
 /// (1.33 and later can emulate an older one), else its own; from
 /// `gitVersion` (`v1.20.2`) when the numbers are empty. Managed clusters
@@ -339,31 +326,6 @@ fn namespace_unusable(e: &SinkError) -> bool {
         SinkError::NotFound(msg) => msg.contains("namespaces \""),
         SinkError::Rejected(msg) => msg.contains("because it is being terminated"),
         SinkError::Unavailable(_) => false,
-    }
-}
-
-/// Retries `attempt` with capped, jittered exponential backoff while it says
-/// `Retry`, for at most `limit` (if given; else until the caller's timeout).
-async fn with_retries<T, F, Fut>(limit: Option<Duration>, mut attempt: F) -> Result<T, SinkError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Attempt<T>>,
-{
-    let started = tokio::time::Instant::now();
-    let mut delay = BACKOFF_BASE;
-    loop {
-        match attempt().await {
-            Attempt::Done(v) => return Ok(v),
-            Attempt::Fail(e) => return Err(e),
-            Attempt::Retry(why) => {
-                if limit.is_some_and(|l| started.elapsed() + delay > l) {
-                    return Err(SinkError::Unavailable(why));
-                }
-                tracing::debug!(%why, ?delay, "Kubernetes API write failed; retrying");
-                tokio::time::sleep(jitter(delay)).await;
-                delay = (delay * 2).min(BACKOFF_CAP);
-            }
-        }
     }
 }
 
@@ -406,34 +368,46 @@ impl Sink for KubeSink {
 
     async fn create(&self, rr: &RemediationRequest, retake: bool) -> Result<Created, SinkError> {
         let namespace = rr.metadata.namespace.clone().unwrap_or_default();
-        if retake && namespace != self.fallback_namespace {
+        let own = namespace != self.fallback_namespace;
+        if retake && own {
             if let Some(moved) = with_retries(None, || self.moved_earlier(rr)).await? {
                 return Ok(moved);
             }
         }
-        let first = with_retries(None, || self.create_in(rr)).await;
-        match first {
-            Err(e) if namespace_unusable(&e) && namespace != self.fallback_namespace => {
-                tracing::warn!(
-                    %namespace,
-                    fallback = %self.fallback_namespace,
-                    error = %e,
-                    "namespace missing or being deleted; writing the resource to the fallback namespace"
-                );
-                let mut moved = rr.clone();
-                moved.metadata.namespace = Some(self.fallback_namespace.clone());
-                moved
-                    .metadata
-                    .labels
-                    .get_or_insert_with(Default::default)
-                    .insert(LABEL_ORIGINAL_NAMESPACE.to_string(), namespace);
-                with_retries(None, || self.create_in(&moved)).await
+        // A namespace found missing a moment ago is not asked again.
+        if !own || self.namespaces.state(&namespace, Instant::now()) != Some(false) {
+            match with_retries(None, || self.create_in(rr)).await {
+                Err(e) if own && namespace_unusable(&e) => {
+                    self.namespaces.learn(&namespace, false, Instant::now());
+                    tracing::warn!(
+                        %namespace,
+                        fallback = %self.fallback_namespace,
+                        error = %e,
+                        "namespace missing or being deleted; writing the resource to the fallback namespace"
+                    );
+                }
+                Err(SinkError::NotFound(msg)) => {
+                    return Err(SinkError::Rejected(format!(
+                        "{msg} (is the RemediationRequest CRD installed?)"
+                    )))
+                }
+                Ok(created) if own => {
+                    self.namespaces.learn(&namespace, true, Instant::now());
+                    return Ok(created);
+                }
+                other => return other,
             }
-            Err(SinkError::NotFound(msg)) => Err(SinkError::Rejected(format!(
-                "{msg} (is the RemediationRequest CRD installed?)"
-            ))),
-            other => other,
+        } else {
+            tracing::debug!(%namespace, "namespace missing a moment ago; writing the resource to the fallback namespace");
         }
+        let mut moved = rr.clone();
+        moved.metadata.namespace = Some(self.fallback_namespace.clone());
+        moved
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(LABEL_ORIGINAL_NAMESPACE.to_string(), namespace);
+        with_retries(None, || self.create_in(&moved)).await
     }
 
     async fn update(
@@ -442,49 +416,30 @@ impl Sink for KubeSink {
         name: &str,
         progress: &Progress,
     ) -> Result<(), SinkError> {
-        // As `Progress::apply`: the whole deduplication (a field it does not
-        // hold is removed) and resolution (null removes it).
-        let mut spec = json!({
-            "deduplication": progress.deduplication,
-            "resolution": progress.resolution,
-        });
-        if progress.deduplication.last_firing_time.is_none() {
-            spec["deduplication"]["lastFiringTime"] = serde_json::Value::Null;
-        }
-        if let Some(storm) = &progress.storm {
-            spec["storm"] = json!(storm);
-        }
-        let patch = Patch::Merge(json!({ "spec": spec }));
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..PatchParams::default()
-        };
-        let patch_in = |ns: String| {
-            let patch = &patch;
-            let params = &params;
-            async move {
-                match self.api(&ns).patch(name, params, patch).await {
-                    Ok(_) => Attempt::Done(()),
-                    Err(e) => classify(e, &format!("patch {ns}/{name}")),
-                }
-            }
-        };
-        match with_retries(Some(LIST_AND_UPDATE_RETRY_FOR), || {
-            patch_in(namespace.to_string())
-        })
-        .await
+        match self
+            .updates
+            .write(&self.client, namespace, name, progress)
+            .await
         {
             // Asked for its own namespace, it may be in the fallback one:
             // store records written before the store kept where a resource
             // went do not say.
             Err(SinkError::NotFound(_)) if namespace != self.fallback_namespace => {
-                with_retries(Some(LIST_AND_UPDATE_RETRY_FOR), || {
-                    patch_in(self.fallback_namespace.clone())
-                })
-                .await
+                self.updates
+                    .write(&self.client, &self.fallback_namespace, name, progress)
+                    .await
             }
             other => other,
         }
+    }
+
+    fn reads_locally(&self, read: Read) -> bool {
+        read == Read::Cached && self.cache.synced()
+    }
+
+    fn knows_namespace(&self, namespace: &str) -> bool {
+        namespace == self.fallback_namespace
+            || self.namespaces.state(namespace, Instant::now()) == Some(true)
     }
 
     async fn ready(&self) -> Result<(), SinkError> {

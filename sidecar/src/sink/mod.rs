@@ -225,9 +225,11 @@ pub trait Sink: Send + Sync {
     ) -> Result<Vec<Option<Found>>, SinkError>;
     /// The storm resource of `namespace` (in it, or moved from it to the
     /// fallback namespace) started last, if it takes new signals until at
-    /// or after `running_at_ms` (`spec.storm.endsAt`): asked when lookups in
-    /// a cold namespace found nothing for some new signals, so that they
-    /// join a storm the store lost rather than start another.
+    /// or after `running_at_ms` (`spec.storm.endsAt`; `i64::MIN`: any
+    /// storm with an end): asked when lookups in a cold namespace found
+    /// nothing for some new signals, so that they join a storm the store
+    /// lost rather than start another, or count again in the ended storm
+    /// they were members of.
     async fn find_recent_storm(
         &self,
         namespace: &str,
@@ -239,7 +241,10 @@ pub trait Sink: Send + Sync {
     /// [`crate::store::Decision::retakes_claim`]), also where the sink puts
     /// resources its namespace could not take at the time.
     async fn create(&self, rr: &RemediationRequest, retake: bool) -> Result<Created, SinkError>;
-    /// Writes the latest counters into an existing resource.
+    /// Writes the latest counters into an existing resource, never
+    /// backwards: counters older than the resource holds
+    /// ([`Progress::is_behind`]: a flush that read the store before another
+    /// replica's write landed) are not written, and that is success.
     async fn update(
         &self,
         namespace: &str,
@@ -248,6 +253,22 @@ pub trait Sink: Send + Sync {
     ) -> Result<(), SinkError>;
     /// Readiness: writes can succeed.
     async fn ready(&self) -> Result<(), SinkError>;
+    /// Whether a lookup with `read` is answered from what the sink holds
+    /// itself, without a call to its backend (the kube sink: a cached read
+    /// once its cache has synced). The namespaces of lookups that are not
+    /// count against a request's budget of new namespaces
+    /// ([`crate::recovery`]). Default: every lookup (the directory sink
+    /// reads its files).
+    fn reads_locally(&self, _read: Read) -> bool {
+        true
+    }
+    /// Whether the sink knows that `namespace` exists, so that a create
+    /// there costs one write and lands there. Namespaces of creates it does
+    /// not know count against a request's budget of new namespaces.
+    /// Default: every namespace (the directory sink makes its directory).
+    fn knows_namespace(&self, _namespace: &str) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
