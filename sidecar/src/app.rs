@@ -70,6 +70,7 @@ impl App {
                 request_deadline: config.request_deadline,
                 store_timeout: config.redis_timeout,
                 lifecycle: config.lifecycle.clone(),
+                max_new_namespaces: config.max_new_namespaces,
             },
         };
         App {

@@ -19,6 +19,14 @@ pub enum Failure {
     /// Waiting for a claim (or the sink) took longer than the request deadline.
     #[error("{what} not done within the request deadline")]
     Deadline { what: String, retry_after: Duration },
+    /// The request named more new namespaces than it may cost the sink
+    /// work in: the rest of it is done, these signals are left to the
+    /// sender's retry (see [`crate::recovery`]).
+    #[error(
+        "{signals} signals in {namespaces} namespaces beyond the request's budget of new namespaces \
+         (SIGNALGATE_MAX_NEW_NAMESPACES_PER_REQUEST) were not decided; the others were"
+    )]
+    NewNamespaces { signals: usize, namespaces: usize },
 }
 
 impl Failure {
@@ -29,6 +37,7 @@ impl Failure {
             Failure::Store(_) => "store",
             Failure::Sink(_) => "sink",
             Failure::Deadline { .. } => "deadline",
+            Failure::NewNamespaces { .. } => "new_namespaces",
         }
     }
 }

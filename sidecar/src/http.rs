@@ -289,6 +289,18 @@ fn failure_response(app: &App, failure: &Failure) -> Response<Body> {
                 retry_after.as_secs().max(1),
             )
         }
+        Failure::NewNamespaces { .. } => {
+            tracing::info!(%failure, "answered 503");
+            retry_later(
+                Problem::new(
+                    503,
+                    "too-many-new-namespaces",
+                    "Too many new namespaces",
+                    format!("{failure}; retry"),
+                ),
+                1,
+            )
+        }
     }
 }
 

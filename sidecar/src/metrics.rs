@@ -22,7 +22,7 @@ pub struct Metrics {
     /// `signalgate_request_duration_seconds{status}`.
     pub request_duration: HistogramVec,
     /// `signalgate_errors_total{kind}`: invalid, store, sink, deadline,
-    /// overloaded.
+    /// overloaded, new_namespaces.
     pub errors: IntCounterVec,
     /// `signalgate_requests_in_flight`: signal requests being served (set
     /// from the in-flight semaphore when `/metrics` is read).

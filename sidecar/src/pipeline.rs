@@ -38,6 +38,9 @@ pub struct Limits {
     /// What the fingerprint's latest resource makes of a firing the store
     /// does not know.
     pub lifecycle: Policy,
+    /// Namespaces one request may cost the sink's backend work in
+    /// ([`crate::recovery`]).
+    pub max_new_namespaces: usize,
 }
 
 pub struct Pipeline {
@@ -172,7 +175,7 @@ impl Pipeline {
             tracing::field::display(Joined(&fingerprints)),
         );
 
-        let mut results: Vec<SignalResult> = fingerprints
+        let results: Vec<SignalResult> = fingerprints
             .iter()
             .map(|fp| SignalResult {
                 fingerprint: fp.clone(),
@@ -195,26 +198,60 @@ impl Pipeline {
             })
             .collect();
 
+        let answer = self
+            .decide_and_write(owner, &claims, &parsed, results, received_ms, deadline)
+            .await;
+        match &answer {
+            Ok(accepted) => {
+                for r in &accepted.signals {
+                    self.metrics
+                        .signals
+                        .with_label_values(&[signal_type.as_str(), r.outcome.as_str()])
+                        .inc();
+                }
+            }
+            // Not acknowledged: the sender retries this delivery, so what
+            // it counted is taken back (see `Store::uncount`).
+            Err(_) => self.uncount(owner, &claims).await,
+        }
+        answer
+    }
+
+    /// The store's decisions for `claims`, the lookups, creates and waits
+    /// they ask for, and the answer.
+    async fn decide_and_write(
+        &self,
+        owner: Owner,
+        claims: &[Claim],
+        parsed: &Parsed<'_>,
+        mut results: Vec<SignalResult>,
+        received_ms: i64,
+        deadline: Instant,
+    ) -> Result<Accepted, Failure> {
         let mut decisions = if claims.is_empty() {
             Vec::new()
         } else {
-            self.timed("decide", self.store.decide(&claims)).await?
+            self.timed("decide", self.store.decide(claims)).await?
         };
-        if let Err(e) = self
+        let lookups = self
             .recovery()
-            .resolve_lookups(&claims, &mut decisions, received_ms, deadline)
-            .await
-        {
-            // Claims this request took for its other signals: give them
-            // back, so the sender's retry takes them at once.
-            let taken: Vec<ClaimKey> = decisions
-                .iter()
-                .filter(|d| d.write == Write::Create)
-                .map(|d| d.key.clone())
-                .collect();
-            self.release(owner, &taken).await;
-            return Err(e);
-        }
+            .resolve_lookups(claims, &mut decisions, received_ms, deadline)
+            .await;
+        // Signals beyond the request's budget of new namespaces: left Skip.
+        let put_off = match lookups {
+            Ok(put_off) => put_off,
+            Err(e) => {
+                // Claims this request took for its other signals: give them
+                // back, so the sender's retry takes them at once.
+                let taken: Vec<ClaimKey> = decisions
+                    .iter()
+                    .filter(|d| d.write == Write::Create)
+                    .map(|d| d.key.clone())
+                    .collect();
+                self.release(owner, &taken).await;
+                return Err(e);
+            }
+        };
 
         let mut counted_any = false;
         let mut creates = Vec::new();
@@ -271,13 +308,10 @@ impl Pipeline {
                 Awaited::Created(at) => record(&mut results[plan.index], &at, &mut created_any),
             }
         }
-
-        for r in &results {
-            self.metrics
-                .signals
-                .with_label_values(&[signal_type.as_str(), r.outcome.as_str()])
-                .inc();
+        if let Some(failure) = put_off.failure() {
+            return Err(failure);
         }
+
         let status = if created_any {
             201
         } else if counted_any {
@@ -289,6 +323,24 @@ impl Pipeline {
             status,
             signals: results,
         })
+    }
+
+    /// Takes back what a failed request counted (best effort: if the store
+    /// cannot be reached, the retry counts those signals a second time).
+    async fn uncount(&self, owner: Owner, claims: &[Claim]) {
+        let signals: Vec<(String, String)> = claims
+            .iter()
+            .map(|c| (c.namespace.clone(), c.fingerprint.clone()))
+            .collect();
+        if signals.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .timed("uncount", self.store.uncount(owner, &signals))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot take back the counts of a failed request; its retry counts them again");
+        }
     }
 
     fn parse<'b>(
@@ -504,6 +556,7 @@ impl Pipeline {
             metrics: &self.metrics,
             store_timeout: self.limits.store_timeout,
             lifecycle: &self.limits.lifecycle,
+            new_namespaces: self.limits.max_new_namespaces,
         }
     }
 

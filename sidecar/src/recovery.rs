@@ -16,8 +16,9 @@ use crate::failure::Failure;
 use crate::lifecycle::{Policy, Verdict};
 use crate::metrics::Metrics;
 use crate::sink::{Found, Read, Sink, SinkError};
-use crate::store::{Claim, Decision, Outcome, Snapshot, Store, StoreError, Write};
+use crate::store::{Claim, ClaimKey, Decision, Outcome, Snapshot, Store, StoreError, Write};
 use crate::store_call;
+use std::collections::HashSet;
 
 /// Namespaces a request looks up in the sink at once.
 const LOOKUPS_AT_ONCE: usize = 8;
@@ -39,6 +40,78 @@ fn adopted_snapshot(found: &Found, namespace: &str) -> Snapshot {
         resource: found.location.name.clone(),
         first_seen_ms: found.first_seen_ms,
         last_seen_ms: found.last_seen_ms,
+    /// Namespaces one request may cost the sink's backend work in
+    /// (`SIGNALGATE_MAX_NEW_NAMESPACES_PER_REQUEST`).
+    pub new_namespaces: usize,
+}
+
+/// Signals a request left undecided: their namespaces were beyond its
+/// budget of new namespaces.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PutOff {
+    pub signals: usize,
+    pub namespaces: usize,
+}
+
+impl PutOff {
+    /// How the request is answered once the rest of it is done, if it put
+    /// signals off: 503, so that the sender retries them.
+    pub fn failure(&self) -> Option<Failure> {
+        (self.signals > 0).then_some(Failure::NewNamespaces {
+            signals: self.signals,
+            namespaces: self.namespaces,
+        })
+    }
+}
+
+/// The namespaces one request may cost the sink's backend work in: a
+/// lookup the sink cannot answer from its own view (in a cold namespace: a
+/// consistent read; the kube sink: two LISTs per 50 fingerprints, and two
+/// for a storm), or a create in a namespace the sink does not know to
+/// exist (the kube sink: maybe a refused POST, then a resource in the
+/// fallback namespace). Each namespace counts once, in the order the
+/// request first needs it; past the budget, its signals are put off.
+/// What costs no more than it did before (duplicates, counting in running
+/// storms, creates in namespaces the sink knows) is never put off, so a
+/// retry goes on where the last attempt stopped: what that one created is
+/// known to the store by then.
+struct Budget<'c> {
+    left: usize,
+    charged: Vec<&'c str>,
+    put_off: HashSet<&'c str>,
+    signals: usize,
+}
+
+impl<'c> Budget<'c> {
+    fn new(namespaces: usize) -> Budget<'c> {
+        Budget {
+            left: namespaces,
+            charged: Vec::new(),
+            put_off: HashSet::new(),
+            signals: 0,
+        }
+    }
+
+    /// Whether this request may spend sink work on `namespace`.
+    fn charge(&mut self, namespace: &'c str) -> bool {
+        if self.charged.contains(&namespace) {
+            return true;
+        }
+        if self.left == 0 {
+            self.put_off.insert(namespace);
+            return false;
+        }
+        self.left -= 1;
+        self.charged.push(namespace);
+        true
+    }
+
+    fn put_off(&self) -> PutOff {
+        PutOff {
+            signals: self.signals,
+            namespaces: self.put_off.len(),
+        }
+    }
         occurrence_count: found.occurrence_count,
         storm: None,
         moved_to: found.location.moved_to(namespace),
@@ -52,7 +125,10 @@ impl Recovery<'_> {
     /// The firings the store asked to look up ([`Write::Lookup`],
     /// [`Write::Review`]): each is adopted, absorbed or decided again as
     /// new (`absent`). One more store round trip, only for firings the store
-    /// does not know.
+    /// does not know. Then the creates the decisions ask for, within the
+    /// request's budget of new namespaces ([`Budget`]). A signal put off is
+    /// left [`Write::Skip`] (a claim it took given back), and counted in
+    /// the [`PutOff`] returned.
     pub async fn resolve_lookups(
         &self,
         claims: &[Claim],
@@ -67,6 +143,21 @@ impl Recovery<'_> {
             return Ok(());
         }
         let past_deadline = || Failure::Deadline {
+    ) -> Result<PutOff, Failure> {
+        let mut budget = Budget::new(self.new_namespaces);
+        self.look_up(claims, decisions, received_ms, deadline, &mut budget)
+            .await?;
+        self.limit_creates(claims, decisions, &mut budget).await;
+        Ok(budget.put_off())
+    }
+
+    async fn look_up<'c>(
+        &self,
+        claims: &'c [Claim],
+        decisions: &mut [Decision],
+        received_ms: i64,
+        deadline: Instant,
+        budget: &mut Budget<'c>,
             what: "looking in the sink for live resources".into(),
             retry_after: Duration::from_secs(1),
         };
@@ -93,6 +184,16 @@ impl Recovery<'_> {
                 async move { self.sink.find_latest(ns, &fingerprints, *read).await }
             })
             .collect();
+        groups.retain(|(ns, read, js)| {
+            if self.sink.reads_locally(*read) || budget.charge(ns) {
+                return true;
+            }
+            for &j in js {
+                decisions[j].write = Write::Skip;
+            }
+            budget.signals += js.len();
+            false
+        });
         let found = a_few_at_a_time(finds, deadline)
             .await
             .ok_or_else(past_deadline)?;
@@ -206,8 +307,45 @@ impl Recovery<'_> {
         claims: &[Claim],
         again: &[usize],
         received_ms: i64,
+    /// The creates `decisions` ask for in namespaces the sink does not know
+    /// to exist, beyond the budget: their claims are given back (so that
+    /// the sender's retry takes them at once) and their signals put off.
+    async fn limit_creates<'c>(
+        &self,
+        claims: &'c [Claim],
+        decisions: &mut [Decision],
+        budget: &mut Budget<'c>,
+    ) {
+        let mut given_back: HashSet<ClaimKey> = HashSet::new();
+        for (claim, decision) in claims.iter().zip(decisions.iter_mut()) {
+            if decision.write != Write::Create {
+                continue;
+            }
+            let ns = claim.namespace.as_str();
+            if self.sink.knows_namespace(ns) || budget.charge(ns) {
+                continue;
+            }
+            given_back.insert(decision.key.clone());
+            decision.write = Write::Skip;
+            budget.signals += 1;
+        }
+        let Some(owner) = claims.first().map(|c| c.owner) else {
+            return;
+        };
+        if given_back.is_empty() {
+            return;
+        }
+        let given_back: Vec<ClaimKey> = given_back.into_iter().collect();
+        if let Err(e) = self
+            .timed("release", self.store.release(owner, &given_back))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot give back the claims of signals put off; they expire with their lease");
+        }
+    }
+
         deadline: Instant,
-    ) -> Result<(), Failure> {
+    ) -> Result<Vec<usize>, Failure> {
         let mut namespaces: Vec<&str> = again
             .iter()
             .map(|&j| claims[j].namespace.as_str())
@@ -219,6 +357,7 @@ impl Recovery<'_> {
             .map(|ns| async move { self.sink.find_recent_storm(ns, received_ms).await })
             .collect();
         let found = a_few_at_a_time(finds, deadline)
+        decisions: &mut [Decision],
             .await
             .ok_or_else(|| Failure::Deadline {
                 what: "looking in the sink for a running storm".into(),
@@ -260,4 +399,212 @@ async fn a_few_at_a_time<F: std::future::Future>(
         .collect::<Vec<_>>();
     let remaining = deadline.saturating_duration_since(Instant::now());
     tokio::time::timeout(remaining, all).await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::sink::{Created, FoundStorm};
+    use crate::store::memory::MemoryStore;
+    use crate::store::{Owner, Settings};
+    use signalgate_resource::{Progress, RemediationRequest};
+
+    /// A sink that finds nothing, whose consistent reads reach its backend,
+    /// and that knows the namespaces `known` exist.
+    struct Probe {
+        known: Vec<&'static str>,
+        looked_up: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Probe {
+        async fn find_latest(
+            &self,
+            namespace: &str,
+            fingerprints: &[String],
+            _read: Read,
+        ) -> Result<Vec<Option<Found>>, SinkError> {
+            let mut looked_up = self.looked_up.lock().unwrap_or_else(|e| e.into_inner());
+            looked_up.push(namespace.to_string());
+            Ok(vec![None; fingerprints.len()])
+        }
+        async fn find_recent_storm(
+            &self,
+            _namespace: &str,
+            _running_at_ms: i64,
+        ) -> Result<Option<FoundStorm>, SinkError> {
+            Ok(None)
+        }
+        async fn create(&self, _: &RemediationRequest, _: bool) -> Result<Created, SinkError> {
+            Err(SinkError::Rejected("not here".into()))
+        }
+        async fn update(&self, _: &str, _: &str, _: &Progress) -> Result<(), SinkError> {
+            Ok(())
+        }
+        async fn ready(&self) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn reads_locally(&self, read: Read) -> bool {
+            read == Read::Cached
+        }
+        fn knows_namespace(&self, namespace: &str) -> bool {
+            self.known.contains(&namespace)
+        }
+    }
+
+    fn claim(owner: Owner, namespace: &str, fingerprint: &str) -> Claim {
+        Claim {
+            owner,
+            namespace: namespace.into(),
+            fingerprint: fingerprint.into(),
+            affected: format!("Pod/{fingerprint}"),
+            ..Claim::default()
+        }
+    }
+
+    /// Decides `claims` and resolves them with a budget of `budget` namespaces.
+    async fn resolve(
+        store: &MemoryStore,
+        sink: &Probe,
+        claims: &[Claim],
+        budget: usize,
+    ) -> (Vec<Decision>, PutOff) {
+        let metrics = Metrics::new();
+        let policy = Policy::default();
+        let recovery = Recovery {
+            store,
+            sink,
+            metrics: &metrics,
+            store_timeout: Duration::from_secs(1),
+            lifecycle: &policy,
+            new_namespaces: budget,
+        };
+        let mut decisions = store.decide(claims).await.unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let put_off = recovery
+            .resolve_lookups(claims, &mut decisions, 0, deadline)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (decisions, put_off)
+    }
+
+    fn writes(decisions: &[Decision]) -> Vec<Write> {
+        decisions.iter().map(|d| d.write).collect()
+    }
+
+    #[tokio::test]
+    async fn a_request_looks_up_at_most_its_budget_of_cold_namespaces() {
+        let store = MemoryStore::new(Settings::default());
+        let sink = Probe {
+            known: vec!["a", "b", "c", "d"],
+            looked_up: Mutex::default(),
+        };
+        let owner = Owner::next();
+        // All cold (new to the store); the namespace of the first two twice.
+        let claims: Vec<Claim> = [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("d", "5")]
+            .iter()
+            .map(|(ns, fp)| claim(owner, ns, fp))
+            .collect();
+        let (decisions, put_off) = resolve(&store, &sink, &claims, 2).await;
+        let looked_up = sink.looked_up.lock().map(|l| l.clone()).unwrap_or_default();
+        assert_eq!(looked_up, ["a", "b"]);
+        assert_eq!(
+            writes(&decisions),
+            [
+                Write::Create,
+                Write::Create,
+                Write::Create,
+                Write::Skip,
+                Write::Skip
+            ]
+        );
+        assert_eq!(
+            put_off,
+            PutOff {
+                signals: 2,
+                namespaces: 2
+            }
+        );
+        assert!(put_off.failure().is_some());
+
+        // The sender's retry: a and b are known now, c and d looked up.
+        let retry = Owner::next();
+        let claims: Vec<Claim> = claims
+            .iter()
+            .map(|c| Claim {
+                owner: retry,
+                ..c.clone()
+            })
+            .collect();
+        let (decisions, put_off) = resolve(&store, &sink, &claims, 2).await;
+        assert_eq!(put_off, PutOff::default());
+        assert_eq!(put_off.failure().map(|f| f.kind()), None);
+        assert_eq!(decisions[3].write, Write::Create);
+        let looked_up = sink.looked_up.lock().map(|l| l.clone()).unwrap_or_default();
+        assert_eq!(looked_up, ["a", "b", "c", "d"]);
+    }
+
+    #[tokio::test]
+    async fn creates_in_namespaces_the_sink_does_not_know_count_against_the_budget() {
+        // Warm namespaces: new signals without a firing instance are
+        // claimed at once, without a lookup.
+        let store = MemoryStore::new(Settings {
+            dedup_ttl: Duration::from_millis(1),
+            ..Settings::default()
+        });
+        let sink = Probe {
+            known: vec!["shop"],
+            looked_up: Mutex::default(),
+        };
+        let namespaces = ["shop", "gone-1", "gone-2", "gone-3"];
+        let prime: Vec<Claim> = namespaces
+            .iter()
+            .map(|ns| claim(Owner::next(), ns, "prime"))
+            .collect();
+        let _ = store.decide(&prime).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+
+        let owner = Owner::next();
+        let claims: Vec<Claim> = [
+            ("gone-1", "1"),
+            ("shop", "2"),
+            ("gone-2", "3"),
+            ("gone-3", "4"),
+            ("shop", "5"),
+            ("gone-3", "4"),
+        ]
+        .iter()
+        .map(|(ns, fp)| claim(owner, ns, fp))
+        .collect();
+        let (decisions, put_off) = resolve(&store, &sink, &claims, 1).await;
+        assert!(sink.looked_up.lock().map(|l| l.is_empty()).unwrap_or(false));
+        // gone-1 takes the budget; shop is known; gone-2 and gone-3 (twice) wait.
+        assert_eq!(
+            writes(&decisions),
+            [
+                Write::Create,
+                Write::Create,
+                Write::Skip,
+                Write::Skip,
+                Write::Create,
+                Write::Skip
+            ]
+        );
+        assert_eq!(
+            put_off,
+            PutOff {
+                signals: 3,
+                namespaces: 2
+            }
+        );
+        // Their claims were given back: the retry takes them at once.
+        let retry = Owner::next();
+        let again = store
+            .decide(&[claim(retry, "gone-2", "3"), claim(retry, "gone-3", "4")])
+            .await
+            .unwrap_or_default();
+        assert_eq!(writes(&again), [Write::Create, Write::Create]);
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use signalgate_sidecar::failure::Failure;
 use signalgate_sidecar::sink::SinkError;
-use signalgate_sidecar::store::{Claim, Owner, Store, Write};
+use signalgate_sidecar::store::{Claim, ClaimKey, Owner, Store, Write};
 use support::{alert, only, pipeline, send, store_with_lease, FakeSink};
 
 /// Longer than any of these tests: a claim that is not given back is still
@@ -182,4 +182,54 @@ async fn resources_created_before_another_create_failed_stay_committed() {
     assert_eq!(outcomes, ["duplicate", "duplicate"]);
     assert_eq!(sink.count(), 2);
     assert_eq!(sink.create_calls.load(Ordering::SeqCst), 3);
+}
+
+/// One webhook carrying the alerts of webhooks `a` and `b`.
+fn both(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut hook: serde_json::Value = serde_json::from_slice(a).unwrap();
+    let other: serde_json::Value = serde_json::from_slice(b).unwrap();
+    let alerts = hook["alerts"].as_array_mut().unwrap();
+    alerts.extend(other["alerts"].as_array().unwrap().iter().cloned());
+    serde_json::to_vec(&hook).unwrap()
+}
+
+/// Issue 19, finding 5: a delivery the sender retries after a 5xx is
+/// counted once, not once per attempt (each failed attempt's counts are
+/// taken back).
+#[tokio::test]
+async fn a_delivery_retried_after_failures_is_counted_once() {
+    let store = store_with_lease(LONG_LEASE);
+    let sink = Arc::new(FakeSink::default());
+    let p = pipeline(store.clone(), sink.clone(), Duration::from_secs(2));
+    let known = alert("firing", "KubePodCrashLooping", "shop", "cart-1");
+    let first = send(&p, &known).await.expect("created");
+    assert_eq!(first.status, 201, "{first:?}");
+    let key = |answer: &signalgate_sidecar::pipeline::Accepted, i: usize| ClaimKey::Fingerprint {
+        namespace: "shop".into(),
+        fingerprint: answer.signals[i].fingerprint.clone(),
+    };
+    let known_key = key(&first, 0);
+
+    // One delivery: the known alert and a new one whose create fails twice.
+    let delivery = both(&known, &alert("firing", "NodeDown", "shop", "cart-2"));
+    sink.fail_creates.store(2, Ordering::SeqCst);
+    for attempt in 1..=2 {
+        let failed = send(&p, &delivery).await;
+        assert!(failed.is_err(), "attempt {attempt}: {failed:?}");
+    }
+    let served = send(&p, &delivery)
+        .await
+        .expect("the third attempt is served");
+    assert_eq!(served.status, 201, "{served:?}");
+
+    let counts = store
+        .snapshot(&[known_key, key(&served, 1)])
+        .await
+        .expect("snapshot");
+    let counts: Vec<u64> = counts
+        .iter()
+        .map(|s| s.as_ref().expect("known").occurrence_count)
+        .collect();
+    // The known alert: its first delivery and this one; the new: this one.
+    assert_eq!(counts, [2, 1]);
 }

@@ -62,6 +62,7 @@ pub const KNOBS: &[Knob] = &[
     FLUSH_INTERVAL,
     MAX_BODY_BYTES,
     MAX_ALERTS,
+    MAX_NEW_NAMESPACES_PER_REQUEST,
     MAX_IN_FLIGHT,
     SHUTDOWN_DELAY,
     SHUTDOWN_GRACE,
@@ -294,6 +295,21 @@ pub const MAX_ALERTS: Knob = Knob {
     meaning: "most alerts in one Alertmanager request",
     read: |c, v| {
         c.max_alerts = number(v)?;
+        Ok(())
+    },
+};
+
+pub const MAX_NEW_NAMESPACES_PER_REQUEST: Knob = Knob {
+    name: "MAX_NEW_NAMESPACES_PER_REQUEST",
+    default: "16",
+    meaning: "namespaces one request may cost the sink's backend work in: a lookup of a *cold* \
+        namespace (see docs/design.md), or a create in a namespace the kube sink does not know \
+        to exist (it may not: the resource then goes to the fallback namespace). The signals \
+        of further such namespaces are left undecided and the request, once the rest is done, \
+        is answered `503 too-many-new-namespaces` with `Retry-After: 1`: the sender's retry \
+        goes on with the next ones. `SIGNALGATE_MAX_ALERTS` or more: no limit",
+    read: |c, v| {
+        c.max_new_namespaces = number(v)?;
         Ok(())
     },
 };

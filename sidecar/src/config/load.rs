@@ -102,6 +102,7 @@ fn blank() -> Config {
         max_body_bytes: 0,
         max_alerts: 0,
         max_in_flight: 0,
+        max_new_namespaces: 0,
         shutdown_delay: Duration::ZERO,
         shutdown_grace: Duration::ZERO,
         log_format: LogFormat::Text,
@@ -135,6 +136,7 @@ mod tests {
         assert_eq!(c.worker_threads, Some(1));
         assert_eq!(c.max_in_flight, 256);
         assert_eq!(c.kube_lookup_reads, LookupReads::Auto);
+        assert_eq!(c.max_new_namespaces, 16);
         assert_eq!(c.lifecycle, Policy::default());
         assert_eq!(c.store.incident_ttl, Duration::from_secs(24 * 3600));
     }

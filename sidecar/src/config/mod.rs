@@ -71,6 +71,9 @@ pub struct Config {
     pub flush_interval: Duration,
     pub max_body_bytes: usize,
     pub max_alerts: usize,
+    /// Namespaces one request may look up in the sink's backend (cold) or
+    /// create in without the sink knowing they exist (at least 1).
+    pub max_new_namespaces: usize,
     /// Signal requests served at once (memory is bounded by this times
     /// `max_body_bytes`); the next one is answered 503 without being read.
     pub max_in_flight: usize,

@@ -174,6 +174,7 @@ pub fn pipeline(store: Arc<MemoryStore>, sink: Arc<FakeSink>, deadline: Duration
             request_deadline: deadline,
             store_timeout: Duration::from_secs(1),
             lifecycle: Policy::default(),
+            max_new_namespaces: 16,
         },
     }
 }
