@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::sink::Found;
+use crate::store::Snapshot;
 
 /// How the controller's status is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,9 @@ pub struct Policy {
     /// The dedup window: for a signal without a firing instance, a resource
     /// last seen within it is its incident's.
     pub dedup_ttl: Duration,
+    /// How long the store keeps an open incident with a firing instance
+    /// after its last signal (`SIGNALGATE_INCIDENT_TTL`).
+    pub incident_ttl: Duration,
 }
 
 impl Default for Policy {
@@ -30,6 +34,7 @@ impl Default for Policy {
                 .to_vec(),
             reopen_cooldown: Duration::from_secs(300),
             dedup_ttl: Duration::from_secs(300),
+            incident_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -66,6 +71,24 @@ impl Policy {
         } else {
             Verdict::New
         }
+    }
+
+    /// Whether a firing of instance `instance_ms` (0: unknown), received at
+    /// `now_ms` in a namespace whose store data was lost and found in no
+    /// resource of its own, was a member of the namespace's storm `storm`
+    /// (ended): the storm's members still fire (it was last seen less than
+    /// a member's lifetime in the store ago: the incident TTL, or the dedup
+    /// window for a signal without an instance) and the firing began before
+    /// that (a firing that began after it would have joined, or started, a
+    /// storm the store knew).
+    pub fn was_storm_member(&self, storm: &Snapshot, instance_ms: i64, now_ms: i64) -> bool {
+        let lifetime = if instance_ms != 0 {
+            self.incident_ttl
+        } else {
+            self.dedup_ttl
+        };
+        let live = now_ms < storm.last_seen_ms.saturating_add(millis(lifetime));
+        live && instance_ms <= storm.last_seen_ms
     }
 
     /// Whether the controller is working on `found`: a phase that is not
@@ -150,6 +173,32 @@ mod tests {
         // No completion time: nothing to measure a cooldown from.
         let undated = found(7, Some("Completed"), None);
         assert_eq!(p.verdict(Some(&undated), 8, NOW), Verdict::New);
+    }
+
+    #[test]
+    fn a_firing_counts_as_a_member_of_a_storm_whose_members_still_fire() {
+        let p = Policy {
+            dedup_ttl: Duration::from_secs(60),
+            incident_ttl: Duration::from_secs(3600),
+            ..Policy::default()
+        };
+        let storm = Snapshot {
+            last_seen_ms: NOW - 120_000,
+            ..Snapshot::default()
+        };
+        // Began before the storm was last seen, which was within the TTL.
+        assert!(p.was_storm_member(&storm, NOW - 600_000, NOW));
+        // Began after it: a new incident.
+        assert!(!p.was_storm_member(&storm, NOW - 60_000, NOW));
+        // No instance: the dedup window (1 min) has passed since.
+        assert!(!p.was_storm_member(&storm, 0, NOW));
+        let recent = Snapshot {
+            last_seen_ms: NOW - 30_000,
+            ..Snapshot::default()
+        };
+        assert!(p.was_storm_member(&recent, 0, NOW));
+        // The storm's members have not fired for longer than they live.
+        assert!(!p.was_storm_member(&storm, NOW - 600_000, NOW + 3_600_000));
     }
 
     #[test]

@@ -8,8 +8,17 @@
 //! controller's status, decide ([`Policy::verdict`]): the same incident is
 //! adopted, one being remediated absorbs the firing, else the signal is
 //! decided again as new. In a cold namespace a running storm found is
-//! adopted too, so that new signals join it.
+//! adopted too, so that new signals join it; and the firings that were
+//! members of a storm that ended while they kept firing count in it again.
+//!
+//! A request costs the sink's backend work in a bounded number of
+//! namespaces, whatever it names ([`Budget`]): lookups that are not read
+//! from the sink's own view, and creates in namespaces the sink does not
+//! know to exist, count; the signals of namespaces beyond
+//! [`Recovery::new_namespaces`] are put off (the request fails once the
+//! rest is done, and the sender's retry goes on with them).
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::failure::Failure;
@@ -18,7 +27,6 @@ use crate::metrics::Metrics;
 use crate::sink::{Found, Read, Sink, SinkError};
 use crate::store::{Claim, ClaimKey, Decision, Outcome, Snapshot, Store, StoreError, Write};
 use crate::store_call;
-use std::collections::HashSet;
 
 /// Namespaces a request looks up in the sink at once.
 const LOOKUPS_AT_ONCE: usize = 8;
@@ -32,14 +40,6 @@ pub struct Recovery<'a> {
     pub store_timeout: Duration,
     /// What a found resource makes of a firing.
     pub lifecycle: &'a Policy,
-}
-
-/// A found resource as the store records it when it adopts it.
-fn adopted_snapshot(found: &Found, namespace: &str) -> Snapshot {
-    Snapshot {
-        resource: found.location.name.clone(),
-        first_seen_ms: found.first_seen_ms,
-        last_seen_ms: found.last_seen_ms,
     /// Namespaces one request may cost the sink's backend work in
     /// (`SIGNALGATE_MAX_NEW_NAMESPACES_PER_REQUEST`).
     pub new_namespaces: usize,
@@ -112,6 +112,14 @@ impl<'c> Budget<'c> {
             namespaces: self.put_off.len(),
         }
     }
+}
+
+/// A found resource as the store records it when it adopts it.
+fn adopted_snapshot(found: &Found, namespace: &str) -> Snapshot {
+    Snapshot {
+        resource: found.location.name.clone(),
+        first_seen_ms: found.first_seen_ms,
+        last_seen_ms: found.last_seen_ms,
         occurrence_count: found.occurrence_count,
         storm: None,
         moved_to: found.location.moved_to(namespace),
@@ -135,14 +143,6 @@ impl Recovery<'_> {
         decisions: &mut [Decision],
         received_ms: i64,
         deadline: Instant,
-    ) -> Result<(), Failure> {
-        let lookups: Vec<usize> = (0..decisions.len())
-            .filter(|&j| matches!(decisions[j].write, Write::Lookup | Write::Review))
-            .collect();
-        if lookups.is_empty() {
-            return Ok(());
-        }
-        let past_deadline = || Failure::Deadline {
     ) -> Result<PutOff, Failure> {
         let mut budget = Budget::new(self.new_namespaces);
         self.look_up(claims, decisions, received_ms, deadline, &mut budget)
@@ -158,6 +158,14 @@ impl Recovery<'_> {
         received_ms: i64,
         deadline: Instant,
         budget: &mut Budget<'c>,
+    ) -> Result<(), Failure> {
+        let lookups: Vec<usize> = (0..decisions.len())
+            .filter(|&j| matches!(decisions[j].write, Write::Lookup | Write::Review))
+            .collect();
+        if lookups.is_empty() {
+            return Ok(());
+        }
+        let past_deadline = || Failure::Deadline {
             what: "looking in the sink for live resources".into(),
             retry_after: Duration::from_secs(1),
         };
@@ -176,14 +184,6 @@ impl Recovery<'_> {
                 None => groups.push((ns, read, vec![j])),
             }
         }
-        let finds: Vec<_> = groups
-            .iter()
-            .map(|(ns, read, js)| {
-                let fingerprints: Vec<String> =
-                    js.iter().map(|&j| claims[j].fingerprint.clone()).collect();
-                async move { self.sink.find_latest(ns, &fingerprints, *read).await }
-            })
-            .collect();
         groups.retain(|(ns, read, js)| {
             if self.sink.reads_locally(*read) || budget.charge(ns) {
                 return true;
@@ -194,6 +194,14 @@ impl Recovery<'_> {
             budget.signals += js.len();
             false
         });
+        let finds: Vec<_> = groups
+            .iter()
+            .map(|(ns, read, js)| {
+                let fingerprints: Vec<String> =
+                    js.iter().map(|&j| claims[j].fingerprint.clone()).collect();
+                async move { self.sink.find_latest(ns, &fingerprints, *read).await }
+            })
+            .collect();
         let found = a_few_at_a_time(finds, deadline)
             .await
             .ok_or_else(past_deadline)?;
@@ -275,8 +283,10 @@ impl Recovery<'_> {
                 .filter(|&j| decisions[j].write == Write::Lookup)
                 .collect();
             if !cold.is_empty() {
-                self.adopt_running_storms(claims, &cold, received_ms, deadline)
+                let members = self
+                    .adopt_lost_storms(claims, &cold, decisions, received_ms, deadline)
                     .await?;
+                again.retain(|j| !members.contains(j));
             }
             if Instant::now() >= deadline {
                 return Err(past_deadline());
@@ -297,16 +307,6 @@ impl Recovery<'_> {
         Ok(())
     }
 
-    /// Signals `again` found no resource of their own in the sink: before
-    /// they are decided as new, a storm of their namespace that the store
-    /// lost but the sink shows still running is adopted, so they join it
-    /// instead of starting another (the store ignores it if it has a
-    /// running storm of its own).
-    async fn adopt_running_storms(
-        &self,
-        claims: &[Claim],
-        again: &[usize],
-        received_ms: i64,
     /// The creates `decisions` ask for in namespaces the sink does not know
     /// to exist, beyond the budget: their claims are given back (so that
     /// the sender's retry takes them at once) and their signals put off.
@@ -344,6 +344,21 @@ impl Recovery<'_> {
         }
     }
 
+    /// Signals `again` found no resource of their own in the sink: before
+    /// they are decided as new, the namespace's latest storm resource is
+    /// looked at. One the store lost but the sink shows still running is
+    /// adopted, so they join it instead of starting another (the store
+    /// ignores it if it has a running storm of its own). One that ended
+    /// while its members still fire takes back the firings that were its
+    /// members ([`Policy::was_storm_member`]): they count in it again
+    /// rather than each getting a resource of its own. Returns those
+    /// signals (their decisions set).
+    async fn adopt_lost_storms(
+        &self,
+        claims: &[Claim],
+        again: &[usize],
+        decisions: &mut [Decision],
+        received_ms: i64,
         deadline: Instant,
     ) -> Result<Vec<usize>, Failure> {
         let mut namespaces: Vec<&str> = again
@@ -354,27 +369,56 @@ impl Recovery<'_> {
         namespaces.dedup();
         let finds: Vec<_> = namespaces
             .iter()
-            .map(|ns| async move { self.sink.find_recent_storm(ns, received_ms).await })
+            // Ended ones too (any end): whether it runs is decided below.
+            .map(|ns| async move { self.sink.find_recent_storm(ns, i64::MIN).await })
             .collect();
         let found = a_few_at_a_time(finds, deadline)
-        decisions: &mut [Decision],
             .await
             .ok_or_else(|| Failure::Deadline {
                 what: "looking in the sink for a running storm".into(),
                 retry_after: Duration::from_secs(1),
             })?;
+        let mut members = Vec::new();
         for (ns, found) in namespaces.iter().zip(found) {
             let Some(storm) = found? else {
                 continue;
             };
-            if self
-                .timed("adopt", self.store.adopt_storm(ns, &storm.snapshot))
-                .await?
-            {
-                tracing::info!(resource = %storm.location, "the store did not know this running storm; adopted its resource");
+            let running = storm
+                .snapshot
+                .storm
+                .as_ref()
+                .is_some_and(|s| s.ends_ms > received_ms);
+            if running {
+                if self
+                    .timed("adopt", self.store.adopt_storm(ns, &storm.snapshot))
+                    .await?
+                {
+                    tracing::info!(resource = %storm.location, "the store did not know this running storm; adopted its resource");
+                }
+                continue;
+            }
+            for &j in again {
+                let claim = &claims[j];
+                if claim.namespace != *ns
+                    || claim.resolved_ms.is_some()
+                    || !self.lifecycle.was_storm_member(
+                        &storm.snapshot,
+                        claim.instance_ms,
+                        received_ms,
+                    )
+                {
+                    continue;
+                }
+                let adopt = self.store.adopt_member(claim, &storm.snapshot);
+                if let Some(decision) = self.timed("adopt", adopt).await? {
+                    tracing::info!(resource = %storm.location, fingerprint = %claim.fingerprint,
+                        "the store did not know this member of an ended storm; counted in it again");
+                    decisions[j] = decision;
+                    members.push(j);
+                }
             }
         }
-        Ok(())
+        Ok(members)
     }
 
     /// A store call with the store timeout and its latency recorded.

@@ -113,6 +113,90 @@ fn a_storm_running_when_the_store_lost_its_data_goes_on_in_the_same_resource() {
     assert_eq!(all.len(), 3);
 }
 
+/// Issue 19, finding 1: a storm ended (no new member for a window) while
+/// its members kept firing, their repeats counting in it; then the store
+/// lost its data. The group re-sent counts in the storm again, rather than
+/// making resources of their own and a second storm for the same incidents.
+#[test]
+fn members_of_an_ended_storm_re_sent_after_the_store_lost_its_data_count_in_it() {
+    let mut s = Sidecar::start(&[
+        ("SIGNALGATE_STORM_THRESHOLD", "2"),
+        ("SIGNALGATE_STORM_WINDOW", "1s"),
+    ]);
+    let group = || {
+        webhook(
+            (0..5)
+                .map(|i| alert("Ended", "shop", &format!("p{i}")))
+                .collect(),
+        )
+    };
+    let a = s.post_alerts(&group());
+    assert_eq!(a.status, 201, "{}", a.body);
+    let resources: Vec<serde_json::Value> = a.json()["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["resource"].clone())
+        .collect();
+    assert_eq!(
+        a.json()["signals"][2]["outcome"],
+        "storm_started",
+        "{}",
+        a.body
+    );
+    let storm = resources[2].clone();
+    // The storm ends (a window after its last member joined) ...
+    let ended = s.wait_resources("the storm to have an end", |r| {
+        r.iter().any(|x| x["spec"]["storm"]["endsAt"].is_string())
+    });
+    let ends_at = ended
+        .iter()
+        .find_map(|x| x["spec"]["storm"]["endsAt"].as_str())
+        .and_then(signalgate_model::rfc3339::unix_millis)
+        .expect("endsAt");
+    wait_for("the storm to end", Duration::from_secs(10), || {
+        (signalgate_tests::lifecycle::now_ms() > ends_at).then_some(())
+    });
+    // ... while its members keep firing: duplicates of it.
+    let repeat = s.post_alerts(&group());
+    assert_eq!(repeat.status, 202, "{}", repeat.body);
+    assert_eq!(
+        repeat.json()["signals"][3]["resource"],
+        storm,
+        "{}",
+        repeat.body
+    );
+    s.wait_resources("the storm counting the repeats", |r| {
+        r.iter()
+            .any(|x| x["spec"]["deduplication"]["occurrenceCount"] == 6)
+    });
+
+    // The store forgets everything; Alertmanager re-sends the group.
+    s.restart();
+    let again = s.post_alerts(&group());
+    assert_eq!(again.status, 202, "{}", again.body);
+    for (signal, resource) in again.json()["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&resources)
+    {
+        assert_eq!(signal["outcome"], "duplicate", "{}", again.body);
+        assert_eq!(&signal["resource"], resource, "{}", again.body);
+    }
+    let all = s.wait_resources("the storm counting its members' sightings", |r| {
+        r.iter()
+            .any(|x| x["spec"]["deduplication"]["occurrenceCount"] == 9)
+    });
+    assert_eq!(all.len(), 3, "{all:?}");
+    let storms: Vec<_> = all
+        .iter()
+        .filter(|x| x["spec"]["storm"].is_object())
+        .collect();
+    assert_eq!(storms.len(), 1);
+    assert_eq!(storms[0]["spec"]["storm"]["alertCount"], 3);
+}
+
 #[test]
 fn a_failed_lookup_leaves_nothing_that_holds_up_the_retry() {
     use signalgate_model::signal::fingerprint;

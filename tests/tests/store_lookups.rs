@@ -1,6 +1,7 @@
 //! Store behaviour, lookups and adoption: while a namespace is cold new
 //! fingerprints are looked up in the sink, and what is found there (a
-//! signal's resource, a running storm) is adopted; a resource deleted from
+//! signal's resource, a running storm, the ended storm a firing was a member
+//! of) is adopted; a resource deleted from
 //! the sink is forgotten; where a resource went is remembered. Each case
 //! runs against every backend (see `signalgate_tests::store_suite`).
 
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use signalgate_sidecar::clock::now_ms;
 use signalgate_sidecar::store::{
-    ClaimKey, ClaimState, Decision, Outcome, Snapshot, StormSnapshot, Write,
+    Claim, ClaimKey, ClaimState, Decision, Outcome, Snapshot, StormSnapshot, Write,
 };
 use signalgate_tests::behaviour;
 use signalgate_tests::redis::RedisServer;
@@ -24,6 +25,7 @@ behaviour!(
     a_running_storm_found_in_the_sink_is_adopted,
     where_a_resource_went_is_remembered_with_it,
     an_adoption_finding_a_claim_made_meanwhile_settles_it_as_a_duplicate_would,
+    a_member_of_an_ended_storm_found_in_the_sink_counts_in_it_again,
 );
 
 async fn adopting_an_existing_resource_keeps_its_name_and_count(b: Backend) {
@@ -415,4 +417,61 @@ async fn an_adoption_finding_a_claim_made_meanwhile_settles_it_as_a_duplicate_wo
     assert_eq!(after.write, Write::Update);
     assert_eq!(after.snapshot.resource, owner.snapshot.resource);
     assert_eq!(after.snapshot.occurrence_count, 4);
+}
+
+/// Issue 19, finding 1: the store lost a namespace whose storm had ended
+/// while its members kept firing. A member's firing, found in no resource
+/// of its own, joins that storm again (counted in it, its member count
+/// unchanged) instead of being created anew; the storm does not run again.
+async fn a_member_of_an_ended_storm_found_in_the_sink_counts_in_it_again(b: Backend) {
+    let f = b.store(settings().storm_threshold(1)).await;
+    let ns = namespace("endedstorm");
+    let now = now_ms();
+    let storm = Snapshot {
+        resource: "storm-0123456789ab-ended".to_string(),
+        first_seen_ms: now - 600_000,
+        last_seen_ms: now - 2_000,
+        occurrence_count: 40,
+        storm: Some(StormSnapshot {
+            alert_count: 12,
+            affected: vec!["Pod/p1".into()],
+            affected_overflow: 0,
+            started_ms: now - 600_000,
+            ends_ms: now - 240_000,
+            ..StormSnapshot::default()
+        }),
+        ..Snapshot::default()
+    };
+    let key = ClaimKey::Storm {
+        namespace: ns.clone(),
+        name: storm.resource.clone(),
+    };
+    let m = claim_on(&ns, "member", "Pod/p1");
+    assert_eq!(f.one(&unchecked(&m)).await.write, Write::Lookup);
+    let joined = f
+        .store
+        .adopt_member(&m, &storm)
+        .await
+        .expect("adopt")
+        .expect("a fingerprint the store did not know");
+    assert_eq!(
+        (joined.outcome, joined.write, &joined.key),
+        (Outcome::Duplicate, Write::Update, &key)
+    );
+    assert_eq!(joined.snapshot.occurrence_count, 41);
+    let counters = joined.snapshot.storm.clone().expect("storm counters");
+    assert_eq!(counters.alert_count, 12, "a member again, not a new one");
+    assert_eq!(counters.ends_ms, now - 240_000, "still ended");
+    // Known now: adopting it again is refused, and its repeats count there.
+    assert_eq!(f.store.adopt_member(&m, &storm).await.expect("adopt"), None);
+    let again = f.one(&m).await;
+    assert_eq!((again.outcome, &again.key), (Outcome::Duplicate, &key));
+    assert_eq!(again.snapshot.occurrence_count, 42);
+    // A new fingerprint does not join the ended storm.
+    let n = Claim {
+        absent: true,
+        ..claim(&ns, "new")
+    };
+    let new = f.one(&n).await;
+    assert_own(&new, &n, Outcome::Created, Write::Create);
 }

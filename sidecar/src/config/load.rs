@@ -58,6 +58,7 @@ impl Config {
             knob.apply(&mut config, value)?;
         }
         config.lifecycle.dedup_ttl = config.store.dedup_ttl;
+        config.lifecycle.incident_ttl = config.store.incident_ttl;
         if config.store.storm_max_duration < config.store.storm_window {
             return Err(ConfigError(format!(
                 "{} must be at least {}",
@@ -101,8 +102,8 @@ fn blank() -> Config {
         flush_interval: Duration::ZERO,
         max_body_bytes: 0,
         max_alerts: 0,
-        max_in_flight: 0,
         max_new_namespaces: 0,
+        max_in_flight: 0,
         shutdown_delay: Duration::ZERO,
         shutdown_grace: Duration::ZERO,
         log_format: LogFormat::Text,
@@ -135,8 +136,8 @@ mod tests {
         assert_eq!(c.redis_timeout, Duration::from_secs(1));
         assert_eq!(c.worker_threads, Some(1));
         assert_eq!(c.max_in_flight, 256);
-        assert_eq!(c.kube_lookup_reads, LookupReads::Auto);
         assert_eq!(c.max_new_namespaces, 16);
+        assert_eq!(c.kube_lookup_reads, LookupReads::Auto);
         assert_eq!(c.lifecycle, Policy::default());
         assert_eq!(c.store.incident_ttl, Duration::from_secs(24 * 3600));
     }

@@ -1,8 +1,10 @@
 -- claim: commit, release or poll one claim (common.lua is prepended).
 --
 -- A fingerprint claim: KEYS[1] sg:{ns}:f:<fp> (uncount: KEYS[2] sg:{ns}:s).
--- A storm claim:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a, KEYS[3] sg:{ns}:x.
--- ARGV: 1 op ('commit', 'release', 'poll', 'adopt', 'forget', 'uncount'), 2
+-- A storm claim:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a, KEYS[3] sg:{ns}:x
+--                      (member: KEYS[4] sg:{ns}:f:<fp>).
+-- ARGV: 1 op ('commit', 'release', 'poll', 'adopt', 'member', 'forget',
+--       'uncount'), 2
 --       kind ('f' or 's'), 3 storm resource name (storm claims), 4 claim lease ms, 5
 --       dedup ttl ms, 6 incident ttl ms, 7 the caller's token (commit and
 --       release act only on a pending claim it owns; a claim poll or adopt
@@ -55,17 +57,33 @@ local H, prefix, exists = KEYS[1], '', 'r'
 -- becomes the running storm again, so new signals join it rather than start
 -- another, unless the store runs a storm of its own. What the store still
 -- holds of it is merged (each counter and its end: the larger).
-if op == 'adopt' and kind == 's' then
+-- member: a lookup in a cold namespace found no resource of a firing's own
+-- but the namespace's latest storm resource, ended while its members still
+-- fire (KEYS[4]: the firing's fingerprint record; ARGV as adopt of a storm,
+-- but ARGV[18] the firing's instance ms and its affected values from 19):
+-- the firing was one of its members when the store lost them. The storm is
+-- recorded as adopt does (the running storm only if none runs), and the
+-- fingerprint as its member, counting this signal; the reply is decide's
+-- for a duplicate of a storm member, or 0 if the fingerprint is known by now.
+local member = op == 'member'
+if (op == 'adopt' or member) and kind == 's' then
   local S, A, X = KEYS[1], KEYS[2], KEYS[3]
   local e = tonumber(ARGV[13])
-  if e <= now then
+  if e <= now and not member then
     return 0
   end
+  if member and redis.call('EXISTS', KEYS[4]) == 1 then
+    return 0
+  end
+  local make_current = true
   local cur = redis.call('HGET', S, 'cur')
   if cur and cur ~= name then
     local st = storm_live(S, X, cur, now)
     if st and st.e > now then
-      return 0
+      if not member then
+        return 0
+      end
+      make_current = false
     end
   end
   -- What the store holds of it, unless its time is up (as decide.lua sees it).
@@ -79,17 +97,34 @@ if op == 'adopt' and kind == 's' then
   st.n = math.max(st.n, tonumber(ARGV[11]))
   st.o = math.max(st.o, tonumber(ARGV[12]))
   st.e = math.max(st.e, e)
-  st.j = math.max(st.j, tonumber(ARGV[9]))
+  if st.e > now then
+    st.j = math.max(st.j, tonumber(ARGV[9]))
+  else
+    -- Ended: its last join is unknown, and at least a window before its
+    -- end; its start is early enough that decide does not continue it.
+    st.j = math.max(st.j, st.f)
+  end
   st.r = math.max(st.r, tonumber(ARGV[16]))
   local max_affected = tonumber(ARGV[14])
-  for i = 18, #ARGV do
+  local first_affected = 18
+  if member then
+    first_affected = 19
+  end
+  for i = first_affected, #ARGV do
     if st.k < max_affected and redis.call('ZADD', A, 'NX', 0, name .. '|' .. ARGV[i]) == 1 then
       st.k = st.k + 1
     end
   end
+  if member then
+    st.c = st.c + 1
+    st.l = now
+  end
   redis.call('HSET', S, name .. '|f', int(st.f), name .. '|l', int(st.l), name .. '|c', int(st.c),
     name .. '|n', int(st.n), name .. '|e', int(st.e), name .. '|p', 0, name .. '|u', 0,
-    name .. '|o', int(st.o), name .. '|k', int(st.k), name .. '|j', int(st.j), 'cur', name)
+    name .. '|o', int(st.o), name .. '|k', int(st.k), name .. '|j', int(st.j))
+  if make_current then
+    redis.call('HSET', S, 'cur', name)
+  end
   if st.r > 0 then
     redis.call('HSET', S, name .. '|r', int(st.r))
   end
@@ -100,7 +135,18 @@ if op == 'adopt' and kind == 's' then
     redis.call('HSET', S, name .. '|v', st.v)
   end
   storm_keep(S, A, X, { { name, math.max(now + math.max(dedup, incident), st.e) } }, now)
-  return 1
+  if not member then
+    return 1
+  end
+  local F = KEYS[4]
+  redis.call('HSET', F, 's', name, 'q', owner)
+  if ARGV[18] ~= '0' then
+    redis.call('PEXPIRE', F, int(incident))
+  else
+    redis.call('PEXPIRE', F, int(dedup))
+  end
+  return { 2, 2, 1, resource_ref(name, ARGV[15]), st.f, st.l, st.c, st.n, st.o, st.f, st.e, st.r, 0, 0,
+    st.v }
 end
 
 -- uncount: the request of token `owner` failed after its decide counted a

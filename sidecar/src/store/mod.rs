@@ -366,6 +366,19 @@ pub trait Store: Send + Sync {
     /// Returns whether it adopted: not if `existing` has no storm counters,
     /// has ended, or the namespace runs another storm.
     async fn adopt_storm(&self, namespace: &str, existing: &Snapshot) -> Result<bool, StoreError>;
+    /// Lookups in a cold namespace found no resource of `claim`'s own, but
+    /// the namespace's latest storm resource `storm` (with its storm
+    /// counters), ended while its members still fire: the firing was one of
+    /// its members when the store lost them. Records the storm as
+    /// [`Store::adopt_storm`] does (the running storm only if none runs)
+    /// and the fingerprint as its member, counting this signal in it
+    /// (a duplicate; its member count is the storm's, unchanged). `None` if
+    /// the store knows the fingerprint by now (decide it again).
+    async fn adopt_member(
+        &self,
+        claim: &Claim,
+        storm: &Snapshot,
+    ) -> Result<Option<Decision>, StoreError>;
     /// The committed resource `resource` of `key` is gone from the sink
     /// (deleted, say by whoever acted on it): forgets the incident (a storm:
     /// the storm), so that its next sighting claims and creates a new
@@ -376,11 +389,7 @@ pub trait Store: Send + Sync {
     /// (in their own resource or their storm) are counted no more, so that
     /// the sender's retry of the delivery counts them once. Only where the
     /// last signal counted on the fingerprint's record was `owner`'s.
-    async fn uncount(
-        &self,
-        owner: Owner,
-        signals: &[(String, String)],
-    ) -> Result<(), StoreError>;
+    async fn uncount(&self, owner: Owner, signals: &[(String, String)]) -> Result<(), StoreError>;
     /// For `Write::Await`: the claim's state now (may hand the claim to
     /// `owner`, whose token it then records).
     async fn poll(&self, owner: Owner, key: &ClaimKey) -> Result<ClaimState, StoreError>;

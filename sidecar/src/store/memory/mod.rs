@@ -173,11 +173,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn uncount(
-        &self,
-        owner: Owner,
-        signals: &[(String, String)],
-    ) -> Result<(), StoreError> {
+    async fn uncount(&self, owner: Owner, signals: &[(String, String)]) -> Result<(), StoreError> {
         let mut state = self.lock();
         let now = now_ms();
         for key in signals {
@@ -217,6 +213,16 @@ impl Store for MemoryStore {
         let p = Params::new(&self.settings);
         let mut state = self.lock();
         Ok(state.adopt_storm(namespace, existing, &p, now_ms()))
+    }
+
+    async fn adopt_member(
+        &self,
+        claim: &Claim,
+        storm: &Snapshot,
+    ) -> Result<Option<Decision>, StoreError> {
+        let p = Params::new(&self.settings);
+        let mut state = self.lock();
+        Ok(state.adopt_member(claim, storm, &p, now_ms()))
     }
 
     async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {

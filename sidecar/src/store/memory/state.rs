@@ -445,22 +445,66 @@ impl State {
         let Some(found) = existing.storm.as_ref() else {
             return false;
         };
-        let name = existing.resource.as_str();
-        if found.ends_ms <= now {
+        if found.ends_ms <= now || self.runs_another_storm(namespace, &existing.resource, now) {
             return false;
         }
+        self.merge_storm(namespace, existing, p, now, true);
+        true
+    }
+
+    /// Whether `namespace` runs a storm other than `name`.
+    fn runs_another_storm(&mut self, namespace: &str, name: &str, now: i64) -> bool {
         let current = self
             .namespaces
             .get(namespace)
             .and_then(|ns| ns.current.clone());
-        if let Some(cur) = current.filter(|cur| cur != name) {
-            if self
-                .storm(namespace, &cur, now)
+        current.filter(|cur| cur != name).is_some_and(|cur| {
+            self.storm(namespace, &cur, now)
                 .is_some_and(|st| st.ends_ms > now)
-            {
-                return false;
-            }
+        })
+    }
+
+    /// [`Store::adopt_member`](crate::store::Store::adopt_member), as `claim.lua` does.
+    pub fn adopt_member(
+        &mut self,
+        claim: &Claim,
+        existing: &Snapshot,
+        p: &Params,
+        now: i64,
+    ) -> Option<Decision> {
+        existing.storm.as_ref()?;
+        if self.fingerprint(&entry_key(claim), now).is_some() {
+            return None;
         }
+        let name = existing.resource.clone();
+        let current = !self.runs_another_storm(&claim.namespace, &name, now);
+        let storm = self.merge_storm(&claim.namespace, existing, p, now, current);
+        storm.count += 1;
+        storm.last_ms = now;
+        let snapshot = storm.snapshot(&name, false);
+        self.join_storm(claim, &name, now + p.member_ttl(claim.instance_ms));
+        Some(Decision {
+            outcome: Outcome::Duplicate,
+            write: Write::Update,
+            key: storm_key(claim, &name),
+            snapshot,
+        })
+    }
+
+    /// Records the storm resource `existing` found in the sink, merged with
+    /// what the store still holds of it (each counter and its end: the
+    /// larger); the namespace's current storm if `current`.
+    fn merge_storm(
+        &mut self,
+        namespace: &str,
+        existing: &Snapshot,
+        p: &Params,
+        now: i64,
+        current: bool,
+    ) -> &mut Storm {
+        let name = existing.resource.as_str();
+        let found = existing.storm.clone().unwrap_or_default();
+        let found = &found;
         let fresh = || {
             let mut st = Storm::start(
                 found.started_ms,
@@ -481,7 +525,14 @@ impl State {
         storm.overflow = storm.overflow.max(found.affected_overflow);
         storm.ends_ms = storm.ends_ms.max(found.ends_ms);
         storm.resolved = storm.resolved.max(found.resolved_count);
-        storm.joined_ms = storm.joined_ms.max(existing.last_seen_ms);
+        // An ended storm's last join is unknown (a window or more before its
+        // end): its start, so that decide does not continue it.
+        let joined = if storm.ends_ms > now {
+            existing.last_seen_ms
+        } else {
+            storm.started_ms
+        };
+        storm.joined_ms = storm.joined_ms.max(joined);
         storm.pending = false;
         storm.lease_until_ms = 0;
         if existing.moved_to.is_some() {
@@ -494,8 +545,10 @@ impl State {
             storm.affected.insert(a.clone());
         }
         storm.keep(now, p);
-        ns.current = Some(name.to_string());
-        true
+        if current {
+            ns.current = Some(name.to_string());
+        }
+        storm
     }
 }
 

@@ -259,6 +259,18 @@ impl Core {
         self.claim_script(call, wire::parse_storm_adopted).await
     }
 
+    async fn adopt_member(
+        &self,
+        claim: &Claim,
+        storm: &Snapshot,
+    ) -> Result<Option<Decision>, StoreError> {
+        let Some(call) = Call::adopt_member(&self.settings, claim, storm) else {
+            return Ok(None);
+        };
+        self.claim_script(call, |reply| wire::parse_member(claim, reply))
+            .await
+    }
+
     async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {
         let call = Call::forget(&self.settings, key, resource);
         self.claim_script(call, wire::parse_forgot).await
@@ -339,15 +351,19 @@ impl Store for RedisStore {
         self.core.adopt_storm(namespace, existing).await
     }
 
+    async fn adopt_member(
+        &self,
+        claim: &Claim,
+        storm: &Snapshot,
+    ) -> Result<Option<Decision>, StoreError> {
+        self.core.adopt_member(claim, storm).await
+    }
+
     async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {
         self.core.forget(key, resource).await
     }
 
-    async fn uncount(
-        &self,
-        owner: Owner,
-        signals: &[(String, String)],
-    ) -> Result<(), StoreError> {
+    async fn uncount(&self, owner: Owner, signals: &[(String, String)]) -> Result<(), StoreError> {
         let calls = signals
             .iter()
             .map(|(ns, fp)| Call::uncount(&self.core.settings, owner, ns, fp))

@@ -116,12 +116,34 @@ impl Call {
     /// Adopts `existing` as the running storm of `namespace`; `None` if it
     /// has no storm counters.
     pub fn adopt_storm(settings: &Settings, namespace: &str, existing: &Snapshot) -> Option<Call> {
+        Call::storm_found(settings, "adopt", namespace, existing, None)
+    }
+
+    /// Records `claim`'s fingerprint as a member of the ended storm
+    /// `existing` (see `claim.lua`, member); `None` if it has no storm counters.
+    pub fn adopt_member(settings: &Settings, claim: &Claim, existing: &Snapshot) -> Option<Call> {
+        Call::storm_found(settings, "member", &claim.namespace, existing, Some(claim))
+    }
+
+    /// A `claim.lua` call about the storm resource `existing` found in the
+    /// sink: `adopt`, or `member` for `member`'s fingerprint.
+    fn storm_found(
+        settings: &Settings,
+        op: &str,
+        namespace: &str,
+        existing: &Snapshot,
+        member: Option<&Claim>,
+    ) -> Option<Call> {
         let storm = existing.storm.as_ref()?;
         let key = ClaimKey::Storm {
             namespace: namespace.to_string(),
             name: existing.resource.clone(),
         };
-        let mut call = Call::claim(settings, "adopt", &key, Owner::default());
+        let owner = member.map(|c| c.owner).unwrap_or_default();
+        let mut call = Call::claim(settings, op, &key, owner);
+        if let Some(m) = member {
+            call.keys.push(Keys(namespace).fingerprint(&m.fingerprint));
+        }
         let numbers = [
             storm.started_ms,
             existing.last_seen_ms,
@@ -138,6 +160,9 @@ impl Call {
             .push(storm.resolved_count.to_string().into_bytes());
         call.args
             .push(storm.previous.as_deref().unwrap_or("").as_bytes().to_vec());
+        if let Some(m) = member {
+            call.args.push(m.instance_ms.to_string().into_bytes());
+        }
         call.args.extend(
             storm
                 .affected
@@ -446,6 +471,15 @@ pub(super) fn parse_adopted(reply: &Value) -> Option<Option<Adopted>> {
 }
 
 /// The reply of a storm adoption: whether the storm was adopted.
+/// A `member` reply: decide's for a duplicate of a storm member, or 0 (the
+/// fingerprint is known by now: `None`).
+pub(super) fn parse_member(claim: &Claim, reply: &Value) -> Option<Option<Decision>> {
+    match reply {
+        Value::Array(fields) => parse_decision(claim, fields).map(Some),
+        other => (int(other)? == 0).then_some(None),
+    }
+}
+
 pub(super) fn parse_storm_adopted(reply: &Value) -> Option<bool> {
     match int(reply) {
         Some(1) => Some(true),
