@@ -474,4 +474,23 @@ async fn a_member_of_an_ended_storm_found_in_the_sink_counts_in_it_again(b: Back
     };
     let new = f.one(&n).await;
     assert_own(&new, &n, Outcome::Created, Write::Create);
+
+    // A storm the store made itself lost no members: a fingerprint it does
+    // not know was not one of them, whatever the lookup thinks.
+    let own = namespace("ownstorm");
+    f.one(&claim(&own, "first")).await;
+    let started = f.one(&claim(&own, "starter")).await;
+    let made = assert_storm(&started, Outcome::StormStarted, Write::Create);
+    let found = Snapshot {
+        resource: made,
+        ..storm.clone()
+    };
+    let stranger = claim(&own, "stranger");
+    assert_eq!(
+        f.store
+            .adopt_member(&stranger, &found)
+            .await
+            .expect("adopt"),
+        None
+    );
 }

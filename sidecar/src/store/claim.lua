@@ -72,8 +72,15 @@ if (op == 'adopt' or member) and kind == 's' then
   if e <= now and not member then
     return 0
   end
-  if member and redis.call('EXISTS', KEYS[4]) == 1 then
-    return 0
+  if member then
+    if redis.call('EXISTS', KEYS[4]) == 1 then
+      return 0
+    end
+    -- A storm the store made itself (not from a lookup) did not lose its
+    -- members: this firing was not one of them.
+    if storm_live(S, X, name, now) and redis.call('HGET', S, name .. '|a') ~= '1' then
+      return 0
+    end
   end
   local make_current = true
   local cur = redis.call('HGET', S, 'cur')
@@ -91,6 +98,7 @@ if (op == 'adopt' or member) and kind == 's' then
   if not st then
     storm_drop(S, A, X, name)
     st = { f = tonumber(ARGV[8]), l = 0, c = 0, n = 0, o = 0, k = 0, e = 0, j = 0, r = 0, v = ARGV[17] }
+    redis.call('HSET', S, name .. '|a', 1)
   end
   st.l = math.max(st.l, tonumber(ARGV[9]))
   st.c = math.max(st.c, tonumber(ARGV[10]))

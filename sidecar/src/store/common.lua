@@ -84,10 +84,12 @@ end
 --   (members whose resolution came), z and y the storm's resolution (when
 --   its last open member resolved and when that was received, ms; 0 open)
 --   (the numbers, STORM; a field absent reads 0: r, z and y are written only
---   once a member resolved); and three strings, written only when set: w, the
+--   once a member resolved); and four strings, written only when set: w, the
 --   namespace the storm resource went to when not its own, v, the storm
 --   this one continues (it reached its maximum duration while members still
---   arrived), and t, the token of the request holding its claim.
+--   arrived), t, the token of the request holding its claim, and a ('1'),
+--   set when the record was made from the storm resource a lookup found
+--   (claim.lua: adopt, member) rather than by decide.
 local STORM = { 'f', 'l', 'c', 'n', 'e', 'p', 'u', 'o', 'k', 'j', 'r', 'z', 'y' }
 -- How many of STORM every write of a storm sets (r, z, y only when changed).
 local STORM_BASE = 10
@@ -100,6 +102,7 @@ local function storm_fields(name)
   fields[#STORM + 1] = name .. '|w'
   fields[#STORM + 2] = name .. '|v'
   fields[#STORM + 3] = name .. '|t'
+  fields[#STORM + 4] = name .. '|a'
   return fields
 end
 

@@ -188,6 +188,8 @@ pub(super) struct Storm {
     pub resolution: Option<Resolution>,
     /// The storm this one continues.
     pub previous: Option<String>,
+    /// Made from the storm resource a lookup found, not by decide.
+    pub adopted: bool,
 }
 
 impl Storm {
@@ -210,6 +212,7 @@ impl Storm {
             resolved: 0,
             resolution: None,
             previous,
+            adopted: false,
         }
     }
 

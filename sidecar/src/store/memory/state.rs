@@ -477,6 +477,14 @@ impl State {
             return None;
         }
         let name = existing.resource.clone();
+        // A storm the store made itself (not from a lookup) did not lose
+        // its members: this firing was not one of them.
+        if self
+            .storm(&claim.namespace, &name, now)
+            .is_some_and(|st| !st.adopted)
+        {
+            return None;
+        }
         let current = !self.runs_another_storm(&claim.namespace, &name, now);
         let storm = self.merge_storm(&claim.namespace, existing, p, now, current);
         storm.count += 1;
@@ -513,6 +521,7 @@ impl State {
                 Owner::default(),
             );
             (st.last_ms, st.count, st.alerts, st.ends_ms, st.joined_ms) = (0, 0, 0, 0, 0);
+            st.adopted = true;
             st
         };
         // A record whose time is up is dropped first (as `storm_live` in Lua).
