@@ -11,7 +11,7 @@ WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=true
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
 	CARGO_PROFILE_RELEASE_STRIP=true
 
-.PHONY: deps build wasm checker native native-faults bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-up k8s-down clean crd demo knobs bench-ab
+.PHONY: deps build wasm checker faults-long native native-faults bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-up k8s-down clean crd demo knobs bench-ab
 
 deps:
 	@scripts/install-deps.sh
@@ -65,6 +65,13 @@ demo: build
 test: deps wasm native native-faults checker k8s-build
 	$(CARGO) build -p signalgate-sidecar
 	$(CARGO) test --workspace --no-fail-fast
+
+## faults-long: the randomized checker's long run (issue 19; tests/src/fault_checker): Envoy + filter,
+## three sidecars, a Redis Cluster and a real API server under every fault, CHECKER_SECONDS (300) of
+## workload; CHECKER_SEED, CHECKER_FAULTS (all), CHECKER_RUNS (1); reports in target/randomized-checker/
+faults-long: deps wasm k8s-build
+	$(CARGO) build -p signalgate-sidecar
+	CHECKER_SECONDS=$${CHECKER_SECONDS:-300} $(CARGO) test -p signalgate-tests --test fault_checker_long -- --ignored --nocapture
 
 lint: deps structure
 	$(CARGO) fmt --all --check

@@ -12,6 +12,7 @@ pub mod e2e;
 pub mod edge;
 pub mod edge_client;
 pub mod envoy;
+pub mod fault_checker;
 pub mod fault_proxy;
 pub mod k8s;
 pub mod lifecycle;
