@@ -205,6 +205,13 @@ fn a_new_incident_whose_claim_reply_was_lost_is_created_once() {
     assert_eq!(mine.len(), 1, "{r:?}");
     assert_eq!(occurrences(mine[0]), 1, "{}", mine[0]);
 
+    // INFO answers on a cluster (a map of every node's): not taken for a refusal.
+    assert!(
+        !s.log().contains("Redis refuses INFO"),
+        "{}",
+        s.log_tail(20)
+    );
+
     // Its next duplicate is an ordinary one, answered at once.
     let counted = record_field(&cluster, &key, "c")
         .parse::<u64>()

@@ -288,7 +288,9 @@ impl Transport {
         }
         let mut cmd = redis::cmd("INFO");
         cmd.arg("server");
-        let info: Result<String, RedisError> = self.query(&cmd).await;
+        // Any answer: a text from a server, a map of every node's from a
+        // cluster (only a refusal is an error reply).
+        let info: Result<Value, RedisError> = self.query(&cmd).await;
         match info {
             Ok(_) => {}
             // Not an answer about INFO (connection lost): ask again next time.
