@@ -132,14 +132,14 @@ impl Own {
 
     /// What `owner` must do with the claim (see [`claim_write`]).
     pub fn settle(&mut self, p: &Params, now: i64, owner: Owner) -> Write {
-        let held = owner.holds(self.owner);
-        let (write, lease_until) =
-            claim_write(self.pending, self.lease_until_ms, held, now, p.lease);
-        self.lease_until_ms = lease_until;
-        if write == Write::Create {
-            self.owner = owner;
-        }
-        write
+        claim_write(
+            self.pending,
+            &mut self.lease_until_ms,
+            &mut self.owner,
+            owner,
+            now,
+            p.lease,
+        )
     }
 }
 
@@ -261,14 +261,14 @@ impl Storm {
 
     /// What `owner` must do with the storm's claim (see [`claim_write`]).
     pub fn settle(&mut self, p: &Params, now: i64, owner: Owner) -> Write {
-        let held = owner.holds(self.owner);
-        let (write, lease_until) =
-            claim_write(self.pending, self.lease_until_ms, held, now, p.lease);
-        self.lease_until_ms = lease_until;
-        if write == Write::Create {
-            self.owner = owner;
-        }
-        write
+        claim_write(
+            self.pending,
+            &mut self.lease_until_ms,
+            &mut self.owner,
+            owner,
+            now,
+            p.lease,
+        )
     }
 
     /// Lists `affected` (if not listed yet), or counts it as overflow once
@@ -285,23 +285,30 @@ impl Storm {
     }
 }
 
-/// What the caller must do with a claim; takes over an expired lease.
-/// `held`: the caller's own token holds it (its decide ran again after a
-/// lost reply): still the caller's to create, under the same lease.
-/// Returns the write and the lease the claim now holds.
-pub(super) fn claim_write(
+/// What request `owner` must do with a claim (as `claim_write` in
+/// `common.lua`). A pending claim under a live lease is its holder's to
+/// create (the holder's decide ran again after a lost reply), every other
+/// request's to await; an expired lease is taken over: a fresh lease, and
+/// `owner` its holder.
+fn claim_write(
     pending: bool,
-    lease_until_ms: i64,
-    held: bool,
+    lease_until_ms: &mut i64,
+    holder: &mut Owner,
+    owner: Owner,
     now: i64,
     lease: i64,
-) -> (Write, i64) {
+) -> Write {
     if !pending {
-        (Write::Update, lease_until_ms)
-    } else if lease_until_ms > now {
-        let write = if held { Write::Create } else { Write::Await };
-        (write, lease_until_ms)
+        Write::Update
+    } else if *lease_until_ms > now {
+        if owner.holds(*holder) {
+            Write::Create
+        } else {
+            Write::Await
+        }
     } else {
-        (Write::Create, now + lease)
+        *lease_until_ms = now + lease;
+        *holder = owner;
+        Write::Create
     }
 }
