@@ -397,21 +397,29 @@ impl Recovery<'_> {
                 }
                 continue;
             }
-            for &j in again {
-                let claim = &claims[j];
-                if claim.namespace != *ns
-                    || claim.resolved_ms.is_some()
-                    || !self.lifecycle.was_storm_member(
-                        &storm.snapshot,
-                        claim.instance_ms,
-                        received_ms,
-                    )
-                {
-                    continue;
-                }
-                let adopt = self.store.adopt_member(claim, &storm.snapshot);
-                if let Some(decision) = self.timed("adopt", adopt).await? {
-                    tracing::info!(resource = %storm.location, fingerprint = %claim.fingerprint,
+            let candidates: Vec<usize> = again
+                .iter()
+                .copied()
+                .filter(|&j| {
+                    let claim = &claims[j];
+                    claim.namespace == *ns
+                        && claim.resolved_ms.is_none()
+                        && self.lifecycle.was_storm_member(
+                            &storm.snapshot,
+                            claim.instance_ms,
+                            received_ms,
+                        )
+                })
+                .collect();
+            // One store call each, all at once (as adoptions are).
+            let adopted = futures::future::join_all(candidates.iter().map(|&j| {
+                let adopt = self.store.adopt_member(&claims[j], &storm.snapshot);
+                self.timed("adopt", adopt)
+            }))
+            .await;
+            for (j, result) in candidates.into_iter().zip(adopted) {
+                if let Some(decision) = result? {
+                    tracing::info!(resource = %storm.location, fingerprint = %claims[j].fingerprint,
                         "the store did not know this member of an ended storm; counted in it again");
                     decisions[j] = decision;
                     members.push(j);
