@@ -455,14 +455,14 @@ DECIDE_ARGS=()
 if [ -f sidecar/src/store/common.lua ] && [ -f sidecar/src/store/decide.lua ]; then
     DECIDE_SHA=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD \
         "$(cat sidecar/src/store/common.lua; echo; cat sidecar/src/store/decide.lua)" 2>/dev/null || true)
-    # One signal per call (decide.lua: the namespace's six keys, then the
+    # One signal per call (decide.lua: the namespace's seven keys, then the
     # fingerprint's key; the settings (the incident TTL last), then
     # fingerprint, affected value, firing instance, the looked-up flag (set),
     # no resolution and the request token '0' (no request's: every call
     # counts, as distinct requests do): the first call creates, the others
     # are duplicates).
     keys=('sg:{bench}:w' 'sg:{bench}:s' 'sg:{bench}:a' 'sg:{bench}:x' 'sg:{bench}:m'
-        'sg:{bench}:o' 'sg:{bench}:f:0123456789abcdef')
+        'sg:{bench}:o' 'sg:{bench}:d' 'sg:{bench}:f:0123456789abcdef')
     DECIDE_ARGS=("$DECIDE_SHA" "${#keys[@]}" "${keys[@]}" storm-0123456789ab- 300000 1000000000
         60000 300000 100 15000 604800000 86400000 0123456789abcdef Pod/cart-0 1764190635123 1 '' 0)
     for _ in 1 2; do

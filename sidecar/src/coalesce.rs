@@ -21,10 +21,22 @@
 //! again; if not, it forgets the resource. That covers what the sinks
 //! cannot order: a kube sink whose RBAC may not read its resources, and the
 //! instant between the directory sink's check of a file and its rename.
+//!
+//! The dirty set lives in this process; a sidecar killed before its next
+//! flush (SIGKILL, OOM, node loss) would take the counts it acknowledged
+//! with it. So the store keeps its own index of unwritten changes, made in
+//! the same atomic step as each count ([`Store::unwritten`]): every flush
+//! reports what it wrote (with the mark of the snapshot it wrote, so a
+//! change made since stays), and every [`unwritten_after`] each sidecar
+//! asks the store for changes older than that, and writes them as its own.
+//! A resource two sidecars both write is harmless: neither writes it
+//! backwards. While the sink refuses a resource's update, its record is kept
+//! in the store ([`Store::keep`]) so that the counters wait for the sink
+//! however long it is down.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -33,10 +45,20 @@ use signalgate_resource::Progress;
 
 use crate::resource;
 use crate::sink::{Sink, SinkError};
-use crate::store::{ClaimKey, Snapshot, Store};
+use crate::store::{ClaimKey, Mark, Snapshot, Store};
 
 /// How many resource updates one flush sends at once.
 const WRITE_CONCURRENCY: usize = 16;
+
+/// How old a change in the store's index of unwritten changes must be
+/// before this sidecar takes it for one that its sidecar left unwritten
+/// (that sidecar died, or could not write it), and how often it looks: five
+/// flush intervals, at least 2 s. A sidecar that is alive writes its own
+/// changes within a flush interval and a write; taking one over early only
+/// costs a write that finds nothing to do.
+pub fn unwritten_after(flush_interval: Duration) -> Duration {
+    (flush_interval * 5).max(Duration::from_secs(2))
+}
 
 pub struct Coalescer {
     dirty: Mutex<HashSet<ClaimKey>>,
@@ -81,17 +103,51 @@ impl Coalescer {
         self.dirty.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Flushes every `interval` until [`Coalescer::stop`], then once more.
+    /// Flushes every `interval` until [`Coalescer::stop`], then once more;
+    /// from the start and every [`unwritten_after`] it first takes on the
+    /// changes the store holds unwritten for longer than that.
     pub async fn run(self: Arc<Self>, interval: Duration) {
+        let after = unwritten_after(interval);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut looked: Option<Instant> = None;
         loop {
             tokio::select! {
-                _ = tick.tick() => self.flush().await,
+                _ = tick.tick() => {
+                    if looked.is_none_or(|at| at.elapsed() >= after) {
+                        looked = Some(Instant::now());
+                        self.take_unwritten(after).await;
+                    }
+                    self.flush().await
+                }
                 _ = self.stop.notified() => break,
             }
         }
         self.flush().await;
+    }
+
+    /// Marks dirty what the store holds unwritten for longer than `after`.
+    pub async fn take_unwritten(&self, after: Duration) {
+        match self.store.unwritten(after).await {
+            Ok(keys) => {
+                if !keys.is_empty() {
+                    tracing::info!(
+                        resources = keys.len(),
+                        "the store holds changes no sidecar wrote; writing them"
+                    );
+                    self.metrics
+                        .unwritten_taken
+                        .inc_by(u64::try_from(keys.len()).unwrap_or(u64::MAX));
+                }
+                for key in keys {
+                    self.mark(key);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the store's unwritten changes; will retry");
+                self.metrics.errors.with_label_values(&["store"]).inc();
+            }
+        }
     }
 
     /// Ends [`Coalescer::run`] after a final flush.
@@ -133,6 +189,11 @@ impl Coalescer {
                 return;
             }
         };
+        // What is written, for the store's index: with the mark of the
+        // snapshot written (`None`: found gone).
+        let mut done: Vec<(ClaimKey, Option<Mark>)> = Vec::new();
+        // What the sink refused: its records must wait for the sink.
+        let mut refused: Vec<ClaimKey> = Vec::new();
         let work: Vec<(ClaimKey, Snapshot, Progress)> = keys
             .into_iter()
             .zip(snapshots)
@@ -144,11 +205,25 @@ impl Coalescer {
                         tracing::warn!(resource = ?k, "the store no longer holds these counters; not written");
                         self.metrics.errors.with_label_values(&["sink"]).inc();
                     }
+                    done.push((k, None));
                     return None;
                 };
+                if s.pending {
+                    // Not made yet (its claim's lease has not run out): its
+                    // creator, or whoever takes the claim over, makes it and
+                    // then has its counters written. Found in the index
+                    // again until then.
+                    return None;
+                }
                 let progress = resource::progress(&s);
                 // A re-check that finds what we wrote: done with this resource.
-                (checks.get(&k) != Some(&progress)).then_some((k, s, progress))
+                if checks.get(&k) == Some(&progress) {
+                    if s.unwritten.is_some() {
+                        done.push((k, s.unwritten));
+                    }
+                    return None;
+                }
+                Some((k, s, progress))
             })
             .collect();
         for chunk in work.chunks(WRITE_CONCURRENCY) {
@@ -162,6 +237,9 @@ impl Coalescer {
             for (key, snap, progress, result) in futures::future::join_all(writes).await {
                 match result {
                     Ok(()) => {
+                        if snap.unwritten.is_some() {
+                            done.push((key.clone(), snap.unwritten));
+                        }
                         self.written
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -179,8 +257,11 @@ impl Coalescer {
                         // Deleted from the sink: forget the incident, so its
                         // next sighting makes a new resource.
                         match self.store.forget(key, &snap.resource).await {
-                            Ok(true) => tracing::warn!(resource = %snap.resource, %what,
-                                "resource deleted from the sink; the incident's next sighting creates a new one"),
+                            Ok(true) => {
+                                done.push((key.clone(), None));
+                                tracing::warn!(resource = %snap.resource, %what,
+                                "resource deleted from the sink; the incident's next sighting creates a new one");
+                            }
                             // A claim pending on it, or the store holds another resource by now.
                             Ok(false) => tracing::warn!(resource = %snap.resource, %what,
                                 "resource deleted from the sink; the store has moved on from it"),
@@ -199,8 +280,22 @@ impl Coalescer {
                             .inc();
                         self.metrics.errors.with_label_values(&["sink"]).inc();
                         self.mark(key.clone());
+                        refused.push(key.clone());
                     }
                 }
+            }
+        }
+        if !refused.is_empty() {
+            if let Err(e) = self.store.keep(&refused).await {
+                tracing::warn!(error = %e, resources = refused.len(), "cannot keep the refused resources' records in the store");
+                self.metrics.errors.with_label_values(&["store"]).inc();
+            }
+        }
+        if !done.is_empty() {
+            if let Err(e) = self.store.written(&done).await {
+                // They stay in the index: written again by whoever finds them.
+                tracing::warn!(error = %e, resources = done.len(), "cannot tell the store what was written");
+                self.metrics.errors.with_label_values(&["store"]).inc();
             }
         }
         self.metrics.pending_updates.set(self.pending() as i64);

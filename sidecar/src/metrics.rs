@@ -29,6 +29,10 @@ pub struct Metrics {
     pub requests_in_flight: IntGauge,
     /// `signalgate_pending_updates`: resources waiting for the next coalesced write.
     pub pending_updates: IntGauge,
+    /// `signalgate_unwritten_taken_total`: resources found in the store's
+    /// index of unwritten changes, left there by a sidecar that died or
+    /// could not write them, and taken on by this one.
+    pub unwritten_taken: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -92,6 +96,11 @@ impl Metrics {
             "Resources waiting for their next coalesced update",
         )
         .expect("valid metric");
+        let unwritten_taken = IntCounter::new(
+            "signalgate_unwritten_taken_total",
+            "Resources whose counters the store held unwritten for too long, taken on by this sidecar",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(signals.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(storms.clone()),
@@ -101,6 +110,7 @@ impl Metrics {
             Box::new(errors.clone()),
             Box::new(requests_in_flight.clone()),
             Box::new(pending_updates.clone()),
+            Box::new(unwritten_taken.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -114,6 +124,7 @@ impl Metrics {
             errors,
             requests_in_flight,
             pending_updates,
+            unwritten_taken,
         }
     }
 

@@ -1,11 +1,12 @@
 //! The sidecar binary on Redis: an outage answers 503 and recovers; two
-//! sidecars share one Redis; a Redis restored from an older snapshot or
+//! sidecars share one Redis; what a killed sidecar acknowledged reaches its
+//! resource through another; a Redis restored from an older snapshot or
 //! restarted empty does not make a second resource.
 
 use std::time::Duration;
 
 use serde_json::Value;
-use signalgate_tests::payloads::{alert, webhook};
+use signalgate_tests::payloads::{alert, resolved, webhook};
 use signalgate_tests::process::wait_for;
 use signalgate_tests::redis::RedisServer;
 use signalgate_tests::sidecar::Sidecar;
@@ -81,6 +82,59 @@ fn two_sidecars_on_one_redis_create_each_incident_once() {
                 .all(|x| x["spec"]["deduplication"]["occurrenceCount"] == 12)
     });
     assert_eq!(all.len(), 5);
+}
+
+/// A sidecar acknowledges duplicates (202) and a resolution, and is killed
+/// (SIGKILL: no shutdown, no flush) before its next flush: another sidecar
+/// on the same Redis writes them to their resources.
+#[test]
+fn what_a_killed_sidecar_acknowledged_reaches_its_resource_through_another() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // A flushes once an hour: what it counts stays unwritten until it is gone.
+    let mut a = Sidecar::start_named(
+        "sidecar-a",
+        &[
+            ("SIGNALGATE_REDIS_URL", &url),
+            ("SIGNALGATE_FLUSH_INTERVAL", "1h"),
+        ],
+    );
+    let firing = webhook(vec![alert("Killed", "shop", "p1")]);
+    let ending = webhook(vec![alert("Killed", "shop", "p2")]);
+    for hook in [&firing, &ending] {
+        let made = a.post_alerts(hook);
+        assert_eq!(made.status, 201, "{}", made.body);
+    }
+    for _ in 0..3 {
+        let again = a.post_alerts(&firing);
+        assert_eq!(again.status, 202, "{}", again.body);
+        assert_eq!(again.json()["signals"][0]["outcome"], "duplicate");
+    }
+    let gone = a.post_alerts(&webhook(vec![resolved("Killed", "shop", "p2")]));
+    assert_eq!(gone.status, 202, "{}", gone.body);
+    assert_eq!(gone.json()["signals"][0]["outcome"], "resolved");
+    let files = a.resources();
+    assert_eq!(files.len(), 2);
+    assert!(files
+        .iter()
+        .all(|r| r["spec"]["deduplication"]["occurrenceCount"] == 1
+            && r["spec"]["resolution"].is_null()));
+    a.kill();
+
+    let dir = format!("dir:{}", a.sink_dir.display());
+    let b = Sidecar::start_named(
+        "sidecar-b",
+        &[("SIGNALGATE_REDIS_URL", &url), ("SIGNALGATE_SINK", &dir)],
+    );
+    // (the files are where A wrote them: B writes there too)
+    a.wait_resources("the duplicates counted and the resolution recorded", |r| {
+        r.len() == 2
+            && r.iter()
+                .any(|x| x["spec"]["deduplication"]["occurrenceCount"] == 4)
+            && r.iter()
+                .any(|x| x["spec"]["resolution"]["resolvedAt"] == "2026-11-26T21:07:15.000Z")
+    });
+    assert!(b.metric("signalgate_unwritten_taken_total") >= 2.0);
 }
 
 #[test]

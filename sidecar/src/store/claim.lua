@@ -1,8 +1,11 @@
 -- claim: commit, release or poll one claim (common.lua is prepended).
 --
--- A fingerprint claim: KEYS[1] sg:{ns}:f:<fp> (uncount: KEYS[2] sg:{ns}:s).
+-- A fingerprint claim: KEYS[1] sg:{ns}:f:<fp> (adopt: KEYS[2] sg:{ns}:d;
+--                      uncount: KEYS[2] sg:{ns}:s, KEYS[3] sg:{ns}:d).
 -- A storm claim:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a, KEYS[3] sg:{ns}:x
---                      (member: KEYS[4] sg:{ns}:f:<fp>).
+--                      (member: KEYS[4] sg:{ns}:f:<fp>, KEYS[5] sg:{ns}:d).
+-- The ops that change a resource's counters (adopt of a fingerprint,
+-- member, uncount) add it to the index of unwritten changes (sg:{ns}:d).
 -- ARGV: 1 op ('commit', 'release', 'poll', 'adopt', 'member', 'forget',
 --       'uncount'), 2
 --       kind ('f' or 's'), 3 storm resource name (storm claims), 4 claim lease ms, 5
@@ -41,7 +44,14 @@ local lease = tonumber(ARGV[4])
 local dedup = tonumber(ARGV[5])
 local incident = tonumber(ARGV[6])
 local owner = ARGV[7]
-local now = now_ms()
+local now, mark = clock()
+
+-- Records a change of the counters of `member` (a record's key, or a storm
+-- name) in the index of unwritten changes D.
+local function unwritten(D, member)
+  redis.call('ZADD', D, mark, member)
+  redis.call('PEXPIRE', D, int(math.max(dedup, incident)))
+end
 
 -- Where the claim's fields live: a fingerprint claim in its own hash (it
 -- exists while it has a resource name 'r'), a storm claim as '<name>|<field>'
@@ -147,6 +157,7 @@ if (op == 'adopt' or member) and kind == 's' then
     return 1
   end
   local F = KEYS[4]
+  unwritten(KEYS[5], name)
   redis.call('HSET', F, 's', name, 'q', owner)
   if ARGV[18] ~= '0' then
     redis.call('PEXPIRE', F, int(incident))
@@ -173,9 +184,11 @@ if op == 'uncount' then
     local c = tonumber(redis.call('HGET', KEYS[2], field))
     if c and c > 0 then
       redis.call('HSET', KEYS[2], field, int(c - 1))
+      unwritten(KEYS[3], known[2])
     end
   elseif num(known[3]) > 0 then
     redis.call('HSET', H, 'c', int(num(known[3]) - 1))
+    unwritten(KEYS[3], H)
   end
   return 1
 end
@@ -219,6 +232,7 @@ if op == 'adopt' then
     if redis.call('PTTL', H) < keep then
       redis.call('PEXPIRE', H, int(keep))
     end
+    unwritten(KEYS[2], H)
     return { resource_ref(known[1], committed_to(known[4])), num(known[2]), now, c, write,
       ri, tonumber(known[8]) or 1, known[9] or 0, known[10] or 0 }
   end
@@ -254,6 +268,7 @@ if op == 'adopt' then
     redis.call('HSET', H, 'z', int(z), 'y', int(y))
   end
   redis.call('PEXPIRE', H, int(ttl_of(i, z)))
+  unwritten(KEYS[2], H)
   return { resource_ref(resource, moved), first, now, c, 2, i, g, z, y }
 end
 

@@ -42,11 +42,33 @@
 --                   least the dedup window).
 --   sg:{ns}:o       where that memory began: '<run id>:<replication id>' of
 --                   the server (decide.lua); same TTL, refreshed when read.
+--   sg:{ns}:d       zset, the index of unwritten changes: every step that
+--                   changes a resource's counters adds it (member: the
+--                   record's key sg:{ns}:f:<fp> for an own resource, the
+--                   storm's name for a storm), scored by the change's mark
+--                   (store-clock microseconds: a later change always has
+--                   another); a sidecar that wrote a snapshot removes it
+--                   unless its mark moved on since (index.lua). TTL, set
+--                   by every change: the longer of the dedup window and
+--                   the incident TTL (no record it names lives longer
+--                   after its last change).
+--   sg:namespaces   hash, namespace -> when a sidecar last said it may add
+--                   to that namespace's sg:{ns}:d (ms; index.lua): where
+--                   sidecars look for changes a dead sidecar left unwritten.
+--                   No hash tag: one key for the whole store.
 
--- Store-clock milliseconds (Redis TIME), so every sidecar agrees.
-local function now_ms()
+-- The store's clock (Redis TIME), so every sidecar agrees: milliseconds,
+-- and the mark of a change made now (microseconds, as a string; two script
+-- calls never read the same microsecond, one running for longer than that).
+local function clock()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local s, us = tonumber(t[1]), tonumber(t[2])
+  return s * 1000 + math.floor(us / 1000), string.format('%.0f', s * 1000000 + us)
+end
+
+local function now_ms()
+  local ms = clock()
+  return ms
 end
 
 local function base36(n)

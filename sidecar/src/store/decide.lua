@@ -7,7 +7,8 @@
 -- KEYS[5] sg:{ns}:m (warm marker: when the store's memory of this namespace
 -- began; kept alive by every decide for the marker TTL)
 -- KEYS[6] sg:{ns}:o (on which server and data that memory began)
--- KEYS[6 + i] sg:{ns}:f:<fp> of signal i (1-based)
+-- KEYS[7] sg:{ns}:d (the index of unwritten changes)
+-- KEYS[7 + i] sg:{ns}:f:<fp> of signal i (1-based)
 -- ARGV: 1 storm name prefix ('storm-<12 hex of sha256(ns)>-'), 2 dedup ttl
 --       ms, 3 storm threshold, 4 storm window ms, 5 storm max duration ms,
 --       6 max affected, 7 claim lease ms, 8 warm marker ttl ms, 9 incident
@@ -44,7 +45,7 @@
 --          formats a number into a string at a cost that, on the duplicate
 --          path, would add a quarter to this script's CPU time.)
 
-local W, S, A, X, M, O = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local W, S, A, X, M, O, D = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local storm_prefix = ARGV[1]
 local dedup = tonumber(ARGV[2])
 local threshold = tonumber(ARGV[3])
@@ -52,7 +53,7 @@ local window = tonumber(ARGV[4])
 local max_duration = tonumber(ARGV[5])
 local max_affected = tonumber(ARGV[6])
 local lease = tonumber(ARGV[7])
-local now = now_ms()
+local now, mark = clock()
 -- While the store's memory of the namespace is younger than a dedup window,
 -- a new fingerprint may have a live resource the store does not know of.
 local since = tonumber(redis.call('GETEX', M, 'PX', ARGV[8]))
@@ -101,6 +102,14 @@ local function is_cold()
     end
   end
   return cold
+end
+
+-- Every resource whose counters this call changes goes into the index of
+-- unwritten changes (D), under this call's mark.
+local marked = false
+local function unwritten(member)
+  redis.call('ZADD', D, mark, member)
+  marked = true
 end
 
 local function storm_reply(outcome, write, st)
@@ -196,6 +205,7 @@ local function flush_storms()
       fields[2 * j] = int(st[f])
     end
     redis.call('HSET', S, unpack(fields))
+    unwritten(st.name)
     keeps[i] = { st.name, math.max(now + keep, st.e, st.u) }
   end
   storm_keep(S, A, X, keeps, now)
@@ -283,6 +293,7 @@ local function flush()
         redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q)
       end
       redis.call('PEXPIRE', F, rec.ttl)
+      unwritten(F)
     end
   end
 end
@@ -390,6 +401,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
       end
       redis.call('HSET', F, 'z', t, 'y', now, 'u', rec.u)
       redis.call('PEXPIRE', F, rec.ttl)
+      unwritten(F)
       -- Its next duplicate is answered in full (its snapshot has changed).
       rec.at = nil
     end
@@ -457,6 +469,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
           'q', o)
       end
       redis.call('PEXPIRE', F, int(math.max(keep, lease)))
+      unwritten(F)
       held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, t = o, q = o, i = ci, k = {},
         ttl = keep, at = i }
       return { 1, 1, 0, name, now, now, 1, ci, 1, 0, 0 }
@@ -486,11 +499,14 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
 end
 
 local replies = {}
-for i = 1, #KEYS - 6 do
+for i = 1, #KEYS - 7 do
   local a = 4 + 6 * i
-  replies[i] = decide(i, KEYS[6 + i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+  replies[i] = decide(i, KEYS[7 + i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
     ARGV[a + 5])
 end
 flush()
 flush_storms()
+if marked then
+  redis.call('PEXPIRE', D, int(math.max(dedup, tonumber(ARGV[9]))))
+end
 return replies

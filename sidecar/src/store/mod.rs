@@ -261,6 +261,14 @@ pub struct Snapshot {
     pub firings: u64,
     /// The incident's resolution (a storm's: once every member it knows resolved).
     pub resolution: Option<Resolution>,
+    /// The store's mark of the latest change to these counters that no
+    /// sidecar has reported written yet ([`Store::written`]); `None` when
+    /// there is none. Only filled by [`Store::snapshot`].
+    pub unwritten: Option<Mark>,
+    /// Its claim is still pending: the resource may not exist yet (its
+    /// creator commits it, then whoever counted meanwhile writes the
+    /// counters). Only filled by [`Store::snapshot`].
+    pub pending: bool,
 }
 
 impl Snapshot {
@@ -269,6 +277,13 @@ impl Snapshot {
         self.moved_to.as_deref().unwrap_or(namespace)
     }
 }
+
+/// Which change of a resource's counters the store's index of unwritten
+/// changes holds (see [`Store::unwritten`]): a later change always has
+/// another mark. Redis: the store-clock microsecond of the change; memory:
+/// a sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mark(pub i64);
 
 /// Storm counters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -393,8 +408,31 @@ pub trait Store: Send + Sync {
     /// For `Write::Await`: the claim's state now (may hand the claim to
     /// `owner`, whose token it then records).
     async fn poll(&self, owner: Owner, key: &ClaimKey) -> Result<ClaimState, StoreError>;
-    /// The current counters of the resources (storm lists filled), `None` where gone.
+    /// The current counters of the resources (storm lists filled), `None`
+    /// where gone, each with its [`Snapshot::unwritten`] mark.
     async fn snapshot(&self, keys: &[ClaimKey]) -> Result<Vec<Option<Snapshot>>, StoreError>;
+    /// Resources whose counters changed more than `older_than` ago and
+    /// that no sidecar has reported written since ([`Store::written`]):
+    /// every step that changes a resource's counters (a count, a
+    /// resolution, a member, a count taken back) records it in the store's
+    /// index of unwritten changes, in the same atomic step. The sidecar
+    /// that made a change writes it on its next flush; one that died first
+    /// (SIGKILL, OOM, node loss) or could not write leaves it here, for any
+    /// sidecar to find and write. At most a bounded batch a call: a store
+    /// with more resumes where the last call stopped.
+    async fn unwritten(&self, older_than: Duration) -> Result<Vec<ClaimKey>, StoreError>;
+    /// The resources were written with the counters of a snapshot holding
+    /// these marks: each leaves the index, unless it changed since (its
+    /// mark moved on). `None`: the snapshot found the resource gone; it
+    /// leaves the index if it is gone still.
+    async fn written(&self, done: &[(ClaimKey, Option<Mark>)]) -> Result<(), StoreError>;
+    /// The sink refused the updates of these resources: the records of
+    /// those that are a signal's own resource are kept at least a dedup
+    /// window from now, so that their unwritten counters wait for the sink
+    /// (a resolved incident's record, or one of signals without a firing
+    /// instance, lives only a dedup window after its last change). Storm
+    /// records already outlive their members.
+    async fn keep(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
     /// Readiness: the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -1,7 +1,7 @@
 -- snapshot: the counters of one resource (common.lua is prepended).
 --
--- A fingerprint resource: KEYS[1] sg:{ns}:f:<fp>.
--- A storm resource:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a.
+-- A fingerprint resource: KEYS[1] sg:{ns}:f:<fp>, KEYS[2] sg:{ns}:d.
+-- A storm resource:       KEYS[1] sg:{ns}:s, KEYS[2] sg:{ns}:a, KEYS[3] sg:{ns}:d.
 -- ARGV: 1 kind ('f' or 's'), 2 storm resource name (storm resources)
 -- Reply: {} when gone, else { resource (its name, or '<namespace>/<name>'
 --        when it went to another namespace), first seen ms, last seen ms,
@@ -9,7 +9,10 @@
 --        firings, resolved ms, resolution received ms (0 0 open); for a
 --        storm: alert count, affected overflow, started ms, ends ms,
 --        resolved count, resolved ms, resolution received ms, the storm it
---        continues ('' none), affected values (sorted) ... }.
+--        continues ('' none); then the mark of its latest unwritten change
+--        in sg:{ns}:d ('' none), 1 if its claim is pending (else 0); for a
+--        storm then its affected values (sorted) ... }. Read in one step with the counters, so a sidecar
+--        that writes them can tell whether a change came after them.
 
 local kind, name = ARGV[1], ARGV[2]
 
@@ -19,14 +22,16 @@ if kind == 'f' then
     return {}
   end
   return { resource_ref(v[1], committed_to(v[5])), num(v[2]), num(v[3]), num(v[4]),
-    num(v[6]), tonumber(v[7]) or 1, num(v[8]), num(v[9]) }
+    num(v[6]), tonumber(v[7]) or 1, num(v[8]), num(v[9]),
+    redis.call('ZSCORE', KEYS[2], KEYS[1]) or '', v[5] == '1' and 1 or 0 }
 end
 
 local st = storm_load(KEYS[1], name)
 if not st then
   return {}
 end
-local reply = { resource_ref(name, st.w), st.f, st.l, st.c, st.n, st.o, st.f, st.e, st.r, st.z, st.y, st.v }
+local reply = { resource_ref(name, st.w), st.f, st.l, st.c, st.n, st.o, st.f, st.e, st.r, st.z, st.y, st.v,
+  redis.call('ZSCORE', KEYS[3], name) or '', st.p }
 local prefix = name .. '|'
 local listed = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. prefix, '(' .. name .. '}')
 for _, member in ipairs(listed) do

@@ -16,15 +16,19 @@
 //!
 //! - `records`: the entries kept, each with its expiry.
 //! - `state`: the map and the decision, step by step.
+//! - `index`: the index of unwritten changes.
 
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::clock::now_ms;
 
 use super::{
-    Adopted, Claim, ClaimKey, ClaimState, Decision, Owner, Settings, Snapshot, Store, StoreError,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Mark, Owner, Settings, Snapshot, Store,
+    StoreError, Write,
 };
 
+mod index;
 mod records;
 mod state;
 
@@ -52,8 +56,9 @@ impl MemoryStore {
         &self.settings
     }
 
-    /// Live entries (fingerprints, namespaces with a window or storms, storms)
-    /// after removing the expired ones: what bounds this store's memory.
+    /// Live entries (fingerprints, namespaces with a window or storms,
+    /// storms, unwritten changes) after removing the expired ones: what
+    /// bounds this store's memory.
     pub fn entry_count(&self) -> usize {
         let mut state = self.lock();
         let now = now_ms();
@@ -65,6 +70,7 @@ impl MemoryStore {
                 .values()
                 .map(|n| n.storms.len())
                 .sum::<usize>()
+            + state.unwritten.len()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -93,7 +99,11 @@ impl Store for MemoryStore {
                 state
                     .warm
                     .insert(claim.namespace.clone(), (since, now + p.warm_marker));
-                state.decide_one(claim, &p, now, now - since < p.dedup)
+                let decision = state.decide_one(claim, &p, now, now - since < p.dedup);
+                if matches!(decision.write, Write::Create | Write::Update | Write::Await) {
+                    state.unwritten.change(&decision.key, now);
+                }
+                decision
             })
             .collect())
     }
@@ -187,12 +197,24 @@ impl Store for MemoryStore {
             let storm = match &mut entry.kind {
                 FpKind::Own(own) => {
                     own.count = own.count.saturating_sub(1);
+                    let own_key = ClaimKey::Fingerprint {
+                        namespace: key.0.clone(),
+                        fingerprint: key.1.clone(),
+                    };
+                    state.unwritten.change(&own_key, now);
                     continue;
                 }
                 FpKind::Member { storm, .. } => storm.clone(),
             };
-            if let Some(storm) = state.storm(&key.0, &storm, now) {
-                storm.count = storm.count.saturating_sub(1);
+            if let Some(s) = state.storm(&key.0, &storm, now) {
+                if s.count > 0 {
+                    s.count -= 1;
+                    let storm_key = ClaimKey::Storm {
+                        namespace: key.0.clone(),
+                        name: storm,
+                    };
+                    state.unwritten.change(&storm_key, now);
+                }
             }
         }
         Ok(())
@@ -206,7 +228,16 @@ impl Store for MemoryStore {
     ) -> Result<Option<Adopted>, StoreError> {
         let p = Params::new(&self.settings);
         let mut state = self.lock();
-        Ok(state.adopt(claim, existing, absorb, &p, now_ms()))
+        let now = now_ms();
+        let adopted = state.adopt(claim, existing, absorb, &p, now);
+        if adopted.is_some() {
+            let key = ClaimKey::Fingerprint {
+                namespace: claim.namespace.clone(),
+                fingerprint: claim.fingerprint.clone(),
+            };
+            state.unwritten.change(&key, now);
+        }
+        Ok(adopted)
     }
 
     async fn adopt_storm(&self, namespace: &str, existing: &Snapshot) -> Result<bool, StoreError> {
@@ -222,7 +253,12 @@ impl Store for MemoryStore {
     ) -> Result<Option<Decision>, StoreError> {
         let p = Params::new(&self.settings);
         let mut state = self.lock();
-        Ok(state.adopt_member(claim, storm, &p, now_ms()))
+        let now = now_ms();
+        let member = state.adopt_member(claim, storm, &p, now);
+        if let Some(decision) = &member {
+            state.unwritten.change(&decision.key, now);
+        }
+        Ok(member)
     }
 
     async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {
@@ -324,25 +360,77 @@ impl Store for MemoryStore {
         let now = now_ms();
         Ok(keys
             .iter()
-            .map(|key| match key {
-                ClaimKey::Fingerprint {
-                    namespace,
-                    fingerprint,
-                } => {
-                    let k = (namespace.clone(), fingerprint.clone());
-                    match state.fingerprint(&k, now) {
-                        Some(FpEntry {
-                            kind: FpKind::Own(own),
-                            ..
-                        }) => Some(own.snapshot()),
-                        _ => None,
+            .map(|key| {
+                match key {
+                    ClaimKey::Fingerprint {
+                        namespace,
+                        fingerprint,
+                    } => {
+                        let k = (namespace.clone(), fingerprint.clone());
+                        match state.fingerprint(&k, now) {
+                            Some(FpEntry {
+                                kind: FpKind::Own(own),
+                                ..
+                            }) => Some((own.snapshot(), own.pending)),
+                            _ => None,
+                        }
                     }
+                    ClaimKey::Storm { namespace, name } => state
+                        .storm(namespace, name, now)
+                        .map(|s| (s.snapshot(name, true), s.pending)),
                 }
-                ClaimKey::Storm { namespace, name } => state
-                    .storm(namespace, name, now)
-                    .map(|s| s.snapshot(name, true)),
+                .map(|(mut snapshot, pending)| {
+                    snapshot.unwritten = state.unwritten.mark(key);
+                    snapshot.pending = pending;
+                    snapshot
+                })
             })
             .collect())
+    }
+
+    async fn unwritten(&self, older_than: Duration) -> Result<Vec<ClaimKey>, StoreError> {
+        let mut state = self.lock();
+        let now = now_ms();
+        let mut found = Vec::new();
+        for key in state.unwritten.older(now - crate::clock::ms(older_than)) {
+            if state.holds(&key, now) {
+                found.push(key);
+            } else {
+                state.unwritten.written(&key, None, true);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn keep(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
+        let p = Params::new(&self.settings);
+        let mut state = self.lock();
+        let now = now_ms();
+        for key in keys {
+            if let ClaimKey::Fingerprint {
+                namespace,
+                fingerprint,
+            } = key
+            {
+                let k = (namespace.clone(), fingerprint.clone());
+                if let Some(entry) = state.fingerprint(&k, now) {
+                    if matches!(entry.kind, FpKind::Own(_)) {
+                        entry.expires_ms = entry.expires_ms.max(now + p.dedup);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn written(&self, done: &[(ClaimKey, Option<Mark>)]) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let now = now_ms();
+        for (key, mark) in done {
+            let gone = !state.holds(key, now);
+            state.unwritten.written(key, *mark, gone);
+        }
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

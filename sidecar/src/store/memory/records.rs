@@ -94,6 +94,8 @@ impl Own {
             instance_ms: self.instance_ms,
             firings: self.firings,
             resolution: self.resolution,
+            unwritten: None,
+            pending: false,
         }
     }
 
@@ -239,6 +241,8 @@ impl Storm {
             instance_ms: 0,
             firings: 1,
             resolution: self.resolution,
+            unwritten: None,
+            pending: false,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use super::index::Unwritten;
 use super::records::{FpEntry, FpKind, Namespace, Own, Params, Storm};
 use crate::store::{
     Adopted, Claim, ClaimKey, Decision, Outcome, Owner, Resolution, Snapshot, Write,
@@ -19,6 +20,7 @@ pub(super) struct State {
     /// [`WARM_MARKER_TTL`](crate::store::WARM_MARKER_TTL).
     pub warm: HashMap<String, (i64, i64)>,
     pub last_sweep_ms: i64,
+    pub unwritten: Unwritten,
 }
 
 impl State {
@@ -37,6 +39,18 @@ impl State {
             }
             !ns.window.is_empty() || !ns.storms.is_empty()
         });
+        let (fingerprints, namespaces) = (&self.fingerprints, &self.namespaces);
+        self.unwritten.retain(|key| match key {
+            ClaimKey::Fingerprint {
+                namespace,
+                fingerprint,
+            } => fingerprints
+                .get(&(namespace.clone(), fingerprint.clone()))
+                .is_some_and(|e| matches!(e.kind, FpKind::Own(_))),
+            ClaimKey::Storm { namespace, name } => namespaces
+                .get(namespace)
+                .is_some_and(|ns| ns.storms.contains_key(name)),
+        });
     }
 
     /// The live fingerprint entry, removing it when expired.
@@ -49,6 +63,22 @@ impl State {
             self.fingerprints.remove(key);
         }
         self.fingerprints.get_mut(key)
+    }
+
+    /// Whether `key` names a live resource: a fingerprint with its own
+    /// resource, or a storm.
+    pub fn holds(&mut self, key: &ClaimKey, now: i64) -> bool {
+        match key {
+            ClaimKey::Fingerprint {
+                namespace,
+                fingerprint,
+            } => {
+                let k = (namespace.clone(), fingerprint.clone());
+                self.fingerprint(&k, now)
+                    .is_some_and(|e| matches!(e.kind, FpKind::Own(_)))
+            }
+            ClaimKey::Storm { namespace, name } => self.storm(namespace, name, now).is_some(),
+        }
     }
 
     /// The live storm record, removing it when its time is up.

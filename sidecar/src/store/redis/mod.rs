@@ -82,16 +82,32 @@
 //!
 //! # Modules
 //!
+//! # The index of unwritten changes
+//!
+//! Every script step that changes a resource's counters adds it to its
+//! namespace's index (`sg:{ns}:d`, see `common.lua`), and a sidecar that
+//! wrote a snapshot removes it unless it changed since (`index.lua`). To find
+//! what a dead sidecar left there without scanning the keyspace, a sidecar
+//! stamps each namespace it decides in (`sg:namespaces`) before its first
+//! decide there, and again every [`REGISTER_EVERY`]; [`Store::unwritten`]
+//! walks that hash, a bounded part a call, and drops namespaces whose index
+//! is empty and whose stamp is older than [`PRUNE_AFTER`] (any sidecar that
+//! added to the index since would have stamped it again).
+//!
+//! # Modules
+//!
 //! - `transport`: the connection, pipelines per slot, `NOSCRIPT`, timeouts.
 //! - `wire`: the scripts' keys, arguments and replies.
 //! - this module: what each [`Store`] call sends and what it answers.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::batch::{self, Batcher, DecideEach};
 use super::{
-    Adopted, Claim, ClaimKey, ClaimState, Decision, Owner, Settings, Snapshot, Store, StoreError,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Mark, Owner, Settings, Snapshot, Store,
+    StoreError,
 };
 
 mod transport;
@@ -110,12 +126,30 @@ pub struct RedisStore {
     batcher: Option<Batcher>,
 }
 
+/// How often a sidecar stamps a namespace it decides in again.
+const REGISTER_EVERY: Duration = Duration::from_secs(300);
+/// A namespace whose index is empty and whose stamp is older than this
+/// leaves the hash of namespaces. Far longer than [`REGISTER_EVERY`]: a
+/// sidecar adding to an index has stamped its namespace within that.
+const PRUNE_AFTER: Duration = Duration::from_secs(3600);
+/// Namespaces looked at by one [`Store::unwritten`] call.
+const SCAN_COUNT: usize = 256;
+/// Resources of one namespace found by one [`Store::unwritten`] call.
+const OLD_PER_NAMESPACE: usize = 256;
+
 /// The connection, the settings and the scripts: every store call but the
 /// batching.
 struct Core {
     transport: Transport,
     settings: Settings,
     scripts: Scripts,
+    /// Namespaces this sidecar stamped, and when.
+    stamped: Mutex<HashMap<String, Instant>>,
+    /// Held while stamping: requests arriving together in a namespace not
+    /// stamped yet send one stamp, not one each.
+    stamping: tokio::sync::Mutex<()>,
+    /// Where the walk of the hash of namespaces goes on (`"0"`: a new pass).
+    cursor: Mutex<String>,
 }
 
 impl RedisStore {
@@ -131,6 +165,9 @@ impl RedisStore {
             transport: Transport::connect(url, timeout)?,
             settings,
             scripts: Scripts::new(),
+            stamped: Mutex::new(HashMap::new()),
+            stamping: tokio::sync::Mutex::new(()),
+            cursor: Mutex::new("0".to_string()),
         });
         let batcher = (!core.transport.is_cluster()).then(|| Batcher::start(core.clone()));
         Ok(RedisStore { core, batcher })
@@ -190,16 +227,28 @@ impl Core {
         call: Call,
         parse: impl FnOnce(&redis::Value) -> Option<T>,
     ) -> Result<T, StoreError> {
+        self.one(&self.scripts.claim, "claim", call, parse).await
+    }
+
+    /// One call of `script` (named `what` in errors), its reply read by
+    /// `parse` (`None`: unexpected).
+    async fn one<T>(
+        &self,
+        script: &redis::Script,
+        what: &str,
+        call: Call,
+        parse: impl FnOnce(&redis::Value) -> Option<T>,
+    ) -> Result<T, StoreError> {
         let calls = [call];
         self.transport
             .bounded(async {
                 let reply = self
                     .transport
-                    .eval_all(&self.scripts.claim, &calls)
+                    .eval_all(script, &calls)
                     .await
                     .pop()
                     .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
-                parse(&reply).ok_or_else(|| wire::unexpected("claim", &reply))
+                parse(&reply).ok_or_else(|| wire::unexpected(what, &reply))
             })
             .await
     }
@@ -207,12 +256,18 @@ impl Core {
     /// Runs `claim.lua` calls whose reply is only success (commits,
     /// releases); all in one round trip.
     async fn claim_all(&self, calls: Vec<Call>) -> Result<(), StoreError> {
+        self.all(&self.scripts.claim, calls).await
+    }
+
+    /// Runs calls of `script` whose reply is only success; all in one
+    /// round trip.
+    async fn all(&self, script: &redis::Script, calls: Vec<Call>) -> Result<(), StoreError> {
         if calls.is_empty() {
             return Ok(());
         }
         self.transport
             .bounded(async {
-                for reply in self.transport.eval_all(&self.scripts.claim, &calls).await {
+                for reply in self.transport.eval_all(script, &calls).await {
                     reply?;
                 }
                 Ok(())
@@ -281,6 +336,97 @@ impl Core {
         self.claim_script(call, wire::parse_claim_state).await
     }
 
+    /// Stamps the namespaces of `claims` this sidecar has not stamped for
+    /// [`REGISTER_EVERY`], before their decide can add to their index.
+    async fn stamp(&self, claims: &[Claim]) -> Result<(), StoreError> {
+        let due = || -> Vec<&str> {
+            let now = Instant::now();
+            let stamped = self.stamped.lock().unwrap_or_else(|e| e.into_inner());
+            let mut due: Vec<&str> = claims
+                .iter()
+                .map(|c| c.namespace.as_str())
+                .filter(|ns| {
+                    stamped
+                        .get(*ns)
+                        .is_none_or(|at| now.duration_since(*at) >= REGISTER_EVERY)
+                })
+                .collect();
+            due.sort_unstable();
+            due.dedup();
+            due
+        };
+        if due().is_empty() {
+            return Ok(());
+        }
+        let _stamping = self
+            .transport
+            .bounded(async { Ok(self.stamping.lock().await) })
+            .await?;
+        // (another request may have stamped them meanwhile)
+        let due = due();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        self.all(&self.scripts.index, vec![Call::register(&due)])
+            .await?;
+        let mut stamped = self.stamped.lock().unwrap_or_else(|e| e.into_inner());
+        stamped.retain(|_, at| now.duration_since(*at) < REGISTER_EVERY);
+        for ns in due {
+            stamped.insert(ns.to_string(), now);
+        }
+        Ok(())
+    }
+
+    async fn unwritten(&self, older_than: Duration) -> Result<Vec<ClaimKey>, StoreError> {
+        let cursor = self
+            .cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (next, namespaces) = self
+            .one(
+                &self.scripts.index,
+                "index",
+                Call::scan(&cursor, SCAN_COUNT),
+                wire::parse_scan,
+            )
+            .await?;
+        let calls: Vec<Call> = namespaces
+            .iter()
+            .map(|(ns, _)| Call::old(ns, older_than, OLD_PER_NAMESPACE))
+            .collect();
+        let replies = self
+            .transport
+            .bounded(async { Ok(self.transport.eval_all(&self.scripts.index, &calls).await) })
+            .await?;
+        // Candidates for pruning by this host's clock; the script decides
+        // by the store's.
+        let stale = crate::clock::now_ms() - crate::clock::ms(PRUNE_AFTER);
+        let mut found = Vec::new();
+        let mut prunes = Vec::new();
+        for ((ns, stamp), reply) in namespaces.iter().zip(replies) {
+            let reply = reply?;
+            let (held, keys) =
+                wire::parse_old(ns, &reply).ok_or_else(|| wire::unexpected("index", &reply))?;
+            if held == 0 && *stamp < stale {
+                prunes.push(Call::prune(ns, PRUNE_AFTER));
+            }
+            found.extend(keys);
+        }
+        self.all(&self.scripts.index, prunes).await?;
+        *self.cursor.lock().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(found)
+    }
+
+    async fn written(&self, done: &[(ClaimKey, Option<Mark>)]) -> Result<(), StoreError> {
+        let calls = done
+            .iter()
+            .map(|(key, mark)| Call::written(key, *mark))
+            .collect();
+        self.all(&self.scripts.index, calls).await
+    }
+
     async fn snapshot(&self, keys: &[ClaimKey]) -> Result<Vec<Option<Snapshot>>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -319,6 +465,7 @@ impl DecideEach for Core {
 #[async_trait::async_trait]
 impl Store for RedisStore {
     async fn decide(&self, claims: &[Claim]) -> Result<Vec<Decision>, StoreError> {
+        self.core.stamp(claims).await?;
         match &self.batcher {
             Some(batcher) => self.core.transport.bounded(batcher.decide(claims)).await,
             None => batch::decide_alone(self.core.as_ref(), claims).await,
@@ -377,6 +524,22 @@ impl Store for RedisStore {
 
     async fn snapshot(&self, keys: &[ClaimKey]) -> Result<Vec<Option<Snapshot>>, StoreError> {
         self.core.snapshot(keys).await
+    }
+
+    async fn unwritten(&self, older_than: Duration) -> Result<Vec<ClaimKey>, StoreError> {
+        self.core.unwritten(older_than).await
+    }
+
+    async fn written(&self, done: &[(ClaimKey, Option<Mark>)]) -> Result<(), StoreError> {
+        self.core.written(done).await
+    }
+
+    async fn keep(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
+        let calls = keys
+            .iter()
+            .filter_map(|key| Call::keep(&self.core.settings, key))
+            .collect();
+        self.core.all(&self.core.scripts.index, calls).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,18 +1,19 @@
 //! The scripts' wire format: the Lua sources, the keys and arguments of
 //! each script call, and how the replies read back into decisions,
 //! snapshots and claim states. The scripts themselves (`common.lua`,
-//! `decide.lua`, `claim.lua`, `snapshot.lua`) stay beside the store's other
+//! `decide.lua`, `claim.lua`, `snapshot.lua`, `index.lua`) stay beside the store's other
 //! files in `store/`.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use redis::cluster_routing::Slot;
 use redis::{Script, Value};
 
 use crate::clock::ms;
 use crate::store::{
-    Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Owner, Resolution, Settings, Snapshot,
-    StoreError, StormSnapshot, Write, WARM_MARKER_TTL,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Mark, Outcome, Owner, Resolution, Settings,
+    Snapshot, StoreError, StormSnapshot, Write, WARM_MARKER_TTL,
 };
 use signalgate_resource::naming::storm_prefix;
 
@@ -20,6 +21,11 @@ const COMMON: &str = include_str!("../common.lua");
 const DECIDE: &str = include_str!("../decide.lua");
 const CLAIM: &str = include_str!("../claim.lua");
 const SNAPSHOT: &str = include_str!("../snapshot.lua");
+const INDEX: &str = include_str!("../index.lua");
+
+/// The hash of namespaces whose index of unwritten changes may hold
+/// entries (see `common.lua`).
+const NAMESPACES: &str = "sg:namespaces";
 
 /// Signals of one namespace decided by one `decide.lua` call; a bigger batch
 /// is split, so one script never holds Redis for long (about 5 µs a signal).
@@ -30,6 +36,7 @@ pub(super) struct Scripts {
     pub decide: Script,
     pub claim: Script,
     pub snapshot: Script,
+    pub index: Script,
 }
 
 impl Scripts {
@@ -39,6 +46,7 @@ impl Scripts {
             decide: script(DECIDE),
             claim: script(CLAIM),
             snapshot: script(SNAPSHOT),
+            index: script(INDEX),
         }
     }
 }
@@ -92,6 +100,7 @@ impl Call {
             fingerprint: claim.fingerprint.clone(),
         };
         let mut call = Call::claim(settings, "adopt", &key, claim.owner);
+        call.keys.push(Keys(&claim.namespace).unwritten());
         call.args.push(existing.resource.as_bytes().to_vec());
         call.args
             .push(existing.first_seen_ms.to_string().into_bytes());
@@ -143,6 +152,7 @@ impl Call {
         let mut call = Call::claim(settings, op, &key, owner);
         if let Some(m) = member {
             call.keys.push(Keys(namespace).fingerprint(&m.fingerprint));
+            call.keys.push(Keys(namespace).unwritten());
         }
         let numbers = [
             storm.started_ms,
@@ -175,7 +185,7 @@ impl Call {
 
     /// Takes back the count `owner`'s request made on the record of
     /// `fingerprint` (its own resource, or its storm's: the storm hash is
-    /// the second key).
+    /// the second key, the index of unwritten changes the third).
     pub fn uncount(settings: &Settings, owner: Owner, namespace: &str, fingerprint: &str) -> Call {
         let key = ClaimKey::Fingerprint {
             namespace: namespace.to_string(),
@@ -183,6 +193,7 @@ impl Call {
         };
         let mut call = Call::claim(settings, "uncount", &key, owner);
         call.keys.push(Keys(namespace).storms());
+        call.keys.push(Keys(namespace).unwritten());
         call
     }
 
@@ -195,15 +206,107 @@ impl Call {
 
     /// A `snapshot.lua` call for `key`.
     pub fn snapshot(key: &ClaimKey) -> Call {
-        let (keys, kind, name) = claim_keys(key);
-        let keys = if kind == "s" {
-            keys[..2].to_vec()
-        } else {
-            keys
-        };
+        let (mut keys, kind, name) = claim_keys(key);
+        keys.truncate(2);
+        if kind == "f" {
+            keys.truncate(1);
+        }
+        keys.push(Keys(key.namespace()).unwritten());
         Call {
             keys,
             args: vec![kind.as_bytes().to_vec(), name.as_bytes().to_vec()],
+        }
+    }
+
+    /// An `index.lua` call stamping `namespaces` in the hash of namespaces.
+    pub fn register(namespaces: &[&str]) -> Call {
+        let mut args = vec![b"register".to_vec()];
+        args.extend(namespaces.iter().map(|ns| ns.as_bytes().to_vec()));
+        Call {
+            keys: vec![NAMESPACES.to_string()],
+            args,
+        }
+    }
+
+    /// An `index.lua` call for the next `count` namespaces of the hash from `cursor`.
+    pub fn scan(cursor: &str, count: usize) -> Call {
+        Call {
+            keys: vec![NAMESPACES.to_string()],
+            args: vec![
+                b"scan".to_vec(),
+                cursor.as_bytes().to_vec(),
+                count.to_string().into_bytes(),
+            ],
+        }
+    }
+
+    /// An `index.lua` call for at most `limit` entries of `namespace`'s
+    /// index whose latest change is older than `age`.
+    pub fn old(namespace: &str, age: Duration, limit: usize) -> Call {
+        Call {
+            keys: vec![Keys(namespace).unwritten()],
+            args: vec![
+                b"old".to_vec(),
+                ms(age).to_string().into_bytes(),
+                limit.to_string().into_bytes(),
+            ],
+        }
+    }
+
+    /// An `index.lua` call: `key` was written with the counters of a
+    /// snapshot marked `mark` (`None`: it found the resource gone).
+    pub fn written(key: &ClaimKey, mark: Option<Mark>) -> Call {
+        let k = Keys(key.namespace());
+        let (record, kind, member) = match key {
+            ClaimKey::Fingerprint { fingerprint, .. } => {
+                let f = k.fingerprint(fingerprint);
+                (f.clone(), "f", f)
+            }
+            ClaimKey::Storm { name, .. } => (k.storms(), "s", name.clone()),
+        };
+        Call {
+            keys: vec![k.unwritten(), record],
+            args: vec![
+                b"written".to_vec(),
+                kind.as_bytes().to_vec(),
+                member.into_bytes(),
+                mark.map(|m| m.0.to_string())
+                    .unwrap_or_default()
+                    .into_bytes(),
+            ],
+        }
+    }
+
+    /// An `index.lua` call keeping the record of the fingerprint resource
+    /// `key` a dedup window from now; `None` for a storm.
+    pub fn keep(settings: &Settings, key: &ClaimKey) -> Option<Call> {
+        let ClaimKey::Fingerprint {
+            namespace,
+            fingerprint,
+        } = key
+        else {
+            return None;
+        };
+        let k = Keys(namespace);
+        Some(Call {
+            keys: vec![k.fingerprint(fingerprint), k.unwritten()],
+            args: vec![
+                b"keep".to_vec(),
+                ms(settings.dedup_ttl).to_string().into_bytes(),
+            ],
+        })
+    }
+
+    /// An `index.lua` call removing `namespace` from the hash of namespaces
+    /// if its stamp is older than `age`.
+    pub fn prune(namespace: &str, age: Duration) -> Call {
+        Call {
+            keys: vec![NAMESPACES.to_string()],
+            args: vec![
+                b"prune".to_vec(),
+                namespace.as_bytes().to_vec(),
+                ms(age).to_string().into_bytes(),
+            ],
         }
     }
 
@@ -217,7 +320,7 @@ impl Call {
             };
         };
         let k = Keys(&first.namespace);
-        let mut keys = Vec::with_capacity(6 + claims.len());
+        let mut keys = Vec::with_capacity(7 + claims.len());
         keys.extend([
             k.window(),
             k.storms(),
@@ -225,6 +328,7 @@ impl Call {
             k.expiry(),
             k.marker(),
             k.marker_owner(),
+            k.unwritten(),
         ]);
         keys.extend(claims.iter().map(|c| k.fingerprint(&c.fingerprint)));
         let mut args = Vec::with_capacity(9 + 6 * claims.len());
@@ -291,6 +395,9 @@ impl Keys<'_> {
     }
     fn marker_owner(&self) -> String {
         self.key("o")
+    }
+    fn unwritten(&self) -> String {
+        self.key("d")
     }
 }
 
@@ -444,13 +551,76 @@ pub(super) fn parse_snapshot(storm: bool, value: &Value) -> Option<Option<Snapsh
     if v.is_empty() {
         return Some(None);
     }
+    // The counters, the mark, the pending flag, then (a storm) its affected values.
     let len = if storm { 12 } else { 8 };
-    if v.len() < len || (!storm && v.len() != len) {
+    if v.len() < len + 2 || (!storm && v.len() != len + 2) {
         return None;
     }
-    let affected = v[len..].iter().map(text).collect::<Option<Vec<String>>>()?;
+    let affected = v[len + 2..]
+        .iter()
+        .map(text)
+        .collect::<Option<Vec<String>>>()?;
     let (moved_to, resource) = split_ref(text(&v[0])?);
-    snapshot_from(resource, moved_to, &v[1..len], storm, affected).map(Some)
+    let mut snapshot = snapshot_from(resource, moved_to, &v[1..len], storm, affected)?;
+    snapshot.unwritten = mark(&v[len])?;
+    snapshot.pending = int(&v[len + 1])? == 1;
+    Some(Some(snapshot))
+}
+
+/// A mark as `ZSCORE` answers it (`''`: none). Redis prints a score as a
+/// double; marks are whole microseconds, well within its exact range.
+fn mark(value: &Value) -> Option<Option<Mark>> {
+    let text = text(value)?;
+    if text.is_empty() {
+        return Some(None);
+    }
+    let n = match text.parse::<i64>() {
+        Ok(n) => n,
+        Err(_) => text.parse::<f64>().ok().filter(|f| f.is_finite())? as i64,
+    };
+    Some(Some(Mark(n)))
+}
+
+/// The reply of a `scan`: the next cursor and the namespaces seen.
+pub(super) fn parse_scan(reply: &Value) -> Option<(String, Vec<(String, i64)>)> {
+    let Value::Array(v) = reply else {
+        return None;
+    };
+    let cursor = text(v.first()?)?;
+    let namespaces = v[1..]
+        .chunks(2)
+        .map(|pair| match pair {
+            [ns, stamp] => Some((text(ns)?, int(stamp)?)),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((cursor, namespaces))
+}
+
+/// The reply of an `old` call for `namespace`: how many entries its index
+/// holds, and the resources of the old ones.
+pub(super) fn parse_old(namespace: &str, reply: &Value) -> Option<(u64, Vec<ClaimKey>)> {
+    let Value::Array(v) = reply else {
+        return None;
+    };
+    let held = count(v.first()?)?;
+    let keys = v[1..]
+        .iter()
+        .map(|m| {
+            let member = text(m)?;
+            Some(match member.rsplit_once(":f:") {
+                Some((_, fingerprint)) if member.starts_with("sg:") => ClaimKey::Fingerprint {
+                    namespace: namespace.to_string(),
+                    fingerprint: fingerprint.to_string(),
+                },
+                _ => ClaimKey::Storm {
+                    namespace: namespace.to_string(),
+                    name: member,
+                },
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((held, keys))
 }
 
 /// The reply of an adoption of a signal's own resource: the counters held
@@ -598,7 +768,13 @@ mod tests {
         for ns in ["payments", "", "a}b"] {
             let k = Keys(ns);
             let slot = Slot::for_key(k.window());
-            for key in [k.fingerprint("ab"), k.storms(), k.affected(), k.expiry()] {
+            for key in [
+                k.fingerprint("ab"),
+                k.storms(),
+                k.affected(),
+                k.expiry(),
+                k.unwritten(),
+            ] {
                 assert_eq!(Slot::for_key(key), slot, "{ns:?}");
             }
         }
