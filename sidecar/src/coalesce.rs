@@ -26,15 +26,19 @@
 //! flush (SIGKILL, OOM, node loss) would take the counts it acknowledged
 //! with it. So the store keeps its own index of unwritten changes, made in
 //! the same atomic step as each count ([`Store::unwritten`]): every flush
-//! reports what it wrote (with the mark of the snapshot it wrote, so a
-//! change made since stays), and every [`unwritten_after`] each sidecar
-//! asks the store for changes older than that, and writes them as its own.
-//! A resource two sidecars both write is harmless: neither writes it
-//! backwards. While the sink refuses a resource's update, its record is kept
-//! in the store ([`Store::keep`]) so that the counters wait for the sink
-//! however long it is down.
+//! reports what it wrote (with the counters written, so a change made since
+//! stays), and every [`unwritten_after`] each sidecar asks the store for
+//! changes older than that, and writes them as its own; not while its own
+//! writes fail (the sink is down for everyone: piling every replica's
+//! retries on it would only slow its recovery). A resource two sidecars both
+//! write is harmless: neither writes it backwards. While the sink is
+//! unavailable for a resource's update, its record is kept in the store
+//! ([`Store::keep`]) so that the counters wait for the sink however long it
+//! is down; an update the sink refuses for good leaves the index (this
+//! sidecar retries it, as before).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +49,7 @@ use signalgate_resource::Progress;
 
 use crate::resource;
 use crate::sink::{Sink, SinkError};
-use crate::store::{ClaimKey, Mark, Snapshot, Store};
+use crate::store::{ClaimKey, Snapshot, Store, Written};
 
 /// How many resource updates one flush sends at once.
 const WRITE_CONCURRENCY: usize = 16;
@@ -64,6 +68,11 @@ pub struct Coalescer {
     dirty: Mutex<HashSet<ClaimKey>>,
     /// What this sidecar last wrote, for the check on the next flush.
     written: Mutex<HashMap<ClaimKey, Progress>>,
+    /// Resources taken from the store's index (another sidecar's changes,
+    /// maybe expired since): gone is no loss of this sidecar's.
+    taken: Mutex<HashSet<ClaimKey>>,
+    /// The last flush that wrote or failed found the sink unavailable.
+    sink_failing: AtomicBool,
     store: Arc<dyn Store>,
     sink: Arc<dyn Sink>,
     metrics: Arc<Metrics>,
@@ -75,6 +84,8 @@ impl Coalescer {
         Coalescer {
             dirty: Mutex::new(HashSet::new()),
             written: Mutex::new(HashMap::new()),
+            taken: Mutex::new(HashSet::new()),
+            sink_failing: AtomicBool::new(false),
             store,
             sink,
             metrics,
@@ -126,8 +137,12 @@ impl Coalescer {
         self.flush().await;
     }
 
-    /// Marks dirty what the store holds unwritten for longer than `after`.
+    /// Marks dirty what the store holds unwritten for longer than `after`
+    /// (not while this sidecar's own writes find the sink unavailable).
     pub async fn take_unwritten(&self, after: Duration) {
+        if self.sink_failing.load(Ordering::Relaxed) {
+            return;
+        }
         match self.store.unwritten(after).await {
             Ok(keys) => {
                 if !keys.is_empty() {
@@ -139,7 +154,9 @@ impl Coalescer {
                         .unwritten_taken
                         .inc_by(u64::try_from(keys.len()).unwrap_or(u64::MAX));
                 }
+                let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
                 for key in keys {
+                    taken.insert(key.clone());
                     self.mark(key);
                 }
             }
@@ -189,11 +206,12 @@ impl Coalescer {
                 return;
             }
         };
-        // What is written, for the store's index: with the mark of the
-        // snapshot written (`None`: found gone).
-        let mut done: Vec<(ClaimKey, Option<Mark>)> = Vec::new();
-        // What the sink refused: its records must wait for the sink.
+        // What is written, for the store's index: with the counters
+        // written (`None`: found gone).
+        let mut done: Vec<(ClaimKey, Option<Written>)> = Vec::new();
+        // What the sink could not take now: its records must wait for it.
         let mut refused: Vec<ClaimKey> = Vec::new();
+        let taken = std::mem::take(&mut *self.taken.lock().unwrap_or_else(|e| e.into_inner()));
         let work: Vec<(ClaimKey, Snapshot, Progress)> = keys
             .into_iter()
             .zip(snapshots)
@@ -201,7 +219,7 @@ impl Coalescer {
                 let Some(s) = s else {
                     // Expired in the store (a dedup window after its last
                     // sighting) before its counters could be written.
-                    if !checks.contains_key(&k) {
+                    if !checks.contains_key(&k) && !taken.contains(&k) {
                         tracing::warn!(resource = ?k, "the store no longer holds these counters; not written");
                         self.metrics.errors.with_label_values(&["sink"]).inc();
                     }
@@ -209,23 +227,26 @@ impl Coalescer {
                     return None;
                 };
                 if s.pending {
-                    // Not made yet (its claim's lease has not run out): its
-                    // creator, or whoever takes the claim over, makes it and
-                    // then has its counters written. Found in the index
-                    // again until then.
+                    // Not made yet: its creator (or whoever takes its claim
+                    // over) makes it with these counters, and checks them
+                    // once more on its next flush. Out of the index.
+                    if s.unwritten {
+                        done.push((k, Some(Written::of(&s))));
+                    }
                     return None;
                 }
                 let progress = resource::progress(&s);
                 // A re-check that finds what we wrote: done with this resource.
                 if checks.get(&k) == Some(&progress) {
-                    if s.unwritten.is_some() {
-                        done.push((k, s.unwritten));
+                    if s.unwritten {
+                        done.push((k, Some(Written::of(&s))));
                     }
                     return None;
                 }
                 Some((k, s, progress))
             })
             .collect();
+        let (mut wrote, mut unavailable) = (false, false);
         for chunk in work.chunks(WRITE_CONCURRENCY) {
             let writes = chunk.iter().map(|(key, snap, progress)| async move {
                 let result = self
@@ -237,8 +258,9 @@ impl Coalescer {
             for (key, snap, progress, result) in futures::future::join_all(writes).await {
                 match result {
                     Ok(()) => {
-                        if snap.unwritten.is_some() {
-                            done.push((key.clone(), snap.unwritten));
+                        wrote = true;
+                        if snap.unwritten {
+                            done.push((key.clone(), Some(Written::of(snap))));
                         }
                         self.written
                             .lock()
@@ -280,10 +302,19 @@ impl Coalescer {
                             .inc();
                         self.metrics.errors.with_label_values(&["sink"]).inc();
                         self.mark(key.clone());
-                        refused.push(key.clone());
+                        if matches!(e, SinkError::Unavailable(_)) {
+                            unavailable = true;
+                            refused.push(key.clone());
+                        } else if snap.unwritten {
+                            // Refused for good: no other sidecar can do better.
+                            done.push((key.clone(), Some(Written::of(snap))));
+                        }
                     }
                 }
             }
+        }
+        if wrote || unavailable {
+            self.sink_failing.store(unavailable, Ordering::Relaxed);
         }
         if !refused.is_empty() {
             if let Err(e) = self.store.keep(&refused).await {

@@ -126,7 +126,7 @@ fn adopted_snapshot(found: &Found, namespace: &str) -> Snapshot {
         instance_ms: found.instance_ms,
         firings: found.firings,
         resolution: found.resolution,
-        unwritten: None,
+        unwritten: false,
         pending: false,
     }
 }

@@ -1,6 +1,6 @@
 //! Store behaviour, the index of unwritten changes: every step that changes
-//! a resource's counters records it, in the same step; a sidecar that wrote
-//! a snapshot takes it out, unless it changed since; whatever stays there
+//! a resource's counters puts it there, in the same step; a sidecar that
+//! wrote it takes it out, unless it was counted since; whatever stays there
 //! longer than asked is found by any sidecar ([`Store::unwritten`]). That is
 //! how a count acknowledged by a sidecar killed before its next flush still
 //! reaches its resource. Each case runs against every backend (see
@@ -8,17 +8,17 @@
 
 use std::time::Duration;
 
-use signalgate_sidecar::store::{Claim, ClaimKey, Mark, Outcome, Owner, Write};
+use signalgate_sidecar::store::{Claim, ClaimKey, Outcome, Owner, Snapshot, Write, Written};
 use signalgate_tests::behaviour;
 use signalgate_tests::store_suite::{
     assert_storm, claim, fp_key, namespace, settings, with_owner, Backend, Fixture,
 };
 
 behaviour!(
-    a_counted_duplicate_stays_unwritten_until_written_with_its_mark,
+    a_counted_duplicate_stays_unwritten_until_written,
     a_change_after_the_snapshot_written_stays_unwritten,
     only_changes_older_than_asked_are_found,
-    storm_members_and_resolutions_mark_their_resource,
+    storm_members_and_resolutions_put_their_resource_there,
     a_count_taken_back_is_a_change_too,
     a_resource_gone_from_the_store_leaves_the_index,
     a_record_whose_update_the_sink_refused_is_kept_a_dedup_window_longer,
@@ -40,30 +40,38 @@ async fn unwritten_in(f: &Fixture, ns: &str, older_than: Duration) -> Vec<ClaimK
     found
 }
 
-/// The mark of `key`'s latest unwritten change.
-async fn mark(f: &Fixture, key: &ClaimKey) -> Option<Mark> {
-    f.snapshot(key).await.expect("a live resource").unwritten
+/// `key`'s counters, which must be live.
+async fn now(f: &Fixture, key: &ClaimKey) -> Snapshot {
+    f.snapshot(key).await.expect("a live resource")
 }
 
-async fn written(f: &Fixture, key: &ClaimKey, mark: Option<Mark>) {
+/// Whether `key` is in the index.
+async fn indexed(f: &Fixture, key: &ClaimKey) -> bool {
+    now(f, key).await.unwritten
+}
+
+/// Reports `key` written with the counters of `snapshot` (`None`: found gone).
+async fn written(f: &Fixture, key: &ClaimKey, snapshot: Option<&Snapshot>) {
     f.store
-        .written(&[(key.clone(), mark)])
+        .written(&[(key.clone(), snapshot.map(Written::of))])
         .await
         .expect("written");
 }
 
-/// `c`'s resource made and committed, its creation reported written.
+/// `c`'s resource made and committed: its creator writes it, so it is not
+/// in the index.
 async fn made(f: &Fixture, c: &Claim) -> ClaimKey {
     let d = f.one(c).await;
     assert_eq!((d.outcome, d.write), (Outcome::Created, Write::Create));
     f.commit(&d.key).await;
-    let m = mark(f, &d.key).await;
-    written(f, &d.key, m).await;
-    assert_eq!(mark(f, &d.key).await, None);
+    assert!(
+        !indexed(f, &d.key).await,
+        "a creation is its creator's to write"
+    );
     d.key
 }
 
-async fn a_counted_duplicate_stays_unwritten_until_written_with_its_mark(b: Backend) {
+async fn a_counted_duplicate_stays_unwritten_until_written(b: Backend) {
     let f = b.store(settings()).await;
     let ns = namespace("unwritten");
     let key = made(&f, &claim(&ns, "a")).await;
@@ -71,15 +79,18 @@ async fn a_counted_duplicate_stays_unwritten_until_written_with_its_mark(b: Back
 
     let d = f.one(&claim(&ns, "a")).await;
     assert_eq!((d.outcome, d.write), (Outcome::Duplicate, Write::Update));
-    let m = mark(&f, &key).await;
-    assert!(m.is_some(), "a count is an unwritten change");
+    let snap = now(&f, &key).await;
+    assert!(snap.unwritten, "a count is an unwritten change");
     assert_eq!(
         unwritten_in(&f, &ns, Duration::ZERO).await,
         vec![key.clone()]
     );
-    written(&f, &key, m).await;
-    assert_eq!(mark(&f, &key).await, None);
+    written(&f, &key, Some(&snap)).await;
+    assert!(!indexed(&f, &key).await);
     assert_eq!(unwritten_in(&f, &ns, Duration::ZERO).await, vec![]);
+    // The next count puts it back.
+    f.one(&claim(&ns, "a")).await;
+    assert!(indexed(&f, &key).await);
 }
 
 async fn a_change_after_the_snapshot_written_stays_unwritten(b: Backend) {
@@ -87,18 +98,29 @@ async fn a_change_after_the_snapshot_written_stays_unwritten(b: Backend) {
     let ns = namespace("unwritten-later");
     let key = made(&f, &claim(&ns, "a")).await;
     f.one(&claim(&ns, "a")).await;
-    let first = mark(&f, &key).await.expect("marked");
-    // Counted again after that snapshot, before the write is reported.
+    let first = now(&f, &key).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        unwritten_in(&f, &ns, Duration::from_millis(200)).await,
+        vec![key.clone()]
+    );
+    // Counted again after that snapshot, before the write is reported: it
+    // stays, as if put there now (a live sidecar is writing it).
     f.one(&claim(&ns, "a")).await;
-    written(&f, &key, Some(first)).await;
-    let now = mark(&f, &key).await.expect("still unwritten");
-    assert_ne!(now, first);
+    written(&f, &key, Some(&first)).await;
+    let later = now(&f, &key).await;
+    assert!(later.unwritten, "counted since the snapshot written");
+    assert_eq!(later.occurrence_count, first.occurrence_count + 1);
+    assert_eq!(
+        unwritten_in(&f, &ns, Duration::from_millis(200)).await,
+        vec![]
+    );
     assert_eq!(
         unwritten_in(&f, &ns, Duration::ZERO).await,
         vec![key.clone()]
     );
-    written(&f, &key, Some(now)).await;
-    assert_eq!(mark(&f, &key).await, None);
+    written(&f, &key, Some(&later)).await;
+    assert!(!indexed(&f, &key).await);
 }
 
 async fn only_changes_older_than_asked_are_found(b: Backend) {
@@ -114,7 +136,7 @@ async fn only_changes_older_than_asked_are_found(b: Backend) {
     );
 }
 
-async fn storm_members_and_resolutions_mark_their_resource(b: Backend) {
+async fn storm_members_and_resolutions_put_their_resource_there(b: Backend) {
     let f = b.store(settings().storm_threshold(1)).await;
     let ns = namespace("unwritten-storm");
     let own = made(&f, &claim(&ns, "a")).await;
@@ -122,20 +144,20 @@ async fn storm_members_and_resolutions_mark_their_resource(b: Backend) {
     let started = f.one(&claim(&ns, "b")).await;
     assert_storm(&started, Outcome::StormStarted, Write::Create);
     f.commit(&started.key).await;
-    let m = mark(&f, &started.key).await;
-    written(&f, &started.key, m).await;
-    assert_eq!(mark(&f, &started.key).await, None);
+    let snap = now(&f, &started.key).await;
+    written(&f, &started.key, Some(&snap)).await;
+    assert!(!indexed(&f, &started.key).await);
 
     let joined = f.one(&claim(&ns, "c")).await;
     assert_storm(&joined, Outcome::StormAggregated, Write::Update);
-    assert!(mark(&f, &started.key).await.is_some(), "a new member");
+    assert!(indexed(&f, &started.key).await, "a new member");
     let resolved = Claim {
         resolved_ms: Some(5_000),
         ..claim(&ns, "a")
     };
     let d = f.one(&resolved).await;
     assert_eq!(d.outcome, Outcome::Resolved);
-    assert!(mark(&f, &own).await.is_some(), "a resolution");
+    assert!(indexed(&f, &own).await, "a resolution");
     let mut both = vec![own, started.key];
     both.sort();
     assert_eq!(unwritten_in(&f, &ns, Duration::ZERO).await, both);
@@ -149,18 +171,16 @@ async fn a_count_taken_back_is_a_change_too(b: Backend) {
     let owner = Owner::next();
     let d = f.decide(&with_owner(std::slice::from_ref(&a), owner)).await;
     assert_eq!(d[0].snapshot.occurrence_count, 2);
-    let m = mark(&f, &key).await;
-    written(&f, &key, m).await;
+    let snap = now(&f, &key).await;
+    written(&f, &key, Some(&snap)).await;
+    assert!(!indexed(&f, &key).await);
     f.store
         .uncount(owner, &[(ns.clone(), a.fingerprint.clone())])
         .await
         .expect("uncount");
     let snap = f.snapshot(&key).await.expect("live");
     assert_eq!(snap.occurrence_count, 1);
-    assert!(
-        snap.unwritten.is_some(),
-        "the count taken back is unwritten"
-    );
+    assert!(snap.unwritten, "the count taken back is unwritten");
 }
 
 async fn a_record_whose_update_the_sink_refused_is_kept_a_dedup_window_longer(b: Backend) {
@@ -188,7 +208,7 @@ async fn a_record_whose_update_the_sink_refused_is_kept_a_dedup_window_longer(b:
     tokio::time::sleep(ttl / 2 + Duration::from_millis(200)).await;
     assert!(f.snapshot(&other_key).await.is_none(), "expired");
     let kept = f.snapshot(&key).await.expect("kept");
-    assert!(kept.unwritten.is_some(), "still to be written");
+    assert!(kept.unwritten, "still to be written");
     assert_eq!(kept.occurrence_count, 2);
     // Kept a dedup window from the keep, not for ever.
     tokio::time::sleep(ttl / 2).await;
@@ -209,7 +229,7 @@ async fn a_resource_gone_from_the_store_leaves_the_index(b: Backend) {
     let a = claim(&ns, "a");
     let key = made(&f, &a).await;
     f.one(&a).await;
-    assert!(mark(&f, &key).await.is_some());
+    assert!(indexed(&f, &key).await);
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
     assert!(f.snapshot(&key).await.is_none(), "expired");
     // The flush that found it gone says so; it is not found again.

@@ -44,13 +44,17 @@ local lease = tonumber(ARGV[4])
 local dedup = tonumber(ARGV[5])
 local incident = tonumber(ARGV[6])
 local owner = ARGV[7]
-local now, mark = clock()
+local now = now_ms()
 
--- Records a change of the counters of `member` (a record's key, or a storm
--- name) in the index of unwritten changes D.
-local function unwritten(D, member)
-  redis.call('ZADD', D, mark, member)
-  redis.call('PEXPIRE', D, int(math.max(dedup, incident)))
+-- Records a change of the counters of `member` (a record's key, whose field
+-- d then says so, or a storm name) in the index of unwritten changes D.
+local function unwritten(D, member, record)
+  if record then
+    redis.call('HSET', record, 'd', 1)
+  end
+  if index_add(D, member, now) then
+    redis.call('PEXPIRE', D, int(math.max(dedup, incident)))
+  end
 end
 
 -- Where the claim's fields live: a fingerprint claim in its own hash (it
@@ -188,7 +192,7 @@ if op == 'uncount' then
     end
   elseif num(known[3]) > 0 then
     redis.call('HSET', H, 'c', int(num(known[3]) - 1))
-    unwritten(KEYS[3], H)
+    unwritten(KEYS[3], H, H)
   end
   return 1
 end
@@ -232,7 +236,7 @@ if op == 'adopt' then
     if redis.call('PTTL', H) < keep then
       redis.call('PEXPIRE', H, int(keep))
     end
-    unwritten(KEYS[2], H)
+    unwritten(KEYS[2], H, H)
     return { resource_ref(known[1], committed_to(known[4])), num(known[2]), now, c, write,
       ri, tonumber(known[8]) or 1, known[9] or 0, known[10] or 0 }
   end
@@ -268,7 +272,7 @@ if op == 'adopt' then
     redis.call('HSET', H, 'z', int(z), 'y', int(y))
   end
   redis.call('PEXPIRE', H, int(ttl_of(i, z)))
-  unwritten(KEYS[2], H)
+  unwritten(KEYS[2], H, H)
   return { resource_ref(resource, moved), first, now, c, 2, i, g, z, y }
 end
 

@@ -18,7 +18,9 @@
 --                   resolution came, ms) once resolved. Fields a record does
 --                   not need are not written (a record of an earlier
 --                   version has none of i, g, z, y: an open incident, one
---                   firing, instance unknown). TTL, refreshed on every
+--                   firing, instance unknown). d ('1') while the record
+--                   is in the index of unwritten changes (sg:{ns}:d), so
+--                   that a count need not add it again. TTL, refreshed on every
 --                   sighting: ttl_of() for an own resource (the incident TTL
 --                   while it has an instance and is open, else the dedup
 --                   window; a pending claim is kept at least until its lease
@@ -43,32 +45,32 @@
 --   sg:{ns}:o       where that memory began: '<run id>:<replication id>' of
 --                   the server (decide.lua); same TTL, refreshed when read.
 --   sg:{ns}:d       zset, the index of unwritten changes: every step that
---                   changes a resource's counters adds it (member: the
---                   record's key sg:{ns}:f:<fp> for an own resource, the
---                   storm's name for a storm), scored by the change's mark
---                   (store-clock microseconds: a later change always has
---                   another); a sidecar that wrote a snapshot removes it
---                   unless its mark moved on since (index.lua). TTL, set
---                   by every change: the longer of the dedup window and
---                   the incident TTL (no record it names lives longer
---                   after its last change).
+--                   changes a resource's counters adds it unless it is
+--                   there (member: the record's key sg:{ns}:f:<fp> for an
+--                   own resource, the storm's name for a storm), scored by
+--                   when it was added (ms); a sidecar that wrote the
+--                   resource removes it if the store's counters are still
+--                   the ones it wrote, else moves its score to now (a live
+--                   sidecar is writing it) (index.lua). TTL, set whenever
+--                   a member is added or moved: the longer of the dedup
+--                   window and the incident TTL (no record it names lives
+--                   longer after its last change).
 --   sg:namespaces   hash, namespace -> when a sidecar last said it may add
 --                   to that namespace's sg:{ns}:d (ms; index.lua): where
 --                   sidecars look for changes a dead sidecar left unwritten.
 --                   No hash tag: one key for the whole store.
 
--- The store's clock (Redis TIME), so every sidecar agrees: milliseconds,
--- and the mark of a change made now (microseconds, as a string; two script
--- calls never read the same microsecond, one running for longer than that).
-local function clock()
+-- Store-clock milliseconds (Redis TIME), so every sidecar agrees.
+local function now_ms()
   local t = redis.call('TIME')
-  local s, us = tonumber(t[1]), tonumber(t[2])
-  return s * 1000 + math.floor(us / 1000), string.format('%.0f', s * 1000000 + us)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function now_ms()
-  local ms = clock()
-  return ms
+-- Adds `member` (a record's key, or a storm's name) to the index of
+-- unwritten changes D at `now`, unless it is there. Returns whether it
+-- added it (the caller then sets D's TTL).
+local function index_add(D, member, now)
+  return redis.call('ZADD', D, 'NX', now, member) == 1
 end
 
 local function base36(n)

@@ -53,7 +53,7 @@ local window = tonumber(ARGV[4])
 local max_duration = tonumber(ARGV[5])
 local max_affected = tonumber(ARGV[6])
 local lease = tonumber(ARGV[7])
-local now, mark = clock()
+local now = now_ms()
 -- While the store's memory of the namespace is younger than a dedup window,
 -- a new fingerprint may have a live resource the store does not know of.
 local since = tonumber(redis.call('GETEX', M, 'PX', ARGV[8]))
@@ -105,11 +105,23 @@ local function is_cold()
 end
 
 -- Every resource whose counters this call changes goes into the index of
--- unwritten changes (D), under this call's mark.
-local marked = false
-local function unwritten(member)
-  redis.call('ZADD', D, mark, member)
-  marked = true
+-- unwritten changes (D) unless it is there; D's TTL is set once, at the end,
+-- if anything was added.
+local added = false
+local function index(member)
+  if index_add(D, member, now) then
+    added = true
+  end
+end
+
+-- An own record `rec` (key F) changed: into the index, unless its field d
+-- says it is there (the duplicate path then costs nothing more).
+local function own_index(F, rec)
+  if not rec.d then
+    rec.d = true
+    redis.call('HSET', F, 'd', 1)
+    index(F)
+  end
 end
 
 local function storm_reply(outcome, write, st)
@@ -205,7 +217,7 @@ local function flush_storms()
       fields[2 * j] = int(st[f])
     end
     redis.call('HSET', S, unpack(fields))
-    unwritten(st.name)
+    index(st.name)
     keeps[i] = { st.name, math.max(now + keep, st.e, st.u) }
   end
   storm_keep(S, A, X, keeps, now)
@@ -293,7 +305,7 @@ local function flush()
         redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q)
       end
       redis.call('PEXPIRE', F, rec.ttl)
-      unwritten(F)
+      own_index(F, rec)
     end
   end
 end
@@ -307,7 +319,7 @@ end
 local function decide(i, F, fp, affected, ci, absent, t, o)
   local rec = held[F]
   if not rec then
-    local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's', 'i', 'g', 'z', 'y', 'q')
+    local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's', 'i', 'g', 'z', 'y', 'q', 'd')
     if known[6] then
       -- A storm member: repeats are duplicates of the storm resource.
       local st = storm_get(known[6])
@@ -338,6 +350,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
           redis.call('HDEL', F, 'z')
           st.r = math.max(st.r - 1, 0)
           st.z, st.y, st.resolving = 0, 0, true
+          storm_changed(st)
         end
         local write
         if counts(known[11], o) then
@@ -362,7 +375,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
       end
       local ri = known[7] or '0'
       rec = { r = r, f = known[2], c = num(known[3]), p = 0, u = known[5], i = ri, k = known, ttl = ARGV[2],
-        q = known[11] or '' }
+        q = known[11] or '', d = known[12] ~= false }
       if p == '1' then
         rec.p, rec.u = 1, num(known[5])
       end
@@ -401,7 +414,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
       end
       redis.call('HSET', F, 'z', t, 'y', now, 'u', rec.u)
       redis.call('PEXPIRE', F, rec.ttl)
-      unwritten(F)
+      own_index(F, rec)
       -- Its next duplicate is answered in full (its snapshot has changed).
       rec.at = nil
     end
@@ -469,7 +482,6 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
           'q', o)
       end
       redis.call('PEXPIRE', F, int(math.max(keep, lease)))
-      unwritten(F)
       held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, t = o, q = o, i = ci, k = {},
         ttl = keep, at = i }
       return { 1, 1, 0, name, now, now, 1, ci, 1, 0, 0 }
@@ -506,7 +518,7 @@ for i = 1, #KEYS - 7 do
 end
 flush()
 flush_storms()
-if marked then
+if added then
   redis.call('PEXPIRE', D, int(math.max(dedup, tonumber(ARGV[9]))))
 end
 return replies

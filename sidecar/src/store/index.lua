@@ -14,12 +14,14 @@
 --               members whose latest change is older than the age.
 --   'written':  KEYS[1] sg:{ns}:d, KEYS[2] the record (sg:{ns}:f:<fp> or
 --               sg:{ns}:s); ARGV[2] kind ('f' or 's'), ARGV[3] member
---               (the record's key, or the storm's name), ARGV[4] the mark
---               of the snapshot written ('' : the snapshot found it gone).
---               Removes the member if its mark is still the one written, or
---               its resource is gone (a fingerprint record without a
---               resource of its own, a storm without its start). Reply 1
---               removed, 0 kept.
+--               (the record's key, or the storm's name), ARGV[4..6] what
+--               was written: occurrence count, storm resolved count, 1 if
+--               resolved (else 0); ARGV[4] '': the flush found it gone.
+--               Removes the member if the store's counters are still the
+--               ones written, or its resource is gone (a fingerprint record
+--               without a resource of its own, a storm without its start);
+--               else (counted since) moves its score to now: a live sidecar
+--               is writing it. Reply 1 removed, 0 kept.
 --   'keep':     KEYS[1] sg:{ns}:f:<fp>, KEYS[2] sg:{ns}:d; ARGV[2] dedup
 --               ttl (ms). The sink refused the update of its resource: a
 --               record of an own resource is kept at least that long from
@@ -51,30 +53,38 @@ elseif op == 'scan' then
   end
   return reply
 elseif op == 'old' then
-  local _, mark = clock()
-  local before = tonumber(mark) - tonumber(ARGV[2]) * 1000
   local reply = { redis.call('ZCARD', KEYS[1]) }
-  local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', int(before), 'LIMIT', 0, ARGV[3])
+  local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]), 'LIMIT', 0, ARGV[3])
   for _, member in ipairs(old) do
     reply[#reply + 1] = member
   end
   return reply
 elseif op == 'written' then
-  local D, kind, member, mark = KEYS[1], ARGV[2], ARGV[3], ARGV[4]
-  local score = redis.call('ZSCORE', D, member)
-  if not score then
+  local D, kind, member = KEYS[1], ARGV[2], ARGV[3]
+  if not redis.call('ZSCORE', D, member) then
+    if kind == 'f' then
+      -- (the index expired under it: its next change adds it again)
+      redis.call('HDEL', KEYS[2], 'd')
+    end
     return 0
   end
-  local gone
+  local v, same
   if kind == 'f' then
-    gone = redis.call('HEXISTS', KEYS[2], 'r') == 0
+    v = redis.call('HMGET', KEYS[2], 'r', 'c', 'z')
+    same = ARGV[4] ~= '' and num(v[2]) == tonumber(ARGV[4]) and (num(v[3]) ~= 0) == (ARGV[6] == '1')
   else
-    gone = redis.call('HEXISTS', KEYS[2], member .. '|f') == 0
+    v = redis.call('HMGET', KEYS[2], member .. '|f', member .. '|c', member .. '|r', member .. '|z')
+    same = ARGV[4] ~= '' and num(v[2]) == tonumber(ARGV[4]) and num(v[3]) == tonumber(ARGV[5])
+      and (num(v[4]) ~= 0) == (ARGV[6] == '1')
   end
-  if gone or (mark ~= '' and tonumber(score) == tonumber(mark)) then
+  if not v[1] or same then
     redis.call('ZREM', D, member)
+    if kind == 'f' and v[1] then
+      redis.call('HDEL', KEYS[2], 'd')
+    end
     return 1
   end
+  redis.call('ZADD', D, 'XX', now, member)
   return 0
 elseif op == 'keep' then
   if redis.call('HEXISTS', KEYS[1], 'r') == 1 then

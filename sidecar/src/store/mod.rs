@@ -261,10 +261,10 @@ pub struct Snapshot {
     pub firings: u64,
     /// The incident's resolution (a storm's: once every member it knows resolved).
     pub resolution: Option<Resolution>,
-    /// The store's mark of the latest change to these counters that no
-    /// sidecar has reported written yet ([`Store::written`]); `None` when
-    /// there is none. Only filled by [`Store::snapshot`].
-    pub unwritten: Option<Mark>,
+    /// The resource is in the store's index of unwritten changes: a change
+    /// to its counters has not been reported written yet
+    /// ([`Store::written`]). Only filled by [`Store::snapshot`].
+    pub unwritten: bool,
     /// Its claim is still pending: the resource may not exist yet (its
     /// creator commits it, then whoever counted meanwhile writes the
     /// counters). Only filled by [`Store::snapshot`].
@@ -278,12 +278,26 @@ impl Snapshot {
     }
 }
 
-/// Which change of a resource's counters the store's index of unwritten
-/// changes holds (see [`Store::unwritten`]): a later change always has
-/// another mark. Redis: the store-clock microsecond of the change; memory:
-/// a sequence number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Mark(pub i64);
+/// What a flush wrote of a resource, for [`Store::written`]: the counters
+/// every change that needs writing moves (a count, a count taken back, a
+/// member, a resolution, a reopening).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub occurrence_count: u64,
+    /// A storm's resolved members (0 for a signal's own resource).
+    pub resolved_count: u64,
+    pub resolved: bool,
+}
+
+impl Written {
+    pub fn of(s: &Snapshot) -> Written {
+        Written {
+            occurrence_count: s.occurrence_count,
+            resolved_count: s.storm.as_ref().map_or(0, |st| st.resolved_count),
+            resolved: s.resolution.is_some(),
+        }
+    }
+}
 
 /// Storm counters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -411,21 +425,21 @@ pub trait Store: Send + Sync {
     /// The current counters of the resources (storm lists filled), `None`
     /// where gone, each with its [`Snapshot::unwritten`] mark.
     async fn snapshot(&self, keys: &[ClaimKey]) -> Result<Vec<Option<Snapshot>>, StoreError>;
-    /// Resources whose counters changed more than `older_than` ago and
-    /// that no sidecar has reported written since ([`Store::written`]):
-    /// every step that changes a resource's counters (a count, a
-    /// resolution, a member, a count taken back) records it in the store's
-    /// index of unwritten changes, in the same atomic step. The sidecar
-    /// that made a change writes it on its next flush; one that died first
-    /// (SIGKILL, OOM, node loss) or could not write leaves it here, for any
-    /// sidecar to find and write. At most a bounded batch a call: a store
-    /// with more resumes where the last call stopped.
+    /// Resources put in the store's index of unwritten changes more than
+    /// `older_than` ago and still there: every step that changes a
+    /// resource's counters (a count, a resolution, a member, a count taken
+    /// back) puts it there, in the same atomic step, unless it is there
+    /// already. The sidecar that made a change writes it on its next flush
+    /// and takes it out ([`Store::written`]); one that died first (SIGKILL,
+    /// OOM, node loss) or could not write leaves it there, for any sidecar
+    /// to find and write. At most a bounded batch a call: a store with more
+    /// resumes where the last call stopped.
     async fn unwritten(&self, older_than: Duration) -> Result<Vec<ClaimKey>, StoreError>;
-    /// The resources were written with the counters of a snapshot holding
-    /// these marks: each leaves the index, unless it changed since (its
-    /// mark moved on). `None`: the snapshot found the resource gone; it
-    /// leaves the index if it is gone still.
-    async fn written(&self, done: &[(ClaimKey, Option<Mark>)]) -> Result<(), StoreError>;
+    /// The resources were written with these counters (`None`: the flush
+    /// found the resource gone). Each leaves the index if the store's
+    /// counters are still those (or it is gone); one counted since stays,
+    /// as if put there now (a live sidecar is writing it).
+    async fn written(&self, done: &[(ClaimKey, Option<Written>)]) -> Result<(), StoreError>;
     /// The sink refused the updates of these resources: the records of
     /// those that are a signal's own resource are kept at least a dedup
     /// window from now, so that their unwritten counters wait for the sink

@@ -1,5 +1,5 @@
 //! The memory store's index of unwritten changes: which resources' counters
-//! changed and when, until a flush reports them written (see
+//! changed since a flush last wrote them, and since when (see
 //! [`Store::unwritten`](crate::store::Store::unwritten)). One process holds
 //! both the store and its sidecar, so nobody else can be left to write what
 //! a dead one counted; the index still holds what this sidecar could not
@@ -7,51 +7,50 @@
 
 use std::collections::HashMap;
 
-use crate::store::{ClaimKey, Mark};
+use crate::store::ClaimKey;
 
 #[derive(Default)]
 pub(super) struct Unwritten {
-    /// Resource → the mark of its latest unwritten change, and when (ms).
-    changed: HashMap<ClaimKey, (Mark, i64)>,
-    /// The last mark handed out: marks only grow.
-    last: i64,
+    /// Resource → when it was put in the index (ms).
+    since: HashMap<ClaimKey, i64>,
 }
 
 impl Unwritten {
-    /// Records a change of `key`'s counters at `now` (ms), under a new mark.
+    /// Records a change of `key`'s counters at `now` (ms), unless it is in
+    /// the index already.
     pub fn change(&mut self, key: &ClaimKey, now: i64) {
-        self.last += 1;
-        self.changed.insert(key.clone(), (Mark(self.last), now));
+        self.since.entry(key.clone()).or_insert(now);
     }
 
-    /// The mark of `key`'s latest unwritten change.
-    pub fn mark(&self, key: &ClaimKey) -> Option<Mark> {
-        self.changed.get(key).map(|(mark, _)| *mark)
+    pub fn contains(&self, key: &ClaimKey) -> bool {
+        self.since.contains_key(key)
     }
 
-    /// Resources whose latest change came at or before `before` (ms).
+    /// Resources put in the index at or before `before` (ms).
     pub fn older(&self, before: i64) -> Vec<ClaimKey> {
-        self.changed
+        self.since
             .iter()
-            .filter(|(_, (_, at))| *at <= before)
+            .filter(|(_, at)| **at <= before)
             .map(|(key, _)| key.clone())
             .collect()
     }
 
-    /// `key` was written with the counters marked `mark` (`None`: it was
-    /// found gone); `gone`: it is gone now. Removes it unless it changed since.
-    pub fn written(&mut self, key: &ClaimKey, mark: Option<Mark>, gone: bool) {
-        if gone || (mark.is_some() && self.mark(key) == mark) {
-            self.changed.remove(key);
+    /// A flush wrote `key`; `same`: the store's counters are still the ones
+    /// written (or it is gone). Removed if so, else in the index as of `now`.
+    pub fn written(&mut self, key: &ClaimKey, same: bool, now: i64) {
+        if same {
+            self.since.remove(key);
+        } else if let Some(at) = self.since.get_mut(key) {
+            *at = now;
         }
     }
 
     /// Keeps only the resources `live` says still exist.
     pub fn retain(&mut self, live: impl Fn(&ClaimKey) -> bool) {
-        self.changed.retain(|key, _| live(key));
+        self.since.retain(|key, _| live(key));
     }
 
     pub fn len(&self) -> usize {
-        self.changed.len()
+        self.since.len()
     }
 }

@@ -24,8 +24,8 @@ use std::time::Duration;
 use crate::clock::now_ms;
 
 use super::{
-    Adopted, Claim, ClaimKey, ClaimState, Decision, Mark, Owner, Settings, Snapshot, Store,
-    StoreError, Write,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Owner, Settings, Snapshot, Store, StoreError,
+    Write, Written,
 };
 
 mod index;
@@ -100,7 +100,7 @@ impl Store for MemoryStore {
                     .warm
                     .insert(claim.namespace.clone(), (since, now + p.warm_marker));
                 let decision = state.decide_one(claim, &p, now, now - since < p.dedup);
-                if matches!(decision.write, Write::Create | Write::Update | Write::Await) {
+                if matches!(decision.write, Write::Update | Write::Await) {
                     state.unwritten.change(&decision.key, now);
                 }
                 decision
@@ -361,27 +361,8 @@ impl Store for MemoryStore {
         Ok(keys
             .iter()
             .map(|key| {
-                match key {
-                    ClaimKey::Fingerprint {
-                        namespace,
-                        fingerprint,
-                    } => {
-                        let k = (namespace.clone(), fingerprint.clone());
-                        match state.fingerprint(&k, now) {
-                            Some(FpEntry {
-                                kind: FpKind::Own(own),
-                                ..
-                            }) => Some((own.snapshot(), own.pending)),
-                            _ => None,
-                        }
-                    }
-                    ClaimKey::Storm { namespace, name } => state
-                        .storm(namespace, name, now)
-                        .map(|s| (s.snapshot(name, true), s.pending)),
-                }
-                .map(|(mut snapshot, pending)| {
-                    snapshot.unwritten = state.unwritten.mark(key);
-                    snapshot.pending = pending;
+                state.snapshot_of(key, now).map(|mut snapshot| {
+                    snapshot.unwritten = state.unwritten.contains(key);
                     snapshot
                 })
             })
@@ -393,10 +374,10 @@ impl Store for MemoryStore {
         let now = now_ms();
         let mut found = Vec::new();
         for key in state.unwritten.older(now - crate::clock::ms(older_than)) {
-            if state.holds(&key, now) {
+            if state.snapshot_of(&key, now).is_some() {
                 found.push(key);
             } else {
-                state.unwritten.written(&key, None, true);
+                state.unwritten.written(&key, true, now);
             }
         }
         Ok(found)
@@ -423,12 +404,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn written(&self, done: &[(ClaimKey, Option<Mark>)]) -> Result<(), StoreError> {
+    async fn written(&self, done: &[(ClaimKey, Option<Written>)]) -> Result<(), StoreError> {
         let mut state = self.lock();
         let now = now_ms();
-        for (key, mark) in done {
-            let gone = !state.holds(key, now);
-            state.unwritten.written(key, *mark, gone);
+        for (key, written) in done {
+            let now_held = state.snapshot_of(key, now).map(|s| Written::of(&s));
+            let same = now_held.is_none() || now_held == *written;
+            state.unwritten.written(key, same, now);
         }
         Ok(())
     }

@@ -94,7 +94,7 @@ impl Own {
             instance_ms: self.instance_ms,
             firings: self.firings,
             resolution: self.resolution,
-            unwritten: None,
+            unwritten: false,
             pending: false,
         }
     }
@@ -241,7 +241,7 @@ impl Storm {
             instance_ms: 0,
             firings: 1,
             resolution: self.resolution,
-            unwritten: None,
+            unwritten: false,
             pending: false,
         }
     }

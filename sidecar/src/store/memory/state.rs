@@ -65,20 +65,30 @@ impl State {
         self.fingerprints.get_mut(key)
     }
 
-    /// Whether `key` names a live resource: a fingerprint with its own
-    /// resource, or a storm.
-    pub fn holds(&mut self, key: &ClaimKey, now: i64) -> bool {
-        match key {
+    /// The counters of `key`'s live resource (a fingerprint with its own
+    /// resource, or a storm), its claim's pending flag filled in.
+    pub fn snapshot_of(&mut self, key: &ClaimKey, now: i64) -> Option<Snapshot> {
+        let (mut snapshot, pending) = match key {
             ClaimKey::Fingerprint {
                 namespace,
                 fingerprint,
             } => {
                 let k = (namespace.clone(), fingerprint.clone());
-                self.fingerprint(&k, now)
-                    .is_some_and(|e| matches!(e.kind, FpKind::Own(_)))
+                match self.fingerprint(&k, now) {
+                    Some(FpEntry {
+                        kind: FpKind::Own(own),
+                        ..
+                    }) => (own.snapshot(), own.pending),
+                    _ => return None,
+                }
             }
-            ClaimKey::Storm { namespace, name } => self.storm(namespace, name, now).is_some(),
-        }
+            ClaimKey::Storm { namespace, name } => {
+                let s = self.storm(namespace, name, now)?;
+                (s.snapshot(name, true), s.pending)
+            }
+        };
+        snapshot.pending = pending;
+        Some(snapshot)
     }
 
     /// The live storm record, removing it when its time is up.

@@ -106,8 +106,8 @@ use std::time::{Duration, Instant};
 
 use super::batch::{self, Batcher, DecideEach};
 use super::{
-    Adopted, Claim, ClaimKey, ClaimState, Decision, Mark, Owner, Settings, Snapshot, Store,
-    StoreError,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Owner, Settings, Snapshot, Store, StoreError,
+    Written,
 };
 
 mod transport;
@@ -132,10 +132,14 @@ const REGISTER_EVERY: Duration = Duration::from_secs(300);
 /// leaves the hash of namespaces. Far longer than [`REGISTER_EVERY`]: a
 /// sidecar adding to an index has stamped its namespace within that.
 const PRUNE_AFTER: Duration = Duration::from_secs(3600);
+/// After a stamp failed (the node holding the hash unreachable), how long
+/// until a decide in its namespaces tries again; decides go on meanwhile.
+const STAMP_RETRY: Duration = Duration::from_secs(10);
 /// Namespaces looked at by one [`Store::unwritten`] call.
-const SCAN_COUNT: usize = 256;
-/// Resources of one namespace found by one [`Store::unwritten`] call.
-const OLD_PER_NAMESPACE: usize = 256;
+const SCAN_COUNT: usize = 64;
+/// Resources of one namespace found by one [`Store::unwritten`] call (so
+/// at most 4 096 a call).
+const OLD_PER_NAMESPACE: usize = 64;
 
 /// The connection, the settings and the scripts: every store call but the
 /// batching.
@@ -337,8 +341,18 @@ impl Core {
     }
 
     /// Stamps the namespaces of `claims` this sidecar has not stamped for
-    /// [`REGISTER_EVERY`], before their decide can add to their index.
-    async fn stamp(&self, claims: &[Claim]) -> Result<(), StoreError> {
+    /// [`REGISTER_EVERY`], before their decide can add to their index. A
+    /// failed stamp does not fail the decide (the hash lives on one node of
+    /// a cluster; the others must go on): it is tried again after
+    /// [`STAMP_RETRY`], and a change made meanwhile is found once any
+    /// sidecar stamps its namespace.
+    async fn stamp(&self, claims: &[Claim]) {
+        if let Err(e) = self.try_stamp(claims).await {
+            tracing::warn!(error = %e, "cannot stamp namespaces in the store's hash of namespaces; deciding anyway, retrying in 10 s");
+        }
+    }
+
+    async fn try_stamp(&self, claims: &[Claim]) -> Result<(), StoreError> {
         let due = || -> Vec<&str> {
             let now = Instant::now();
             let stamped = self.stamped.lock().unwrap_or_else(|e| e.into_inner());
@@ -368,14 +382,20 @@ impl Core {
             return Ok(());
         }
         let now = Instant::now();
-        self.all(&self.scripts.index, vec![Call::register(&due)])
-            .await?;
+        let result = self
+            .all(&self.scripts.index, vec![Call::register(&due)])
+            .await;
+        // On failure, due again after STAMP_RETRY rather than at once.
+        let at = match &result {
+            Ok(()) => now,
+            Err(_) => now.checked_sub(REGISTER_EVERY - STAMP_RETRY).unwrap_or(now),
+        };
         let mut stamped = self.stamped.lock().unwrap_or_else(|e| e.into_inner());
-        stamped.retain(|_, at| now.duration_since(*at) < REGISTER_EVERY);
+        stamped.retain(|_, t| now.duration_since(*t) < REGISTER_EVERY);
         for ns in due {
-            stamped.insert(ns.to_string(), now);
+            stamped.insert(ns.to_string(), at);
         }
-        Ok(())
+        result
     }
 
     async fn unwritten(&self, older_than: Duration) -> Result<Vec<ClaimKey>, StoreError> {
@@ -403,26 +423,37 @@ impl Core {
         // Candidates for pruning by this host's clock; the script decides
         // by the store's.
         let stale = crate::clock::now_ms() - crate::clock::ms(PRUNE_AFTER);
+        // A namespace whose node fails is left for the next pass; the
+        // others are found all the same.
         let mut found = Vec::new();
         let mut prunes = Vec::new();
         for ((ns, stamp), reply) in namespaces.iter().zip(replies) {
-            let reply = reply?;
-            let (held, keys) =
-                wire::parse_old(ns, &reply).ok_or_else(|| wire::unexpected("index", &reply))?;
-            if held == 0 && *stamp < stale {
-                prunes.push(Call::prune(ns, PRUNE_AFTER));
+            let parsed = reply.and_then(|reply| {
+                wire::parse_old(ns, &reply).ok_or_else(|| wire::unexpected("index", &reply))
+            });
+            match parsed {
+                Ok((held, keys)) => {
+                    if held == 0 && *stamp < stale {
+                        prunes.push(Call::prune(ns, PRUNE_AFTER));
+                    }
+                    found.extend(keys);
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, error = %e, "cannot read a namespace's unwritten changes; next pass")
+                }
             }
-            found.extend(keys);
         }
-        self.all(&self.scripts.index, prunes).await?;
         *self.cursor.lock().unwrap_or_else(|e| e.into_inner()) = next;
+        if let Err(e) = self.all(&self.scripts.index, prunes).await {
+            tracing::debug!(error = %e, "cannot prune the hash of namespaces; next pass");
+        }
         Ok(found)
     }
 
-    async fn written(&self, done: &[(ClaimKey, Option<Mark>)]) -> Result<(), StoreError> {
+    async fn written(&self, done: &[(ClaimKey, Option<Written>)]) -> Result<(), StoreError> {
         let calls = done
             .iter()
-            .map(|(key, mark)| Call::written(key, *mark))
+            .map(|(key, written)| Call::written(key, *written))
             .collect();
         self.all(&self.scripts.index, calls).await
     }
@@ -465,7 +496,7 @@ impl DecideEach for Core {
 #[async_trait::async_trait]
 impl Store for RedisStore {
     async fn decide(&self, claims: &[Claim]) -> Result<Vec<Decision>, StoreError> {
-        self.core.stamp(claims).await?;
+        self.core.stamp(claims).await;
         match &self.batcher {
             Some(batcher) => self.core.transport.bounded(batcher.decide(claims)).await,
             None => batch::decide_alone(self.core.as_ref(), claims).await,
@@ -530,7 +561,7 @@ impl Store for RedisStore {
         self.core.unwritten(older_than).await
     }
 
-    async fn written(&self, done: &[(ClaimKey, Option<Mark>)]) -> Result<(), StoreError> {
+    async fn written(&self, done: &[(ClaimKey, Option<Written>)]) -> Result<(), StoreError> {
         self.core.written(done).await
     }
 

@@ -12,8 +12,8 @@ use redis::{Script, Value};
 
 use crate::clock::ms;
 use crate::store::{
-    Adopted, Claim, ClaimKey, ClaimState, Decision, Mark, Outcome, Owner, Resolution, Settings,
-    Snapshot, StoreError, StormSnapshot, Write, WARM_MARKER_TTL,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Owner, Resolution, Settings, Snapshot,
+    StoreError, StormSnapshot, Write, Written, WARM_MARKER_TTL,
 };
 use signalgate_resource::naming::storm_prefix;
 
@@ -253,9 +253,9 @@ impl Call {
         }
     }
 
-    /// An `index.lua` call: `key` was written with the counters of a
-    /// snapshot marked `mark` (`None`: it found the resource gone).
-    pub fn written(key: &ClaimKey, mark: Option<Mark>) -> Call {
+    /// An `index.lua` call: `key` was written with the counters `written`
+    /// (`None`: the flush found the resource gone).
+    pub fn written(key: &ClaimKey, written: Option<Written>) -> Call {
         let k = Keys(key.namespace());
         let (record, kind, member) = match key {
             ClaimKey::Fingerprint { fingerprint, .. } => {
@@ -270,9 +270,19 @@ impl Call {
                 b"written".to_vec(),
                 kind.as_bytes().to_vec(),
                 member.into_bytes(),
-                mark.map(|m| m.0.to_string())
+                written
+                    .map(|w| w.occurrence_count.to_string())
                     .unwrap_or_default()
                     .into_bytes(),
+                written
+                    .map_or(0, |w| w.resolved_count)
+                    .to_string()
+                    .into_bytes(),
+                if written.is_some_and(|w| w.resolved) {
+                    b"1".to_vec()
+                } else {
+                    b"0".to_vec()
+                },
             ],
         }
     }
@@ -551,7 +561,8 @@ pub(super) fn parse_snapshot(storm: bool, value: &Value) -> Option<Option<Snapsh
     if v.is_empty() {
         return Some(None);
     }
-    // The counters, the mark, the pending flag, then (a storm) its affected values.
+    // The counters, the two flags (in the index, pending), then (a storm)
+    // its affected values.
     let len = if storm { 12 } else { 8 };
     if v.len() < len + 2 || (!storm && v.len() != len + 2) {
         return None;
@@ -562,23 +573,9 @@ pub(super) fn parse_snapshot(storm: bool, value: &Value) -> Option<Option<Snapsh
         .collect::<Option<Vec<String>>>()?;
     let (moved_to, resource) = split_ref(text(&v[0])?);
     let mut snapshot = snapshot_from(resource, moved_to, &v[1..len], storm, affected)?;
-    snapshot.unwritten = mark(&v[len])?;
+    snapshot.unwritten = int(&v[len])? == 1;
     snapshot.pending = int(&v[len + 1])? == 1;
     Some(Some(snapshot))
-}
-
-/// A mark as `ZSCORE` answers it (`''`: none). Redis prints a score as a
-/// double; marks are whole microseconds, well within its exact range.
-fn mark(value: &Value) -> Option<Option<Mark>> {
-    let text = text(value)?;
-    if text.is_empty() {
-        return Some(None);
-    }
-    let n = match text.parse::<i64>() {
-        Ok(n) => n,
-        Err(_) => text.parse::<f64>().ok().filter(|f| f.is_finite())? as i64,
-    };
-    Some(Some(Mark(n)))
 }
 
 /// The reply of a `scan`: the next cursor and the namespaces seen.
