@@ -9,11 +9,11 @@
 
 use std::time::{Duration, Instant};
 
-use signalgate_sidecar::store::{Claim, Outcome, Resolution, Write};
+use signalgate_sidecar::store::{Claim, Outcome, Owner, Resolution, Write};
 use signalgate_tests::behaviour;
 use signalgate_tests::store_suite::{
     assert_own, assert_storm, claim, found_in_sink, fp_key, namespace, settings, unchecked,
-    Backend, Fixture,
+    with_owner, Backend, Fixture,
 };
 
 behaviour!(
@@ -26,6 +26,7 @@ behaviour!(
     an_absorbed_firing_counts_in_the_resource_found,
     an_adopted_incident_keeps_its_firings_and_resolution,
     storm_members_resolutions_are_counted,
+    a_resolved_member_firing_again_uncounted_still_reopens_its_storm,
     incident_records_expire_after_their_ttl,
 );
 
@@ -299,6 +300,35 @@ async fn an_adopted_incident_keeps_its_firings_and_resolution(b: Backend) {
         .expect("adopt")
         .expect("own");
     assert_eq!(again.snapshot.occurrence_count, 7);
+}
+
+/// A member's firing that does not count (its request's own, resent after a
+/// lost reply) still reopens its resolved storm, in the store's storm record
+/// too (on Redis this was only in the script's memory, never written).
+async fn a_resolved_member_firing_again_uncounted_still_reopens_its_storm(b: Backend) {
+    let f = b.store(settings().storm_threshold(1)).await;
+    let ns = namespace("stormreopen");
+    let [a, m1] = ["a", "m1"].map(|s| firing(&claim(&ns, s), FIRST));
+    created(&f, &a).await;
+    let owner = Owner::next();
+    let started = f
+        .decide(&with_owner(std::slice::from_ref(&m1), owner))
+        .await;
+    let started = &started[0];
+    assert_storm(started, Outcome::StormStarted, Write::Create);
+    f.commit(&started.key).await;
+    let d = f.one(&resolved(&m1, FIRST, FIRST + 10)).await;
+    assert!(d.snapshot.resolution.is_some(), "its only member resolved");
+
+    // The same request's firing again: not counted, but the storm reopens.
+    let again = f
+        .decide(&with_owner(std::slice::from_ref(&m1), owner))
+        .await;
+    assert_eq!(again[0].snapshot.resolution, None);
+    let held = f.snapshot(&started.key).await.expect("storm snapshot");
+    assert_eq!(held.resolution, None, "reopened in the store");
+    assert_eq!(held.storm.expect("storm").resolved_count, 0);
+    assert_eq!(held.occurrence_count, 1, "not counted again");
 }
 
 async fn storm_members_resolutions_are_counted(b: Backend) {
