@@ -1,6 +1,6 @@
 //! The coalescer in process: counts written once per flush whatever the
 //! signal rate, failed writes kept for the next flush, and a final flush
-//! when it stops.
+//! when it stops; how it keeps the store's index of unwritten changes.
 
 mod support;
 
@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use signalgate_sidecar::store::{Claim, ClaimKey, Owner, Store, Write};
 use support::{alert, only, pipeline, send, store_with_lease, FakeSink};
 
 const LEASE: Duration = Duration::from_secs(15);
@@ -91,4 +92,94 @@ async fn stopping_flushes_what_is_pending() {
     assert_eq!(updates.len(), 2, "{updates:?}");
     assert_eq!(updates[1].2.deduplication.occurrence_count, 4);
     assert_eq!(p.coalescer.pending(), 0);
+}
+
+/// The resource of the only signal of `answer`, as the store keys it.
+fn key_of(namespace: &str, answer: &signalgate_sidecar::pipeline::Accepted) -> ClaimKey {
+    ClaimKey::Fingerprint {
+        namespace: namespace.into(),
+        fingerprint: answer.signals[0].fingerprint.clone(),
+    }
+}
+
+async fn in_index(store: &dyn Store, key: &ClaimKey) -> bool {
+    store
+        .snapshot(std::slice::from_ref(key))
+        .await
+        .expect("snapshot")[0]
+        .as_ref()
+        .expect("live")
+        .unwritten
+}
+
+#[tokio::test]
+async fn an_update_refused_for_good_leaves_the_index() {
+    let sink = Arc::new(FakeSink::default());
+    let p = pipeline(store_with_lease(LEASE), sink.clone(), DEADLINE);
+    let body = alert("firing", "KubePodCrashLooping", "shop", "cart-1");
+    let made = send(&p, &body).await.expect("created");
+    send(&p, &body).await.expect("duplicate");
+    let key = key_of("shop", &made);
+    assert!(in_index(p.store.as_ref(), &key).await);
+
+    sink.reject_updates.store(1, Ordering::SeqCst);
+    p.coalescer.flush().await;
+    assert!(sink.updates().is_empty());
+    // No other sidecar can do better: out of the index (this one retries).
+    assert!(!in_index(p.store.as_ref(), &key).await);
+    assert_eq!(p.coalescer.pending(), 1);
+}
+
+#[tokio::test]
+async fn a_sidecar_whose_writes_find_the_sink_unavailable_takes_on_no_others() {
+    let sink = Arc::new(FakeSink::default());
+    let p = pipeline(store_with_lease(LEASE), sink.clone(), DEADLINE);
+    let body = alert("firing", "KubePodCrashLooping", "shop", "cart-1");
+    send(&p, &body).await.expect("created");
+    send(&p, &body).await.expect("duplicate");
+    sink.fail_updates.store(1, Ordering::SeqCst);
+    p.coalescer.flush().await;
+    assert!(sink.updates().is_empty());
+
+    p.coalescer.take_unwritten(Duration::ZERO).await;
+    assert_eq!(p.metrics.unwritten_taken.get(), 0, "the sink is down");
+    // Its next flush writes: it takes on the index again.
+    p.coalescer.flush().await;
+    assert_eq!(sink.updates().len(), 1);
+    send(&p, &body).await.expect("duplicate");
+    p.coalescer.take_unwritten(Duration::ZERO).await;
+    assert_eq!(p.metrics.unwritten_taken.get(), 1);
+}
+
+#[tokio::test]
+async fn a_resource_still_being_created_leaves_the_index_unwritten() {
+    let sink = Arc::new(FakeSink::default());
+    let store = store_with_lease(LEASE);
+    let p = pipeline(store.clone(), sink.clone(), DEADLINE);
+    let claim = Claim {
+        owner: Owner::next(),
+        namespace: "shop".into(),
+        fingerprint: "ab".repeat(32),
+        affected: "Pod/cart-1".into(),
+        absent: true,
+        ..Claim::default()
+    };
+    // Its creator holds the claim; a second request counts while it waits.
+    let first = store.decide(std::slice::from_ref(&claim)).await.unwrap();
+    assert_eq!(first[0].write, Write::Create);
+    let waiter = Claim {
+        owner: Owner::next(),
+        ..claim.clone()
+    };
+    let second = store.decide(std::slice::from_ref(&waiter)).await.unwrap();
+    assert_eq!(second[0].write, Write::Await);
+    assert!(in_index(store.as_ref(), &first[0].key).await);
+
+    // Found in the index (its waiter died): not written (the resource does
+    // not exist yet; its creator makes it with these counters), and out of
+    // the index, so that it does not hold up the lookups that come after.
+    p.coalescer.take_unwritten(Duration::ZERO).await;
+    p.coalescer.flush().await;
+    assert!(sink.updates().is_empty());
+    assert!(!in_index(store.as_ref(), &first[0].key).await);
 }

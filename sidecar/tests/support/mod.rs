@@ -23,7 +23,8 @@ use signalgate_sidecar::store::memory::MemoryStore;
 use signalgate_sidecar::store::{Settings, Store};
 
 /// A sink holding resources in a map. `fail_creates`/`fail_updates`: that
-/// many of the next calls fail as unavailable.
+/// many of the next calls fail as unavailable; `reject_updates`: refused
+/// for good.
 #[derive(Default)]
 pub struct FakeSink {
     /// (namespace, name) → resource.
@@ -32,6 +33,7 @@ pub struct FakeSink {
     pub updates: Mutex<Vec<(String, String, Progress)>>,
     pub fail_creates: AtomicUsize,
     pub fail_updates: AtomicUsize,
+    pub reject_updates: AtomicUsize,
     /// Calls to `create`, failed ones included.
     pub create_calls: AtomicUsize,
 }
@@ -138,6 +140,9 @@ impl Sink for FakeSink {
     ) -> Result<(), SinkError> {
         if take_failure(&self.fail_updates) {
             return Err(SinkError::Unavailable("update failed on purpose".into()));
+        }
+        if take_failure(&self.reject_updates) {
+            return Err(SinkError::Rejected("update refused on purpose".into()));
         }
         let key = (namespace.to_string(), name.to_string());
         let mut resources = self.resources.lock().unwrap();
