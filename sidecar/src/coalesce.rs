@@ -31,11 +31,12 @@
 //! changes older than that, and writes them as its own; not while its own
 //! writes fail (the sink is down for everyone: piling every replica's
 //! retries on it would only slow its recovery). A resource two sidecars both
-//! write is harmless: neither writes it backwards. While the sink is
-//! unavailable for a resource's update, its record is kept in the store
-//! ([`Store::keep`]) so that the counters wait for the sink however long it
-//! is down; an update the sink refuses for good leaves the index (this
-//! sidecar retries it, as before).
+//! write is harmless: neither writes it backwards. A record in the index
+//! does not expire before it is written ([`Store::written`]), so its
+//! counters wait for the sink however long it is down. So does an update
+//! the sink refuses (403, 422): an API server answers 403 for a moment
+//! after it restarts; one refused for good is retried until its record's
+//! TTL (the longer of the dedup window and the incident TTL) runs out.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,8 +210,6 @@ impl Coalescer {
         // What is written, for the store's index: with the counters
         // written (`None`: found gone).
         let mut done: Vec<(ClaimKey, Option<Written>)> = Vec::new();
-        // What the sink could not take now: its records must wait for it.
-        let mut refused: Vec<ClaimKey> = Vec::new();
         let taken = std::mem::take(&mut *self.taken.lock().unwrap_or_else(|e| e.into_inner()));
         let work: Vec<(ClaimKey, Snapshot, Progress)> = keys
             .into_iter()
@@ -302,12 +301,11 @@ impl Coalescer {
                             .inc();
                         self.metrics.errors.with_label_values(&["sink"]).inc();
                         self.mark(key.clone());
+                        // Refused (403, 422) stays in the index too: an API
+                        // server refuses with 403 for a moment after it
+                        // restarts, before its authorizer has synced.
                         if matches!(e, SinkError::Unavailable(_)) {
                             unavailable = true;
-                            refused.push(key.clone());
-                        } else if snap.unwritten {
-                            // Refused for good: no other sidecar can do better.
-                            done.push((key.clone(), Some(Written::of(snap))));
                         }
                     }
                 }
@@ -315,12 +313,6 @@ impl Coalescer {
         }
         if wrote || unavailable {
             self.sink_failing.store(unavailable, Ordering::Relaxed);
-        }
-        if !refused.is_empty() {
-            if let Err(e) = self.store.keep(&refused).await {
-                tracing::warn!(error = %e, resources = refused.len(), "cannot keep the refused resources' records in the store");
-                self.metrics.errors.with_label_values(&["store"]).inc();
-            }
         }
         if !done.is_empty() {
             if let Err(e) = self.store.written(&done).await {

@@ -32,14 +32,12 @@
 //! - `redis-flush` — finding 1: a node's data lost: storm members are
 //!   counted in a second storm, members joining an adopted storm are
 //!   answered `duplicate` and never counted in its alertCount (a, d, e).
-//! - `api-down` — acknowledged resolves are still lost when the API
-//!   server's graceful stop (10 s) holds a flush's update longer than
-//!   `SIGNALGATE_DEDUP_TTL` (5 s here): the resolved incident's store
-//!   record expires before the failed write asks the store to keep it
-//!   (seed 1, menu `api-down`: (e) 3, each a resolve acknowledged during
-//!   the stop); and requests that counted and then answered 503
+//! - `api-down` — requests that counted and then answered 503
 //!   (`deadline-exceeded`, the create failing) are counted again by their
-//!   retries (finding 5: (c) 4).
+//!   retries when their counts could not be taken back (finding 5: seed 1,
+//!   menu `api-down`: (c) 2; its (e), resolves lost while the API server's
+//!   graceful stop held a flush past the dedup window, and 403s right after
+//!   its restart, are fixed: a record waits in the store until written).
 
 use signalgate_tests::fault_checker::{run, Config};
 

@@ -21,7 +21,7 @@ behaviour!(
     storm_members_and_resolutions_put_their_resource_there,
     a_count_taken_back_is_a_change_too,
     a_resource_gone_from_the_store_leaves_the_index,
-    a_record_whose_update_the_sink_refused_is_kept_a_dedup_window_longer,
+    a_record_in_the_index_outlives_its_ttl_until_it_is_written,
 );
 
 /// What [`Store::unwritten`] finds of namespace `ns`, changed more than
@@ -38,6 +38,17 @@ async fn unwritten_in(f: &Fixture, ns: &str, older_than: Duration) -> Vec<ClaimK
     }
     found.sort();
     found
+}
+
+/// A store whose records live `ttl` after their last change.
+async fn short_lived(b: Backend, ttl: Duration) -> Fixture {
+    b.store(
+        settings()
+            .dedup_ttl(ttl)
+            .incident_ttl(ttl)
+            .claim_lease(Duration::from_millis(300)),
+    )
+    .await
 }
 
 /// `key`'s counters, which must be live.
@@ -183,48 +194,41 @@ async fn a_count_taken_back_is_a_change_too(b: Backend) {
     assert!(snap.unwritten, "the count taken back is unwritten");
 }
 
-async fn a_record_whose_update_the_sink_refused_is_kept_a_dedup_window_longer(b: Backend) {
-    let ttl = Duration::from_millis(800);
+async fn a_record_in_the_index_outlives_its_ttl_until_it_is_written(b: Backend) {
+    let ttl = Duration::from_millis(500);
     let f = b
         .store(
             settings()
                 .dedup_ttl(ttl)
-                .incident_ttl(ttl)
+                .incident_ttl(Duration::from_secs(30))
                 .claim_lease(Duration::from_millis(300)),
         )
         .await;
     let ns = namespace("unwritten-keep");
+    // Signals without a firing instance: their records live a dedup window.
     let (a, other) = (claim(&ns, "a"), claim(&ns, "b"));
     let key = made(&f, &a).await;
     let other_key = made(&f, &other).await;
     f.one(&a).await;
-    f.one(&other).await;
-    tokio::time::sleep(ttl / 2).await;
-    f.store
-        .keep(std::slice::from_ref(&key))
-        .await
-        .expect("keep");
-    // Past the TTL of the last sighting: only the kept record is there.
-    tokio::time::sleep(ttl / 2 + Duration::from_millis(200)).await;
+    // Past the dedup window: the record not counted since is gone; the one
+    // whose count waits for a write is not.
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
     assert!(f.snapshot(&other_key).await.is_none(), "expired");
-    let kept = f.snapshot(&key).await.expect("kept");
+    let kept = f.snapshot(&key).await.expect("kept until written");
     assert!(kept.unwritten, "still to be written");
     assert_eq!(kept.occurrence_count, 2);
-    // Kept a dedup window from the keep, not for ever.
-    tokio::time::sleep(ttl / 2).await;
-    assert!(f.snapshot(&key).await.is_none(), "expired in the end");
+    // Written: its own TTL again, from its last sighting (long past).
+    written(&f, &key, Some(&kept)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while f.snapshot(&key).await.is_some() {
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn a_resource_gone_from_the_store_leaves_the_index(b: Backend) {
     let ttl = Duration::from_millis(400);
-    let f = b
-        .store(
-            settings()
-                .dedup_ttl(ttl)
-                .incident_ttl(ttl)
-                .claim_lease(Duration::from_millis(300)),
-        )
-        .await;
+    let f = short_lived(b, ttl).await;
     let ns = namespace("unwritten-gone");
     let a = claim(&ns, "a");
     let key = made(&f, &a).await;

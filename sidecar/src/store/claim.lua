@@ -47,10 +47,16 @@ local owner = ARGV[7]
 local now = now_ms()
 
 -- Records a change of the counters of `member` (a record's key, whose field
--- d then says so, or a storm name) in the index of unwritten changes D.
+-- d then says so, or a storm name) in the index of unwritten changes D. A
+-- record in the index lives at least the longer of the dedup window and
+-- the incident TTL, until a sidecar writes it (index.lua, 'written').
 local function unwritten(D, member, record)
   if record then
     redis.call('HSET', record, 'd', 1)
+    local keep = math.max(dedup, incident)
+    if redis.call('PTTL', record) < keep then
+      redis.call('PEXPIRE', record, int(keep))
+    end
   end
   if index_add(D, member, now) then
     redis.call('PEXPIRE', D, int(math.max(dedup, incident)))

@@ -114,6 +114,22 @@ local function index(member)
   end
 end
 
+-- A record in the index lives at least this long (ms, a string), so that it
+-- cannot expire before a sidecar writes it, however long the sink is away
+-- (a resolved incident's record otherwise lives a dedup window); the write
+-- sets its own TTL back (index.lua, 'written').
+local index_ttl = tonumber(ARGV[9]) >= dedup and ARGV[9] or ARGV[2]
+
+-- Sets the TTL of own record `rec` (key F), in the index: at least
+-- index_ttl, and a pending claim's record its rec.ttl if longer.
+local function own_expire(F, rec)
+  if rec.p == 1 then
+    redis.call('PEXPIRE', F, int(math.max(tonumber(rec.ttl), tonumber(index_ttl))))
+  else
+    redis.call('PEXPIRE', F, index_ttl)
+  end
+end
+
 -- An own record `rec` (key F) changed: into the index, unless its field d
 -- says it is there (the duplicate path then costs nothing more).
 local function own_index(F, rec)
@@ -304,7 +320,7 @@ local function flush()
         -- (a committed claim's lease stays as it was)
         redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q)
       end
-      redis.call('PEXPIRE', F, rec.ttl)
+      own_expire(F, rec)
       own_index(F, rec)
     end
   end
@@ -413,7 +429,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
         rec.ttl = rec.u - now
       end
       redis.call('HSET', F, 'z', t, 'y', now, 'u', rec.u)
-      redis.call('PEXPIRE', F, rec.ttl)
+      own_expire(F, rec)
       own_index(F, rec)
       -- Its next duplicate is answered in full (its snapshot has changed).
       rec.at = nil

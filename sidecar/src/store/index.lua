@@ -16,16 +16,15 @@
 --               sg:{ns}:s); ARGV[2] kind ('f' or 's'), ARGV[3] member
 --               (the record's key, or the storm's name), ARGV[4..6] what
 --               was written: occurrence count, storm resolved count, 1 if
---               resolved (else 0); ARGV[4] '': the flush found it gone.
---               Removes the member if the store's counters are still the
---               ones written, or its resource is gone (a fingerprint record
---               without a resource of its own, a storm without its start);
---               else (counted since) moves its score to now: a live sidecar
---               is writing it. Reply 1 removed, 0 kept.
---   'keep':     KEYS[1] sg:{ns}:f:<fp>, KEYS[2] sg:{ns}:d; ARGV[2] dedup
---               ttl (ms). The sink refused the update of its resource: a
---               record of an own resource is kept at least that long from
---               now, and so is the index. Reply 1.
+--               resolved (else 0); ARGV[4] '': the flush found it gone;
+--               ARGV[7] dedup ttl, ARGV[8] incident ttl (ms). Removes the
+--               member if the store's counters are still the ones written,
+--               or its resource is gone (a fingerprint record without a
+--               resource of its own, a storm without its start); a
+--               fingerprint record then gets its own TTL back (it lived at
+--               least the longer of the two TTLs while in the index). Else
+--               (counted since) moves its score to now: a live sidecar is
+--               writing it. Reply 1 removed, 0 kept.
 --   'prune':    KEYS[1] sg:namespaces; ARGV[2] namespace, ARGV[3] age (ms).
 --               Removes the namespace if its stamp is older than the age
 --               (its index was found empty just before: any sidecar that
@@ -34,6 +33,23 @@
 
 local op = ARGV[1]
 local now = now_ms()
+
+-- Fingerprint record F leaves the index: its own TTL again, as claim.lua
+-- sets it after a sighting (ttl_of, from its last sighting or its
+-- resolution if later; a pending claim's record at least until its lease
+-- ends).
+local function own_ttl_again(F)
+  local v = redis.call('HMGET', F, 'l', 'y', 'i', 'z', 'p', 'u')
+  local ttl = tonumber(ARGV[7])
+  if v[3] and v[3] ~= '0' and num(v[4]) == 0 then
+    ttl = tonumber(ARGV[8])
+  end
+  local left = math.max(num(v[1]), num(v[2])) + ttl - now
+  if v[5] == '1' then
+    left = math.max(left, num(v[6]) - now)
+  end
+  redis.call('PEXPIRE', F, int(math.max(1, left)))
+end
 
 if op == 'register' then
   local fields = {}
@@ -62,9 +78,9 @@ elseif op == 'old' then
 elseif op == 'written' then
   local D, kind, member = KEYS[1], ARGV[2], ARGV[3]
   if not redis.call('ZSCORE', D, member) then
-    if kind == 'f' then
+    if kind == 'f' and redis.call('HDEL', KEYS[2], 'd') == 1 then
       -- (the index expired under it: its next change adds it again)
-      redis.call('HDEL', KEYS[2], 'd')
+      own_ttl_again(KEYS[2])
     end
     return 0
   end
@@ -81,20 +97,12 @@ elseif op == 'written' then
     redis.call('ZREM', D, member)
     if kind == 'f' and v[1] then
       redis.call('HDEL', KEYS[2], 'd')
+      own_ttl_again(KEYS[2])
     end
     return 1
   end
   redis.call('ZADD', D, 'XX', now, member)
   return 0
-elseif op == 'keep' then
-  if redis.call('HEXISTS', KEYS[1], 'r') == 1 then
-    for _, key in ipairs(KEYS) do
-      if redis.call('PTTL', key) < tonumber(ARGV[2]) then
-        redis.call('PEXPIRE', key, ARGV[2])
-      end
-    end
-  end
-  return 1
 elseif op == 'prune' then
   local stamp = tonumber(redis.call('HGET', KEYS[1], ARGV[2]))
   if stamp and stamp < now - tonumber(ARGV[3]) then

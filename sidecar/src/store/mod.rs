@@ -438,15 +438,11 @@ pub trait Store: Send + Sync {
     /// The resources were written with these counters (`None`: the flush
     /// found the resource gone). Each leaves the index if the store's
     /// counters are still those (or it is gone); one counted since stays,
-    /// as if put there now (a live sidecar is writing it).
+    /// as if put there now (a live sidecar is writing it). A record in the
+    /// index does not expire before it leaves it (it lives at least the
+    /// longer of the dedup window and the incident TTL: however long the
+    /// sink is away, its counters wait); leaving, it gets its own TTL back.
     async fn written(&self, done: &[(ClaimKey, Option<Written>)]) -> Result<(), StoreError>;
-    /// The sink refused the updates of these resources: the records of
-    /// those that are a signal's own resource are kept at least a dedup
-    /// window from now, so that their unwritten counters wait for the sink
-    /// (a resolved incident's record, or one of signals without a firing
-    /// instance, lives only a dedup window after its last change). Storm
-    /// records already outlive their members.
-    async fn keep(&self, keys: &[ClaimKey]) -> Result<(), StoreError>;
     /// Readiness: the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

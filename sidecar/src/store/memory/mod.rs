@@ -101,7 +101,7 @@ impl Store for MemoryStore {
                     .insert(claim.namespace.clone(), (since, now + p.warm_marker));
                 let decision = state.decide_one(claim, &p, now, now - since < p.dedup);
                 if matches!(decision.write, Write::Update | Write::Await) {
-                    state.unwritten.change(&decision.key, now);
+                    state.index(&decision.key, &p, now);
                 }
                 decision
             })
@@ -130,10 +130,7 @@ impl Store for MemoryStore {
                                 own.moved_to.clone_from(moved_to);
                                 // The lease no longer keeps it: its TTL does,
                                 // from its last sighting or its resolution.
-                                let from = own
-                                    .resolution
-                                    .map_or(own.last_ms, |r| r.received_ms.max(own.last_ms));
-                                entry.expires_ms = (from + own.ttl(&p)).max(now + 1);
+                                entry.expires_ms = own.expiry_after_last_sighting(&p, now);
                             }
                         }
                     }
@@ -184,6 +181,7 @@ impl Store for MemoryStore {
     }
 
     async fn uncount(&self, owner: Owner, signals: &[(String, String)]) -> Result<(), StoreError> {
+        let p = Params::new(&self.settings);
         let mut state = self.lock();
         let now = now_ms();
         for key in signals {
@@ -201,7 +199,7 @@ impl Store for MemoryStore {
                         namespace: key.0.clone(),
                         fingerprint: key.1.clone(),
                     };
-                    state.unwritten.change(&own_key, now);
+                    state.index(&own_key, &p, now);
                     continue;
                 }
                 FpKind::Member { storm, .. } => storm.clone(),
@@ -213,7 +211,7 @@ impl Store for MemoryStore {
                         namespace: key.0.clone(),
                         name: storm,
                     };
-                    state.unwritten.change(&storm_key, now);
+                    state.index(&storm_key, &p, now);
                 }
             }
         }
@@ -235,7 +233,7 @@ impl Store for MemoryStore {
                 namespace: claim.namespace.clone(),
                 fingerprint: claim.fingerprint.clone(),
             };
-            state.unwritten.change(&key, now);
+            state.index(&key, &p, now);
         }
         Ok(adopted)
     }
@@ -256,7 +254,7 @@ impl Store for MemoryStore {
         let now = now_ms();
         let member = state.adopt_member(claim, storm, &p, now);
         if let Some(decision) = &member {
-            state.unwritten.change(&decision.key, now);
+            state.index(&decision.key, &p, now);
         }
         Ok(member)
     }
@@ -383,34 +381,14 @@ impl Store for MemoryStore {
         Ok(found)
     }
 
-    async fn keep(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
-        let p = Params::new(&self.settings);
-        let mut state = self.lock();
-        let now = now_ms();
-        for key in keys {
-            if let ClaimKey::Fingerprint {
-                namespace,
-                fingerprint,
-            } = key
-            {
-                let k = (namespace.clone(), fingerprint.clone());
-                if let Some(entry) = state.fingerprint(&k, now) {
-                    if matches!(entry.kind, FpKind::Own(_)) {
-                        entry.expires_ms = entry.expires_ms.max(now + p.dedup);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     async fn written(&self, done: &[(ClaimKey, Option<Written>)]) -> Result<(), StoreError> {
+        let p = Params::new(&self.settings);
         let mut state = self.lock();
         let now = now_ms();
         for (key, written) in done {
             let now_held = state.snapshot_of(key, now).map(|s| Written::of(&s));
             let same = now_held.is_none() || now_held == *written;
-            state.unwritten.written(key, same, now);
+            state.unindex(key, same, &p, now);
         }
         Ok(())
     }

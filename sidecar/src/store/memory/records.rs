@@ -104,6 +104,16 @@ impl Own {
         instance_ms == 0 || self.instance_ms == 0 || self.instance_ms == instance_ms
     }
 
+    /// Until when a record no longer kept by a lease or by the index of
+    /// unwritten changes lives: its TTL from its last sighting, or from its
+    /// resolution if that came later (never before `now` + 1 ms).
+    pub fn expiry_after_last_sighting(&self, p: &Params, now: i64) -> i64 {
+        let from = self
+            .resolution
+            .map_or(self.last_ms, |r| r.received_ms.max(self.last_ms));
+        (from + self.ttl(p)).max(now + 1)
+    }
+
     /// How long the record lives after its last signal: an open incident
     /// with a firing instance the incident TTL, else the dedup window.
     pub fn ttl(&self, p: &Params) -> i64 {

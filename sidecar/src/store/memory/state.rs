@@ -65,6 +65,52 @@ impl State {
         self.fingerprints.get_mut(key)
     }
 
+    /// A change of `key`'s counters: into the index of unwritten changes;
+    /// a signal's own record then lives at least the longer of the dedup
+    /// window and the incident TTL, until it is written ([`State::unindex`]).
+    pub fn index(&mut self, key: &ClaimKey, p: &Params, now: i64) {
+        self.unwritten.change(key, now);
+        if let ClaimKey::Fingerprint {
+            namespace,
+            fingerprint,
+        } = key
+        {
+            let k = (namespace.clone(), fingerprint.clone());
+            if let Some(entry) = self.fingerprint(&k, now) {
+                if matches!(entry.kind, FpKind::Own(_)) {
+                    entry.expires_ms = entry.expires_ms.max(now + p.dedup.max(p.incident));
+                }
+            }
+        }
+    }
+
+    /// `key` was written (`same`: the store still holds what was written,
+    /// or it is gone): out of the index, its own record's TTL as after its
+    /// last sighting again; else in the index as of now.
+    pub fn unindex(&mut self, key: &ClaimKey, same: bool, p: &Params, now: i64) {
+        self.unwritten.written(key, same, now);
+        let ClaimKey::Fingerprint {
+            namespace,
+            fingerprint,
+        } = key
+        else {
+            return;
+        };
+        if !same {
+            return;
+        }
+        let k = (namespace.clone(), fingerprint.clone());
+        if let Some(entry) = self.fingerprint(&k, now) {
+            if let FpKind::Own(own) = &entry.kind {
+                let mut at = own.expiry_after_last_sighting(p, now);
+                if own.pending {
+                    at = at.max(own.lease_until_ms);
+                }
+                entry.expires_ms = at;
+            }
+        }
+    }
+
     /// The counters of `key`'s live resource (a fingerprint with its own
     /// resource, or a storm), its claim's pending flag filled in.
     pub fn snapshot_of(&mut self, key: &ClaimKey, now: i64) -> Option<Snapshot> {

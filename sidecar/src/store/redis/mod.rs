@@ -453,7 +453,7 @@ impl Core {
     async fn written(&self, done: &[(ClaimKey, Option<Written>)]) -> Result<(), StoreError> {
         let calls = done
             .iter()
-            .map(|(key, written)| Call::written(key, *written))
+            .map(|(key, written)| Call::written(&self.settings, key, *written))
             .collect();
         self.all(&self.scripts.index, calls).await
     }
@@ -563,14 +563,6 @@ impl Store for RedisStore {
 
     async fn written(&self, done: &[(ClaimKey, Option<Written>)]) -> Result<(), StoreError> {
         self.core.written(done).await
-    }
-
-    async fn keep(&self, keys: &[ClaimKey]) -> Result<(), StoreError> {
-        let calls = keys
-            .iter()
-            .filter_map(|key| Call::keep(&self.core.settings, key))
-            .collect();
-        self.core.all(&self.core.scripts.index, calls).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -255,7 +255,7 @@ impl Call {
 
     /// An `index.lua` call: `key` was written with the counters `written`
     /// (`None`: the flush found the resource gone).
-    pub fn written(key: &ClaimKey, written: Option<Written>) -> Call {
+    pub fn written(settings: &Settings, key: &ClaimKey, written: Option<Written>) -> Call {
         let k = Keys(key.namespace());
         let (record, kind, member) = match key {
             ClaimKey::Fingerprint { fingerprint, .. } => {
@@ -283,28 +283,10 @@ impl Call {
                 } else {
                     b"0".to_vec()
                 },
+                ms(settings.dedup_ttl).to_string().into_bytes(),
+                ms(settings.incident_ttl).to_string().into_bytes(),
             ],
         }
-    }
-
-    /// An `index.lua` call keeping the record of the fingerprint resource
-    /// `key` a dedup window from now; `None` for a storm.
-    pub fn keep(settings: &Settings, key: &ClaimKey) -> Option<Call> {
-        let ClaimKey::Fingerprint {
-            namespace,
-            fingerprint,
-        } = key
-        else {
-            return None;
-        };
-        let k = Keys(namespace);
-        Some(Call {
-            keys: vec![k.fingerprint(fingerprint), k.unwritten()],
-            args: vec![
-                b"keep".to_vec(),
-                ms(settings.dedup_ttl).to_string().into_bytes(),
-            ],
-        })
     }
 
     /// An `index.lua` call removing `namespace` from the hash of namespaces
