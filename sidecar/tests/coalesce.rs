@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use signalgate_sidecar::pipeline::Pipeline;
 use signalgate_sidecar::store::{Claim, ClaimKey, Owner, Store, Write};
 use support::{alert, only, pipeline, send, store_with_lease, FakeSink};
 
@@ -41,13 +42,24 @@ async fn repeats_within_an_interval_are_written_once_with_the_latest_count() {
     assert_eq!(sink.updates().len(), 1);
 }
 
-#[tokio::test]
-async fn a_failed_write_is_retried_on_the_next_flush() {
+/// A resource created and counted once more (not written yet): the sink,
+/// the pipeline, the alert's body and the resource's key.
+async fn created_and_repeated() -> (Arc<FakeSink>, Pipeline, Vec<u8>, ClaimKey) {
     let sink = Arc::new(FakeSink::default());
     let p = pipeline(store_with_lease(LEASE), sink.clone(), DEADLINE);
     let body = alert("firing", "KubePodCrashLooping", "shop", "cart-1");
-    send(&p, &body).await.expect("created");
+    let made = send(&p, &body).await.expect("created");
     send(&p, &body).await.expect("duplicate");
+    let key = ClaimKey::Fingerprint {
+        namespace: "shop".into(),
+        fingerprint: made.signals[0].fingerprint.clone(),
+    };
+    (sink, p, body, key)
+}
+
+#[tokio::test]
+async fn a_failed_write_is_retried_on_the_next_flush() {
+    let (sink, p, _, _) = created_and_repeated().await;
 
     sink.fail_updates.store(1, Ordering::SeqCst);
     p.coalescer.flush().await;
@@ -94,14 +106,6 @@ async fn stopping_flushes_what_is_pending() {
     assert_eq!(p.coalescer.pending(), 0);
 }
 
-/// The resource of the only signal of `answer`, as the store keys it.
-fn key_of(namespace: &str, answer: &signalgate_sidecar::pipeline::Accepted) -> ClaimKey {
-    ClaimKey::Fingerprint {
-        namespace: namespace.into(),
-        fingerprint: answer.signals[0].fingerprint.clone(),
-    }
-}
-
 async fn in_index(store: &dyn Store, key: &ClaimKey) -> bool {
     store
         .snapshot(std::slice::from_ref(key))
@@ -116,12 +120,7 @@ async fn in_index(store: &dyn Store, key: &ClaimKey) -> bool {
 /// authorizer not synced yet): a refused update is not given up on.
 #[tokio::test]
 async fn a_refused_update_stays_in_the_index() {
-    let sink = Arc::new(FakeSink::default());
-    let p = pipeline(store_with_lease(LEASE), sink.clone(), DEADLINE);
-    let body = alert("firing", "KubePodCrashLooping", "shop", "cart-1");
-    let made = send(&p, &body).await.expect("created");
-    send(&p, &body).await.expect("duplicate");
-    let key = key_of("shop", &made);
+    let (sink, p, _, key) = created_and_repeated().await;
     assert!(in_index(p.store.as_ref(), &key).await);
 
     sink.reject_updates.store(1, Ordering::SeqCst);
@@ -136,11 +135,7 @@ async fn a_refused_update_stays_in_the_index() {
 
 #[tokio::test]
 async fn a_sidecar_whose_writes_find_the_sink_unavailable_takes_on_no_others() {
-    let sink = Arc::new(FakeSink::default());
-    let p = pipeline(store_with_lease(LEASE), sink.clone(), DEADLINE);
-    let body = alert("firing", "KubePodCrashLooping", "shop", "cart-1");
-    send(&p, &body).await.expect("created");
-    send(&p, &body).await.expect("duplicate");
+    let (sink, p, body, _) = created_and_repeated().await;
     sink.fail_updates.store(1, Ordering::SeqCst);
     p.coalescer.flush().await;
     assert!(sink.updates().is_empty());
