@@ -47,7 +47,8 @@ pub const SIDECAR_ENV: [(&str, &str); 12] = [
 
 /// How long the system may take to go quiet after the workload.
 const QUIET_DEADLINE: Duration = Duration::from_secs(90);
-/// Quiet: no resource changed for this long and nothing pending.
+/// Quiet: no resource changed for this long, nothing pending on a sidecar
+/// and nothing in the store's index of unwritten changes.
 const QUIET_FOR: Duration = Duration::from_secs(3);
 
 pub struct System {
@@ -234,9 +235,11 @@ impl System {
     }
 
     /// Every resource in the run's namespaces and the fallback namespace,
-    /// once the system is quiet: nothing pending on any sidecar and no
-    /// resource changed for [`QUIET_FOR`]. `Err` with the last listing
-    /// when it does not go quiet in time.
+    /// once the system is quiet: nothing pending on any sidecar, nothing in
+    /// the store's index of unwritten changes (what a killed sidecar left
+    /// is written by another a few seconds later) and no resource changed
+    /// for [`QUIET_FOR`]. `Err` with the last listing when it does not go
+    /// quiet in time.
     pub fn quiesce(&mut self) -> Result<Vec<Value>, (String, Vec<Value>)> {
         for p in self.redis.proxies() {
             p.pass();
@@ -254,7 +257,8 @@ impl System {
                 .sidecars
                 .iter()
                 .map(|s| s.metric("signalgate_pending_updates"))
-                .sum();
+                .sum::<f64>()
+                + self.unwritten() as f64;
             if let Ok(items) = listing {
                 let digest = digest(&items);
                 let changed = last.as_ref().is_none_or(|(d, _)| *d != digest);
@@ -276,6 +280,21 @@ impl System {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Resources in the store's index of unwritten changes, all namespaces.
+    fn unwritten(&self) -> u64 {
+        NAMESPACES
+            .iter()
+            .map(|ns| {
+                let key = format!("sg:{{{ns}}}:d");
+                let node = self.redis.node_for_key(&key);
+                let n = self.redis.cluster().cli(node, &["ZCARD", &key]);
+                n.trim()
+                    .parse::<u64>()
+                    .unwrap_or_else(|_| panic!("ZCARD {key} on redis-node-{node}: {n:?}"))
+            })
+            .sum()
     }
 
     fn list(&self) -> Result<Vec<Value>, String> {
