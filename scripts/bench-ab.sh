@@ -120,7 +120,7 @@ for run in $(seq "$RUNS"); do
     [ $((run % 2)) = 0 ] && order=(B A)
     for v in "${order[@]}"; do
         "$BENCH" load "http://127.0.0.1:${SC_PORT[$v]}/api/v1/signals/prometheus" --size 4096 \
-            --header x-signalgate-source:ab --duration "$DURATION" --warmup "$WARMUP" \
+            --source-header x-signalgate-source --duration "$DURATION" --warmup "$WARMUP" \
             --label path=sidecar-duplicate --label "build=$v" --label "run=$run" --out "$RESULTS"
         "${PIN_LOAD[@]}" "$BENCH" load "http://127.0.0.1:${ENVOY_PORT[$v]}/api/v1/signals/prometheus" \
             --size 4096 --duration "$DURATION" --warmup "$WARMUP" --expect 200 \

@@ -425,7 +425,7 @@ sidecar_run() {
     [ "$path" = created ] && mode=distinct expect=201
     [ "$path" = storm ] && mode=distinct
     load "http://127.0.0.1:$SC_PORT/api/v1/signals/prometheus" --size 4096 --mode "$mode" \
-        --header x-signalgate-source:bench \
+        --source-header x-signalgate-source \
         --connections "$CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP" --expect "$expect" \
         --max-unexpected "$MAX_UNEXPECTED" --pid "sidecar=$SC_PID" --pid "redis=$REDIS_PID" --redis "127.0.0.1:$REDIS_PORT" \
         --sidecar-metrics "http://127.0.0.1:$SC_ADMIN/metrics" \
@@ -456,15 +456,17 @@ if [ -f sidecar/src/store/common.lua ] && [ -f sidecar/src/store/decide.lua ]; t
     DECIDE_SHA=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD \
         "$(cat sidecar/src/store/common.lua; echo; cat sidecar/src/store/decide.lua)" 2>/dev/null || true)
     # One signal per call (decide.lua: the namespace's seven keys, then the
-    # fingerprint's key; the settings (the incident TTL last), then
-    # fingerprint, affected value, firing instance, the looked-up flag (set),
-    # no resolution and the request token '0' (no request's: every call
-    # counts, as distinct requests do): the first call creates, the others
-    # are duplicates).
+    # fingerprint's key; the settings (the incident TTL last), one request:
+    # token '0' (no request's: every call counts, as distinct requests do)
+    # and no delivery ('0' '0'); then the signal's fingerprint, affected
+    # value, firing instance, the looked-up flag (set), no resolution and
+    # its request's token: the first call creates, the others are
+    # duplicates).
     keys=('sg:{bench}:w' 'sg:{bench}:s' 'sg:{bench}:a' 'sg:{bench}:x' 'sg:{bench}:m'
         'sg:{bench}:o' 'sg:{bench}:d' 'sg:{bench}:f:0123456789abcdef')
     DECIDE_ARGS=("$DECIDE_SHA" "${#keys[@]}" "${keys[@]}" storm-0123456789ab- 300000 1000000000
-        60000 300000 100 15000 604800000 86400000 0123456789abcdef Pod/cart-0 1764190635123 1 '' 0)
+        60000 300000 100 15000 604800000 86400000 1 0 0 0 0123456789abcdef Pod/cart-0 1764190635123 1
+        '' 0)
     for _ in 1 2; do
         reply=$(redis-cli -p "$REDIS_PORT" EVALSHA "${DECIDE_ARGS[@]}" 2>&1 | head -1)
     done

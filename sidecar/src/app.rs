@@ -71,6 +71,7 @@ impl App {
                 store_timeout: config.redis_timeout,
                 lifecycle: config.lifecycle.clone(),
                 max_new_namespaces: config.max_new_namespaces,
+                delivery_window: config.delivery_window,
             },
         };
         App {

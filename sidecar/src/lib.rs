@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: every knob, from environment and flags.
 //! - [`store`]: the atomic decision and the claim protocol (memory, Redis).
-//! - [`pipeline`]: one request from body to answer; [`failure`]: why one
+//! - [`pipeline`]: one request from body to answer; [`delivery`]: which
+//!   delivery it is (its retries count once); [`failure`]: why one
 //!   failed; [`store_call`]: one store call, timed and bounded.
 //! - [`recovery`]: sink lookups and adoption when the store does not know
 //!   a firing (a cold namespace, a new firing instance); [`lifecycle`]: what
@@ -22,6 +23,7 @@ pub mod checker_page;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
+pub mod delivery;
 pub mod failure;
 pub mod http;
 pub mod lifecycle;

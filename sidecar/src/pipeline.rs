@@ -12,6 +12,7 @@ use signalgate_model::signal::{self, Context, Identity};
 use signalgate_model::{kube_event, Signal, SignalType};
 
 use crate::coalesce::Coalescer;
+use crate::delivery;
 use crate::failure::Failure;
 use crate::lifecycle::Policy;
 use crate::metrics::Metrics;
@@ -41,6 +42,8 @@ pub struct Limits {
     /// Namespaces one request may cost the sink's backend work in
     /// ([`crate::recovery`]).
     pub max_new_namespaces: usize,
+    /// The same source's same body within this window is one delivery.
+    pub delivery_window: Duration,
 }
 
 pub struct Pipeline {
@@ -167,6 +170,13 @@ impl Pipeline {
         let received_ms = crate::clock::now_ms();
         // This request's token: the owner of every claim it takes.
         let owner = Owner::next();
+        let delivery = delivery::of(
+            signal_type,
+            source,
+            body,
+            received_ms,
+            self.limits.delivery_window,
+        );
         let parsed = self.parse(signal_type, source, body)?;
         let identities = &parsed.identities;
         let fingerprints: Vec<String> = identities.iter().map(Identity::fingerprint).collect();
@@ -188,6 +198,7 @@ impl Pipeline {
             .zip(&fingerprints)
             .map(|(id, fp)| Claim {
                 owner,
+                delivery,
                 namespace: id.namespace.clone(),
                 fingerprint: fp.clone(),
                 affected: builder::affected_name(&id.target),

@@ -81,6 +81,7 @@ async fn a_waiter_takes_over_the_claim_of_a_creator_that_vanished() {
         instance_ms: resolved_instance,
         resolved_ms: None,
         absent: true,
+        ..Claim::default()
     };
     let taken = store.decide(&[claim]).await.expect("decide");
     assert_eq!(taken[0].write, Write::Create, "{taken:?}");

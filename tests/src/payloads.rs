@@ -39,6 +39,20 @@ pub fn webhook(alerts: Vec<Value>) -> Value {
     })
 }
 
+/// `hook` as Alertmanager's `n`th notification of the same alerts: their
+/// annotations carry the rule's latest value (a `{{ $value }}` template), so
+/// the body is new and a delivery of its own. The same body from the same
+/// source again is a retry of one delivery, counted once.
+pub fn notification(hook: &Value, n: u64) -> Value {
+    let mut hook = hook.clone();
+    if let Some(alerts) = hook["alerts"].as_array_mut() {
+        for a in alerts {
+            a["annotations"]["value"] = json!(n.to_string());
+        }
+    }
+    hook
+}
+
 /// A core/v1 Warning event about a pod, seen `count` times.
 pub fn pod_event(namespace: &str, pod: &str, reason: &str, count: u64) -> Value {
     json!({

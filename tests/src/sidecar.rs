@@ -158,16 +158,24 @@ impl Sidecar {
             .unwrap_or_else(|e| panic!("POST {url}: {e}\nlog:\n{}", self.log_tail(30)))
     }
 
-    /// `POST /api/v1/signals/prometheus`.
+    /// `POST /api/v1/signals/prometheus`, a delivery of its own (from a
+    /// source of its own: the same body again is not a retry).
     pub fn post_alerts(&self, webhook: &Value) -> Answer {
-        let body = serde_json::to_vec(webhook).expect("json");
-        self.post("/api/v1/signals/prometheus", &body, "test")
+        self.post_alerts_from(webhook, &fresh_source())
     }
 
-    /// `POST /api/v1/signals/kubernetes-event`.
+    /// `POST /api/v1/signals/prometheus` from `source`: the same body from
+    /// the same source within the delivery window is a retry of one
+    /// delivery.
+    pub fn post_alerts_from(&self, webhook: &Value, source: &str) -> Answer {
+        let body = serde_json::to_vec(webhook).expect("json");
+        self.post("/api/v1/signals/prometheus", &body, source)
+    }
+
+    /// `POST /api/v1/signals/kubernetes-event`, a delivery of its own.
     pub fn post_event(&self, event: &Value) -> Answer {
         let body = serde_json::to_vec(event).expect("json");
-        self.post("/api/v1/signals/kubernetes-event", &body, "test")
+        self.post("/api/v1/signals/kubernetes-event", &body, &fresh_source())
     }
 
     pub fn admin_get(&self, path: &str) -> Answer {
@@ -207,6 +215,14 @@ impl Sidecar {
             cond(&r).then_some(r)
         })
     }
+}
+
+/// A source no other post of this process used: each post a delivery of
+/// its own.
+pub fn fresh_source() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SENT: AtomicU64 = AtomicU64::new(0);
+    format!("test-{}", SENT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Reads `<dir>/<namespace>/<name>.json` files, sorted by path; a file

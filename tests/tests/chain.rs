@@ -3,7 +3,7 @@
 
 use signalgate_tests::edge_client::Request;
 use signalgate_tests::envoy::Envoy;
-use signalgate_tests::payloads::{alert, pod_event, webhook};
+use signalgate_tests::payloads::{alert, notification, pod_event, webhook};
 use signalgate_tests::sidecar::Sidecar;
 
 #[test]
@@ -21,7 +21,9 @@ fn an_alertmanager_payload_at_the_edge_becomes_resource_files() {
         body.clone(),
     ));
     assert_eq!(first.status, 201, "{}", first.text());
-    let again = client.send(&Request::post_json("/api/v1/signals/prometheus", body));
+    // Its next notification (the same body again would be a retry).
+    let next = serde_json::to_vec(&notification(&hook, 2)).unwrap();
+    let again = client.send(&Request::post_json("/api/v1/signals/prometheus", next));
     assert_eq!(again.status, 202, "{}", again.text());
 
     let all = sidecar.wait_resources("two resources counted twice", |r| {

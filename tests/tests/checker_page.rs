@@ -114,7 +114,7 @@ fn the_page_agrees_with_the_sidecar_and_the_edge() {
         shown["status"].as_str().unwrap().starts_with("Valid"),
         "{shown}"
     );
-    let answer = sidecar.post_alerts(&valid);
+    let answer = sidecar.post_alerts_from(&valid, "test");
     assert_eq!(answer.status, 201, "{}", answer.body);
     let answered: Vec<Value> = answer.json()["signals"]
         .as_array()

@@ -11,7 +11,7 @@ use signalgate_tests::process::wait_for;
 use signalgate_tests::remediation::{
     kube_sidecar, list, private_api_server, requests_served, shared_api_server, wait_list, FALLBACK,
 };
-use signalgate_tests::sidecar::Sidecar;
+use signalgate_tests::sidecar::{fresh_source, Sidecar};
 
 #[test]
 fn a_10000_signal_storm_keeps_api_writes_bounded() {
@@ -32,7 +32,7 @@ fn a_10000_signal_storm_keeps_api_writes_bounded() {
             let s = &s;
             scope.spawn(move || {
                 for body in chunk {
-                    let a = s.post("/api/v1/signals/prometheus", body, "t");
+                    let a = s.post("/api/v1/signals/prometheus", body, &fresh_source());
                     assert!(a.status == 201 || a.status == 202, "{}", a.body);
                 }
             });

@@ -11,7 +11,7 @@ use signalgate_tests::redis::RedisServer;
 use signalgate_tests::remediation::{
     count, kube_sidecar, list, shared_api_server, wait_list, FALLBACK,
 };
-use signalgate_tests::sidecar::Sidecar;
+use signalgate_tests::sidecar::{fresh_source, Sidecar};
 
 /// Posts alert `name` about namespace `ns`, expects it created in the
 /// fallback namespace labelled with `ns`, and returns the fallback's resources.
@@ -69,7 +69,7 @@ fn concurrent_alerts_for_a_namespace_that_does_not_exist_are_all_answered_where_
     let body = serde_json::to_vec(&webhook(vec![alert("Crowded", ns, "p")])).unwrap();
     let answers: Vec<Value> = std::thread::scope(|scope| {
         let hs: Vec<_> = (0..20)
-            .map(|_| scope.spawn(|| s.post("/api/v1/signals/prometheus", &body, "t")))
+            .map(|_| scope.spawn(|| s.post("/api/v1/signals/prometheus", &body, &fresh_source())))
             .collect();
         hs.into_iter()
             .map(|h| {

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use signalgate_tests::payloads::{alert, webhook};
 use signalgate_tests::redis::RedisServer;
 use signalgate_tests::remediation::{count, kube_sidecar, shared_api_server, wait_list};
-use signalgate_tests::sidecar::Sidecar;
+use signalgate_tests::sidecar::{fresh_source, Sidecar};
 
 #[test]
 fn an_alert_becomes_a_resource_with_every_field_from_the_payload() {
@@ -16,7 +16,7 @@ fn an_alert_becomes_a_resource_with_every_field_from_the_payload() {
     let mut a = alert("KubePodCrashLooping", "kube-fields", "cart-1");
     a["labels"]["container"] = json!("cart");
     a["annotations"]["runbook_url"] = json!("https://runbooks/crashloop");
-    let answer = s.post_alerts(&webhook(vec![a.clone()]));
+    let answer = s.post_alerts_from(&webhook(vec![a.clone()]), "test");
     assert_eq!(answer.status, 201, "{}\n{}", answer.body, s.log_tail(20));
     let sig = answer.json()["signals"][0].clone();
 
@@ -79,7 +79,12 @@ fn a_hundred_concurrent_identical_alerts_make_one_resource_counting_100() {
         serde_json::to_vec(&webhook(vec![alert("NodeDown", "kube-concurrent", "p")])).unwrap();
     let statuses: Vec<u16> = std::thread::scope(|scope| {
         let hs: Vec<_> = (0..100)
-            .map(|_| scope.spawn(|| s.post("/api/v1/signals/prometheus", &body, "t").status))
+            .map(|_| {
+                scope.spawn(|| {
+                    s.post("/api/v1/signals/prometheus", &body, &fresh_source())
+                        .status
+                })
+            })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -154,7 +159,10 @@ fn a_storm_across_two_sidecars_is_one_storm_resource() {
             .enumerate()
             .map(|(i, body)| {
                 let side = if i % 2 == 0 { &a } else { &b };
-                scope.spawn(move || side.post("/api/v1/signals/prometheus", body, "t").status)
+                scope.spawn(move || {
+                    side.post("/api/v1/signals/prometheus", body, &fresh_source())
+                        .status
+                })
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
@@ -185,8 +193,8 @@ fn directory_and_kube_sinks_write_the_same_object() {
     let kube = kube_sidecar(k, "sidecar-kube", &[]);
     let dir = Sidecar::start_named("sidecar-dir", &[]);
     let hook = webhook(vec![alert("Same", "same-object", "p")]);
-    assert_eq!(kube.post_alerts(&hook).status, 201);
-    assert_eq!(dir.post_alerts(&hook).status, 201);
+    assert_eq!(kube.post_alerts_from(&hook, "test").status, 201);
+    assert_eq!(dir.post_alerts_from(&hook, "test").status, 201);
     let from_kube = wait_list(k, "same-object", "the resource", |r| r.len() == 1).remove(0);
     let from_dir = dir.resources().remove(0);
     let normalise = |mut v: Value| {

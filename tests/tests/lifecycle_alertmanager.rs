@@ -45,6 +45,8 @@ fn a_firing_alert_is_one_resource_until_resolved_and_the_controller_phase_is_res
         ("SIGNALGATE_DEDUP_TTL", "2s"),
         ("SIGNALGATE_FLUSH_INTERVAL", "250ms"),
         ("SIGNALGATE_REOPEN_COOLDOWN", "12s"),
+        // (at most half the repeat interval: each repeat a delivery)
+        ("SIGNALGATE_DELIVERY_WINDOW", "3s"),
     ]);
     let am = Alertmanager::start(
         &Receiver::new(&format!("http://{}{ALERTS_PATH}", s.api))

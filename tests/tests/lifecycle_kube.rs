@@ -50,6 +50,8 @@ fn an_alert_is_one_resource_until_resolved_and_the_controller_status_is_respecte
             ("SIGNALGATE_DEDUP_TTL", "2s"),
             ("SIGNALGATE_FLUSH_INTERVAL", "250ms"),
             ("SIGNALGATE_REOPEN_COOLDOWN", "6s"),
+            // (at most half the repeat interval: each repeat a delivery)
+            ("SIGNALGATE_DELIVERY_WINDOW", "3s"),
         ],
     );
     let mut am = Alertmanager::start(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use signalgate_tests::payloads::{alert, pod_event, resolved, webhook};
-use signalgate_tests::sidecar::StoreBackend;
+use signalgate_tests::sidecar::{fresh_source, StoreBackend};
 
 signalgate_tests::on_every_store!(
     first_alert_creates_a_complete_resource,
@@ -25,11 +25,10 @@ fn spec(r: &Value) -> &Value {
 
 fn first_alert_creates_a_complete_resource(b: &StoreBackend) {
     let s = b.start(&[]);
-    let a = s.post_alerts(&webhook(vec![alert(
-        "KubePodCrashLooping",
-        "shop",
-        "cart-1",
-    )]));
+    let a = s.post_alerts_from(
+        &webhook(vec![alert("KubePodCrashLooping", "shop", "cart-1")]),
+        "test",
+    );
     assert_eq!(a.status, 201, "{}", a.body);
     let body = a.json();
     let sig = &body["signals"][0];
@@ -334,7 +333,12 @@ fn concurrent_identical_requests_create_exactly_one_resource(b: &StoreBackend) {
     let body = serde_json::to_vec(&hook).unwrap();
     let statuses: Vec<u16> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..40)
-            .map(|_| scope.spawn(|| s.post("/api/v1/signals/prometheus", &body, "t").status))
+            .map(|_| {
+                scope.spawn(|| {
+                    s.post("/api/v1/signals/prometheus", &body, &fresh_source())
+                        .status
+                })
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use signalgate_tests::payloads::{alert, webhook};
 use signalgate_tests::process::wait_for;
-use signalgate_tests::sidecar::Sidecar;
+use signalgate_tests::sidecar::{fresh_source, Sidecar};
 
 #[test]
 fn a_restart_on_the_memory_store_keeps_counting_in_the_same_file() {
@@ -20,7 +20,7 @@ fn a_restart_on_the_memory_store_keeps_counting_in_the_same_file() {
     let body = serde_json::to_vec(&hook).unwrap();
     let answers: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..12)
-            .map(|_| scope.spawn(|| s.post("/api/v1/signals/prometheus", &body, "t")))
+            .map(|_| scope.spawn(|| s.post("/api/v1/signals/prometheus", &body, &fresh_source())))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });

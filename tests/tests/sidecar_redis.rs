@@ -1,15 +1,18 @@
 //! The sidecar binary on Redis: an outage answers 503 and recovers; two
 //! sidecars share one Redis; what a killed sidecar acknowledged reaches its
-//! resource through another; a Redis restored from an older snapshot or
+//! resource through another; a retry whose first attempt counted late, on
+//! another sidecar, counts once; a Redis restored from an older snapshot or
 //! restarted empty does not make a second resource.
 
 use std::time::Duration;
 
 use serde_json::Value;
+use signalgate_tests::client;
+use signalgate_tests::fault_proxy::{Fault, FaultProxy};
 use signalgate_tests::payloads::{alert, resolved, webhook};
 use signalgate_tests::process::wait_for;
 use signalgate_tests::redis::RedisServer;
-use signalgate_tests::sidecar::Sidecar;
+use signalgate_tests::sidecar::{fresh_source, Sidecar};
 
 #[test]
 fn redis_outage_answers_503_with_retry_after_then_recovers() {
@@ -62,7 +65,10 @@ fn two_sidecars_on_one_redis_create_each_incident_once() {
             .map(|n| {
                 let side = if n % 2 == 0 { &a } else { &b };
                 let body = &bodies[n % 5];
-                scope.spawn(move || side.post("/api/v1/signals/prometheus", body, "t").status)
+                scope.spawn(move || {
+                    side.post("/api/v1/signals/prometheus", body, &fresh_source())
+                        .status
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -136,6 +142,80 @@ fn what_a_killed_sidecar_acknowledged_reaches_its_resource_through_another() {
     });
     assert!(b.metric("signalgate_unwritten_taken_total") >= 2.0);
 }
+
+/// Finding 5 of issue 19: a delivery's first attempt reaches sidecar A,
+/// whose store call is held in a partition; the sender gives up on it and
+/// retries on sidecar B, which counts the delivery; then the partition
+/// heals and A's call runs, late. One delivery acknowledged once (by B):
+/// counted once. Before the delivery identity, A's late call counted it
+/// again (3 for 2 deliveries), as does a sidecar SIGSTOPped between
+/// counting and answering.
+#[test]
+fn a_retry_whose_first_attempt_counted_late_on_another_sidecar_counts_once() {
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::to_port(redis.port());
+    // A reaches Redis through the proxy, and waits for it longer than the
+    // sender waits for A.
+    let a = Sidecar::start_named(
+        "sidecar-a",
+        &[
+            ("SIGNALGATE_REDIS_URL", &format!("redis://{}", proxy.addr())),
+            ("SIGNALGATE_REDIS_TIMEOUT", "30s"),
+            ("SIGNALGATE_REQUEST_DEADLINE", "40s"),
+            ("SIGNALGATE_CLAIM_LEASE", "45s"),
+        ],
+    );
+    let dir = format!("dir:{}", a.sink_dir.display());
+    let b = Sidecar::start_named(
+        "sidecar-b",
+        &[
+            ("SIGNALGATE_REDIS_URL", &redis.url()),
+            ("SIGNALGATE_SINK", &dir),
+        ],
+    );
+    let hook = webhook(vec![alert("Late", "shop", "p1")]);
+    let made = b.post_alerts(&hook);
+    assert_eq!(made.status, 201, "{}", made.body);
+
+    // The delivery: first attempt to A, held; the sender gives up on it.
+    proxy.set_fault(Fault::Blackhole);
+    let body = serde_json::to_vec(&hook).expect("json");
+    let url = format!("http://{}/api/v1/signals/prometheus", a.api);
+    let first = std::thread::spawn(move || {
+        client::post_json(&url, &body, &[("x-signalgate-source", "alertmanager-0")])
+    });
+    // Its retry, on B: counted, acknowledged.
+    let retry = b.post_alerts_from(&hook, "alertmanager-0");
+    assert_eq!(retry.status, 202, "{}", retry.body);
+    assert_eq!(
+        retry.json()["signals"][0]["outcome"],
+        "duplicate",
+        "{}",
+        retry.body
+    );
+    // The partition heals: A's call runs now, and A answers the attempt
+    // nobody waits for any more.
+    proxy.pass();
+    let late = first.join().expect("the first attempt's thread");
+    let late = late.unwrap_or_else(|e| panic!("A never answered: {e}\n{}", a.log_tail(20)));
+    eprintln!(
+        "the first attempt, answered late: {} {}",
+        late.status, late.body
+    );
+    let count = redis.cli(&["EVAL", COUNT_OF_ONLY_RECORD, "0"]);
+    assert_eq!(
+        count.trim(),
+        "2",
+        "one delivery and its retry count once in the store"
+    );
+    a.wait_resources("the resource to count two deliveries", |r| {
+        r.len() == 1 && r[0]["spec"]["deduplication"]["occurrenceCount"] == 2
+    });
+}
+
+/// The count (field c) of the only fingerprint record in Redis.
+const COUNT_OF_ONLY_RECORD: &str =
+    "local k = redis.call('KEYS', 'sg:*:f:*') return redis.call('HGET', k[1], 'c')";
 
 #[test]
 fn redis_restored_from_an_older_snapshot_does_not_make_a_second_resource() {

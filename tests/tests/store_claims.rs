@@ -2,12 +2,13 @@
 //! expired or released lease is taken over by exactly one caller, with the
 //! same resource; a claim is its owner's (the request's token): commit and
 //! release by a request whose lease was taken over change nothing, and a
-//! decide run twice by one request (a resent call) still owns its claim.
+//! decide run twice by one request (a resent call) still owns its claim;
+//! every attempt of one delivery counts once.
 //! Each case runs against every backend (see `signalgate_tests::store_suite`).
 
 use std::time::Duration;
 
-use signalgate_sidecar::store::{Claim, ClaimState, Outcome, Owner, Write};
+use signalgate_sidecar::store::{Claim, ClaimState, Delivery, Outcome, Owner, Write};
 use signalgate_tests::behaviour;
 use signalgate_tests::store_suite::{
     a_claim_made, assert_own, claim, namespace, settings, Backend,
@@ -22,6 +23,7 @@ behaviour!(
     a_release_by_a_request_whose_lease_was_taken_over_changes_nothing,
     a_decide_resent_by_its_request_still_owns_the_claim,
     a_failed_requests_counts_are_taken_back_once_and_only_its_own,
+    attempts_of_one_delivery_count_once_and_none_takes_back_what_another_relied_on,
 );
 
 async fn await_until_committed(b: Backend) {
@@ -250,4 +252,63 @@ async fn a_failed_requests_counts_are_taken_back_once_and_only_its_own(b: Backen
             .await;
         assert_eq!(d.snapshot.occurrence_count, 3, "{d:?}");
     }
+}
+
+async fn attempts_of_one_delivery_count_once_and_none_takes_back_what_another_relied_on(
+    b: Backend,
+) {
+    let f = b.store(settings().storm_threshold(1)).await;
+    let ns = namespace("delivery");
+    let (a, m1, m2) = (claim(&ns, "a"), claim(&ns, "m1"), claim(&ns, "m2"));
+    let own = f.one(&a).await;
+    f.commit(&own.key).await;
+    let storm = f.decide(&[m1.clone(), m2.clone()]).await;
+    f.commit(&storm[0].key).await;
+    let counts = || async {
+        (
+            f.snapshot(&own.key).await.unwrap().occurrence_count,
+            f.snapshot(&storm[0].key).await.unwrap().occurrence_count,
+        )
+    };
+    assert_eq!(counts().await, (1, 2));
+    let attempt = |owner: Owner, delivery: Delivery| {
+        [&a, &m1].map(|c| Claim {
+            owner,
+            delivery,
+            ..c.clone()
+        })
+    };
+    let signals = [&a, &m1].map(|c| (c.namespace.clone(), c.fingerprint.clone()));
+    let window = |current: u64| Delivery {
+        current,
+        previous: current - 1,
+    };
+
+    // A delivery's first attempt counts; its reply is lost and the sender
+    // retries: the second attempt finds the count and is acknowledged.
+    let (first, second) = (Owner::next(), Owner::next());
+    f.decide(&attempt(first, window(11))).await;
+    assert_eq!(counts().await, (2, 3));
+    let ds = f.decide(&attempt(second, window(11))).await;
+    assert_eq!(ds[0].snapshot.occurrence_count, 2, "{ds:?}");
+    assert_eq!(counts().await, (2, 3));
+    // The first attempt then fails: the count it made is the second's too.
+    f.store.uncount(first, &signals).await.expect("uncount");
+    f.store.uncount(second, &signals).await.expect("uncount");
+    assert_eq!(counts().await, (2, 3));
+    // A retry in the next window still matches; two windows on, it is
+    // another delivery.
+    f.decide(&attempt(Owner::next(), window(12))).await;
+    assert_eq!(counts().await, (2, 3));
+    f.decide(&attempt(Owner::next(), window(14))).await;
+    assert_eq!(counts().await, (3, 4));
+
+    // A failed attempt alone: its count is taken back, and the retry counts.
+    let failed = Owner::next();
+    f.decide(&attempt(failed, window(21))).await;
+    assert_eq!(counts().await, (4, 5));
+    f.store.uncount(failed, &signals).await.expect("uncount");
+    assert_eq!(counts().await, (3, 4));
+    f.decide(&attempt(Owner::next(), window(21))).await;
+    assert_eq!(counts().await, (4, 5));
 }

@@ -60,6 +60,7 @@ pub const KNOBS: &[Knob] = &[
     FALLBACK_NAMESPACE,
     REQUEST_DEADLINE,
     FLUSH_INTERVAL,
+    DELIVERY_WINDOW,
     MAX_BODY_BYTES,
     MAX_ALERTS,
     MAX_NEW_NAMESPACES_PER_REQUEST,
@@ -275,6 +276,16 @@ pub const FLUSH_INTERVAL: Knob = Knob {
     meaning: "occurrence/storm updates are written at most once per resource per interval",
     read: |c, v| {
         c.flush_interval = duration(v)?;
+        Ok(())
+    },
+};
+
+pub const DELIVERY_WINDOW: Knob = Knob {
+    name: "DELIVERY_WINDOW",
+    default: "5m",
+    meaning: "the same source's same body within this window is one delivery (a retry), counted once; 0 counts every request",
+    read: |c, v| {
+        c.delivery_window = duration_or_zero(v)?;
         Ok(())
     },
 };

@@ -100,6 +100,7 @@ fn blank() -> Config {
         fallback_namespace: String::new(),
         request_deadline: Duration::ZERO,
         flush_interval: Duration::ZERO,
+        delivery_window: Duration::ZERO,
         max_body_bytes: 0,
         max_alerts: 0,
         max_new_namespaces: 0,

@@ -69,6 +69,9 @@ pub struct Config {
     pub request_deadline: Duration,
     /// Occurrence and storm updates are written at most once per resource per interval.
     pub flush_interval: Duration,
+    /// The same source's same body within this window is one delivery
+    /// ([`crate::delivery`]); zero: every request is its own.
+    pub delivery_window: Duration,
     pub max_body_bytes: usize,
     pub max_alerts: usize,
     /// Namespaces one request may look up in the sink's backend (cold) or

@@ -11,7 +11,9 @@
 --       kind ('f' or 's'), 3 storm resource name (storm claims), 4 claim lease ms, 5
 --       dedup ttl ms, 6 incident ttl ms, 7 the caller's token (commit and
 --       release act only on a pending claim it owns; a claim poll or adopt
---       hands it records it); commit: 8 the namespace the resource went to
+--       hands it records it), for adopt and member followed by
+--       ':<delivery token of its window>:<of the window before>' (see
+--       counts()); commit: 8 the namespace the resource went to
 --       if not its own (else ''); adopt of a fingerprint: 8 resource name, 9
 --       first seen ms, 10 occurrence count of the existing resource, 11 the
 --       namespace it is in if not its own (else ''), 12 its firing instance
@@ -43,7 +45,7 @@ local op, kind, name = ARGV[1], ARGV[2], ARGV[3]
 local lease = tonumber(ARGV[4])
 local dedup = tonumber(ARGV[5])
 local incident = tonumber(ARGV[6])
-local owner = ARGV[7]
+local owner, dc, dp = string.match(ARGV[7], '^([^:]*):?([^:]*):?([^:]*)$')
 local now = now_ms()
 
 -- Records a change of the counters of `member` (a record's key, whose field
@@ -168,7 +170,7 @@ if (op == 'adopt' or member) and kind == 's' then
   end
   local F = KEYS[4]
   unwritten(KEYS[5], name)
-  redis.call('HSET', F, 's', name, 'q', owner)
+  redis.call('HSET', F, 's', name, 'q', owner, 'e', dc)
   if ARGV[18] ~= '0' then
     redis.call('PEXPIRE', F, int(incident))
   else
@@ -182,13 +184,14 @@ end
 -- signal on this fingerprint's record (KEYS[2]: the namespace's storm
 -- hash): the count is taken back, in the record's own resource or its
 -- storm, so that the sender's retry of the delivery counts it once. Only if
--- the last signal counted on the record was that request's (q).
+-- the last signal counted on the record was that request's (q) and no other
+-- attempt of its delivery relied on it (which clears q).
 if op == 'uncount' then
   local known = redis.call('HMGET', H, 'q', 's', 'c')
   if owner == '0' or known[1] ~= owner then
     return 0
   end
-  redis.call('HDEL', H, 'q')
+  redis.call('HDEL', H, 'q', 'e')
   if known[2] then
     local field = known[2] .. '|c'
     local c = tonumber(redis.call('HGET', KEYS[2], field))
@@ -214,7 +217,7 @@ local function ttl_of(i, z)
 end
 
 if op == 'adopt' then
-  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u', 'c', 'i', 'g', 'z', 'y', 't', 'q')
+  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u', 'c', 'i', 'g', 'z', 'y', 't', 'q', 'e')
   if known[3] then
     return 0
   end
@@ -225,9 +228,12 @@ if op == 'adopt' then
     -- a duplicate of it (wait for its claim, or take it over).
     -- (counted once per request, as decide.lua counts)
     local c = num(known[6])
-    if owner == '0' or known[12] ~= owner then
+    local n = counts(known[12] or '', known[13], owner, dc, dp)
+    if n == 1 then
       c = redis.call('HINCRBY', H, 'c', 1)
-      redis.call('HSET', H, 'q', owner)
+      redis.call('HSET', H, 'q', owner, 'e', dc)
+    elseif n == 2 then
+      redis.call('HSET', H, 'q', '')
     end
     local write, lease_until = claim_write(num(known[4]), num(known[5]), now, lease,
       owner ~= '0' and known[11] == owner)
@@ -267,7 +273,7 @@ if op == 'adopt' then
   c = c + 1
   redis.call('DEL', H)
   redis.call('HSET', H, 'r', resource, 'f', int(first), 'l', int(now), 'c', int(c),
-    'p', committed_p(moved), 'u', 0, 'q', owner)
+    'p', committed_p(moved), 'u', 0, 'q', owner, 'e', dc)
   if i ~= '0' then
     redis.call('HSET', H, 'i', i)
   end

@@ -10,12 +10,16 @@
 --                   (lease until ms), t (the token of the request holding
 --                   the claim: only commit and release by it count), q
 --                   (the token of the request whose signal was counted
---                   last: it counts no more, and may take it back), i (the firing instance counted last,
---                   ms; absent: 0, unknown), g (firing instances counted;
---                   absent: 1), z and y (the resolution: when it resolved and
---                   when that was received, ms; absent while open). Storm
---                   member: s (storm resource name), q (as above), and z (when its
---                   resolution came, ms) once resolved. Fields a record does
+--                   last: it counts no more, and may take it back; '' once
+--                   another attempt of its delivery relied on it), e (that
+--                   count's delivery token: no attempt of that delivery
+--                   counts again; see counts()), i (the firing instance
+--                   counted last, ms; absent: 0, unknown), g (firing
+--                   instances counted; absent: 1), z and y (the resolution:
+--                   when it resolved and when that was received, ms; absent
+--                   while open). Storm member: s (storm resource name), q
+--                   and e (as above), and z (when its resolution came, ms)
+--                   once resolved. Fields a record does
 --                   not need are not written (a record of an earlier
 --                   version has none of i, g, z, y: an open incident, one
 --                   firing, instance unknown). d ('1') while the record
@@ -233,4 +237,25 @@ local function claim_write(pending, lease_until, now, lease, held)
     return 3, lease_until
   end
   return 1, now + lease
+end
+
+-- Whether a signal of request o, delivery tokens dc (of its window) and dp
+-- (of the window before), counts in a record whose last count was request
+-- q's, of delivery token e (Counted::count in the Rust store): 1 it
+-- counts; 0 it does not (the count was this request's own: its call ran
+-- again, or it repeats the signal); 2 it does not, the count being another
+-- attempt's of the same delivery: the caller clears q, so that neither
+-- attempt takes back a count the other may have had acknowledged. Token
+-- '0' is no request's (always counts); delivery '0' or '' is none.
+local function counts(q, e, o, dc, dp)
+  if o == '0' then
+    return 1
+  end
+  if q == o then
+    return 0
+  end
+  if e and dc ~= '0' and dc ~= '' and (e == dc or e == dp) then
+    return 2
+  end
+  return 1
 end

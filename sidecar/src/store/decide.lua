@@ -12,13 +12,18 @@
 -- ARGV: 1 storm name prefix ('storm-<12 hex of sha256(ns)>-'), 2 dedup ttl
 --       ms, 3 storm threshold, 4 storm window ms, 5 storm max duration ms,
 --       6 max affected, 7 claim lease ms, 8 warm marker ttl ms, 9 incident
---       ttl ms; then per signal i: ARGV[4 + 6i] fingerprint, ARGV[5 + 6i]
---       affected, ARGV[6 + 6i] firing instance ms ('0' unknown), ARGV[7 +
---       6i] '1' if the sink was searched and has no live resource of it
---       (else '0'), ARGV[8 + 6i] for a resolution when it resolved (ms),
---       '' for a firing, ARGV[9 + 6i] the token of the request deciding it
---       (the owner of a claim it takes; a pending claim under its own token
---       is its to create: its call ran again after a lost reply)
+--       ttl ms, 10 R, the number of requests whose signals the call
+--       decides; then per request r (0-based), from b = 11 + 3r: ARGV[b]
+--       its token, ARGV[b + 1] and ARGV[b + 2] its delivery's tokens of
+--       this window and the window before ('0' none; see counts()); then,
+--       from s = 11 + 3R, per signal i (0-based), from a = s + 6i: ARGV[a]
+--       fingerprint, ARGV[a + 1] affected, ARGV[a + 2] firing instance ms
+--       ('0' unknown), ARGV[a + 3] '1' if the sink was searched and has no
+--       live resource of it (else '0'), ARGV[a + 4] for a resolution when
+--       it resolved (ms), '' for a firing, ARGV[a + 5] the token of the
+--       request deciding it (the owner of a claim it takes; a pending claim
+--       under its own token is its to create: its call ran again after a
+--       lost reply)
 -- A fingerprint repeated within a call (the sidecar batches the signals of
 -- concurrent requests, and senders repeat their alerts) is decided from the
 -- record this call already holds: its count, last-seen and lease are written
@@ -243,8 +248,8 @@ end
 -- in it (or deleted a record whose storm was gone, or that it replaced), and
 -- no record lacks both. So it is written without deleting it first, here
 -- and on create. ttl: the member's TTL (ms, a string).
-local function join_storm(F, name, ttl, o)
-  redis.call('HSET', F, 's', name, 'q', o)
+local function join_storm(F, name, ttl, o, dc)
+  redis.call('HSET', F, 's', name, 'q', o, 'e', dc)
   redis.call('PEXPIRE', F, ttl)
 end
 
@@ -275,19 +280,19 @@ local function own_settle(F, rec, o)
   return write
 end
 
--- A signal counts unless the record's last counted signal was this
--- request's own (q: the request's decide ran again after a lost reply, or it
--- repeats the signal); token '0' is no request's and always counts.
-local function counts(q, o)
-  return o == '0' or q ~= o
-end
-
-local function own_duplicate(i, F, rec, o)
-  if counts(rec.q, o) then
+local function own_duplicate(i, F, rec, o, dc, dp)
+  local n = counts(rec.q, rec.e, o, dc, dp)
+  if n == 1 then
     rec.c = rec.c + 1
-    rec.q = o
+    rec.q, rec.e = o, dc
+  elseif n == 2 then
+    rec.q = ''
   end
-  local write = own_settle(F, rec, o)
+  -- (a committed claim's answer is always Update: no call for it)
+  local write = 2
+  if rec.p == 1 then
+    write = own_settle(F, rec, o)
+  end
   local lease_until = rec.u
   if rec.p == 1 then
     -- A pending claim's record lives at least until its lease ends.
@@ -315,10 +320,10 @@ local function flush()
     if rec and rec.dirty then
       rec.dirty = false
       if rec.p == 1 then
-        redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q, 'u', rec.u)
+        redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q, 'e', rec.e, 'u', rec.u)
       else
         -- (a committed claim's lease stays as it was)
-        redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q)
+        redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q, 'e', rec.e)
       end
       own_expire(F, rec)
       own_index(F, rec)
@@ -332,10 +337,10 @@ end
 -- record's) are written out in here rather than in functions of their own:
 -- the script body makes each of its functions anew on every call, at a cost
 -- the duplicate path would pay.
-local function decide(i, F, fp, affected, ci, absent, t, o)
+local function decide(i, F, fp, affected, ci, absent, t, o, dc, dp)
   local rec = held[F]
   if not rec then
-    local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's', 'i', 'g', 'z', 'y', 'q', 'd')
+    local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's', 'i', 'g', 'z', 'y', 'q', 'd', 'e')
     if known[6] then
       -- A storm member: repeats are duplicates of the storm resource.
       local st = storm_get(known[6])
@@ -369,11 +374,15 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
           storm_changed(st)
         end
         local write
-        if counts(known[11], o) then
+        local n = counts(known[11], known[13], o, dc, dp)
+        if n == 1 then
           write = storm_count(st, o)
-          redis.call('HSET', F, 'q', o)
+          redis.call('HSET', F, 'q', o, 'e', dc)
         else
           write = storm_settle(st, o)
+          if n == 2 and known[11] ~= '' then
+            redis.call('HSET', F, 'q', '')
+          end
         end
         redis.call('PEXPIRE', F, ci == '0' and ARGV[2] or ARGV[9])
         return storm_reply(2, write, st)
@@ -391,7 +400,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
       end
       local ri = known[7] or '0'
       rec = { r = r, f = known[2], c = num(known[3]), p = 0, u = known[5], i = ri, k = known, ttl = ARGV[2],
-        q = known[11] or '', d = known[12] ~= false }
+        q = known[11] or '', e = known[13] or '', d = known[12] ~= false }
       if p == '1' then
         rec.p, rec.u = 1, num(known[5])
       end
@@ -403,7 +412,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
   end
   if rec then
     if t == '' and (ci == rec.i or ci == '0' or rec.i == '0') then
-      return own_duplicate(i, F, rec, o)
+      return own_duplicate(i, F, rec, o, dc, dp)
     end
     -- A resolution, or a firing of another instance than the record's.
     local k = rec.k
@@ -466,7 +475,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
       local write = storm_count(st, o)
       st.e = math.max(st.e, math.min(now + window, st.f + max_duration))
       add_affected(st, affected)
-      join_storm(F, cur, member_ttl, o)
+      join_storm(F, cur, member_ttl, o, dc)
       return storm_reply(4, write, st)
     end
     if st and now < st.j + window then
@@ -492,13 +501,13 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
       if ci ~= '0' then
         keep = tonumber(ARGV[9])
         redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease, 't', o,
-          'q', o, 'i', ci)
+          'q', o, 'e', dc, 'i', ci)
       else
         redis.call('HSET', F, 'r', name, 'f', now, 'l', now, 'c', 1, 'p', 1, 'u', now + lease, 't', o,
-          'q', o)
+          'q', o, 'e', dc)
       end
       redis.call('PEXPIRE', F, int(math.max(keep, lease)))
-      held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, t = o, q = o, i = ci, k = {},
+      held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, t = o, q = o, e = dc, i = ci, k = {},
         ttl = keep, at = i }
       return { 1, 1, 0, name, now, now, 1, ci, 1, 0, 0 }
     end
@@ -522,15 +531,31 @@ local function decide(i, F, fp, affected, ci, absent, t, o)
   storms[name] = st
   storm_changed(st)
   add_affected(st, affected)
-  join_storm(F, name, member_ttl, o)
+  join_storm(F, name, member_ttl, o, dc)
   return storm_reply(3, 1, st)
 end
 
+-- Each request's delivery tokens, by its token (passed once a request, not
+-- once a signal: the duplicate path pays for every argument).
+local deliveries = {}
+local requests = tonumber(ARGV[10])
+for r = 0, requests - 1 do
+  local b = 11 + 3 * r
+  deliveries[ARGV[b]] = { ARGV[b + 1], ARGV[b + 2] }
+end
 local replies = {}
+local first = 5 + 3 * requests
+-- (a request's signals are consecutive: its tokens are looked up once)
+local last_o, dc, dp
 for i = 1, #KEYS - 7 do
-  local a = 4 + 6 * i
+  local a = first + 6 * i
+  local o = ARGV[a + 5]
+  if o ~= last_o then
+    local d = deliveries[o]
+    last_o, dc, dp = o, d[1], d[2]
+  end
   replies[i] = decide(i, KEYS[7 + i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
-    ARGV[a + 5])
+    o, dc, dp)
 end
 flush()
 flush_storms()

@@ -52,12 +52,9 @@ impl Default for Settings {
 /// ([`Owner::next`]). A pending claim records its owner; commit and release
 /// act only on a claim their caller owns, and a claim found pending under
 /// the caller's own token (its decide call was resent after a lost reply)
-/// is the caller's to create, not another request's to wait for. A record
-/// also remembers the request that counted its last signal, so a request
-/// counts each record once and can take its count back
-/// ([`Store::uncount`]). Token 0 (the default) is no request's: it holds no
-/// claim as its own and always counts (stores used without requests, as in
-/// tests).
+/// is the caller's to create, not another request's to wait for. Token 0
+/// (the default) is no request's: it holds no claim as its own and always
+/// counts (stores used without requests, as in tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Owner(pub u64);
 
@@ -83,13 +80,68 @@ impl Owner {
     pub fn holds(self, holder: Owner) -> bool {
         self.0 != 0 && self == holder
     }
+}
 
-    /// Whether a signal of this request counts in a record whose last
-    /// counted signal was `counted_by`'s: not if it is this request's own
-    /// (its decide ran again after a lost reply, or it repeats a signal).
-    /// Token 0 is no request's (callers that do not say): it always counts.
-    pub fn counts_again(self, counted_by: Owner) -> bool {
-        self.0 == 0 || self != counted_by
+/// The delivery a signal came in, as tokens of its window and the window
+/// before (see [`crate::delivery`]): every attempt of one delivery (the
+/// sender's retries, a call resent by the client) carries the same tokens
+/// within a window, so it counts once. 0 is no delivery's: nothing matches
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Delivery {
+    pub current: u64,
+    pub previous: u64,
+}
+
+impl Delivery {
+    /// Whether a count made with delivery token `token` was this delivery's.
+    pub fn is(self, token: u64) -> bool {
+        token != 0 && (token == self.current || token == self.previous)
+    }
+}
+
+/// Who made a record's last count: the request, which may take it back
+/// ([`Store::uncount`]) while no other attempt of its delivery relied on it,
+/// and the delivery (its token of the window it counted in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counted {
+    pub by: Owner,
+    pub delivery: u64,
+}
+
+impl Counted {
+    /// Whether a signal of request `owner`, delivery `delivery`, counts in
+    /// the record whose last count this is, updating it. Not if the last
+    /// count was this request's (its decide ran again after a lost reply,
+    /// or it repeats the signal), nor another attempt's of the same
+    /// delivery: that count then becomes this attempt's too, so neither may
+    /// take it back (one of them may have been acknowledged). Token 0 (no
+    /// request's) always counts.
+    pub fn count(&mut self, owner: Owner, delivery: Delivery) -> bool {
+        if owner.0 != 0 {
+            if owner == self.by {
+                return false;
+            }
+            if delivery.is(self.delivery) {
+                self.by = Owner::default();
+                return false;
+            }
+        }
+        *self = Counted {
+            by: owner,
+            delivery: delivery.current,
+        };
+        true
+    }
+
+    /// Whether request `owner` may take back the last count (it made it and
+    /// no other attempt relied on it); if so, the record forgets it.
+    pub fn take_back(&mut self, owner: Owner) -> bool {
+        if !owner.holds(self.by) {
+            return false;
+        }
+        *self = Counted::default();
+        true
     }
 }
 
@@ -98,6 +150,8 @@ impl Owner {
 pub struct Claim {
     /// The request deciding it: the owner of any claim this decide takes.
     pub owner: Owner,
+    /// The delivery it came in: counted once however often it is retried.
+    pub delivery: Delivery,
     /// The namespace the resource goes to (the hash tag of every key).
     pub namespace: String,
     /// SHA-256 hex of the signal ([`signalgate_model::signal::Identity::fingerprint`]).
@@ -417,7 +471,8 @@ pub trait Store: Send + Sync {
     /// `owner`'s request failed after its decide: the signals it counted
     /// (in their own resource or their storm) are counted no more, so that
     /// the sender's retry of the delivery counts them once. Only where the
-    /// last signal counted on the fingerprint's record was `owner`'s.
+    /// last signal counted on the fingerprint's record was `owner`'s and no
+    /// other attempt of its delivery found it ([`Counted::take_back`]).
     async fn uncount(&self, owner: Owner, signals: &[(String, String)]) -> Result<(), StoreError>;
     /// For `Write::Await`: the claim's state now (may hand the claim to
     /// `owner`, whose token it then records).

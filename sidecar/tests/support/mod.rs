@@ -180,6 +180,7 @@ pub fn pipeline(store: Arc<MemoryStore>, sink: Arc<FakeSink>, deadline: Duration
             store_timeout: Duration::from_secs(1),
             lifecycle: Policy::default(),
             max_new_namespaces: 16,
+            delivery_window: Duration::from_secs(300),
         },
     }
 }
@@ -218,9 +219,23 @@ pub fn alert(status: &str, name: &str, namespace: &str, pod: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// Sends `body` as Alertmanager alerts.
+/// Sends `body` as Alertmanager alerts, a delivery of its own: each call
+/// comes from a source of its own, so the same body again is not a retry.
 pub async fn send(pipeline: &Pipeline, body: &[u8]) -> Result<Accepted, Failure> {
-    pipeline.handle(SignalType::Prometheus, "test", body).await
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SENT: AtomicU64 = AtomicU64::new(0);
+    let source = format!("test-{}", SENT.fetch_add(1, Ordering::Relaxed));
+    send_from(pipeline, &source, body).await
+}
+
+/// Sends `body` as Alertmanager alerts from `source`: the same body from the
+/// same source within the delivery window is one delivery (its retry).
+pub async fn send_from(
+    pipeline: &Pipeline,
+    source: &str,
+    body: &[u8],
+) -> Result<Accepted, Failure> {
+    pipeline.handle(SignalType::Prometheus, source, body).await
 }
 
 /// The one signal's outcome and resource in an answer.

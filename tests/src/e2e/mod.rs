@@ -44,9 +44,13 @@ pub const OPEN: &str =
 pub const SETTLE: Duration = Duration::from_secs(90);
 
 /// A sidecar with the kube sink (as its service account) and Redis at
-/// `redis_url`; short lease and deadline so faults resolve in seconds.
+/// `redis_url`; short lease and deadline so faults resolve in seconds. The
+/// scenarios' Alertmanager sends the same body again every second (its
+/// `repeat_interval`): a delivery window of half that keeps those
+/// notifications apart (docs/design.md, "A delivery counts once").
 pub fn sidecar(k: &ApiServer, name: &str, redis_url: &str, extra: &[(&str, &str)]) -> Sidecar {
     let mut env = vec![
+        ("SIGNALGATE_DELIVERY_WINDOW", "500ms"),
         ("SIGNALGATE_REDIS_URL", redis_url),
         ("SIGNALGATE_REDIS_TIMEOUT", "500ms"),
         ("SIGNALGATE_CLAIM_LEASE", "5s"),

@@ -61,8 +61,14 @@ impl Sender<'_> {
     }
 
     fn deliver(&self, lane: usize, step_no: usize, replica: char, step: &Step) {
-        let body = serde_json::to_vec(&webhook(&self.plan.incidents, &step.alerts, replica))
-            .expect("a webhook is JSON");
+        let evaluation = format!("{lane}.{step_no}");
+        let body = serde_json::to_vec(&webhook(
+            &self.plan.incidents,
+            &step.alerts,
+            replica,
+            &evaluation,
+        ))
+        .expect("a webhook is JSON");
         let salt = ((lane as u64) << 40) | ((step_no as u64) << 8) | u64::from(replica);
         let mut rng = Rng::fork(self.seed, salt);
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -172,12 +178,24 @@ impl Sender<'_> {
 
 /// The Alertmanager (version 4) webhook of one group's notification, sent
 /// by pair member `replica`.
-pub fn webhook(incidents: &[Incident], alerts: &[(usize, Status)], replica: char) -> Value {
+/// The notification of `alerts` by Alertmanager `replica`; `evaluation`
+/// names the rule evaluation whose value the alerts' annotations carry.
+/// Alertmanager sends the same alerts again only after its repeat interval
+/// (hours), or when they changed: a rule's `{{ $value }}` in an annotation
+/// changes them. The plan's repeats, seconds apart, stand for such
+/// notifications, so each delivery's body is its own; the same body again
+/// is a retry of one delivery (the sidecar counts it once).
+pub fn webhook(
+    incidents: &[Incident],
+    alerts: &[(usize, Status)],
+    replica: char,
+    evaluation: &str,
+) -> Value {
     let ns = alerts.first().map_or("", |(i, _)| incidents[*i].namespace);
     let any_firing = alerts.iter().any(|(_, s)| *s == Status::Firing);
     let alerts: Vec<Value> = alerts
         .iter()
-        .map(|(i, status)| alert(&incidents[*i], *status))
+        .map(|(i, status)| alert(&incidents[*i], *status, evaluation))
         .collect();
     json!({
         "version": "4",
@@ -193,7 +211,7 @@ pub fn webhook(incidents: &[Incident], alerts: &[(usize, Status)], replica: char
     })
 }
 
-fn alert(i: &Incident, status: Status) -> Value {
+fn alert(i: &Incident, status: Status, evaluation: &str) -> Value {
     let ends = match (status, i.ends_ms) {
         (Status::Resolved, Some(ms)) => format_unix_millis(ms),
         _ => "0001-01-01T00:00:00Z".to_string(),
@@ -210,7 +228,10 @@ fn alert(i: &Incident, status: Status) -> Value {
             "alertname": i.alertname, "namespace": i.namespace, "pod": i.pod,
             "severity": "warning"
         },
-        "annotations": {"summary": format!("{} on {}/{}", i.alertname, i.namespace, i.pod)},
+        "annotations": {
+            "summary": format!("{} on {}/{}", i.alertname, i.namespace, i.pod),
+            "value": evaluation
+        },
         "startsAt": format_unix_millis(i.starts_ms),
         "endsAt": ends,
         "generatorURL": "http://prometheus:9090/graph",

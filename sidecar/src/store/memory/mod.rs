@@ -188,10 +188,9 @@ impl Store for MemoryStore {
             let Some(entry) = state.fingerprint(key, now) else {
                 continue;
             };
-            if owner.counts_again(entry.counted_by) {
+            if !entry.counted.take_back(owner) {
                 continue; // not its count to take back
             }
-            entry.counted_by = Owner::default();
             let storm = match &mut entry.kind {
                 FpKind::Own(own) => {
                     own.count = own.count.saturating_sub(1);

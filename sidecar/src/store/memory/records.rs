@@ -5,7 +5,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::clock::ms;
-use crate::store::{Owner, Resolution, Settings, Snapshot, StormSnapshot, Write, WARM_MARKER_TTL};
+use crate::store::{
+    Counted, Owner, Resolution, Settings, Snapshot, StormSnapshot, Write, WARM_MARKER_TTL,
+};
 
 /// The settings in milliseconds (and counts as `usize`).
 pub(super) struct Params {
@@ -54,8 +56,8 @@ pub(super) struct FpEntry {
     pub kind: FpKind,
     /// Gone at and after this store-clock millisecond.
     pub expires_ms: i64,
-    /// The request whose signal was counted last (see [`Owner::counts_again`]).
-    pub counted_by: Owner,
+    /// Who made the last count (see [`Counted::count`]).
+    pub counted: Counted,
 }
 
 pub(super) enum FpKind {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use super::index::Unwritten;
 use super::records::{FpEntry, FpKind, Namespace, Own, Params, Storm};
 use crate::store::{
-    Adopted, Claim, ClaimKey, Decision, Outcome, Owner, Resolution, Snapshot, Write,
+    Adopted, Claim, ClaimKey, Counted, Decision, Outcome, Owner, Resolution, Snapshot, Write,
 };
 use signalgate_resource::naming::{fingerprint_resource, storm_resource};
 
@@ -182,14 +182,13 @@ impl State {
     fn repeat(&mut self, claim: &Claim, p: &Params, now: i64) -> Option<Decision> {
         let key = entry_key(claim);
         let entry = self.fingerprint(&key, now)?;
-        let counts = claim.owner.counts_again(entry.counted_by);
-        let (name, reopened) = match &mut entry.kind {
+        let (name, reopened, counts) = match &mut entry.kind {
             FpKind::Member { storm, resolved } => {
-                entry.counted_by = claim.owner;
-                (storm.clone(), std::mem::take(resolved))
+                let counts = entry.counted.count(claim.owner, claim.delivery);
+                (storm.clone(), std::mem::take(resolved), counts)
             }
             FpKind::Own(own) if own.same_incident(claim.instance_ms) => {
-                entry.counted_by = claim.owner;
+                let counts = entry.counted.count(claim.owner, claim.delivery);
                 let write = if counts {
                     own.count_signal(p, now, claim.owner)
                 } else {
@@ -312,7 +311,10 @@ impl State {
             FpEntry {
                 kind: FpKind::Own(own),
                 expires_ms,
-                counted_by: claim.owner,
+                counted: Counted {
+                    by: claim.owner,
+                    delivery: claim.delivery.current,
+                },
             },
         );
         Some(Decision {
@@ -424,7 +426,10 @@ impl State {
                     resolved: false,
                 },
                 expires_ms,
-                counted_by: claim.owner,
+                counted: Counted {
+                    by: claim.owner,
+                    delivery: claim.delivery.current,
+                },
             },
         );
     }
@@ -450,8 +455,7 @@ impl State {
             if own.same_incident(claim.instance_ms) {
                 // Known by now: count the signal in what the store holds, and
                 // settle another request's claim as decide would.
-                let counts = claim.owner.counts_again(entry.counted_by);
-                entry.counted_by = claim.owner;
+                let counts = entry.counted.count(claim.owner, claim.delivery);
                 let write = if counts {
                     own.count_signal(p, now, claim.owner)
                 } else {
@@ -508,7 +512,10 @@ impl State {
             FpEntry {
                 kind: FpKind::Own(own),
                 expires_ms,
-                counted_by: claim.owner,
+                counted: Counted {
+                    by: claim.owner,
+                    delivery: claim.delivery.current,
+                },
             },
         );
         Some(Adopted {

@@ -12,8 +12,8 @@ use redis::{Script, Value};
 
 use crate::clock::ms;
 use crate::store::{
-    Adopted, Claim, ClaimKey, ClaimState, Decision, Outcome, Owner, Resolution, Settings, Snapshot,
-    StoreError, StormSnapshot, Write, Written, WARM_MARKER_TTL,
+    Adopted, Claim, ClaimKey, ClaimState, Decision, Delivery, Outcome, Owner, Resolution, Settings,
+    Snapshot, StoreError, StormSnapshot, Write, Written, WARM_MARKER_TTL,
 };
 use signalgate_resource::naming::storm_prefix;
 
@@ -100,6 +100,7 @@ impl Call {
             fingerprint: claim.fingerprint.clone(),
         };
         let mut call = Call::claim(settings, "adopt", &key, claim.owner);
+        call.args[6] = counting_token(claim);
         call.keys.push(Keys(&claim.namespace).unwritten());
         call.args.push(existing.resource.as_bytes().to_vec());
         call.args
@@ -151,6 +152,7 @@ impl Call {
         let owner = member.map(|c| c.owner).unwrap_or_default();
         let mut call = Call::claim(settings, op, &key, owner);
         if let Some(m) = member {
+            call.args[6] = counting_token(m);
             call.keys.push(Keys(namespace).fingerprint(&m.fingerprint));
             call.keys.push(Keys(namespace).unwritten());
         }
@@ -323,7 +325,15 @@ impl Call {
             k.unwritten(),
         ]);
         keys.extend(claims.iter().map(|c| k.fingerprint(&c.fingerprint)));
-        let mut args = Vec::with_capacity(9 + 6 * claims.len());
+        // The requests whose signals these are, each once: its token and
+        // its delivery's.
+        let mut requests: Vec<(Owner, Delivery)> = Vec::new();
+        for c in claims {
+            if !requests.iter().any(|(o, _)| *o == c.owner) {
+                requests.push((c.owner, c.delivery));
+            }
+        }
+        let mut args = Vec::with_capacity(10 + 3 * requests.len() + 6 * claims.len());
         args.extend([
             storm_prefix(&first.namespace).into_bytes(),
             ms(s.dedup_ttl).to_string().into_bytes(),
@@ -336,7 +346,13 @@ impl Call {
                 .to_string()
                 .into_bytes(),
             ms(s.incident_ttl).to_string().into_bytes(),
+            requests.len().to_string().into_bytes(),
         ]);
+        for (owner, delivery) in &requests {
+            args.push(owner.0.to_string().into_bytes());
+            args.push(delivery.current.to_string().into_bytes());
+            args.push(delivery.previous.to_string().into_bytes());
+        }
         for c in claims {
             args.push(c.fingerprint.as_bytes().to_vec());
             args.push(c.affected.as_bytes().to_vec());
@@ -355,6 +371,13 @@ impl Call {
         }
         Call { keys, args }
     }
+}
+
+/// `claim.lua`'s caller token for an op that counts `claim`'s signal: its
+/// owner and its delivery's tokens, `<owner>:<current>:<previous>`.
+fn counting_token(claim: &Claim) -> Vec<u8> {
+    let d = claim.delivery;
+    format!("{}:{}:{}", claim.owner.0, d.current, d.previous).into_bytes()
 }
 
 /// The keys of one namespace (see `common.lua` for what each holds), all
