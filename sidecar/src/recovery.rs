@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::failure::Failure;
 use crate::lifecycle::{Policy, Verdict};
 use crate::metrics::Metrics;
-use crate::sink::{Found, Read, Sink, SinkError};
+use crate::sink::{Found, FoundStorm, Read, Sink, SinkError};
 use crate::store::{Claim, ClaimKey, Decision, Outcome, Snapshot, Store, StoreError, Write};
 use crate::store_call;
 
@@ -347,14 +347,13 @@ impl Recovery<'_> {
     }
 
     /// Signals `again` found no resource of their own in the sink: before
-    /// they are decided as new, the namespace's latest storm resource is
-    /// looked at. One the store lost but the sink shows still running is
-    /// adopted, so they join it instead of starting another (the store
-    /// ignores it if it has a running storm of its own). One that ended
-    /// while its members still fire takes back the firings that were its
-    /// members ([`Policy::was_storm_member`]): they count in it again
-    /// rather than each getting a resource of its own. Returns those
-    /// signals (their decisions set).
+    /// they are decided as new, the namespace's storm resources are looked
+    /// at. The latest, if the sink shows it still running, is adopted (the
+    /// store ignores it if it has a running storm of its own), so that new
+    /// signals join it instead of starting another. A firing that was a
+    /// storm's member ([`storm_of`]) counts in that storm again, running or
+    /// ended, rather than getting a resource of its own or joining another
+    /// storm as a new member. Returns those signals (their decisions set).
     async fn adopt_lost_storms(
         &self,
         claims: &[Claim],
@@ -371,8 +370,7 @@ impl Recovery<'_> {
         namespaces.dedup();
         let finds: Vec<_> = namespaces
             .iter()
-            // Ended ones too (any end): whether it runs is decided below.
-            .map(|ns| async move { self.sink.find_recent_storm(ns, i64::MIN).await })
+            .map(|ns| async move { self.sink.find_recent_storms(ns).await })
             .collect();
         let found = a_few_at_a_time(finds, deadline)
             .await
@@ -382,47 +380,42 @@ impl Recovery<'_> {
             })?;
         let mut members = Vec::new();
         for (ns, found) in namespaces.iter().zip(found) {
-            let Some(storm) = found? else {
+            let storms = found?;
+            let Some(latest) = storms.first() else {
                 continue;
             };
-            let running = storm
+            let running = latest
                 .snapshot
                 .storm
                 .as_ref()
                 .is_some_and(|s| s.ends_ms > received_ms);
-            if running {
-                if self
-                    .timed("adopt", self.store.adopt_storm(ns, &storm.snapshot))
+            if running
+                && self
+                    .timed("adopt", self.store.adopt_storm(ns, &latest.snapshot))
                     .await?
-                {
-                    tracing::info!(resource = %storm.location, "the store did not know this running storm; adopted its resource");
-                }
-                continue;
+            {
+                tracing::info!(resource = %latest.location, "the store did not know this running storm; adopted its resource");
             }
-            let candidates: Vec<usize> = again
+            let candidates: Vec<(usize, &FoundStorm)> = again
                 .iter()
-                .copied()
-                .filter(|&j| {
-                    let claim = &claims[j];
-                    claim.namespace == *ns
-                        && claim.resolved_ms.is_none()
-                        && self.lifecycle.was_storm_member(
-                            &storm.snapshot,
-                            claim.instance_ms,
-                            received_ms,
-                        )
+                .filter(|&&j| claims[j].namespace == *ns && claims[j].resolved_ms.is_none())
+                .filter_map(|&j| {
+                    Some((
+                        j,
+                        storm_of(self.lifecycle, &storms, &claims[j], received_ms)?,
+                    ))
                 })
                 .collect();
             // One store call each, all at once (as adoptions are).
-            let adopted = futures::future::join_all(candidates.iter().map(|&j| {
-                let adopt = self.store.adopt_member(&claims[j], &storm.snapshot);
+            let adopted = futures::future::join_all(candidates.iter().map(|(j, storm)| {
+                let adopt = self.store.adopt_member(&claims[*j], &storm.snapshot);
                 self.timed("adopt", adopt)
             }))
             .await;
-            for (j, result) in candidates.into_iter().zip(adopted) {
+            for ((j, storm), result) in candidates.into_iter().zip(adopted) {
                 if let Some(decision) = result? {
                     tracing::info!(resource = %storm.location, fingerprint = %claims[j].fingerprint,
-                        "the store did not know this member of an ended storm; counted in it again");
+                        "the store did not know this member of a storm; counted in it again");
                     decisions[j] = decision;
                     members.push(j);
                 }
@@ -439,6 +432,29 @@ impl Recovery<'_> {
     ) -> Result<T, StoreError> {
         store_call::timed(self.metrics, self.store_timeout, op, call).await
     }
+}
+
+/// Of `storms` (latest started first), the one `claim`'s firing was a
+/// member of: the latest that lists its target and was last seen after the
+/// firing began, less than a member's lifetime ago
+/// ([`Policy::was_storm_member`]). A storm whose list is full (overflow)
+/// may hold members it does not list, and a signal without a target is
+/// listed nowhere: for those the times alone decide.
+fn storm_of<'s>(
+    lifecycle: &Policy,
+    storms: &'s [FoundStorm],
+    claim: &Claim,
+    received_ms: i64,
+) -> Option<&'s FoundStorm> {
+    storms.iter().find(|found| {
+        let Some(storm) = found.snapshot.storm.as_ref() else {
+            return false;
+        };
+        let listed = claim.affected.is_empty()
+            || storm.affected_overflow > 0
+            || storm.affected.contains(&claim.affected);
+        listed && lifecycle.was_storm_member(&found.snapshot, claim.instance_ms, received_ms)
+    })
 }
 
 /// Runs `calls` (sink lookups, one per namespace) [`LOOKUPS_AT_ONCE`] at a
@@ -484,12 +500,8 @@ mod tests {
             looked_up.push(namespace.to_string());
             Ok(vec![None; fingerprints.len()])
         }
-        async fn find_recent_storm(
-            &self,
-            _namespace: &str,
-            _running_at_ms: i64,
-        ) -> Result<Option<FoundStorm>, SinkError> {
-            Ok(None)
+        async fn find_recent_storms(&self, _namespace: &str) -> Result<Vec<FoundStorm>, SinkError> {
+            Ok(Vec::new())
         }
         async fn create(&self, _: &RemediationRequest, _: bool) -> Result<Created, SinkError> {
             Err(SinkError::Rejected("not here".into()))

@@ -113,6 +113,21 @@ fn a_storm_running_when_the_store_lost_its_data_goes_on_in_the_same_resource() {
     assert_eq!(all.len(), 3);
 }
 
+/// Waits until the storm `s` wrote has an end, and it has passed.
+fn wait_until_the_storm_ended(s: &Sidecar) {
+    let written = s.wait_resources("the storm to have an end", |r| {
+        r.iter().any(|x| x["spec"]["storm"]["endsAt"].is_string())
+    });
+    let ends_at = written
+        .iter()
+        .find_map(|x| x["spec"]["storm"]["endsAt"].as_str())
+        .and_then(signalgate_model::rfc3339::unix_millis)
+        .expect("endsAt");
+    wait_for("the storm to end", Duration::from_secs(10), || {
+        (signalgate_tests::lifecycle::now_ms() > ends_at).then_some(())
+    });
+}
+
 /// Issue 19, finding 1: a storm ended (no new member for a window) while
 /// its members kept firing, their repeats counting in it; then the store
 /// lost its data. The group re-sent counts in the storm again, rather than
@@ -146,17 +161,7 @@ fn members_of_an_ended_storm_re_sent_after_the_store_lost_its_data_count_in_it()
     );
     let storm = resources[2].clone();
     // The storm ends (a window after its last member joined) ...
-    let ended = s.wait_resources("the storm to have an end", |r| {
-        r.iter().any(|x| x["spec"]["storm"]["endsAt"].is_string())
-    });
-    let ends_at = ended
-        .iter()
-        .find_map(|x| x["spec"]["storm"]["endsAt"].as_str())
-        .and_then(signalgate_model::rfc3339::unix_millis)
-        .expect("endsAt");
-    wait_for("the storm to end", Duration::from_secs(10), || {
-        (signalgate_tests::lifecycle::now_ms() > ends_at).then_some(())
-    });
+    wait_until_the_storm_ended(&s);
     // ... while its members keep firing: duplicates of it.
     let repeat = s.post_alerts(&group());
     assert_eq!(repeat.status, 202, "{}", repeat.body);
@@ -195,6 +200,98 @@ fn members_of_an_ended_storm_re_sent_after_the_store_lost_its_data_count_in_it()
         .collect();
     assert_eq!(storms.len(), 1);
     assert_eq!(storms[0]["spec"]["storm"]["alertCount"], 3);
+}
+
+/// Issue 19, finding 1: after the store lost its data, a storm is known
+/// only from the sink, and a namespace may show several. A member re-sent
+/// counts in the storm that lists its target, not in whichever storm
+/// started last; and a new incident whose firing began before a storm's
+/// last sighting is not taken for that storm's member unless the storm
+/// lists its target. Before, only the latest storm was looked at: the new
+/// group joined the old storm (its alerts' `startsAt` lay before the
+/// storm's last sighting), and the old group's members, re-sent after a
+/// newer storm started, joined the newer one as new members.
+#[test]
+fn members_re_sent_after_the_store_lost_its_data_count_in_the_storm_that_lists_them() {
+    let mut s = Sidecar::start(&[
+        ("SIGNALGATE_STORM_THRESHOLD", "2"),
+        ("SIGNALGATE_STORM_WINDOW", "1s"),
+    ]);
+    let group = |name: &str, pods: std::ops::Range<usize>| {
+        webhook(
+            pods.map(|i| alert(name, "shop", &format!("p{i}")))
+                .collect(),
+        )
+    };
+    let outcomes = |answer: &signalgate_tests::client::Answer| -> Vec<(String, String)> {
+        answer.json()["signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["outcome"].as_str().unwrap_or("").to_string(),
+                    x["resource"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let old = s.post_alerts(&group("Old", 0..5));
+    assert_eq!(old.status, 201, "{}", old.body);
+    let old_resources: Vec<String> = outcomes(&old).into_iter().map(|(_, r)| r).collect();
+    let old_storm = old_resources[2].clone();
+    wait_until_the_storm_ended(&s);
+
+    // The store forgets everything. A new group fires (its alerts' startsAt
+    // as old as the first group's): new incidents, a storm of their own.
+    s.restart();
+    let new = s.post_alerts(&group("New", 10..15));
+    assert_eq!(new.status, 201, "{}", new.body);
+    let new_outcomes = outcomes(&new);
+    let kinds: Vec<&str> = new_outcomes.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "created",
+            "created",
+            "storm_started",
+            "storm_aggregated",
+            "storm_aggregated"
+        ],
+        "{}",
+        new.body
+    );
+    let new_storm = new_outcomes[2].1.clone();
+    assert_ne!(new_storm, old_storm);
+
+    // The first group is re-sent: each alert counts where it was counted.
+    let again = s.post_alerts(&group("Old", 0..5));
+    assert_eq!(again.status, 202, "{}", again.body);
+    for ((outcome, resource), before) in outcomes(&again).iter().zip(&old_resources) {
+        assert_eq!(
+            (outcome.as_str(), resource),
+            ("duplicate", before),
+            "{}",
+            again.body
+        );
+    }
+    let all = s.wait_resources("each storm counting its own members", |r| {
+        r.iter()
+            .any(|x| x["spec"]["deduplication"]["occurrenceCount"] == 6)
+    });
+    let storms: Vec<(&str, u64)> = all
+        .iter()
+        .filter(|x| x["spec"]["storm"].is_object())
+        .map(|x| {
+            (
+                x["metadata"]["name"].as_str().unwrap(),
+                x["spec"]["storm"]["alertCount"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(storms.len(), 2, "{all:?}");
+    assert!(storms.iter().all(|(_, n)| *n == 3), "{storms:?}");
+    assert_eq!(all.len(), 6, "{all:?}");
 }
 
 #[test]

@@ -11,16 +11,11 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use signalgate_model::rfc3339;
-
-use super::{
-    latest, most_recent_storm, Created, Found, FoundStorm, Location, Read, Sink, SinkError,
-};
+use super::{latest, recent_storms, Created, Found, FoundStorm, Location, Read, Sink, SinkError};
+use signalgate_resource::naming::storm_prefix;
 use signalgate_resource::{Progress, RemediationRequest};
 
 /// The link (beside the fingerprints' links) to the namespace's latest storm resource.
-const STORM_LINK: &str = "storm";
-
 pub struct DirSink {
     root: PathBuf,
 }
@@ -96,25 +91,6 @@ impl DirSink {
         Ok(tmp)
     }
 
-    /// Whether storm `rr` started after the storm the namespace's storm link
-    /// points at (or there is none to read).
-    fn starts_after_linked_storm(&self, namespace: &str, rr: &RemediationRequest) -> bool {
-        let started = |r: &RemediationRequest| {
-            r.spec
-                .storm
-                .as_ref()
-                .and_then(|s| rfc3339::parse(&s.started_at))
-                .map(|t| (t.unix_seconds, t.nanos))
-        };
-        let linked = read_linked(&self.link_of(namespace, STORM_LINK))
-            .ok()
-            .flatten();
-        match linked.as_ref().and_then(started) {
-            Some(linked) => started(rr).is_some_and(|this| this >= linked),
-            None => true,
-        }
-    }
-
     fn create_blocking(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {
         let namespace = rr.metadata.namespace.clone().unwrap_or_default();
         let name = rr.metadata.name.clone().unwrap_or_default();
@@ -133,11 +109,6 @@ impl DirSink {
         // left the file without its link, which lookups need.
         self.link(&namespace, &rr.spec.signal_fingerprint, &name)
             .map_err(io_error)?;
-        // The namespace's latest-started storm: a late create of an older
-        // one must not move the link back.
-        if rr.spec.storm.is_some() && self.starts_after_linked_storm(&namespace, rr) {
-            self.link(&namespace, STORM_LINK, &name).map_err(io_error)?;
-        }
         Ok(Created {
             location: Location { namespace, name },
             existed,
@@ -208,6 +179,29 @@ impl DirSink {
 
 /// The resource a link points at: `None` if there is no link (or it
 /// dangles), or what it points at is not a RemediationRequest.
+/// The storm resources of `namespace` in its directory `dir` (their file
+/// names start with its storm prefix; unreadable ones are skipped).
+fn read_storms(dir: &Path, namespace: &str) -> Result<Vec<RemediationRequest>, SinkError> {
+    let prefix = storm_prefix(namespace);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(e)),
+    };
+    let mut storms = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io_error)?.path();
+        let is_storm = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".json"));
+        if is_storm {
+            storms.extend(read_linked(&path)?);
+        }
+    }
+    Ok(storms)
+}
+
 fn read_linked(link: &Path) -> Result<Option<RemediationRequest>, SinkError> {
     match std::fs::read(link) {
         Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
@@ -248,19 +242,11 @@ impl Sink for DirSink {
         .map_err(join_error)?
     }
 
-    async fn find_recent_storm(
-        &self,
-        namespace: &str,
-        running_at_ms: i64,
-    ) -> Result<Option<FoundStorm>, SinkError> {
-        let link = self.link_of(namespace, STORM_LINK);
+    async fn find_recent_storms(&self, namespace: &str) -> Result<Vec<FoundStorm>, SinkError> {
+        let dir = self.root.join(namespace);
         let namespace = namespace.to_string();
         tokio::task::spawn_blocking(move || {
-            Ok(most_recent_storm(
-                &read_linked(&link)?,
-                &namespace,
-                running_at_ms,
-            ))
+            Ok(recent_storms(&read_storms(&dir, &namespace)?, &namespace))
         })
         .await
         .map_err(join_error)?

@@ -29,9 +29,7 @@ use k8s_openapi::apimachinery::pkg::version::Info;
 use kube::api::{Api, ListParams, PostParams};
 use kube::Client;
 
-use super::{
-    latest, most_recent_storm, Created, Found, FoundStorm, Location, Read, Sink, SinkError,
-};
+use super::{latest, recent_storms, Created, Found, FoundStorm, Location, Read, Sink, SinkError};
 use crate::config::knobs::KUBE_LOOKUP_READS;
 use crate::config::LookupReads;
 use cache::WatchCache;
@@ -355,15 +353,11 @@ impl Sink for KubeSink {
             .collect())
     }
 
-    async fn find_recent_storm(
-        &self,
-        namespace: &str,
-        running_at_ms: i64,
-    ) -> Result<Option<FoundStorm>, SinkError> {
+    async fn find_recent_storms(&self, namespace: &str) -> Result<Vec<FoundStorm>, SinkError> {
         let storms = self
             .list_places(namespace, &format!("{LABEL_STORM}=true"))
             .await?;
-        Ok(most_recent_storm(&storms, namespace, running_at_ms))
+        Ok(recent_storms(&storms, namespace))
     }
 
     async fn create(&self, rr: &RemediationRequest, retake: bool) -> Result<Created, SinkError> {

@@ -99,18 +99,20 @@ fn unix_millis(t: &str) -> Option<i64> {
     rfc3339::parse(t).map(|t| t.unix_seconds * 1000 + i64::from(t.nanos / 1_000_000))
 }
 
-/// Of `candidates`, `namespace`'s storm resource started last (a namespace
-/// runs one storm at a time: the latest is the only one that may still
-/// run), if it takes new signals until after `running_at_ms` (resources
-/// written before `endsAt` existed never do). A storm is `namespace`'s if
-/// its name says so (see [`storm_prefix`]).
-pub fn most_recent_storm<'a>(
+/// How many of a namespace's storm resources [`recent_storms`] returns.
+pub const RECENT_STORMS: usize = 16;
+
+/// Of `candidates`, `namespace`'s storm resources with an end (resources
+/// written before `endsAt` existed have none), latest started first, at
+/// most [`RECENT_STORMS`]. A namespace runs one storm at a time: the first
+/// is the only one that may still run. A storm is `namespace`'s if its name
+/// says so (see [`storm_prefix`]).
+pub fn recent_storms<'a>(
     candidates: impl IntoIterator<Item = &'a RemediationRequest>,
     namespace: &str,
-    running_at_ms: i64,
-) -> Option<FoundStorm> {
+) -> Vec<FoundStorm> {
     let prefix = storm_prefix(namespace);
-    let (rr, storm, started_ms, seen) = candidates
+    let mut storms: Vec<FoundStorm> = candidates
         .into_iter()
         .filter(|rr| {
             rr.metadata
@@ -118,19 +120,28 @@ pub fn most_recent_storm<'a>(
                 .as_deref()
                 .is_some_and(|n| n.starts_with(&prefix))
         })
-        .filter_map(|rr| {
-            let storm = rr.spec.storm.as_ref()?;
-            let d = &rr.spec.deduplication;
-            let seen = (unix_millis(&d.first_seen)?, unix_millis(&d.last_seen)?);
-            Some((rr, storm, unix_millis(&storm.started_at)?, seen))
-        })
-        .max_by_key(|(_, _, started_ms, _)| *started_ms)?;
-    let ends_ms = storm
-        .ends_at
-        .as_deref()
-        .and_then(unix_millis)
-        .filter(|e| *e > running_at_ms)?;
-    let (first_seen_ms, last_seen_ms) = seen;
+        .filter_map(|rr| found_storm(rr, namespace))
+        .collect();
+    storms.sort_by_key(|s| {
+        std::cmp::Reverse(
+            s.snapshot
+                .storm
+                .as_ref()
+                .map_or(i64::MIN, |st| st.started_ms),
+        )
+    });
+    storms.truncate(RECENT_STORMS);
+    storms
+}
+
+/// What recovery needs of storm resource `rr` of `namespace`: `None` without
+/// an end, a name, a namespace or parsable times.
+fn found_storm(rr: &RemediationRequest, namespace: &str) -> Option<FoundStorm> {
+    let storm = rr.spec.storm.as_ref()?;
+    let d = &rr.spec.deduplication;
+    let (first_seen_ms, last_seen_ms) = (unix_millis(&d.first_seen)?, unix_millis(&d.last_seen)?);
+    let started_ms = unix_millis(&storm.started_at)?;
+    let ends_ms = storm.ends_at.as_deref().and_then(unix_millis)?;
     let name = rr.metadata.name.clone()?;
     let location = Location {
         namespace: rr.metadata.namespace.clone()?,
@@ -141,7 +152,7 @@ pub fn most_recent_storm<'a>(
             resource: name,
             first_seen_ms,
             last_seen_ms,
-            occurrence_count: rr.spec.deduplication.occurrence_count,
+            occurrence_count: d.occurrence_count,
             storm: Some(StormSnapshot {
                 alert_count: storm.alert_count,
                 affected: storm.affected_resources.clone(),
@@ -223,18 +234,13 @@ pub trait Sink: Send + Sync {
         fingerprints: &[String],
         read: Read,
     ) -> Result<Vec<Option<Found>>, SinkError>;
-    /// The storm resource of `namespace` (in it, or moved from it to the
-    /// fallback namespace) started last, if it takes new signals until at
-    /// or after `running_at_ms` (`spec.storm.endsAt`; `i64::MIN`: any
-    /// storm with an end): asked when lookups in a cold namespace found
-    /// nothing for some new signals, so that they join a storm the store
-    /// lost rather than start another, or count again in the ended storm
-    /// they were members of.
-    async fn find_recent_storm(
-        &self,
-        namespace: &str,
-        running_at_ms: i64,
-    ) -> Result<Option<FoundStorm>, SinkError>;
+    /// The storm resources of `namespace` (in it, or moved from it to the
+    /// fallback namespace), latest started first ([`recent_storms`]):
+    /// asked when lookups in a cold namespace found nothing for some new
+    /// signals, so that they join a running storm the store lost rather
+    /// than start another, or count again in the storm they were members
+    /// of.
+    async fn find_recent_storms(&self, namespace: &str) -> Result<Vec<FoundStorm>, SinkError>;
     /// Creates the resource. Idempotent: if a resource of that name already
     /// exists (a retried create), that is success, and it is left as it is.
     /// `retake`: an earlier holder of the claim may have written it (see
@@ -404,10 +410,10 @@ mod tests {
     }
 
     #[test]
-    fn the_latest_started_storm_is_found_if_it_still_runs() {
+    fn storms_with_an_end_are_found_latest_started_first() {
         let name = |n: &str| format!("{}{n}", storm_prefix("shop"));
         // An older storm whose members kept repeating was seen last; the
-        // one started later is the namespace's latest.
+        // one started later comes first.
         let old = storm(
             &name("1"),
             "2026-11-27T10:00:00Z",
@@ -427,25 +433,46 @@ mod tests {
             "2026-11-27T10:07:00Z",
             Some("2026-11-27T10:09:00Z"),
         );
-        let all = [old.clone(), new, foreign];
-        let found = most_recent_storm(&all, "shop", ms("2026-11-27T10:07:30Z"));
-        assert_eq!(found.map(|f| f.location.name), Some(name("2")));
-        // Past its end: not running, however recently it was seen.
-        assert_eq!(
-            most_recent_storm(&all, "shop", ms("2026-11-27T10:08:00Z")),
-            None
-        );
         // Without an end written down (an older resource): not found.
-        let unknown = [storm(
+        let unknown = storm(
             &name("4"),
-            "2026-11-27T10:06:00Z",
+            "2026-11-27T10:07:00Z",
             "2026-11-27T10:07:00Z",
             None,
-        )];
-        assert_eq!(
-            most_recent_storm(&unknown, "shop", ms("2026-11-27T10:06:30Z")),
-            None
         );
-        assert!(most_recent_storm([&old], "shop", ms("2026-11-27T10:04:00Z")).is_some());
+        let all = [old, new, foreign, unknown];
+        let found: Vec<String> = recent_storms(&all, "shop")
+            .into_iter()
+            .map(|f| f.location.name)
+            .collect();
+        assert_eq!(found, [name("2"), name("1")]);
+        let ends = recent_storms(&all, "shop")[0]
+            .snapshot
+            .storm
+            .as_ref()
+            .map(|s| s.ends_ms);
+        assert_eq!(ends, Some(ms("2026-11-27T10:08:00Z")));
+    }
+
+    #[test]
+    fn at_most_the_latest_few_storms_are_found() {
+        let many: Vec<RemediationRequest> = (0..RECENT_STORMS + 4)
+            .map(|i| {
+                let started = format!("2026-11-27T10:{:02}:00Z", i);
+                storm(
+                    &format!("{}{i}", storm_prefix("shop")),
+                    &started,
+                    &started,
+                    Some(&started),
+                )
+            })
+            .collect();
+        let found = recent_storms(&many, "shop");
+        assert_eq!(found.len(), RECENT_STORMS);
+        let last = RECENT_STORMS + 3;
+        assert_eq!(
+            found[0].location.name,
+            format!("{}{last}", storm_prefix("shop"))
+        );
     }
 }

@@ -17,7 +17,7 @@ use signalgate_sidecar::lifecycle::Policy;
 use signalgate_sidecar::metrics::Metrics;
 use signalgate_sidecar::pipeline::{Accepted, Limits, Pipeline};
 use signalgate_sidecar::sink::{
-    latest, most_recent_storm, Created, Found, FoundStorm, Location, Read, Sink, SinkError,
+    latest, recent_storms, Created, Found, FoundStorm, Location, Read, Sink, SinkError,
 };
 use signalgate_sidecar::store::memory::MemoryStore;
 use signalgate_sidecar::store::{Settings, Store};
@@ -104,16 +104,8 @@ impl Sink for FakeSink {
         Ok(fingerprints.iter().map(|fp| latest(&here, fp)).collect())
     }
 
-    async fn find_recent_storm(
-        &self,
-        namespace: &str,
-        running_at_ms: i64,
-    ) -> Result<Option<FoundStorm>, SinkError> {
-        Ok(most_recent_storm(
-            &self.in_namespace(namespace),
-            namespace,
-            running_at_ms,
-        ))
+    async fn find_recent_storms(&self, namespace: &str) -> Result<Vec<FoundStorm>, SinkError> {
+        Ok(recent_storms(&self.in_namespace(namespace), namespace))
     }
 
     async fn create(&self, rr: &RemediationRequest, _retake: bool) -> Result<Created, SinkError> {
