@@ -206,15 +206,6 @@ if op == 'uncount' then
   return 1
 end
 
--- A fingerprint record's TTL after a sighting (ttl_of): the incident TTL
--- while it has a firing instance (i, a string) and is open (z absent or 0),
--- else the dedup window.
-local function ttl_of(i, z)
-  if i and i ~= '0' and num(z) == 0 then
-    return incident
-  end
-  return dedup
-end
 
 if op == 'adopt' then
   local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u', 'c', 'i', 'g', 'z', 'y', 't', 'q', 'e')
@@ -241,7 +232,7 @@ if op == 'adopt' then
     if write == 1 then
       redis.call('HSET', H, 't', owner)
     end
-    local keep = ttl_of(ri, known[9])
+    local keep = ttl_of(ri, known[9], dedup, incident)
     if write ~= 2 then
       keep = math.max(keep, lease_until - now)
     end
@@ -283,7 +274,7 @@ if op == 'adopt' then
   if z ~= 0 then
     redis.call('HSET', H, 'z', int(z), 'y', int(y))
   end
-  redis.call('PEXPIRE', H, int(ttl_of(i, z)))
+  redis.call('PEXPIRE', H, int(ttl_of(i, z, dedup, incident)))
   unwritten(KEYS[2], H, H)
   return { resource_ref(resource, moved), first, now, c, 2, i, g, z, y }
 end
@@ -305,8 +296,7 @@ local mine = (v[9] or '') == owner
 -- A fingerprint claim no longer held by a lease lives for its TTL (ttl_of)
 -- from its last sighting, or from its resolution if that came later.
 local function expire_after_last_sighting()
-  local from = math.max(last, num(v[8]))
-  redis.call('PEXPIRE', H, int(math.max(1, from + ttl_of(v[6], v[7]) - now)))
+  redis.call('PEXPIRE', H, int(ttl_left(last, v[8], v[6], v[7], dedup, incident, now)))
 end
 
 if op == 'commit' then

@@ -239,6 +239,22 @@ local function claim_write(pending, lease_until, now, lease, held)
   return 1, now + lease
 end
 
+-- A fingerprint record's TTL after a sighting (ms): the incident TTL while
+-- it has a firing instance (i, a string) and is open (z absent or 0), else
+-- the dedup window.
+local function ttl_of(i, z, dedup, incident)
+  if i and i ~= '0' and num(z) == 0 then
+    return incident
+  end
+  return dedup
+end
+
+-- What is left of that TTL now (ms, at least 1), counted from its last
+-- sighting l or from its resolution's receipt y if that came later.
+local function ttl_left(l, y, i, z, dedup, incident, now)
+  return math.max(1, math.max(num(l), num(y)) + ttl_of(i, z, dedup, incident) - now)
+end
+
 -- Whether a signal of request o, delivery tokens dc (of its window) and dp
 -- (of the window before), counts in a record whose last count was request
 -- q's, of delivery token e (Counted::count in the Rust store): 1 it

@@ -35,16 +35,12 @@ local op = ARGV[1]
 local now = now_ms()
 
 -- Fingerprint record F leaves the index: its own TTL again, as claim.lua
--- sets it after a sighting (ttl_of, from its last sighting or its
+-- sets it after a sighting (ttl_left, from its last sighting or its
 -- resolution if later; a pending claim's record at least until its lease
 -- ends).
 local function own_ttl_again(F)
   local v = redis.call('HMGET', F, 'l', 'y', 'i', 'z', 'p', 'u')
-  local ttl = tonumber(ARGV[7])
-  if v[3] and v[3] ~= '0' and num(v[4]) == 0 then
-    ttl = tonumber(ARGV[8])
-  end
-  local left = math.max(num(v[1]), num(v[2])) + ttl - now
+  local left = ttl_left(v[1], v[2], v[3], v[4], tonumber(ARGV[7]), tonumber(ARGV[8]), now)
   if v[5] == '1' then
     left = math.max(left, num(v[6]) - now)
   end
