@@ -8,6 +8,43 @@ use crate::envoy::{envoy_bin, parse_prometheus, render, wasm_path, yaml_single_q
 use crate::process::{free_port, temp_dir, Proc};
 use crate::workspace;
 
+/// `envoy/e2e.yaml.tmpl`, as it is.
+pub fn template() -> String {
+    let path = workspace::root().join("envoy/e2e.yaml.tmpl");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// `template` (the e2e template, maybe with more in it) rendered: Envoy on
+/// `listen` and `admin`, the filter with `plugin_config`, one cluster of
+/// `upstream_ports` (round robin).
+pub fn config(
+    template: &str,
+    listen: u16,
+    admin: u16,
+    upstream_ports: &[u16],
+    plugin_config: &str,
+) -> String {
+    let endpoints: Vec<String> = upstream_ports
+        .iter()
+        .map(|port| {
+            format!("{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}")
+        })
+        .collect();
+    render(
+        template,
+        &[
+            ("LISTEN_PORT", listen.to_string()),
+            ("ADMIN_PORT", admin.to_string()),
+            ("UPSTREAM_ENDPOINTS", format!("[{}]", endpoints.join(", "))),
+            (
+                "WASM_PATH",
+                yaml_single_quoted(&wasm_path().display().to_string()),
+            ),
+            ("PLUGIN_CONFIG", yaml_single_quoted(plugin_config)),
+        ],
+    )
+}
+
 /// Envoy with the signalgate filter in front of one or more sidecars (one
 /// cluster, round robin; `envoy/e2e.yaml.tmpl`), restartable on the same
 /// ports.
@@ -22,27 +59,7 @@ impl Edge {
     pub fn start(plugin_config: &str, upstream_ports: &[u16]) -> Edge {
         let dir = temp_dir("e2e-envoy");
         let (listen, admin) = (free_port(), free_port());
-        let endpoint = |port: &u16| {
-            "{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: PORT}}}}"
-                .replace("PORT", &port.to_string())
-        };
-        let endpoints: Vec<String> = upstream_ports.iter().map(endpoint).collect();
-        let template_path = workspace::root().join("envoy/e2e.yaml.tmpl");
-        let template = std::fs::read_to_string(&template_path)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", template_path.display()));
-        let config = render(
-            &template,
-            &[
-                ("LISTEN_PORT", listen.to_string()),
-                ("ADMIN_PORT", admin.to_string()),
-                ("UPSTREAM_ENDPOINTS", format!("[{}]", endpoints.join(", "))),
-                (
-                    "WASM_PATH",
-                    yaml_single_quoted(&wasm_path().display().to_string()),
-                ),
-                ("PLUGIN_CONFIG", yaml_single_quoted(plugin_config)),
-            ],
-        );
+        let config = config(&template(), listen, admin, upstream_ports, plugin_config);
         std::fs::write(dir.path().join("envoy.yaml"), config).expect("write envoy.yaml");
         let mut edge = Edge {
             proc: None,

@@ -19,13 +19,13 @@ use super::history::FaultRecord;
 use super::plan::{FaultKind, FaultPlan, NAMESPACES, STORM_THRESHOLD};
 use super::sender::UPSTREAM_HEADER;
 use crate::client;
-use crate::envoy::{envoy_bin, render, wasm_path, yaml_single_quoted};
+use crate::e2e::edge;
+use crate::envoy::envoy_bin;
 use crate::fault_proxy::{Fault, FaultProxy, ProxiedCluster};
 use crate::k8s::{ApiServer, Identity};
 use crate::process::{free_port, temp_dir, wait_for, Proc};
 use crate::remediation::{kube_sidecar, private_api_server, try_list, FALLBACK};
 use crate::sidecar::Sidecar;
-use crate::workspace;
 
 /// The sidecars' settings: short windows, so that a run of a minute sees
 /// dedup windows expire, storms start, end and continue, and claims taken
@@ -370,15 +370,7 @@ fn proxied_kubeconfig(api: &ApiServer, proxy: &FaultProxy, dir: &std::path::Path
 /// Envoy on `envoy/e2e.yaml.tmpl` with every answer naming its upstream.
 fn start_envoy(ports: &[u16], dir: &std::path::Path) -> (Proc, u16) {
     let (listen, admin) = (free_port(), free_port());
-    let endpoints: Vec<String> = ports
-        .iter()
-        .map(|p| {
-            format!("{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}}}")
-        })
-        .collect();
-    let template_path = workspace::root().join("envoy/e2e.yaml.tmpl");
-    let template = std::fs::read_to_string(&template_path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", template_path.display()));
+    let template = edge::template();
     const ROUTE: &str = "                route: { cluster: sidecar, timeout: 30s }\n";
     assert!(
         template.contains(ROUTE),
@@ -391,19 +383,7 @@ fn start_envoy(ports: &[u16], dir: &std::path::Path) -> (Proc, u16) {
              value: \"%UPSTREAM_REMOTE_ADDRESS%\"}}}}]\n"
         ),
     );
-    let config = render(
-        &template,
-        &[
-            ("LISTEN_PORT", listen.to_string()),
-            ("ADMIN_PORT", admin.to_string()),
-            ("UPSTREAM_ENDPOINTS", format!("[{}]", endpoints.join(", "))),
-            (
-                "WASM_PATH",
-                yaml_single_quoted(&wasm_path().display().to_string()),
-            ),
-            ("PLUGIN_CONFIG", yaml_single_quoted(crate::e2e::OPEN)),
-        ],
-    );
+    let config = edge::config(&template, listen, admin, ports, crate::e2e::OPEN);
     let path = dir.join("envoy.yaml");
     std::fs::write(&path, config).expect("write envoy.yaml");
     let mut cmd = Command::new(envoy_bin());
