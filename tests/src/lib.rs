@@ -22,6 +22,7 @@ pub mod process;
 pub mod prometheus;
 pub mod redis;
 pub mod remediation;
+pub mod rng;
 pub mod sidecar;
 pub mod store_suite;
 pub mod upstream;

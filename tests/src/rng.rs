@@ -1,4 +1,4 @@
-//! The checker's seeded random numbers: SplitMix64, small and enough for a
+//! Seeded random numbers for tests: SplitMix64, small and enough for a
 //! workload and a fault schedule that a seed replays.
 
 /// SplitMix64 (Steele, Lea, Flood 2014): every seed is a good one.

@@ -29,28 +29,14 @@ use signalgate_resource::{RemediationRequest, MAX_ENTRIES, MAX_VALUE_BYTES};
 use signalgate_sidecar::resource;
 use signalgate_sidecar::store::{Snapshot, StormSnapshot};
 use signalgate_tests::payloads;
+use signalgate_tests::rng::Rng;
 
 /// Damaged bodies per seed payload.
 const ROUNDS: usize = 20_000;
 
-/// xorshift64*: small, deterministic, good enough to pick damage.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
+/// `items[i]` for a random index.
+fn pick<'a, T>(rng: &mut Rng, items: &'a [T]) -> &'a T {
+    &items[rng.index(items.len())]
 }
 
 /// Bytes that change a JSON document's structure, or its encoding.
@@ -108,21 +94,21 @@ fn tokens() -> Vec<String> {
 
 fn damage(rng: &mut Rng, seed: &[u8], tokens: &[String]) -> Vec<u8> {
     let mut body = seed.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        let at = rng.below(body.len() + 1);
-        match rng.below(6) {
-            0 | 1 if at < body.len() => body[at] = *rng.pick(BYTES),
+    for _ in 0..1 + rng.index(4) {
+        let at = rng.index(body.len() + 1);
+        match rng.index(6) {
+            0 | 1 if at < body.len() => body[at] = *pick(rng, BYTES),
             2 if at < body.len() => {
-                let end = (at + 1 + rng.below(40)).min(body.len());
+                let end = (at + 1 + rng.index(40)).min(body.len());
                 body.drain(at..end);
             }
             3 if at < body.len() => {
-                let end = (at + 1 + rng.below(60)).min(body.len());
+                let end = (at + 1 + rng.index(60)).min(body.len());
                 let copy = body[at..end].to_vec();
                 body.splice(at..at, copy);
             }
             4 => {
-                let token = rng.pick(tokens).clone();
+                let token = pick(rng, tokens).clone();
                 body.splice(at..at, token.into_bytes());
             }
             _ => body.truncate(at),
@@ -160,15 +146,15 @@ const STRINGS: &[&str] = &[
 
 /// Any value: a hostile string, a number, or another JSON type.
 fn hostile_value(rng: &mut Rng) -> Value {
-    match rng.below(8) {
+    match rng.index(8) {
         0 => json!(null),
-        1 => json!(rng.below(2) == 0),
-        2 => json!(rng.next() as i64),
+        1 => json!(rng.index(2) == 0),
+        2 => json!(rng.next_u64() as i64),
         3 => json!(-1.5e300),
         4 => json!([]),
-        5 => json!({ *rng.pick(STRINGS): *rng.pick(STRINGS) }),
-        6 => json!("x".repeat(rng.below(3000))),
-        _ => json!(*rng.pick(STRINGS)),
+        5 => json!({ *pick(rng, STRINGS): *pick(rng, STRINGS) }),
+        6 => json!("x".repeat(rng.index(3000))),
+        _ => json!(*pick(rng, STRINGS)),
     }
 }
 
@@ -195,13 +181,13 @@ fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
 /// its objects: valid JSON, hostile content.
 fn damage_values(rng: &mut Rng, seed: &Value) -> Vec<u8> {
     let mut doc = seed.clone();
-    for _ in 0..1 + rng.below(3) {
+    for _ in 0..1 + rng.index(3) {
         let mut all = Vec::new();
         pointers(&doc, String::new(), &mut all);
-        let at = rng.pick(&all).clone();
+        let at = pick(rng, &all).clone();
         let value = hostile_value(rng);
-        let key = rng.pick(STRINGS).to_string();
-        let add_key = rng.below(3) == 0;
+        let key = pick(rng, STRINGS).to_string();
+        let add_key = rng.index(3) == 0;
         if let Some(node) = doc.pointer_mut(&at) {
             match node {
                 Value::Object(map) if add_key => {
@@ -390,7 +376,7 @@ fn assert_both_seen(what: &str, (accepted, refused): (usize, usize), min_accepte
 
 #[test]
 fn damaged_alertmanager_webhooks_are_refused_cleanly_or_kept_whole() {
-    let mut rng = Rng(0x5167_a1e5_7a7e_0001);
+    let mut rng = Rng::new(0x5167_a1e5_7a7e_0001);
     let mut rich = payloads::alert("KubePodCrashLooping", "shop", "cart-7d9f");
     rich["labels"]["exported_namespace"] = json!("shop-exported");
     rich["labels"]["deployment"] = json!("cart");
@@ -411,7 +397,7 @@ fn damaged_alertmanager_webhooks_are_refused_cleanly_or_kept_whole() {
 
 #[test]
 fn damaged_kubernetes_events_are_refused_cleanly_or_kept_whole() {
-    let mut rng = Rng(0x5167_a1e5_7a7e_0002);
+    let mut rng = Rng::new(0x5167_a1e5_7a7e_0002);
     let mut event = payloads::pod_event("shop", "cart-7d9f", "BackOff", 12);
     event["metadata"]["labels"] = json!({"app": "cart", "tier": "web"});
     event["involvedObject"]["fieldPath"] = json!("spec.containers{cart}");
@@ -421,7 +407,7 @@ fn damaged_kubernetes_events_are_refused_cleanly_or_kept_whole() {
 
 #[test]
 fn damaged_plugin_configurations_are_refused_by_key_or_give_limits_in_range() {
-    let mut rng = Rng(0x5167_a1e5_7a7e_0003);
+    let mut rng = Rng::new(0x5167_a1e5_7a7e_0003);
     let seed = json!({
         "requests_per_minute": 600, "burst": 50, "source": "x-forwarded-for",
         "trusted_hops": 1, "over_limit_status": 503, "max_body_bytes": 262144,
@@ -504,7 +490,7 @@ fn is_header_value(v: &str) -> bool {
 
 #[test]
 fn hostile_request_heads_are_refused_cleanly_or_admitted_with_safe_headers() {
-    let mut rng = Rng(0x5167_a1e5_7a7e_0004);
+    let mut rng = Rng::new(0x5167_a1e5_7a7e_0004);
     let token_hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; // "test"
     let configs: Vec<FilterConfig> = [
         json!({}),
@@ -570,7 +556,7 @@ fn hostile_request_heads_are_refused_cleanly_or_admitted_with_safe_headers() {
     .collect();
     let (mut admitted, mut refused) = (0, 0);
     for (round, now_s) in (0..ROUNDS).zip(1_700_000_000u64..) {
-        let cfg = rng.pick(&configs);
+        let cfg = pick(&mut rng, &configs);
         // Each field valid, missing, or hostile (possibly two values run together).
         let valid = [
             "POST",
@@ -583,12 +569,12 @@ fn hostile_request_heads_are_refused_cleanly_or_admitted_with_safe_headers() {
         ];
         let fields: Vec<Option<String>> = valid
             .iter()
-            .map(|v| match rng.below(8) {
+            .map(|v| match rng.index(8) {
                 0 => None,
                 1 | 2 => {
-                    let mut v = rng.pick(&values).clone();
-                    if rng.below(4) == 0 {
-                        let more: &String = rng.pick(&values);
+                    let mut v = pick(&mut rng, &values).clone();
+                    if rng.index(4) == 0 {
+                        let more: &String = pick(&mut rng, &values);
                         v.push_str(more);
                     }
                     Some(v)

@@ -26,7 +26,6 @@
 pub mod history;
 pub mod invariants;
 pub mod plan;
-pub mod rng;
 pub mod sender;
 pub mod system;
 
@@ -57,7 +56,7 @@ impl Config {
         let seed = env("CHECKER_SEED")
             .map(|s| parse_seed(&s).unwrap_or_else(|e| panic!("CHECKER_SEED: {e}")))
             .or(seed)
-            .unwrap_or_else(rng::fresh_seed);
+            .unwrap_or_else(crate::rng::fresh_seed);
         let seconds = env("CHECKER_SECONDS").map_or(seconds, |s| {
             s.trim()
                 .parse()

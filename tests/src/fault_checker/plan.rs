@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// The namespaces of a run, one sender lane (aggregation group) each.
 pub const NAMESPACES: [&str; 4] = ["chk-a", "chk-b", "chk-c", "chk-d"];

@@ -13,7 +13,7 @@ use signalgate_model::rfc3339::format_unix_millis;
 
 use super::history::{Attempt, AttemptResult, Delivery, History, SignalAnswer};
 use super::plan::{Incident, Plan, Status, Step};
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// One attempt may take this long (the sidecars' request deadline is 4 s).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(8);
