@@ -170,6 +170,7 @@ impl Pipeline {
         let received_ms = crate::clock::now_ms();
         // This request's token: the owner of every claim it takes.
         let owner = Owner::next();
+        let parsed = self.parse(signal_type, source, body)?;
         let delivery = delivery::of(
             signal_type,
             source,
@@ -177,7 +178,6 @@ impl Pipeline {
             received_ms,
             self.limits.delivery_window,
         );
-        let parsed = self.parse(signal_type, source, body)?;
         let identities = &parsed.identities;
         let fingerprints: Vec<String> = identities.iter().map(Identity::fingerprint).collect();
         tracing::Span::current().record(

@@ -15,7 +15,6 @@ use super::{latest, recent_storms, Created, Found, FoundStorm, Location, Read, S
 use signalgate_resource::naming::storm_prefix;
 use signalgate_resource::{Progress, RemediationRequest};
 
-/// The link (beside the fingerprints' links) to the namespace's latest storm resource.
 pub struct DirSink {
     root: PathBuf,
 }
@@ -177,8 +176,6 @@ impl DirSink {
     }
 }
 
-/// The resource a link points at: `None` if there is no link (or it
-/// dangles), or what it points at is not a RemediationRequest.
 /// The storm resources of `namespace` in its directory `dir` (their file
 /// names start with its storm prefix; unreadable ones are skipped).
 fn read_storms(dir: &Path, namespace: &str) -> Result<Vec<RemediationRequest>, SinkError> {
@@ -202,6 +199,8 @@ fn read_storms(dir: &Path, namespace: &str) -> Result<Vec<RemediationRequest>, S
     Ok(storms)
 }
 
+/// The resource a link points at: `None` if there is no link (or it
+/// dangles), or what it points at is not a RemediationRequest.
 fn read_linked(link: &Path) -> Result<Option<RemediationRequest>, SinkError> {
     match std::fs::read(link) {
         Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),

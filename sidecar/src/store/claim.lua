@@ -206,7 +206,6 @@ if op == 'uncount' then
   return 1
 end
 
-
 if op == 'adopt' then
   local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u', 'c', 'i', 'g', 'z', 'y', 't', 'q', 'e')
   if known[3] then

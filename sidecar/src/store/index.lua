@@ -44,7 +44,7 @@ local function own_ttl_again(F)
   if v[5] == '1' then
     left = math.max(left, num(v[6]) - now)
   end
-  redis.call('PEXPIRE', F, int(math.max(1, left)))
+  redis.call('PEXPIRE', F, int(left))
 end
 
 if op == 'register' then

@@ -217,17 +217,7 @@ pub async fn send(pipeline: &Pipeline, body: &[u8]) -> Result<Accepted, Failure>
     use std::sync::atomic::{AtomicU64, Ordering};
     static SENT: AtomicU64 = AtomicU64::new(0);
     let source = format!("test-{}", SENT.fetch_add(1, Ordering::Relaxed));
-    send_from(pipeline, &source, body).await
-}
-
-/// Sends `body` as Alertmanager alerts from `source`: the same body from the
-/// same source within the delivery window is one delivery (its retry).
-pub async fn send_from(
-    pipeline: &Pipeline,
-    source: &str,
-    body: &[u8],
-) -> Result<Accepted, Failure> {
-    pipeline.handle(SignalType::Prometheus, source, body).await
+    pipeline.handle(SignalType::Prometheus, &source, body).await
 }
 
 /// The one signal's outcome and resource in an answer.

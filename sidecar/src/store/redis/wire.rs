@@ -65,6 +65,21 @@ impl Call {
 
     /// A `claim.lua` call: `op` on the claim `key`, by `owner`.
     pub fn claim(settings: &Settings, op: &str, key: &ClaimKey, owner: Owner) -> Call {
+        Call::claim_as(settings, op, key, owner.0.to_string().into_bytes())
+    }
+
+    /// A `claim.lua` call that counts `claim`'s signal: `op` on the claim
+    /// `key`, by `claim`'s owner, with its delivery's tokens
+    /// (`<owner>:<current>:<previous>`).
+    fn counting(settings: &Settings, op: &str, key: &ClaimKey, claim: &Claim) -> Call {
+        let d = claim.delivery;
+        let caller = format!("{}:{}:{}", claim.owner.0, d.current, d.previous);
+        Call::claim_as(settings, op, key, caller.into_bytes())
+    }
+
+    /// A `claim.lua` call: `op` on the claim `key`, by the caller token
+    /// `caller` (ARGV[7]).
+    fn claim_as(settings: &Settings, op: &str, key: &ClaimKey, caller: Vec<u8>) -> Call {
         let (keys, kind, name) = claim_keys(key);
         Call {
             keys,
@@ -75,7 +90,7 @@ impl Call {
                 ms(settings.claim_lease).to_string().into_bytes(),
                 ms(settings.dedup_ttl).to_string().into_bytes(),
                 ms(settings.incident_ttl).to_string().into_bytes(),
-                owner.0.to_string().into_bytes(),
+                caller,
             ],
         }
     }
@@ -99,8 +114,7 @@ impl Call {
             namespace: claim.namespace.clone(),
             fingerprint: claim.fingerprint.clone(),
         };
-        let mut call = Call::claim(settings, "adopt", &key, claim.owner);
-        call.args[6] = counting_token(claim);
+        let mut call = Call::counting(settings, "adopt", &key, claim);
         call.keys.push(Keys(&claim.namespace).unwritten());
         call.args.push(existing.resource.as_bytes().to_vec());
         call.args
@@ -149,10 +163,11 @@ impl Call {
             namespace: namespace.to_string(),
             name: existing.resource.clone(),
         };
-        let owner = member.map(|c| c.owner).unwrap_or_default();
-        let mut call = Call::claim(settings, op, &key, owner);
+        let mut call = match member {
+            Some(m) => Call::counting(settings, op, &key, m),
+            None => Call::claim(settings, op, &key, Owner::default()),
+        };
         if let Some(m) = member {
-            call.args[6] = counting_token(m);
             call.keys.push(Keys(namespace).fingerprint(&m.fingerprint));
             call.keys.push(Keys(namespace).unwritten());
         }
@@ -371,13 +386,6 @@ impl Call {
         }
         Call { keys, args }
     }
-}
-
-/// `claim.lua`'s caller token for an op that counts `claim`'s signal: its
-/// owner and its delivery's tokens, `<owner>:<current>:<previous>`.
-fn counting_token(claim: &Claim) -> Vec<u8> {
-    let d = claim.delivery;
-    format!("{}:{}:{}", claim.owner.0, d.current, d.previous).into_bytes()
 }
 
 /// The keys of one namespace (see `common.lua` for what each holds), all
