@@ -4,8 +4,9 @@
 //! so a reader never sees half an object. Next to them,
 //! `<namespace>/.by-fingerprint/<fingerprint>` is a symbolic link to the
 //! latest resource of each incident, so finding one is a single lookup
-//! (`kubectl apply -f <dir>/<namespace>` skips the hidden directory), and
-//! `<namespace>/.by-fingerprint/storm` to the namespace's latest storm.
+//! (`kubectl apply -f <dir>/<namespace>` skips the hidden directory).
+//! Storm resources are found by their file names (the namespace's storm
+//! prefix).
 
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
