@@ -1,5 +1,6 @@
 //! When the store does not know a firing, the sink is asked before a
-//! resource is made: [`Write::Lookup`] in a cold namespace (the store may
+//! resource is made: [`Write::Lookup`] in a cold namespace, or for a firing
+//! that began before the store's memory of its namespace did (the store may
 //! have lost its record of a live incident: Redis restarted empty, a
 //! failover, a restart on the memory store; read consistently), and
 //! [`Write::Review`] for a firing instance the store does not hold (a new
@@ -7,9 +8,9 @@
 //! own view: no API call). The fingerprint's latest resource, and its
 //! controller's status, decide ([`Policy::verdict`]): the same incident is
 //! adopted, one being remediated absorbs the firing, else the signal is
-//! decided again as new. In a cold namespace a running storm found is
-//! adopted too, so that new signals join it; and the firings that were
-//! members of a storm that ended while they kept firing count in it again.
+//! decided again as new. After a lookup a running storm found is adopted
+//! too, so that new signals join it; and the firings that were members of a
+//! storm, running or ended, count in it again.
 //!
 //! A request costs the sink's backend work in a bounded number of
 //! namespaces, whatever it names ([`Budget`]): lookups that are not read
@@ -278,7 +279,7 @@ impl Recovery<'_> {
             return Err(e.into());
         }
         if !again.is_empty() {
-            // A storm the store lost can only be behind a cold lookup.
+            // A storm the store lost can only be behind a lookup.
             let cold: Vec<usize> = again
                 .iter()
                 .copied()

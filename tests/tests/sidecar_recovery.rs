@@ -294,6 +294,73 @@ fn members_re_sent_after_the_store_lost_its_data_count_in_the_storm_that_lists_t
     assert_eq!(all.len(), 6, "{all:?}");
 }
 
+/// Issue 19, finding 1: the store lost its data, then remembered the
+/// namespace for longer than a dedup window (so new fingerprints are no
+/// longer looked up) while a new storm ran. Incidents from before the loss
+/// re-sent then count where they were counted: their own resources and
+/// their ended storm. Before, every one joined the running storm as a new
+/// member.
+#[test]
+fn incidents_re_sent_once_the_store_remembers_the_namespace_again_count_where_they_were() {
+    let dedup = Duration::from_secs(1);
+    let mut s = Sidecar::start(&[
+        ("SIGNALGATE_STORM_THRESHOLD", "2"),
+        ("SIGNALGATE_STORM_WINDOW", "3s"),
+        ("SIGNALGATE_DEDUP_TTL", "1s"),
+    ]);
+    let group = |name: &str, pods: std::ops::Range<usize>| {
+        webhook(
+            pods.map(|i| alert(name, "shop", &format!("p{i}")))
+                .collect(),
+        )
+    };
+    let resources = |answer: &signalgate_tests::client::Answer| -> Vec<String> {
+        answer.json()["signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["resource"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    // Two resources of their own and a storm of three, which ends.
+    let old = s.post_alerts(&group("Old", 0..5));
+    assert_eq!(old.status, 201, "{}", old.body);
+    let old_resources = resources(&old);
+    wait_until_the_storm_ended(&s);
+
+    // The store forgets everything. A new group storms; the namespace is
+    // remembered for a dedup window while its storm runs.
+    s.restart();
+    let new = s.post_alerts(&group("New", 10..15));
+    assert_eq!(new.status, 201, "{}", new.body);
+    let new_storm = resources(&new)[2].clone();
+    assert!(new_storm.starts_with("shop/storm-"), "{}", new.body);
+    std::thread::sleep(dedup + Duration::from_millis(100));
+
+    // The first group is re-sent: each alert counts where it was counted.
+    let again = s.post_alerts(&group("Old", 0..5));
+    assert_eq!(again.status, 202, "{}", again.body);
+    for (signal, before) in again.json()["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&old_resources)
+    {
+        assert_eq!(signal["outcome"], "duplicate", "{}", again.body);
+        assert_eq!(signal["resource"], before.as_str(), "{}", again.body);
+    }
+    let all = s.wait_resources("each storm counting its own members", |r| {
+        r.iter()
+            .any(|x| x["spec"]["deduplication"]["occurrenceCount"] == 6)
+    });
+    assert_eq!(all.len(), 6, "{all:?}");
+    let storms: Vec<u64> = all
+        .iter()
+        .filter_map(|x| x["spec"]["storm"]["alertCount"].as_u64())
+        .collect();
+    assert_eq!(storms, [3, 3], "{all:?}");
+}
+
 #[test]
 fn a_failed_lookup_leaves_nothing_that_holds_up_the_retry() {
     use signalgate_model::signal::fingerprint;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use signalgate_sidecar::store::{Claim, Outcome, Owner, Resolution, Write, Written};
 use signalgate_tests::behaviour;
+use signalgate_tests::lifecycle::now_ms;
 use signalgate_tests::store_suite::{
     assert_own, assert_storm, claim, found_in_sink, fp_key, namespace, settings, unchecked,
     with_owner, Backend, Fixture,
@@ -23,6 +24,7 @@ behaviour!(
     a_new_instance_asks_the_sink_then_is_a_new_resource,
     a_resolution_of_an_unknown_incident_changes_nothing,
     an_unknown_firing_in_a_warm_namespace_asks_the_sink,
+    a_firing_that_began_before_the_store_remembers_its_namespace_is_looked_up,
     an_absorbed_firing_counts_in_the_resource_found,
     an_adopted_incident_keeps_its_firings_and_resolution,
     storm_members_resolutions_are_counted,
@@ -207,7 +209,8 @@ async fn an_unknown_firing_in_a_warm_namespace_asks_the_sink(b: Backend) {
     let f = b.store(settings().dedup_ttl(window)).await;
     let ns = namespace("review");
     warm(&f, &ns, window).await;
-    let a = firing(&unchecked(&claim(&ns, "a")), FIRST);
+    // A firing that began while the store remembered the namespace.
+    let a = firing(&unchecked(&claim(&ns, "a")), now_ms());
     let d = f.one(&a).await;
     assert_eq!(
         (d.outcome, d.write),
@@ -223,6 +226,38 @@ async fn an_unknown_firing_in_a_warm_namespace_asks_the_sink(b: Backend) {
         Outcome::Created,
         Write::Create,
     );
+}
+
+/// Issue 19, finding 1: the store lost an incident's record (Redis
+/// restarted empty) and has remembered the namespace for a dedup window
+/// since; the incident is then re-sent. Its firing began before the store's
+/// memory did: it is looked up (its resource, or the storm it is a member
+/// of, may be in the sink), not reviewed or joined to a running storm.
+async fn a_firing_that_began_before_the_store_remembers_its_namespace_is_looked_up(b: Backend) {
+    let window = Duration::from_millis(300);
+    let f = b
+        .store(settings().dedup_ttl(window).storm_threshold(2))
+        .await;
+    let ns = namespace("lost");
+    let began = now_ms() - 60_000;
+    warm(&f, &ns, window).await;
+    let lost = unchecked(&firing(&claim(&ns, "lost"), began));
+    assert_eq!(f.one(&lost).await.write, Write::Lookup);
+    // Also while a storm runs: it would otherwise join it.
+    for i in 0..3 {
+        let member = firing(&claim(&ns, &format!("new-{i}")), now_ms());
+        f.one(&member).await;
+    }
+    let d = f.one(&lost).await;
+    assert_eq!(
+        (d.outcome, d.write),
+        (Outcome::Created, Write::Lookup),
+        "{d:?}"
+    );
+    // A firing that began since is not.
+    let new = unchecked(&firing(&claim(&ns, "new-3"), now_ms()));
+    let d = f.one(&new).await;
+    assert_eq!(d.outcome, Outcome::StormAggregated, "{d:?}");
 }
 
 async fn an_absorbed_firing_counts_in_the_resource_found(b: Backend) {
@@ -429,10 +464,4 @@ async fn incident_records_expire_after_their_ttl(b: Backend) {
         assert!(Instant::now() < deadline, "the open record never expired");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

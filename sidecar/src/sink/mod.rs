@@ -236,7 +236,7 @@ pub trait Sink: Send + Sync {
     ) -> Result<Vec<Option<Found>>, SinkError>;
     /// The storm resources of `namespace` (in it, or moved from it to the
     /// fallback namespace), latest started first ([`recent_storms`]):
-    /// asked when lookups in a cold namespace found nothing for some new
+    /// asked when lookups (`Write::Lookup`) found nothing for some new
     /// signals, so that they join a running storm the store lost rather
     /// than start another, or count again in the storm they were members
     /// of.

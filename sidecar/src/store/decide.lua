@@ -455,8 +455,9 @@ local function decide(i, F, fp, affected, ci, absent, t, o, dc, dp)
     return { 6, 6, 0, '', 0, 0, 0, 0, 0, 0, 0 }
   end
 
-  -- A new fingerprint. Look in the sink first if the store may have lost it.
-  if absent ~= '1' and is_cold() then
+  -- A new fingerprint. Look in the sink first if the store may have lost it:
+  -- its memory of the namespace is young, or began after this firing did.
+  if absent ~= '1' and (is_cold() or (ci ~= '0' and tonumber(ci) < since)) then
     return { 1, 4, 0, '', 0, 0, 0, 0, 0, 0, 0 }
   end
   local member_ttl = ci == '0' and ARGV[2] or ARGV[9]

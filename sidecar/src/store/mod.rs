@@ -228,8 +228,10 @@ pub enum Write {
     /// decide ran twice, the first reply lost.)
     Await,
     /// A new fingerprint in a namespace the store has remembered for less
-    /// than a dedup window (new to the store, or its data was lost): its
-    /// incident may have a live resource from before. Nothing was recorded:
+    /// than a dedup window (new to the store, or its data was lost), or
+    /// whose firing began before the store's memory of the namespace did
+    /// (the data was lost since): its incident may have a live resource, or
+    /// be a storm's member, from before. Nothing was recorded:
     /// look in the sink, then [`Store::adopt`] what is there, or decide the
     /// claim again with [`Claim::absent`] set.
     Lookup,
@@ -280,8 +282,10 @@ impl Decision {
 /// is younger than a dedup window, new fingerprints get [`Write::Lookup`]:
 /// the store may have lost the data (Redis restarted empty, a failover
 /// without the data, a restart on the memory store), or never had it. Once it
-/// spans a window, it knows every live incident of the namespace. Long, so
-/// that a namespace quiet for a while is not looked up again.
+/// spans a window, it knows every incident whose firing began since; one
+/// that began before (re-sent after the loss, later than a window) is looked
+/// up too. Long, so that a namespace quiet for a while is not looked up
+/// again.
 pub const WARM_MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// When an incident resolved (`endsAt`) and when that was received.

@@ -99,7 +99,9 @@ impl Store for MemoryStore {
                 state
                     .warm
                     .insert(claim.namespace.clone(), (since, now + p.warm_marker));
-                let decision = state.decide_one(claim, &p, now, now - since < p.dedup);
+                let cold =
+                    now - since < p.dedup || (claim.instance_ms != 0 && claim.instance_ms < since);
+                let decision = state.decide_one(claim, &p, now, cold);
                 if matches!(decision.write, Write::Update | Write::Await) {
                     state.index(&decision.key, &p, now);
                 }
