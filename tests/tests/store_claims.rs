@@ -24,6 +24,7 @@ behaviour!(
     a_decide_resent_by_its_request_still_owns_the_claim,
     a_failed_requests_counts_are_taken_back_once_and_only_its_own,
     attempts_of_one_delivery_count_once_and_none_takes_back_what_another_relied_on,
+    two_deliveries_failing_side_by_side_each_take_back_their_own_count,
 );
 
 async fn await_until_committed(b: Backend) {
@@ -311,4 +312,66 @@ async fn attempts_of_one_delivery_count_once_and_none_takes_back_what_another_re
     assert_eq!(counts().await, (3, 4));
     f.decide(&attempt(Owner::next(), window(21))).await;
     assert_eq!(counts().await, (4, 5));
+}
+
+/// Issue 19, finding 5: a highly available sender's twin notifications (two
+/// deliveries) count on the same records, then both fail (the sink is
+/// down) and are retried, several times over. Each attempt takes back its
+/// own count, whichever counted last; before, a record remembered only its
+/// last count, so the other twin's stayed and the incident over-counted by
+/// one a round.
+async fn two_deliveries_failing_side_by_side_each_take_back_their_own_count(b: Backend) {
+    let f = b.store(settings().storm_threshold(1)).await;
+    let ns = namespace("twins");
+    let (a, m1, m2) = (claim(&ns, "a"), claim(&ns, "m1"), claim(&ns, "m2"));
+    let own = f.one(&a).await;
+    f.commit(&own.key).await;
+    let storm = f.decide(&[m1.clone(), m2.clone()]).await;
+    f.commit(&storm[0].key).await;
+    let counts = || async {
+        (
+            f.snapshot(&own.key).await.unwrap().occurrence_count,
+            f.snapshot(&storm[0].key).await.unwrap().occurrence_count,
+        )
+    };
+    let signals = [&a, &m1].map(|c| (c.namespace.clone(), c.fingerprint.clone()));
+    let attempt = |delivery: u64| {
+        let owner = Owner::next();
+        let claims = [&a, &m1].map(|c| Claim {
+            owner,
+            delivery: Delivery {
+                current: delivery,
+                previous: delivery - 1,
+            },
+            ..c.clone()
+        });
+        (owner, claims)
+    };
+    assert_eq!(counts().await, (1, 2));
+    for _round in 0..3 {
+        let (first, first_claims) = attempt(31);
+        let (twin, twin_claims) = attempt(41);
+        f.decide(&first_claims).await;
+        f.decide(&twin_claims).await;
+        assert_eq!(counts().await, (3, 4));
+        f.store.uncount(first, &signals).await.expect("uncount");
+        f.store.uncount(twin, &signals).await.expect("uncount");
+        assert_eq!(counts().await, (1, 2));
+    }
+    // The retries that succeed count once each, and a retry of one of them
+    // (its reply lost) finds its count.
+    f.decide(&attempt(31).1).await;
+    f.decide(&attempt(41).1).await;
+    assert_eq!(counts().await, (3, 4));
+    f.decide(&attempt(31).1).await;
+    assert_eq!(counts().await, (3, 4));
+    // The bound: a record remembers two counts. A third delivery's count
+    // in between leaves the first one's for good.
+    let (old, old_claims) = attempt(51);
+    f.decide(&old_claims).await;
+    f.decide(&attempt(61).1).await;
+    f.decide(&attempt(71).1).await;
+    assert_eq!(counts().await, (6, 7));
+    f.store.uncount(old, &signals).await.expect("uncount");
+    assert_eq!(counts().await, (6, 7));
 }

@@ -13,7 +13,7 @@
 --       release act only on a pending claim it owns; a claim poll or adopt
 --       hands it records it), for adopt and member followed by
 --       ':<delivery token of its window>:<of the window before>' (see
---       counts()); commit: 8 the namespace the resource went to
+--       count_in()); commit: 8 the namespace the resource went to
 --       if not its own (else ''); adopt of a fingerprint: 8 resource name, 9
 --       first seen ms, 10 occurrence count of the existing resource, 11 the
 --       namespace it is in if not its own (else ''), 12 its firing instance
@@ -184,30 +184,37 @@ end
 -- signal on this fingerprint's record (KEYS[2]: the namespace's storm
 -- hash): the count is taken back, in the record's own resource or its
 -- storm, so that the sender's retry of the delivery counts it once. Only if
--- the last signal counted on the record was that request's (q) and no other
--- attempt of its delivery relied on it (which clears q).
+-- one of the last two counts on the record was that request's (q or Q) and
+-- no other attempt of its delivery relied on it (which clears it).
 if op == 'uncount' then
-  local known = redis.call('HMGET', H, 'q', 's', 'c')
-  if owner == '0' or known[1] ~= owner then
+  local known = redis.call('HMGET', H, 'q', 'Q', 'E', 's', 'c')
+  if owner == '0' then
     return 0
   end
-  redis.call('HDEL', H, 'q', 'e')
-  if known[2] then
-    local field = known[2] .. '|c'
+  if known[1] == owner then
+    -- The count before becomes the latest.
+    redis.call('HSET', H, 'q', known[2] or '', 'e', known[3] or '')
+  elseif known[2] ~= owner then
+    return 0
+  end
+  redis.call('HDEL', H, 'Q', 'E')
+  local storm, count = known[4], num(known[5])
+  if storm then
+    local field = storm .. '|c'
     local c = tonumber(redis.call('HGET', KEYS[2], field))
     if c and c > 0 then
       redis.call('HSET', KEYS[2], field, int(c - 1))
-      unwritten(KEYS[3], known[2])
+      unwritten(KEYS[3], storm)
     end
-  elseif num(known[3]) > 0 then
-    redis.call('HSET', H, 'c', int(num(known[3]) - 1))
+  elseif count > 0 then
+    redis.call('HSET', H, 'c', int(count - 1))
     unwritten(KEYS[3], H, H)
   end
   return 1
 end
 
 if op == 'adopt' then
-  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u', 'c', 'i', 'g', 'z', 'y', 't', 'q', 'e')
+  local known = redis.call('HMGET', H, 'r', 'f', 's', 'p', 'u', 'c', 'i', 'g', 'z', 'y', 't', 'q', 'e', 'Q', 'E')
   if known[3] then
     return 0
   end
@@ -218,12 +225,13 @@ if op == 'adopt' then
     -- a duplicate of it (wait for its claim, or take it over).
     -- (counted once per request, as decide.lua counts)
     local c = num(known[6])
-    local n = counts(known[12] or '', known[13], owner, dc, dp)
+    local k = { q = known[12] or '', e = known[13] or '', Q = known[14] or '', E = known[15] or '' }
+    local n = count_in(k, owner, dc, dp)
     if n == 1 then
       c = redis.call('HINCRBY', H, 'c', 1)
-      redis.call('HSET', H, 'q', owner, 'e', dc)
-    elseif n == 2 then
-      redis.call('HSET', H, 'q', '')
+    end
+    if n ~= 0 then
+      redis.call('HSET', H, 'q', k.q, 'e', k.e, 'Q', k.Q, 'E', k.E)
     end
     local write, lease_until = claim_write(num(known[4]), num(known[5]), now, lease,
       owner ~= '0' and known[11] == owner)

@@ -13,12 +13,13 @@
 --                   last: it counts no more, and may take it back; '' once
 --                   another attempt of its delivery relied on it), e (that
 --                   count's delivery token: no attempt of that delivery
---                   counts again; see counts()), i (the firing instance
+--                   counts again), Q and E (as q and e, of the count
+--                   before; see count_in()), i (the firing instance
 --                   counted last, ms; absent: 0, unknown), g (firing
 --                   instances counted; absent: 1), z and y (the resolution:
 --                   when it resolved and when that was received, ms; absent
---                   while open). Storm member: s (storm resource name), q
---                   and e (as above), and z (when its resolution came, ms)
+--                   while open). Storm member: s (storm resource name), q,
+--                   e, Q and E (as above), and z (when its resolution came, ms)
 --                   once resolved. Fields a record does
 --                   not need are not written (a record of an earlier
 --                   version has none of i, g, z, y: an open incident, one
@@ -256,22 +257,39 @@ local function ttl_left(l, y, i, z, dedup, incident, now)
 end
 
 -- Whether a signal of request o, delivery tokens dc (of its window) and dp
--- (of the window before), counts in a record whose last count was request
--- q's, of delivery token e (Counted::count in the Rust store): 1 it
--- counts; 0 it does not (the count was this request's own: its call ran
--- again, or it repeats the signal); 2 it does not, the count being another
--- attempt's of the same delivery: the caller clears q, so that neither
--- attempt takes back a count the other may have had acknowledged. Token
--- '0' is no request's (always counts); delivery '0' or '' is none.
-local function counts(q, e, o, dc, dp)
-  if o == '0' then
-    return 1
+-- (of the window before), counts in a record whose last two counts are k.q
+-- and k.e (the latest: the counting request's token, its delivery token)
+-- and k.Q and k.E (the one before; all strings, '' none), updating them
+-- (Counted::count in the Rust store): 1 it counts (o's count becomes the
+-- latest, the latest the one before); 0 it does not, nothing changed (one
+-- of them was this request's own: its call ran again, or it repeats the
+-- signal); 2 it does not, the count being another attempt's of the same
+-- delivery: its request token is cleared, so that neither attempt takes
+-- back a count the other may have had acknowledged. Token '0' is no
+-- request's (always counts); delivery '0' or '' is none.
+local function count_in(k, o, dc, dp)
+  if o ~= '0' then
+    if k.q == o or k.Q == o then
+      return 0
+    end
+    if dc ~= '0' and dc ~= '' then
+      if k.e == dc or k.e == dp then
+        if k.q == '' then
+          return 0
+        end
+        k.q = ''
+        return 2
+      end
+      if k.E == dc or k.E == dp then
+        if k.Q == '' then
+          return 0
+        end
+        k.Q = ''
+        return 2
+      end
+    end
   end
-  if q == o then
-    return 0
-  end
-  if e and dc ~= '0' and dc ~= '' and (e == dc or e == dp) then
-    return 2
-  end
+  k.Q, k.E = k.q, k.e
+  k.q, k.e = o, dc
   return 1
 end

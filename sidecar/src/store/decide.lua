@@ -15,7 +15,7 @@
 --       ttl ms, 10 R, the number of requests whose signals the call
 --       decides; then per request r (0-based), from b = 11 + 3r: ARGV[b]
 --       its token, ARGV[b + 1] and ARGV[b + 2] its delivery's tokens of
---       this window and the window before ('0' none; see counts()); then,
+--       this window and the window before ('0' none; see count_in()); then,
 --       from s = 11 + 3R, per signal i (0-based), from a = s + 6i: ARGV[a]
 --       fingerprint, ARGV[a + 1] affected, ARGV[a + 2] firing instance ms
 --       ('0' unknown), ARGV[a + 3] '1' if the sink was searched and has no
@@ -281,12 +281,8 @@ local function own_settle(F, rec, o)
 end
 
 local function own_duplicate(i, F, rec, o, dc, dp)
-  local n = counts(rec.q, rec.e, o, dc, dp)
-  if n == 1 then
+  if count_in(rec, o, dc, dp) == 1 then
     rec.c = rec.c + 1
-    rec.q, rec.e = o, dc
-  elseif n == 2 then
-    rec.q = ''
   end
   -- (a committed claim's answer is always Update: no call for it)
   local write = 2
@@ -320,10 +316,10 @@ local function flush()
     if rec and rec.dirty then
       rec.dirty = false
       if rec.p == 1 then
-        redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q, 'e', rec.e, 'u', rec.u)
+        redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q, 'e', rec.e, 'Q', rec.Q, 'E', rec.E, 'u', rec.u)
       else
         -- (a committed claim's lease stays as it was)
-        redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q, 'e', rec.e)
+        redis.call('HSET', F, 'c', rec.c, 'l', now, 'q', rec.q, 'e', rec.e, 'Q', rec.Q, 'E', rec.E)
       end
       own_expire(F, rec)
       own_index(F, rec)
@@ -340,7 +336,7 @@ end
 local function decide(i, F, fp, affected, ci, absent, t, o, dc, dp)
   local rec = held[F]
   if not rec then
-    local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's', 'i', 'g', 'z', 'y', 'q', 'd', 'e')
+    local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's', 'i', 'g', 'z', 'y', 'q', 'd', 'e', 'Q', 'E')
     if known[6] then
       -- A storm member: repeats are duplicates of the storm resource.
       local st = storm_get(known[6])
@@ -374,15 +370,15 @@ local function decide(i, F, fp, affected, ci, absent, t, o, dc, dp)
           storm_changed(st)
         end
         local write
-        local n = counts(known[11], known[13], o, dc, dp)
+        local k = { q = known[11] or '', e = known[13] or '', Q = known[14] or '', E = known[15] or '' }
+        local n = count_in(k, o, dc, dp)
         if n == 1 then
           write = storm_count(st, o)
-          redis.call('HSET', F, 'q', o, 'e', dc)
         else
           write = storm_settle(st, o)
-          if n == 2 and known[11] ~= '' then
-            redis.call('HSET', F, 'q', '')
-          end
+        end
+        if n ~= 0 then
+          redis.call('HSET', F, 'q', k.q, 'e', k.e, 'Q', k.Q, 'E', k.E)
         end
         redis.call('PEXPIRE', F, ci == '0' and ARGV[2] or ARGV[9])
         return storm_reply(2, write, st)
@@ -400,7 +396,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o, dc, dp)
       end
       local ri = known[7] or '0'
       rec = { r = r, f = known[2], c = num(known[3]), p = 0, u = known[5], i = ri, k = known, ttl = ARGV[2],
-        q = known[11] or '', e = known[13] or '', d = known[12] ~= false }
+        q = known[11] or '', e = known[13] or '', Q = known[14] or '', E = known[15] or '', d = known[12] ~= false }
       if p == '1' then
         rec.p, rec.u = 1, num(known[5])
       end
@@ -508,8 +504,8 @@ local function decide(i, F, fp, affected, ci, absent, t, o, dc, dp)
           'q', o, 'e', dc)
       end
       redis.call('PEXPIRE', F, int(math.max(keep, lease)))
-      held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, t = o, q = o, e = dc, i = ci, k = {},
-        ttl = keep, at = i }
+      held[F] = { r = name, f = now, c = 1, p = 1, u = now + lease, t = o, q = o, e = dc, Q = '', E = '', i = ci,
+        k = {}, ttl = keep, at = i }
       return { 1, 1, 0, name, now, now, 1, ci, 1, 0, 0 }
     end
   end

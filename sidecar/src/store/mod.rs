@@ -100,47 +100,73 @@ impl Delivery {
     }
 }
 
-/// Who made a record's last count: the request, which may take it back
-/// ([`Store::uncount`]) while no other attempt of its delivery relied on it,
-/// and the delivery (its token of the window it counted in).
+/// One count on a record: the request that made it, which may take it back
+/// ([`Store::uncount`]) while no other attempt of its delivery relied on it
+/// (then 0), and its delivery (its token of the window it counted in).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Counted {
+pub struct Count {
     pub by: Owner,
     pub delivery: u64,
 }
 
+/// The last two counts on a record, the latest first. Two, so that the
+/// attempts of two deliveries failing side by side on one record (a
+/// highly available sender's twin notifications while the sink is down)
+/// can each take back their own count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counted {
+    recent: [Count; 2],
+}
+
 impl Counted {
+    /// A record's first count, by request `owner` of delivery `delivery`.
+    pub fn first(owner: Owner, delivery: Delivery) -> Counted {
+        Counted {
+            recent: [
+                Count {
+                    by: owner,
+                    delivery: delivery.current,
+                },
+                Count::default(),
+            ],
+        }
+    }
+
     /// Whether a signal of request `owner`, delivery `delivery`, counts in
-    /// the record whose last count this is, updating it. Not if the last
-    /// count was this request's (its decide ran again after a lost reply,
-    /// or it repeats the signal), nor another attempt's of the same
-    /// delivery: that count then becomes this attempt's too, so neither may
-    /// take it back (one of them may have been acknowledged). Token 0 (no
-    /// request's) always counts.
+    /// the record, updating it. Not if one of the recent counts was this
+    /// request's (its decide ran again after a lost reply, or it repeats
+    /// the signal), nor another attempt's of the same delivery: that count
+    /// then becomes this attempt's too, so neither may take it back (one of
+    /// them may have been acknowledged). Token 0 (no request's) always
+    /// counts.
     pub fn count(&mut self, owner: Owner, delivery: Delivery) -> bool {
         if owner.0 != 0 {
-            if owner == self.by {
+            if self.recent.iter().any(|c| c.by == owner) {
                 return false;
             }
-            if delivery.is(self.delivery) {
-                self.by = Owner::default();
+            if let Some(c) = self.recent.iter_mut().find(|c| delivery.is(c.delivery)) {
+                c.by = Owner::default();
                 return false;
             }
         }
-        *self = Counted {
-            by: owner,
-            delivery: delivery.current,
-        };
+        self.recent = [
+            Count {
+                by: owner,
+                delivery: delivery.current,
+            },
+            self.recent[0],
+        ];
         true
     }
 
-    /// Whether request `owner` may take back the last count (it made it and
+    /// Whether request `owner` may take back a recent count (it made it and
     /// no other attempt relied on it); if so, the record forgets it.
     pub fn take_back(&mut self, owner: Owner) -> bool {
-        if !owner.holds(self.by) {
-            return false;
+        match self.recent.iter().position(|c| owner.holds(c.by)) {
+            Some(0) => self.recent = [self.recent[1], Count::default()],
+            Some(_) => self.recent[1] = Count::default(),
+            None => return false,
         }
-        *self = Counted::default();
         true
     }
 }
@@ -474,9 +500,9 @@ pub trait Store: Send + Sync {
     async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError>;
     /// `owner`'s request failed after its decide: the signals it counted
     /// (in their own resource or their storm) are counted no more, so that
-    /// the sender's retry of the delivery counts them once. Only where the
-    /// last signal counted on the fingerprint's record was `owner`'s and no
-    /// other attempt of its delivery found it ([`Counted::take_back`]).
+    /// the sender's retry of the delivery counts them once. Only where one
+    /// of the last two counts on the fingerprint's record was `owner`'s and
+    /// no other attempt of its delivery found it ([`Counted::take_back`]).
     async fn uncount(&self, owner: Owner, signals: &[(String, String)]) -> Result<(), StoreError>;
     /// For `Write::Await`: the claim's state now (may hand the claim to
     /// `owner`, whose token it then records).

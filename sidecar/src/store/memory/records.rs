@@ -56,7 +56,7 @@ pub(super) struct FpEntry {
     pub kind: FpKind,
     /// Gone at and after this store-clock millisecond.
     pub expires_ms: i64,
-    /// Who made the last count (see [`Counted::count`]).
+    /// Who made the last two counts (see [`Counted::count`]).
     pub counted: Counted,
 }
 

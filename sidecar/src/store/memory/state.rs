@@ -311,10 +311,7 @@ impl State {
             FpEntry {
                 kind: FpKind::Own(own),
                 expires_ms,
-                counted: Counted {
-                    by: claim.owner,
-                    delivery: claim.delivery.current,
-                },
+                counted: Counted::first(claim.owner, claim.delivery),
             },
         );
         Some(Decision {
@@ -426,10 +423,7 @@ impl State {
                     resolved: false,
                 },
                 expires_ms,
-                counted: Counted {
-                    by: claim.owner,
-                    delivery: claim.delivery.current,
-                },
+                counted: Counted::first(claim.owner, claim.delivery),
             },
         );
     }
@@ -512,10 +506,7 @@ impl State {
             FpEntry {
                 kind: FpKind::Own(own),
                 expires_ms,
-                counted: Counted {
-                    by: claim.owner,
-                    delivery: claim.delivery.current,
-                },
+                counted: Counted::first(claim.owner, claim.delivery),
             },
         );
         Some(Adopted {
