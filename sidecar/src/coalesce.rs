@@ -37,6 +37,13 @@
 //! the sink refuses (403, 422): an API server answers 403 for a moment
 //! after it restarts; one refused for good is retried until its record's
 //! TTL (the longer of the dedup window and the incident TTL) runs out.
+//!
+//! The store itself may lose the counters before a flush writes them
+//! (Redis flushed or restarted empty, a failover to a replica without them):
+//! so each dirty resource also keeps the latest counters this sidecar
+//! acknowledged ([`Coalescer::counted`]), and a flush that finds the store
+//! no longer holding a resource writes those instead of dropping them. The
+//! store's lookup after the loss then finds them in the sink.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,7 +73,9 @@ pub fn unwritten_after(flush_interval: Duration) -> Duration {
 }
 
 pub struct Coalescer {
-    dirty: Mutex<HashSet<ClaimKey>>,
+    /// Resources to write, each with the latest counters this sidecar
+    /// acknowledged of it, if any: written if the store lost its own.
+    dirty: Mutex<HashMap<ClaimKey, Option<Snapshot>>>,
     /// What this sidecar last wrote, for the check on the next flush.
     written: Mutex<HashMap<ClaimKey, Progress>>,
     /// Resources taken from the store's index (another sidecar's changes,
@@ -83,7 +92,7 @@ pub struct Coalescer {
 impl Coalescer {
     pub fn new(store: Arc<dyn Store>, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Coalescer {
         Coalescer {
-            dirty: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
             taken: Mutex::new(HashSet::new()),
             sink_failing: AtomicBool::new(false),
@@ -97,7 +106,22 @@ impl Coalescer {
     /// Marks a resource as needing its counters written.
     pub fn mark(&self, key: ClaimKey) {
         let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        dirty.insert(key);
+        dirty.entry(key).or_default();
+        self.metrics.pending_updates.set(dirty.len() as i64);
+    }
+
+    /// Marks a resource whose counters this sidecar acknowledged as
+    /// `snapshot` (a signal counted in it) as needing them written; the
+    /// latest (most occurrences) is kept, in case the store loses them.
+    pub fn counted(&self, key: ClaimKey, snapshot: Snapshot) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = dirty.entry(key).or_default();
+        if kept
+            .as_ref()
+            .is_none_or(|k| k.occurrence_count <= snapshot.occurrence_count)
+        {
+            *kept = Some(snapshot);
+        }
         self.metrics.pending_updates.set(dirty.len() as i64);
     }
 
@@ -176,10 +200,9 @@ impl Coalescer {
     /// Writes every dirty resource once, and re-checks the ones written by
     /// the previous flush. Failed writes stay dirty.
     pub async fn flush(&self) {
-        let mut keys: Vec<ClaimKey> = {
-            let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-            dirty.drain().collect()
-        };
+        let mut acknowledged: HashMap<ClaimKey, Option<Snapshot>> =
+            std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut keys: Vec<ClaimKey> = acknowledged.keys().cloned().collect();
         let mut checks: HashMap<ClaimKey, Progress> =
             std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()));
         for k in &keys {
@@ -202,7 +225,10 @@ impl Coalescer {
                 tracing::warn!(error = %e, resources = keys.len(), "cannot read counters; will retry");
                 self.metrics.errors.with_label_values(&["store"]).inc();
                 for k in keys {
-                    self.mark(k);
+                    match acknowledged.remove(&k).flatten() {
+                        Some(snapshot) => self.counted(k, snapshot),
+                        None => self.mark(k),
+                    }
                 }
                 return;
             }
@@ -215,15 +241,28 @@ impl Coalescer {
             .into_iter()
             .zip(snapshots)
             .filter_map(|(k, s)| {
-                let Some(s) = s else {
-                    // Expired in the store (a dedup window after its last
-                    // sighting) before its counters could be written.
-                    if !checks.contains_key(&k) && !taken.contains(&k) {
-                        tracing::warn!(resource = ?k, "the store no longer holds these counters; not written");
-                        self.metrics.errors.with_label_values(&["sink"]).inc();
+                let s = match (s, acknowledged.remove(&k).flatten()) {
+                    (Some(s), _) => s,
+                    (None, Some(ours)) => {
+                        // The store lost them (or they expired): what this
+                        // sidecar acknowledged still goes to the resource.
+                        tracing::warn!(resource = %ours.resource, count = ours.occurrence_count,
+                            "the store no longer holds these counters; writing the ones this sidecar acknowledged");
+                        done.push((k.clone(), None));
+                        let progress = resource::progress(&ours);
+                        return Some((k, ours, progress));
                     }
-                    done.push((k, None));
-                    return None;
+                    (None, None) => {
+                        // Expired in the store (a dedup window after its
+                        // last sighting) before its counters could be
+                        // written.
+                        if !checks.contains_key(&k) && !taken.contains(&k) {
+                            tracing::warn!(resource = ?k, "the store no longer holds these counters; not written");
+                            self.metrics.errors.with_label_values(&["sink"]).inc();
+                        }
+                        done.push((k, None));
+                        return None;
+                    }
                 };
                 if s.pending {
                     // Not made yet: its creator (or whoever takes its claim
@@ -300,7 +339,8 @@ impl Coalescer {
                             .with_label_values(&["update", "error"])
                             .inc();
                         self.metrics.errors.with_label_values(&["sink"]).inc();
-                        self.mark(key.clone());
+                        // (with the counters: the store may lose them meanwhile)
+                        self.counted(key.clone(), (*snap).clone());
                         // Refused (403, 422) stays in the index too: an API
                         // server refuses with 403 for a moment after it
                         // restarts, before its authorizer has synced.

@@ -284,7 +284,7 @@ impl Pipeline {
                 self.metrics.storms.inc();
             }
             if decision.write == Write::Update {
-                self.coalescer.mark(decision.key.clone());
+                self.coalescer.counted(decision.key, decision.snapshot);
                 continue;
             }
             // Always there: one identity per alert (or the one event), in order.

@@ -1,8 +1,9 @@
 //! The sidecar binary on Redis: an outage answers 503 and recovers; two
 //! sidecars share one Redis; what a killed sidecar acknowledged reaches its
 //! resource through another; a retry whose first attempt counted late, on
-//! another sidecar, counts once; a Redis restored from an older snapshot or
-//! restarted empty does not make a second resource.
+//! another sidecar, counts once; what a sidecar acknowledged reaches its
+//! resource even if Redis lost it first; a Redis restored from an older
+//! snapshot or restarted empty does not make a second resource.
 
 use std::time::Duration;
 
@@ -141,6 +142,41 @@ fn what_a_killed_sidecar_acknowledged_reaches_its_resource_through_another() {
                 .any(|x| x["spec"]["resolution"]["resolvedAt"] == "2026-11-26T21:07:15.000Z")
     });
     assert!(b.metric("signalgate_unwritten_taken_total") >= 2.0);
+}
+
+/// Issue 19, finding 1: the store lost counters a sidecar had acknowledged
+/// (202) before its flush wrote them (Redis flushed in between). The flush
+/// writes what the sidecar acknowledged; before, it found the store empty
+/// and dropped them, and the resource kept its first count.
+#[test]
+fn counts_acknowledged_before_the_store_lost_them_reach_the_resource() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // Flushes once an hour, and on SIGTERM: after the store lost the counts.
+    let mut s = Sidecar::start(&[
+        ("SIGNALGATE_REDIS_URL", &url),
+        ("SIGNALGATE_FLUSH_INTERVAL", "1h"),
+    ]);
+    let hook = webhook(vec![alert("Flushed", "shop", "p1")]);
+    let first = s.post_alerts(&hook);
+    assert_eq!(first.status, 201, "{}", first.body);
+    for _ in 0..3 {
+        let again = s.post_alerts(&hook);
+        assert_eq!(again.status, 202, "{}", again.body);
+        assert_eq!(again.json()["signals"][0]["outcome"], "duplicate");
+    }
+    assert_eq!(
+        s.resources()[0]["spec"]["deduplication"]["occurrenceCount"],
+        1
+    );
+    assert_eq!(redis.cli(&["FLUSHALL"]).trim(), "OK");
+    assert!(s.terminate(Duration::from_secs(10)).is_some());
+    let all = s.resources();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        all[0]["spec"]["deduplication"]["occurrenceCount"], 4,
+        "{all:?}"
+    );
 }
 
 /// Finding 5 of issue 19: a delivery's first attempt reaches sidecar A,
