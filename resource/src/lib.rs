@@ -215,6 +215,42 @@ impl Progress {
         position(self, ours) < position(held, theirs)
     }
 
+    /// These counters as written over a resource holding `held`: a storm
+    /// keeps every affected resource the resource lists. The store's list
+    /// only grows while a storm runs, so this changes nothing while the
+    /// store holds the storm; counters that carry no list (a sidecar's
+    /// acknowledged ones, written because the store lost its own) or a
+    /// shorter one (a store restored from an older snapshot) would
+    /// otherwise take members off it, and a lookup after a data loss finds
+    /// a storm's members by that list. The union is kept within the longer
+    /// list's length (the store's cap); what does not fit is counted in the
+    /// overflow.
+    pub fn over(&self, held: &Progress) -> Progress {
+        let mut merged = self.clone();
+        if let (Some(ours), Some(theirs)) = (merged.storm.as_mut(), held.storm.as_ref()) {
+            let fits = ours
+                .affected_resources
+                .len()
+                .max(theirs.affected_resources.len());
+            let mut all: Vec<String> = ours
+                .affected_resources
+                .iter()
+                .chain(&theirs.affected_resources)
+                .cloned()
+                .collect();
+            all.sort_unstable();
+            all.dedup();
+            let left_out = all.len().saturating_sub(fits) as u64;
+            all.truncate(fits);
+            ours.affected_resources = all;
+            ours.affected_resources_overflow = ours
+                .affected_resources_overflow
+                .max(theirs.affected_resources_overflow)
+                + left_out;
+        }
+        merged
+    }
+
     /// Whether applying these counters would change a resource holding `held`.
     pub fn changes(&self, held: &Progress) -> bool {
         self.deduplication != held.deduplication
@@ -397,6 +433,38 @@ mod tests {
         without.storm = None;
         assert!(!without.changes(&storm));
         assert!(storm.changes(&without));
+    }
+
+    #[test]
+    fn a_storm_written_over_a_resource_keeps_the_members_it_lists() {
+        let listing = |affected: &[&str], overflow: u64| {
+            let mut p = counted(9, 1, false, Some(0));
+            let storm = p.storm.as_mut().unwrap();
+            storm.affected_resources = affected.iter().map(|a| a.to_string()).collect();
+            storm.affected_resources_overflow = overflow;
+            p
+        };
+        let affected = |p: Progress| {
+            let s = p.storm.unwrap();
+            (s.affected_resources, s.affected_resources_overflow)
+        };
+        let held = listing(&["Pod/a", "Pod/c"], 0);
+        // Counters that carry no list keep the resource's.
+        assert_eq!(
+            affected(listing(&[], 0).over(&held)),
+            (vec!["Pod/a".to_string(), "Pod/c".to_string()], 0)
+        );
+        // The store's longer list, as it grows: unchanged.
+        let grown = listing(&["Pod/a", "Pod/b", "Pod/c"], 0);
+        assert_eq!(grown.over(&held), grown);
+        // Two lists at the cap that differ: what does not fit overflows.
+        assert_eq!(
+            affected(listing(&["Pod/a", "Pod/b"], 1).over(&held)),
+            (vec!["Pod/a".to_string(), "Pod/b".to_string()], 2)
+        );
+        // Not a storm: as it is.
+        let plain = counted(9, 1, false, None);
+        assert_eq!(plain.over(&held), plain);
     }
 
     #[test]

@@ -58,7 +58,12 @@ impl App {
     /// metrics.
     fn over(config: Config, store: Arc<dyn Store>, sink: Arc<dyn Sink>) -> App {
         let metrics = Arc::new(Metrics::new());
-        let coalescer = Arc::new(Coalescer::new(store.clone(), sink.clone(), metrics.clone()));
+        let coalescer = Arc::new(Coalescer::new(
+            store.clone(),
+            sink.clone(),
+            metrics.clone(),
+            config.store.storm_max_affected as usize,
+        ));
         let pipeline = Pipeline {
             store,
             sink,

@@ -76,6 +76,8 @@ pub struct Coalescer {
     /// Resources to write, each with the latest counters this sidecar
     /// acknowledged of it, if any: written if the store lost its own.
     dirty: Mutex<HashMap<ClaimKey, Option<Snapshot>>>,
+    /// How many of a storm's affected resources those counters keep.
+    max_affected: usize,
     /// What this sidecar last wrote, for the check on the next flush.
     written: Mutex<HashMap<ClaimKey, Progress>>,
     /// Resources taken from the store's index (another sidecar's changes,
@@ -90,8 +92,17 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    pub fn new(store: Arc<dyn Store>, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Coalescer {
+    /// A coalescer writing `store`'s counters to `sink`; a storm's affected
+    /// resources this sidecar acknowledged are kept up to `max_affected`
+    /// (the store's `storm_max_affected`).
+    pub fn new(
+        store: Arc<dyn Store>,
+        sink: Arc<dyn Sink>,
+        metrics: Arc<Metrics>,
+        max_affected: usize,
+    ) -> Coalescer {
         Coalescer {
+            max_affected,
             dirty: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
             taken: Mutex::new(HashSet::new()),
@@ -112,15 +123,36 @@ impl Coalescer {
 
     /// Marks a resource whose counters this sidecar acknowledged as
     /// `snapshot` (a signal counted in it) as needing them written; the
-    /// latest (most occurrences) is kept, in case the store loses them.
-    pub fn counted(&self, key: ClaimKey, snapshot: Snapshot) {
+    /// latest (most occurrences) is kept, in case the store loses them. A
+    /// storm's keep every affected resource acknowledged in it (a decision
+    /// carries only its own member's; the sink keeps what the resource
+    /// lists already), up to `max_affected`.
+    pub fn counted(&self, key: ClaimKey, mut snapshot: Snapshot) {
         let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
         let kept = dirty.entry(key).or_default();
-        if kept
-            .as_ref()
-            .is_none_or(|k| k.occurrence_count <= snapshot.occurrence_count)
-        {
-            *kept = Some(snapshot);
+        if let (Some(earlier), Some(storm)) = (kept.as_mut(), snapshot.storm.as_mut()) {
+            if let Some(listed) = earlier
+                .storm
+                .as_mut()
+                .map(|s| std::mem::take(&mut s.affected))
+            {
+                let ours = std::mem::replace(&mut storm.affected, listed);
+                for a in ours {
+                    if let Err(at) = storm.affected.binary_search(&a) {
+                        if storm.affected.len() < self.max_affected {
+                            storm.affected.insert(at, a);
+                        }
+                    }
+                }
+            }
+        }
+        match kept {
+            Some(k) if k.occurrence_count > snapshot.occurrence_count => {
+                if let (Some(theirs), Some(ours)) = (k.storm.as_mut(), snapshot.storm) {
+                    theirs.affected = ours.affected;
+                }
+            }
+            _ => *kept = Some(snapshot),
         }
         self.metrics.pending_updates.set(dirty.len() as i64);
     }

@@ -20,7 +20,7 @@ use crate::recovery::Recovery;
 use crate::resource;
 use crate::sink::{Created, Location, Sink};
 use crate::store::{
-    Claim, ClaimKey, ClaimState, Decision, Outcome, Owner, Store, StoreError, Write,
+    Claim, ClaimKey, ClaimState, Decision, Outcome, Owner, Snapshot, Store, StoreError, Write,
 };
 use crate::store_call;
 use signalgate_resource::builder;
@@ -284,7 +284,9 @@ impl Pipeline {
                 self.metrics.storms.inc();
             }
             if decision.write == Write::Update {
-                self.coalescer.counted(decision.key, decision.snapshot);
+                if let Some(claim) = claims.get(index) {
+                    self.counted(decision.key, decision.snapshot, &claim.affected);
+                }
                 continue;
             }
             // Always there: one identity per alert (or the one event), in order.
@@ -433,7 +435,11 @@ impl Pipeline {
         for (p, c) in &done {
             if c.existed {
                 // Left as a retried create had written it: write the counters.
-                self.coalescer.mark(p.decision.key.clone());
+                self.counted(
+                    p.decision.key.clone(),
+                    p.decision.snapshot.clone(),
+                    &builder::affected_name(&p.signal.target),
+                );
             } else {
                 // Counters may have moved while we created: the next flush checks.
                 let progress = resource::progress(&p.decision.snapshot);
@@ -484,6 +490,17 @@ impl Pipeline {
         outcome
     }
 
+    /// Marks resource `key` for the next flush, with the counters this
+    /// signal was acknowledged with (`snapshot`), in case the store loses its own:
+    /// a storm's with this member's `affected` resource (a decision lists
+    /// none of the storm's).
+    fn counted(&self, key: ClaimKey, mut snapshot: Snapshot, affected: &str) {
+        if let Some(storm) = snapshot.storm.as_mut() {
+            storm.affected = vec![affected.to_string()];
+        }
+        self.coalescer.counted(key, snapshot);
+    }
+
     /// Gives leases back after a failure, so the sender's retry takes them at
     /// once; if the store is down too, they simply expire.
     async fn release(&self, owner: Owner, keys: &[ClaimKey]) {
@@ -513,7 +530,11 @@ impl Pipeline {
         loop {
             match self.timed("poll", self.store.poll(owner, key)).await? {
                 ClaimState::Committed { moved_to } => {
-                    self.coalescer.mark(key.clone());
+                    self.counted(
+                        key.clone(),
+                        plan.decision.snapshot.clone(),
+                        &builder::affected_name(&plan.signal.target),
+                    );
                     return Ok(committed(moved_to));
                 }
                 ClaimState::Owned => {

@@ -179,6 +179,68 @@ fn counts_acknowledged_before_the_store_lost_them_reach_the_resource() {
     );
 }
 
+/// The same for a storm: members acknowledged (202) after the storm's
+/// resource was made are written with it although Redis lost them first,
+/// and those it listed stay listed (a lookup after the loss finds members
+/// by that list). Before, the counts were dropped, and then written with no
+/// affected resources at all.
+#[test]
+fn a_storm_acknowledged_before_the_store_lost_it_keeps_its_members() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut s = Sidecar::start(&[
+        ("SIGNALGATE_REDIS_URL", &url),
+        ("SIGNALGATE_FLUSH_INTERVAL", "1h"),
+        ("SIGNALGATE_STORM_THRESHOLD", "2"),
+    ]);
+    let evicted =
+        |pods: &[&str]| webhook(pods.iter().map(|p| alert("Evicted", "shop", p)).collect());
+    // Two incidents of their own, then a storm of the next two.
+    let own = s.post_alerts(&evicted(&["p1", "p2"]));
+    assert_eq!(own.status, 201, "{}", own.body);
+    let started = s.post_alerts(&evicted(&["p3", "p4"]));
+    assert_eq!(started.status, 201, "{}", started.body);
+    assert_eq!(started.json()["signals"][0]["outcome"], "storm_started");
+    // Two members more, and a member's repeat, acknowledged and not written.
+    let joined = s.post_alerts(&evicted(&["p5", "p6", "p3"]));
+    assert_eq!(joined.status, 202, "{}", joined.body);
+    let outcomes: Vec<Value> = joined.json()["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["outcome"].clone())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["storm_aggregated", "storm_aggregated", "duplicate"]
+    );
+    let storm_of = |all: &[Value]| {
+        all.iter()
+            .find(|r| r["metadata"]["labels"]["signalgate.io/storm"] == "true")
+            .cloned()
+            .expect("a storm resource")
+    };
+    let made = storm_of(&s.resources());
+    // As made: its starter only; the rest waits for the hourly flush.
+    assert_eq!(
+        made["spec"]["storm"]["affectedResources"],
+        serde_json::json!(["Pod/p3"]),
+        "{made}"
+    );
+
+    assert_eq!(redis.cli(&["FLUSHALL"]).trim(), "OK");
+    assert!(s.terminate(Duration::from_secs(10)).is_some());
+    let storm = storm_of(&s.resources());
+    let spec = &storm["spec"];
+    assert_eq!(spec["storm"]["alertCount"], 4, "{storm}");
+    assert_eq!(spec["deduplication"]["occurrenceCount"], 5, "{storm}");
+    assert_eq!(
+        spec["storm"]["affectedResources"],
+        serde_json::json!(["Pod/p3", "Pod/p4", "Pod/p5", "Pod/p6"]),
+        "{storm}"
+    );
+}
+
 /// Finding 5 of issue 19: a delivery's first attempt reaches sidecar A,
 /// whose store call is held in a partition; the sender gives up on it and
 /// retries on sidecar B, which counts the delivery; then the partition

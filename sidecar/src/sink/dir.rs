@@ -148,6 +148,7 @@ impl DirSink {
                 ))
             })?;
             let held = Progress::of(&rr.spec);
+            let progress = progress.over(&held);
             let behind = progress.is_behind(&held);
             if behind || !progress.changes(&held) {
                 tracing::debug!(file = %path.display(), behind,

@@ -159,7 +159,12 @@ pub fn pipeline(store: Arc<MemoryStore>, sink: Arc<FakeSink>, deadline: Duration
     let metrics = Arc::new(Metrics::new());
     let store: Arc<dyn Store> = store;
     let sink: Arc<dyn Sink> = sink;
-    let coalescer = Arc::new(Coalescer::new(store.clone(), sink.clone(), metrics.clone()));
+    let coalescer = Arc::new(Coalescer::new(
+        store.clone(),
+        sink.clone(),
+        metrics.clone(),
+        100,
+    ));
     Pipeline {
         store,
         sink,

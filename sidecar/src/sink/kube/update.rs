@@ -95,6 +95,7 @@ impl Updates {
                     Err(e) => return Err(self.forget_if_gone(&key, e)),
                 },
             };
+            let progress = &progress.over(&held.progress);
             let behind = progress.is_behind(&held.progress);
             if behind || !progress.changes(&held.progress) {
                 if !fresh {
