@@ -222,15 +222,14 @@ impl Progress {
     /// acknowledged ones, written because the store lost its own) or a
     /// shorter one (a store restored from an older snapshot) would
     /// otherwise take members off it, and a lookup after a data loss finds
-    /// a storm's members by that list. The union is kept within the longer
-    /// list's length (the store's cap); what does not fit is counted in the
-    /// overflow.
-    pub fn over(&self, held: &Progress) -> Progress {
+    /// a storm's members by that list. The union is kept within
+    /// `max_affected` (the store's cap; never shorter than either list);
+    /// what does not fit is counted in the overflow.
+    pub fn over(&self, held: &Progress, max_affected: usize) -> Progress {
         let mut merged = self.clone();
         if let (Some(ours), Some(theirs)) = (merged.storm.as_mut(), held.storm.as_ref()) {
-            let fits = ours
-                .affected_resources
-                .len()
+            let fits = max_affected
+                .max(ours.affected_resources.len())
                 .max(theirs.affected_resources.len());
             let mut all: Vec<String> = ours
                 .affected_resources
@@ -451,20 +450,32 @@ mod tests {
         let held = listing(&["Pod/a", "Pod/c"], 0);
         // Counters that carry no list keep the resource's.
         assert_eq!(
-            affected(listing(&[], 0).over(&held)),
+            affected(listing(&[], 0).over(&held, 100)),
             (vec!["Pod/a".to_string(), "Pod/c".to_string()], 0)
         );
         // The store's longer list, as it grows: unchanged.
         let grown = listing(&["Pod/a", "Pod/b", "Pod/c"], 0);
-        assert_eq!(grown.over(&held), grown);
+        assert_eq!(grown.over(&held, 100), grown);
+        // Lists that differ: both, within the cap, without overflow.
+        assert_eq!(
+            affected(listing(&["Pod/b"], 0).over(&held, 100)),
+            (
+                vec![
+                    "Pod/a".to_string(),
+                    "Pod/b".to_string(),
+                    "Pod/c".to_string()
+                ],
+                0
+            )
+        );
         // Two lists at the cap that differ: what does not fit overflows.
         assert_eq!(
-            affected(listing(&["Pod/a", "Pod/b"], 1).over(&held)),
+            affected(listing(&["Pod/a", "Pod/b"], 1).over(&held, 2)),
             (vec!["Pod/a".to_string(), "Pod/b".to_string()], 2)
         );
         // Not a storm: as it is.
         let plain = counted(9, 1, false, None);
-        assert_eq!(plain.over(&held), plain);
+        assert_eq!(plain.over(&held, 100), plain);
     }
 
     #[test]

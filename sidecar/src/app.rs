@@ -42,13 +42,16 @@ impl App {
             ),
         };
         let sink: Arc<dyn Sink> = match &config.sink {
-            SinkConfig::Dir(path) => {
-                Arc::new(DirSink::new(path).map_err(|e| format!("{}: {e}", SINK.env()))?)
-            }
+            SinkConfig::Dir(path) => Arc::new(
+                DirSink::new(path)
+                    .map_err(|e| format!("{}: {e}", SINK.env()))?
+                    .with_max_affected(config.store.storm_max_affected as usize),
+            ),
             SinkConfig::Kube => Arc::new(
                 KubeSink::connect(&config.fallback_namespace, config.kube_lookup_reads)
                     .await
-                    .map_err(|e| format!("{}=kube: {e}", SINK.env()))?,
+                    .map_err(|e| format!("{}=kube: {e}", SINK.env()))?
+                    .with_max_affected(config.store.storm_max_affected as usize),
             ),
         };
         Ok(App::over(config, store, sink))

@@ -13,11 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{latest, recent_storms, Created, Found, FoundStorm, Location, Read, Sink, SinkError};
+use crate::store::Settings;
 use signalgate_resource::naming::storm_prefix;
 use signalgate_resource::{Progress, RemediationRequest};
 
 pub struct DirSink {
     root: PathBuf,
+    /// The store's cap on a storm's affected resources ([`Progress::over`]).
+    max_affected: usize,
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -34,7 +37,17 @@ impl DirSink {
         let root = root.into();
         std::fs::create_dir_all(&root)
             .map_err(|e| SinkError::Rejected(format!("cannot create {}: {e}", root.display())))?;
-        Ok(DirSink { root })
+        Ok(DirSink {
+            root,
+            max_affected: Settings::default().storm_max_affected as usize,
+        })
+    }
+
+    /// With the store's cap on a storm's affected resources
+    /// (`SIGNALGATE_STORM_MAX_AFFECTED`), which an update keeps to.
+    pub fn with_max_affected(mut self, max_affected: usize) -> DirSink {
+        self.max_affected = max_affected;
+        self
     }
 
     pub fn path_of(&self, namespace: &str, name: &str) -> PathBuf {
@@ -148,7 +161,7 @@ impl DirSink {
                 ))
             })?;
             let held = Progress::of(&rr.spec);
-            let progress = progress.over(&held);
+            let progress = progress.over(&held, self.max_affected);
             let behind = progress.is_behind(&held);
             if behind || !progress.changes(&held) {
                 tracing::debug!(file = %path.display(), behind,
@@ -258,6 +271,7 @@ impl Sink for DirSink {
     async fn create(&self, rr: &RemediationRequest, _retake: bool) -> Result<Created, SinkError> {
         let this = DirSink {
             root: self.root.clone(),
+            max_affected: self.max_affected,
         };
         let rr = rr.clone();
         tokio::task::spawn_blocking(move || this.create_blocking(&rr))
@@ -273,6 +287,7 @@ impl Sink for DirSink {
     ) -> Result<(), SinkError> {
         let this = DirSink {
             root: self.root.clone(),
+            max_affected: self.max_affected,
         };
         let (namespace, name, progress) =
             (namespace.to_string(), name.to_string(), progress.clone());

@@ -220,6 +220,13 @@ impl KubeSink {
         }
     }
 
+    /// With the store's cap on a storm's affected resources
+    /// (`SIGNALGATE_STORM_MAX_AFFECTED`), which an update keeps to.
+    pub fn with_max_affected(mut self, max_affected: usize) -> KubeSink {
+        self.updates.max_affected = max_affected;
+        self
+    }
+
     /// The sink's cache of its resources.
     pub fn cache(&self) -> &WatchCache {
         &self.cache

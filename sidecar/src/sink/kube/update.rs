@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::call::{classify, with_retries, Attempt, FIELD_MANAGER, LIST_AND_UPDATE_RETRY_FOR};
 use crate::sink::SinkError;
+use crate::store::Settings;
 use signalgate_resource::{Progress, RemediationRequest};
 
 /// Resources whose [`Held`] state the sink keeps; past that it forgets them
@@ -48,9 +49,19 @@ impl Held {
 
 /// The kube sink's updates, and each resource as it last read or wrote it
 /// (by namespace and name).
-#[derive(Default)]
 pub(super) struct Updates {
     held: Mutex<HashMap<(String, String), Held>>,
+    /// The store's cap on a storm's affected resources ([`Progress::over`]).
+    pub(super) max_affected: usize,
+}
+
+impl Default for Updates {
+    fn default() -> Updates {
+        Updates {
+            held: Mutex::default(),
+            max_affected: Settings::default().storm_max_affected as usize,
+        }
+    }
 }
 
 impl Updates {
@@ -95,7 +106,7 @@ impl Updates {
                     Err(e) => return Err(self.forget_if_gone(&key, e)),
                 },
             };
-            let progress = &progress.over(&held.progress);
+            let progress = &progress.over(&held.progress, self.max_affected);
             let behind = progress.is_behind(&held.progress);
             if behind || !progress.changes(&held.progress) {
                 if !fresh {
