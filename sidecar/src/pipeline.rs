@@ -267,6 +267,10 @@ impl Pipeline {
         let mut counted_any = false;
         let mut creates = Vec::new();
         let mut awaits = Vec::new();
+        // Counters this request counted in resources it did not create,
+        // handed to the coalescer as acknowledged once the request succeeds
+        // (a failed one's counts are taken back).
+        let mut acknowledged = Vec::new();
         for (index, decision) in decisions.into_iter().enumerate() {
             let result = &mut results[index];
             result.outcome = decision.outcome.into();
@@ -284,8 +288,10 @@ impl Pipeline {
                 self.metrics.storms.inc();
             }
             if decision.write == Write::Update {
+                // (A failed request's counts are taken back; one the store
+                // could not take back waits in its index of unwritten changes.)
                 if let Some(claim) = claims.get(index) {
-                    self.counted(decision.key, decision.snapshot, &claim.affected);
+                    acknowledged.push((decision.key, decision.snapshot, claim.affected.as_str()));
                 }
                 continue;
             }
@@ -317,12 +323,21 @@ impl Pipeline {
         }
         for plan in &awaits {
             match self.await_claim(owner, plan, received_ms, deadline).await? {
-                Awaited::Committed(at) => results[plan.index].resource = Some(at.to_string()),
+                Awaited::Committed(at) => {
+                    results[plan.index].resource = Some(at.to_string());
+                    if let Some(claim) = claims.get(plan.index) {
+                        let (key, snapshot) = (&plan.decision.key, &plan.decision.snapshot);
+                        acknowledged.push((key.clone(), snapshot.clone(), claim.affected.as_str()));
+                    }
+                }
                 Awaited::Created(at) => record(&mut results[plan.index], &at, &mut created_any),
             }
         }
         if let Some(failure) = put_off.failure() {
             return Err(failure);
+        }
+        for (key, snapshot, affected) in acknowledged {
+            self.counted(key, snapshot, affected);
         }
 
         let status = if created_any {
@@ -530,11 +545,7 @@ impl Pipeline {
         loop {
             match self.timed("poll", self.store.poll(owner, key)).await? {
                 ClaimState::Committed { moved_to } => {
-                    self.counted(
-                        key.clone(),
-                        plan.decision.snapshot.clone(),
-                        &builder::affected_name(&plan.signal.target),
-                    );
+                    self.coalescer.mark(key.clone());
                     return Ok(committed(moved_to));
                 }
                 ClaimState::Owned => {

@@ -57,6 +57,37 @@ async fn created_and_repeated() -> (Arc<FakeSink>, Pipeline, Vec<u8>, ClaimKey) 
     (sink, p, body, key)
 }
 
+/// The counters a sidecar keeps of a resource, written if the store loses
+/// its own, are only acknowledged ones: a request that counted a duplicate
+/// and then failed (another signal's create failed) took its count back,
+/// and a flush after the store lost the record does not write it. Before,
+/// it wrote that request's count: one more than acknowledged.
+#[tokio::test]
+async fn a_failed_requests_count_is_not_written_after_the_store_lost_the_record() {
+    let (sink, p, body, key) = created_and_repeated().await;
+    p.coalescer.flush().await;
+    let updates = sink.updates();
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert_eq!(updates[0].2.deduplication.occurrence_count, 2);
+
+    // The duplicate again, with a new incident whose create fails.
+    let mut both: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let other = alert("firing", "KubePodCrashLooping", "shop", "cart-2");
+    let other: serde_json::Value = serde_json::from_slice(&other).unwrap();
+    let alerts = both["alerts"].as_array_mut().unwrap();
+    alerts.push(other["alerts"][0].clone());
+    sink.fail_creates.store(1, Ordering::SeqCst);
+    let failed = send(&p, &serde_json::to_vec(&both).unwrap()).await;
+    assert!(failed.is_err(), "{failed:?}");
+
+    // The store loses the record before the next flush.
+    let name = updates[0].1.clone();
+    assert!(p.store.forget(&key, &name).await.unwrap());
+    p.coalescer.flush().await;
+    let updates = sink.updates();
+    assert_eq!(updates.len(), 1, "nothing more written: {updates:?}");
+}
+
 #[tokio::test]
 async fn a_failed_write_is_retried_on_the_next_flush() {
     let (sink, p, _, _) = created_and_repeated().await;
