@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
-use signalgate_sidecar::store::{Claim, ClaimState, Delivery, Outcome, Owner, Write};
+use signalgate_sidecar::store::{Claim, ClaimKey, ClaimState, Delivery, Outcome, Owner, Write};
 use signalgate_tests::behaviour;
 use signalgate_tests::store_suite::{
-    a_claim_made, assert_own, claim, namespace, settings, Backend,
+    a_claim_made, assert_own, claim, namespace, settings, Backend, Fixture,
 };
 
 behaviour!(
@@ -255,22 +255,54 @@ async fn a_failed_requests_counts_are_taken_back_once_and_only_its_own(b: Backen
     }
 }
 
+/// An incident of its own (`a`, committed, counted once) and a storm of
+/// `m1` and `m2` (committed, counted twice) in a namespace of their own.
+struct OwnAndStorm {
+    f: Fixture,
+    a: Claim,
+    m1: Claim,
+    own: ClaimKey,
+    storm: ClaimKey,
+}
+
+impl OwnAndStorm {
+    async fn made(b: Backend, name: &str) -> OwnAndStorm {
+        let f = b.store(settings().storm_threshold(1)).await;
+        let ns = namespace(name);
+        let (a, m1, m2) = (claim(&ns, "a"), claim(&ns, "m1"), claim(&ns, "m2"));
+        let own = f.one(&a).await.key;
+        f.commit(&own).await;
+        let storm = f.decide(&[m1.clone(), m2]).await.remove(0).key;
+        f.commit(&storm).await;
+        OwnAndStorm {
+            f,
+            a,
+            m1,
+            own,
+            storm,
+        }
+    }
+}
+
+/// The counts of the incident of its own and of the storm.
+async fn own_and_storm_counts(f: &Fixture, own: &ClaimKey, storm: &ClaimKey) -> (u64, u64) {
+    (
+        f.snapshot(own).await.unwrap().occurrence_count,
+        f.snapshot(storm).await.unwrap().occurrence_count,
+    )
+}
+
 async fn attempts_of_one_delivery_count_once_and_none_takes_back_what_another_relied_on(
     b: Backend,
 ) {
-    let f = b.store(settings().storm_threshold(1)).await;
-    let ns = namespace("delivery");
-    let (a, m1, m2) = (claim(&ns, "a"), claim(&ns, "m1"), claim(&ns, "m2"));
-    let own = f.one(&a).await;
-    f.commit(&own.key).await;
-    let storm = f.decide(&[m1.clone(), m2.clone()]).await;
-    f.commit(&storm[0].key).await;
-    let counts = || async {
-        (
-            f.snapshot(&own.key).await.unwrap().occurrence_count,
-            f.snapshot(&storm[0].key).await.unwrap().occurrence_count,
-        )
-    };
+    let OwnAndStorm {
+        f,
+        a,
+        m1,
+        own,
+        storm,
+    } = OwnAndStorm::made(b, "delivery").await;
+    let counts = || own_and_storm_counts(&f, &own, &storm);
     assert_eq!(counts().await, (1, 2));
     let attempt = |owner: Owner, delivery: Delivery| {
         [&a, &m1].map(|c| Claim {
@@ -321,19 +353,14 @@ async fn attempts_of_one_delivery_count_once_and_none_takes_back_what_another_re
 /// last count, so the other twin's stayed and the incident over-counted by
 /// one a round.
 async fn two_deliveries_failing_side_by_side_each_take_back_their_own_count(b: Backend) {
-    let f = b.store(settings().storm_threshold(1)).await;
-    let ns = namespace("twins");
-    let (a, m1, m2) = (claim(&ns, "a"), claim(&ns, "m1"), claim(&ns, "m2"));
-    let own = f.one(&a).await;
-    f.commit(&own.key).await;
-    let storm = f.decide(&[m1.clone(), m2.clone()]).await;
-    f.commit(&storm[0].key).await;
-    let counts = || async {
-        (
-            f.snapshot(&own.key).await.unwrap().occurrence_count,
-            f.snapshot(&storm[0].key).await.unwrap().occurrence_count,
-        )
-    };
+    let OwnAndStorm {
+        f,
+        a,
+        m1,
+        own,
+        storm,
+    } = OwnAndStorm::made(b, "twins").await;
+    let counts = || own_and_storm_counts(&f, &own, &storm);
     let signals = [&a, &m1].map(|c| (c.namespace.clone(), c.fingerprint.clone()));
     let attempt = |delivery: u64| {
         let owner = Owner::next();
