@@ -127,32 +127,29 @@ impl Coalescer {
     /// storm's keep every affected resource acknowledged in it (a decision
     /// carries only its own member's; the sink keeps what the resource
     /// lists already), up to `max_affected`.
-    pub fn counted(&self, key: ClaimKey, mut snapshot: Snapshot) {
+    pub fn counted(&self, key: ClaimKey, snapshot: Snapshot) {
         let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
         let kept = dirty.entry(key).or_default();
-        if let (Some(earlier), Some(storm)) = (kept.as_mut(), snapshot.storm.as_mut()) {
-            if let Some(listed) = earlier
-                .storm
-                .as_mut()
-                .map(|s| std::mem::take(&mut s.affected))
-            {
-                let ours = std::mem::replace(&mut storm.affected, listed);
-                for a in ours {
-                    if let Err(at) = storm.affected.binary_search(&a) {
-                        if storm.affected.len() < self.max_affected {
-                            storm.affected.insert(at, a);
-                        }
+        let other = match kept {
+            Some(k) if k.occurrence_count > snapshot.occurrence_count => Some(snapshot),
+            _ => kept.replace(snapshot),
+        };
+        let storms = (
+            kept.as_mut().and_then(|k| k.storm.as_mut()),
+            other.and_then(|o| o.storm),
+        );
+        if let (Some(keep), Some(mut other)) = storms {
+            // Into the longer list (sorted): a decision brings one member.
+            if keep.affected.len() < other.affected.len() {
+                std::mem::swap(&mut keep.affected, &mut other.affected);
+            }
+            for a in other.affected {
+                if let Err(at) = keep.affected.binary_search(&a) {
+                    if keep.affected.len() < self.max_affected {
+                        keep.affected.insert(at, a);
                     }
                 }
             }
-        }
-        match kept {
-            Some(k) if k.occurrence_count > snapshot.occurrence_count => {
-                if let (Some(theirs), Some(ours)) = (k.storm.as_mut(), snapshot.storm) {
-                    theirs.affected = ours.affected;
-                }
-            }
-            _ => *kept = Some(snapshot),
         }
         self.metrics.pending_updates.set(dirty.len() as i64);
     }

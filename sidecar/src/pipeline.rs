@@ -326,8 +326,12 @@ impl Pipeline {
                 Awaited::Committed(at) => {
                     results[plan.index].resource = Some(at.to_string());
                     if let Some(claim) = claims.get(plan.index) {
-                        let (key, snapshot) = (&plan.decision.key, &plan.decision.snapshot);
-                        acknowledged.push((key.clone(), snapshot.clone(), claim.affected.as_str()));
+                        let d = &plan.decision;
+                        acknowledged.push((
+                            d.key.clone(),
+                            d.snapshot.clone(),
+                            claim.affected.as_str(),
+                        ));
                     }
                 }
                 Awaited::Created(at) => record(&mut results[plan.index], &at, &mut created_any),
