@@ -134,6 +134,20 @@ pub fn requests_served(k: &ApiServer, verbs: &[&str], code: Option<&str>) -> f64
         .sum()
 }
 
+/// `read` once two reads 300 ms apart agree: the API server counts a
+/// request (and writes its audit event) a moment after answering it.
+pub fn settled<T: PartialEq>(mut read: impl FnMut() -> T) -> T {
+    let mut last = read();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// The kube sink as the sidecar's service account (lookups through its
 /// watch cache), and the runtime the cache runs on.
 pub fn sidecar_sink(k: &ApiServer) -> (tokio::runtime::Runtime, KubeSink) {

@@ -13,7 +13,7 @@ use signalgate_tests::k8s::ApiServer;
 use signalgate_tests::payloads::{alert, webhook};
 use signalgate_tests::process::wait_for;
 use signalgate_tests::remediation::{
-    kube_sidecar, list, private_api_server, requests_served, FALLBACK,
+    kube_sidecar, list, private_api_server, requests_served, settled, FALLBACK,
 };
 use signalgate_tests::sidecar::Sidecar;
 
@@ -41,15 +41,7 @@ fn calls(k: &ApiServer) -> (f64, f64) {
             .count();
         (lookups as f64, requests_served(k, &["POST"], None))
     };
-    let mut last = read();
-    loop {
-        std::thread::sleep(Duration::from_millis(300));
-        let now = read();
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
+    settled(read)
 }
 
 /// The LISTs and POSTs `send` costs the API server.

@@ -15,7 +15,7 @@ use signalgate_sidecar::sink::Sink;
 use signalgate_tests::k8s::{ApiServer, Identity};
 use signalgate_tests::process::temp_dir;
 use signalgate_tests::remediation::{
-    foreign_resource, private_api_server, requests_served, shared_api_server, sidecar_sink,
+    foreign_resource, private_api_server, requests_served, settled, shared_api_server, sidecar_sink,
 };
 
 const FIRST: &str = "2026-12-01T10:00:01Z";
@@ -197,11 +197,11 @@ fn the_kube_sink_rereads_a_resource_another_replica_wrote_meanwhile() {
     let (code, body) = k.request(Identity::Admin, "PATCH", &path(ns, INCIDENT), Some(&other));
     assert_eq!(code, 200, "{body}");
     let conflicts = || requests_served(&k, &["PATCH"], Some("409"));
-    let before = conflicts();
+    let before = settled(conflicts);
     update(incident(7, 7, 2, None));
     // Its PATCH, bound to the version it wrote, was refused; it read the
     // resource again and left it.
-    assert_eq!(conflicts() - before, 1.0);
+    assert_eq!(settled(conflicts) - before, 1.0);
     let spec = get(&k, ns, INCIDENT)["spec"].clone();
     let d = &spec["deduplication"];
     assert_eq!(
@@ -219,9 +219,9 @@ fn the_kube_sink_rereads_a_resource_another_replica_wrote_meanwhile() {
             requests_served(&k, &["GET"], None),
         )
     };
-    let before = calls();
+    let before = settled(calls);
     update(incident(22, 22, 2, None));
-    let after = calls();
+    let after = settled(calls);
     assert_eq!(
         (after.0 - before.0, after.1 - before.1),
         (1.0, 0.0),
