@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use signalgate_sidecar::store::redis::RedisStore;
-use signalgate_sidecar::store::{Claim, ClaimKey, Decision, Outcome, Store, Write};
+use signalgate_sidecar::store::{Claim, ClaimKey, Decision, Outcome, Owner, Store, Write};
 use signalgate_tests::redis::{parse_info, RedisCluster, RedisServer};
 use signalgate_tests::store_suite::{
     assert_own, claim, count, fp_key, namespace, redis_store, settings,
@@ -177,6 +177,58 @@ async fn one_decide_is_one_pipeline_of_script_calls() {
     assert_eq!(sent.len(), 2, "{sent:#?}");
     assert!(sent.iter().all(|l| l.contains("\"EVALSHA\"")), "{sent:#?}");
     assert!(sent[0].contains("\"register\""), "{sent:#?}");
+}
+
+/// A fingerprint repeated in a call (concurrent requests, senders repeating
+/// their alerts) is sent once, not with every signal: each argument costs
+/// Redis an allocation and its script a string. Each signal still gets its
+/// own decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fingerprint_repeated_in_a_call_is_sent_once() {
+    let (server, store) = private_warm_store().await;
+    let ns = namespace("repeat");
+    let (a, b) = (claim(&ns, "a"), claim(&ns, "b"));
+    // Five requests' signals in one call: a, b, a, b, a.
+    let claims: Vec<Claim> = [&a, &b, &a, &b, &a]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Claim {
+            owner: Owner(100 + i as u64),
+            ..(*c).clone()
+        })
+        .collect();
+    let monitor = server.monitor();
+    let ds = store.decide(&claims).await.expect("decide");
+    server.cli(&["ECHO", "repeat-end"]);
+    let outcomes: Vec<(Outcome, u64)> = ds
+        .iter()
+        .map(|d| (d.outcome, d.snapshot.occurrence_count))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Outcome::Created, 1),
+            (Outcome::Created, 1),
+            (Outcome::Duplicate, 2),
+            (Outcome::Duplicate, 2),
+            (Outcome::Duplicate, 3),
+        ]
+    );
+    let lines = monitor.wait_for_line("repeat-end");
+    let call: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("\"EVALSHA\"") && l.contains(&a.fingerprint))
+        .collect();
+    assert_eq!(call.len(), 1, "{lines:#?}");
+    for c in [&a, &b] {
+        assert_eq!(call[0].matches(&c.fingerprint).count(), 1, "{}", call[0]);
+        assert_eq!(
+            call[0].matches(&format!("\"{}\"", c.affected)).count(),
+            1,
+            "{}",
+            call[0]
+        );
+    }
 }
 
 /// Concurrent decides share script calls (the store batches them): 100

@@ -8,22 +8,26 @@
 -- began; kept alive by every decide for the marker TTL)
 -- KEYS[6] sg:{ns}:o (on which server and data that memory began)
 -- KEYS[7] sg:{ns}:d (the index of unwritten changes)
--- KEYS[7 + i] sg:{ns}:f:<fp> of signal i (1-based)
+-- KEYS[7 + j] sg:{ns}:f:<fp> of record j (1-based): each record the
+--       signals count in, once however many of them do
 -- ARGV: 1 storm name prefix ('storm-<12 hex of sha256(ns)>-'), 2 dedup ttl
 --       ms, 3 storm threshold, 4 storm window ms, 5 storm max duration ms,
 --       6 max affected, 7 claim lease ms, 8 warm marker ttl ms, 9 incident
 --       ttl ms, 10 R, the number of requests whose signals the call
---       decides; then per request r (0-based), from b = 11 + 3r: ARGV[b]
+--       decides; then per request r (1-based), from b = 8 + 3r: ARGV[b]
 --       its token, ARGV[b + 1] and ARGV[b + 2] its delivery's tokens of
---       this window and the window before ('0' none; see count_in()); then,
---       from s = 11 + 3R, per signal i (0-based), from a = s + 6i: ARGV[a]
---       fingerprint, ARGV[a + 1] affected, ARGV[a + 2] firing instance ms
---       ('0' unknown), ARGV[a + 3] '1' if the sink was searched and has no
---       live resource of it (else '0'), ARGV[a + 4] for a resolution when
---       it resolved (ms), '' for a firing, ARGV[a + 5] the token of the
---       request deciding it (the owner of a claim it takes; a pending claim
---       under its own token is its to create: its call ran again after a
---       lost reply)
+--       this window and the window before ('0' none; see count_in()); then
+--       per record j, ARGV[10 + 3R + j]: its affected value (the target is
+--       part of the fingerprint); then, from s = 11 + 3R + J (J records),
+--       per signal i (0-based), from a = s + 4i: ARGV[a] its record j,
+--       ARGV[a + 1] its request r (the owner of a claim it takes; a pending
+--       claim under its own token is its to create: its call ran again
+--       after a lost reply), ARGV[a + 2] firing instance ms ('0' unknown),
+--       ARGV[a + 3] '' for a firing, '-' for a firing the sink was searched
+--       for and has no live resource of, else the resolution's time (ms).
+--       (Indices, not the keys, fingerprints and tokens again: every
+--       argument costs Redis an allocation and Lua a string to intern, and
+--       senders repeat their alerts.)
 -- A fingerprint repeated within a call (the sidecar batches the signals of
 -- concurrent requests, and senders repeat their alerts) is decided from the
 -- record this call already holds: its count, last-seen and lease are written
@@ -43,9 +47,11 @@
 --          affected overflow, storm started ms, storm ends ms, resolved
 --          count, resolved ms, resolution received ms, the storm it
 --          continues ('' none) }; a duplicate of a fingerprint already
---          answered in full by this call gets { 2, write, occurrence count,
---          index of that signal } (the rest is the same: same resource,
---          same instant, nothing else changed in between).
+--          answered in full by this call gets one integer, (occurrence
+--          count × 128 + index of that signal) × 8 + write (the rest is the
+--          same: same resource, same instant, nothing else changed in
+--          between; one reply value rather than a table of four, as most
+--          signals of a call are such repeats when senders repeat alerts).
 --          (Tables of numbers rather than one formatted string a signal: Lua
 --          formats a number into a string at a cost that, on the duplicate
 --          path, would add a quarter to this script's CPU time.)
@@ -303,7 +309,7 @@ local function own_duplicate(i, F, rec, o, dc, dp)
     dirty[#dirty + 1] = F
   end
   if rec.at then
-    return { 2, write, rec.c, rec.at }
+    return (rec.c * 128 + rec.at) * 8 + write
   end
   rec.at = i
   local k = rec.k
@@ -327,13 +333,14 @@ local function flush()
   end
 end
 
--- Signal i: fingerprint key F, fingerprint fp, affected value, firing
--- instance ci ('0' unknown), absent flag, resolved ms t ('' for a firing).
+-- Signal i: fingerprint key F, affected value, firing instance ci ('0'
+-- unknown), absent flag ('1': the sink has no live resource of it),
+-- resolved ms t ('' for a firing), request and delivery tokens o, dc, dp.
 -- The rare cases (a resolution, a firing of another instance than the
 -- record's) are written out in here rather than in functions of their own:
 -- the script body makes each of its functions anew on every call, at a cost
 -- the duplicate path would pay.
-local function decide(i, F, fp, affected, ci, absent, t, o, dc, dp)
+local function decide(i, F, affected, ci, absent, t, o, dc, dp)
   local rec = held[F]
   if not rec then
     local known = redis.call('HMGET', F, 'r', 'f', 'c', 'p', 'u', 's', 'i', 'g', 'z', 'y', 'q', 'd', 'e', 'Q', 'E')
@@ -491,6 +498,7 @@ local function decide(i, F, fp, affected, ci, absent, t, o, dc, dp)
     -- Count it in the window; the first `threshold` are created individually.
     redis.call('ZREMRANGEBYSCORE', W, '-inf', now - window)
     if redis.call('ZCARD', W) < threshold then
+      local fp = string.sub(F, #D + 2)
       redis.call('ZADD', W, now, fp)
       redis.call('PEXPIRE', W, int(window))
       local name = 'rr-' .. string.sub(fp, 1, 16) .. '-' .. base36(now)
@@ -532,27 +540,39 @@ local function decide(i, F, fp, affected, ci, absent, t, o, dc, dp)
   return storm_reply(3, 1, st)
 end
 
--- Each request's delivery tokens, by its token (passed once a request, not
--- once a signal: the duplicate path pays for every argument).
-local deliveries = {}
+-- The requests (token, delivery tokens) and records (key, affected) by the
+-- index the signals name them by.
 local requests = tonumber(ARGV[10])
-for r = 0, requests - 1 do
-  local b = 11 + 3 * r
-  deliveries[ARGV[b]] = { ARGV[b + 1], ARGV[b + 2] }
+local request = {}
+for r = 1, requests do
+  local b = 8 + 3 * r
+  request[tostring(r)] = { ARGV[b], ARGV[b + 1], ARGV[b + 2] }
+end
+local records = #KEYS - 7
+local record_key, record_affected = {}, {}
+local before_records = 10 + 3 * requests
+for j = 1, records do
+  local js = tostring(j)
+  record_key[js] = KEYS[7 + j]
+  record_affected[js] = ARGV[before_records + j]
 end
 local replies = {}
-local first = 5 + 3 * requests
+local before_signals = before_records + records - 3
 -- (a request's signals are consecutive: its tokens are looked up once)
-local last_o, dc, dp
-for i = 1, #KEYS - 7 do
-  local a = first + 6 * i
-  local o = ARGV[a + 5]
-  if o ~= last_o then
-    local d = deliveries[o]
-    last_o, dc, dp = o, d[1], d[2]
+local last_r, o, dc, dp
+for i = 1, (#ARGV - before_records - records) / 4 do
+  local a = before_signals + 4 * i
+  local r = ARGV[a + 1]
+  if r ~= last_r then
+    local q = request[r]
+    last_r, o, dc, dp = r, q[1], q[2], q[3]
   end
-  replies[i] = decide(i, KEYS[7 + i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
-    o, dc, dp)
+  local j, state = ARGV[a], ARGV[a + 3]
+  local absent, t = '0', state
+  if state == '-' then
+    absent, t = '1', ''
+  end
+  replies[i] = decide(i, record_key[j], record_affected[j], ARGV[a + 2], absent, t, o, dc, dp)
 end
 flush()
 flush_storms()

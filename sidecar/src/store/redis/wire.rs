@@ -30,6 +30,8 @@ const NAMESPACES: &str = "sg:namespaces";
 /// Signals of one namespace decided by one `decide.lua` call; a bigger batch
 /// is split, so one script never holds Redis for long (about 5 µs a signal).
 const MAX_SIGNALS_PER_CALL: usize = 64;
+// A repeat's reply packs the index of a signal of its call in 7 bits.
+const _: () = assert!(MAX_SIGNALS_PER_CALL < 128);
 
 /// The scripts, each with `common.lua` prepended.
 pub(super) struct Scripts {
@@ -339,16 +341,22 @@ impl Call {
             k.marker_owner(),
             k.unwritten(),
         ]);
-        keys.extend(claims.iter().map(|c| k.fingerprint(&c.fingerprint)));
-        // The requests whose signals these are, each once: its token and
-        // its delivery's.
+        // The requests whose signals these are, each once (its token and its
+        // delivery's), and the records they count in, each once; a signal
+        // names both by index (from 1). Linear searches: a call holds at
+        // most MAX_SIGNALS_PER_CALL signals.
         let mut requests: Vec<(Owner, Delivery)> = Vec::new();
+        let mut records: Vec<(&str, &str)> = Vec::new();
+        let mut signals: Vec<(usize, usize)> = Vec::with_capacity(claims.len());
         for c in claims {
-            if !requests.iter().any(|(o, _)| *o == c.owner) {
-                requests.push((c.owner, c.delivery));
-            }
+            let r = position_or_push(&mut requests, (c.owner, c.delivery), |(o, _)| *o == c.owner);
+            let record = (c.fingerprint.as_str(), c.affected.as_str());
+            let j = position_or_push(&mut records, record, |x| *x == record);
+            signals.push((j, r));
         }
-        let mut args = Vec::with_capacity(10 + 3 * requests.len() + 6 * claims.len());
+        keys.extend(records.iter().map(|(fp, _)| k.fingerprint(fp)));
+        let mut args =
+            Vec::with_capacity(10 + 3 * requests.len() + records.len() + 4 * claims.len());
         args.extend([
             storm_prefix(&first.namespace).into_bytes(),
             ms(s.dedup_ttl).to_string().into_bytes(),
@@ -368,23 +376,34 @@ impl Call {
             args.push(delivery.current.to_string().into_bytes());
             args.push(delivery.previous.to_string().into_bytes());
         }
-        for c in claims {
-            args.push(c.fingerprint.as_bytes().to_vec());
-            args.push(c.affected.as_bytes().to_vec());
+        args.extend(
+            records
+                .iter()
+                .map(|(_, affected)| affected.as_bytes().to_vec()),
+        );
+        for (c, (j, r)) in claims.iter().zip(signals) {
+            args.push(j.to_string().into_bytes());
+            args.push(r.to_string().into_bytes());
             args.push(c.instance_ms.to_string().into_bytes());
-            args.push(if c.absent {
-                b"1".to_vec()
-            } else {
-                b"0".to_vec()
+            args.push(match c.resolved_ms {
+                Some(t) => t.to_string().into_bytes(),
+                None if c.absent => b"-".to_vec(),
+                None => Vec::new(),
             });
-            args.push(
-                c.resolved_ms
-                    .map(|t| t.to_string().into_bytes())
-                    .unwrap_or_default(),
-            );
-            args.push(c.owner.0.to_string().into_bytes());
         }
         Call { keys, args }
+    }
+}
+
+/// The index (from 1) of the first item of `items` that `is` picks, pushing
+/// `item` if none is.
+fn position_or_push<T>(items: &mut Vec<T>, item: T, is: impl Fn(&T) -> bool) -> usize {
+    match items.iter().position(is) {
+        Some(i) => i + 1,
+        None => {
+            items.push(item);
+            items.len()
+        }
     }
 }
 
@@ -488,31 +507,31 @@ pub(super) fn parse_decisions(
     }
     let mut decisions: Vec<Decision> = Vec::with_capacity(v.len());
     for (&i, reply) in group.iter().zip(v) {
-        let Value::Array(fields) = reply else {
-            return None;
-        };
-        let decision = match fields.len() {
-            4 => repeat_decision(&claims[i], &decisions, fields)?,
-            _ => parse_decision(&claims[i], fields)?,
+        let decision = match reply {
+            Value::Int(packed) => repeat_decision(&claims[i], &decisions, *packed)?,
+            Value::Array(fields) => parse_decision(&claims[i], fields)?,
+            _ => return None,
         };
         decisions.push(decision);
     }
     Some(decisions)
 }
 
-/// A repeat of a fingerprint answered in full earlier in the same call:
-/// `{ 2, write, occurrence count, 1-based index of that answer }`.
-fn repeat_decision(claim: &Claim, earlier: &[Decision], v: &[Value]) -> Option<Decision> {
-    let first = usize::try_from(int(&v[3])?).ok()?.checked_sub(1)?;
+/// A duplicate of a fingerprint answered in full earlier in the same call,
+/// packed in one integer: `(occurrence count × 128 + 1-based index of that
+/// answer) × 8 + write`.
+fn repeat_decision(claim: &Claim, earlier: &[Decision], packed: i64) -> Option<Decision> {
+    let packed = u64::try_from(packed).ok()?;
+    let first = usize::try_from(packed / 8 % 128).ok()?.checked_sub(1)?;
     let mut decision = earlier.get(first)?.clone();
     let same = matches!(&decision.key, ClaimKey::Fingerprint { fingerprint, .. }
         if *fingerprint == claim.fingerprint);
-    if int(&v[0])? != 2 || !same {
+    if !same {
         return None;
     }
     decision.outcome = Outcome::Duplicate;
-    decision.write = write_code(int(&v[1])?)?;
-    decision.snapshot.occurrence_count = count(&v[2])?;
+    decision.write = write_code((packed % 8) as i64)?;
+    decision.snapshot.occurrence_count = packed / 1024;
     Some(decision)
 }
 
