@@ -97,7 +97,9 @@
 //! # Modules
 //!
 //! - `transport`: the connection, pipelines per slot, `NOSCRIPT`, timeouts.
-//! - `wire`: the scripts' keys, arguments and replies.
+//! - `wire`: the scripts' keys and arguments.
+//! - `decode`: their replies read back into decisions, snapshots, claim
+//!   states and index entries.
 //! - this module: what each [`Store`] call sends and what it answers.
 
 use std::collections::HashMap;
@@ -110,6 +112,7 @@ use super::{
     Written,
 };
 
+mod decode;
 mod transport;
 mod wire;
 
@@ -203,8 +206,8 @@ impl Core {
             (0..claims.len()).map(|_| None).collect();
         for (group, reply) in groups.iter().zip(replies) {
             let parsed = reply.and_then(|v| {
-                wire::parse_decisions(claims, group, &v)
-                    .ok_or_else(|| wire::unexpected("decide", &v))
+                decode::parse_decisions(claims, group, &v)
+                    .ok_or_else(|| decode::unexpected("decide", &v))
             });
             match parsed {
                 Ok(ds) => {
@@ -252,7 +255,7 @@ impl Core {
                     .await
                     .pop()
                     .unwrap_or(Err(StoreError::Unavailable("no reply".into())))?;
-                parse(&reply).ok_or_else(|| wire::unexpected(what, &reply))
+                parse(&reply).ok_or_else(|| decode::unexpected(what, &reply))
             })
             .await
     }
@@ -308,14 +311,14 @@ impl Core {
         absorb: bool,
     ) -> Result<Option<Adopted>, StoreError> {
         let call = Call::adopt(&self.settings, claim, existing, absorb);
-        self.claim_script(call, wire::parse_adopted).await
+        self.claim_script(call, decode::parse_adopted).await
     }
 
     async fn adopt_storm(&self, namespace: &str, existing: &Snapshot) -> Result<bool, StoreError> {
         let Some(call) = Call::adopt_storm(&self.settings, namespace, existing) else {
             return Ok(false);
         };
-        self.claim_script(call, wire::parse_storm_adopted).await
+        self.claim_script(call, decode::parse_storm_adopted).await
     }
 
     async fn adopt_member(
@@ -326,18 +329,18 @@ impl Core {
         let Some(call) = Call::adopt_member(&self.settings, claim, storm) else {
             return Ok(None);
         };
-        self.claim_script(call, |reply| wire::parse_member(claim, reply))
+        self.claim_script(call, |reply| decode::parse_member(claim, reply))
             .await
     }
 
     async fn forget(&self, key: &ClaimKey, resource: &str) -> Result<bool, StoreError> {
         let call = Call::forget(&self.settings, key, resource);
-        self.claim_script(call, wire::parse_forgot).await
+        self.claim_script(call, decode::parse_forgot).await
     }
 
     async fn poll(&self, owner: Owner, key: &ClaimKey) -> Result<ClaimState, StoreError> {
         let call = Call::claim(&self.settings, "poll", key, owner);
-        self.claim_script(call, wire::parse_claim_state).await
+        self.claim_script(call, decode::parse_claim_state).await
     }
 
     /// Stamps the namespaces of `claims` this sidecar has not stamped for
@@ -409,7 +412,7 @@ impl Core {
                 &self.scripts.index,
                 "index",
                 Call::scan(&cursor, SCAN_COUNT),
-                wire::parse_scan,
+                decode::parse_scan,
             )
             .await?;
         let calls: Vec<Call> = namespaces
@@ -429,7 +432,7 @@ impl Core {
         let mut prunes = Vec::new();
         for ((ns, stamp), reply) in namespaces.iter().zip(replies) {
             let parsed = reply.and_then(|reply| {
-                wire::parse_old(ns, &reply).ok_or_else(|| wire::unexpected("index", &reply))
+                decode::parse_old(ns, &reply).ok_or_else(|| decode::unexpected("index", &reply))
             });
             match parsed {
                 Ok((held, keys)) => {
@@ -473,8 +476,8 @@ impl Core {
                     .zip(replies)
                     .map(|(key, reply)| {
                         let v = reply?;
-                        wire::parse_snapshot(key.is_storm(), &v)
-                            .ok_or_else(|| wire::unexpected("snapshot", &v))
+                        decode::parse_snapshot(key.is_storm(), &v)
+                            .ok_or_else(|| decode::unexpected("snapshot", &v))
                     })
                     .collect()
             })
