@@ -456,17 +456,16 @@ if [ -f sidecar/src/store/common.lua ] && [ -f sidecar/src/store/decide.lua ]; t
     DECIDE_SHA=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD \
         "$(cat sidecar/src/store/common.lua; echo; cat sidecar/src/store/decide.lua)" 2>/dev/null || true)
     # One signal per call (decide.lua: the namespace's seven keys, then the
-    # fingerprint's key; the settings (the incident TTL last), one request:
-    # token '0' (no request's: every call counts, as distinct requests do)
-    # and no delivery ('0' '0'); then the signal's fingerprint, affected
-    # value, firing instance, the looked-up flag (set), no resolution and
-    # its request's token: the first call creates, the others are
-    # duplicates).
+    # fingerprint's record key; the settings (the incident TTL last), one
+    # request: token '0' (no request's: every call counts, as distinct
+    # requests do) and no delivery ('0' '0'); the record's affected value;
+    # then the signal: record 1, request 1, its firing instance, and '-'
+    # (a firing the sink was searched for: the first call creates, the
+    # others are duplicates).
     keys=('sg:{bench}:w' 'sg:{bench}:s' 'sg:{bench}:a' 'sg:{bench}:x' 'sg:{bench}:m'
         'sg:{bench}:o' 'sg:{bench}:d' 'sg:{bench}:f:0123456789abcdef')
     DECIDE_ARGS=("$DECIDE_SHA" "${#keys[@]}" "${keys[@]}" storm-0123456789ab- 300000 1000000000
-        60000 300000 100 15000 604800000 86400000 1 0 0 0 0123456789abcdef Pod/cart-0 1764190635123 1
-        '' 0)
+        60000 300000 100 15000 604800000 86400000 1 0 0 0 Pod/cart-0 1 1 1764190635123 -)
     for _ in 1 2; do
         reply=$(redis-cli -p "$REDIS_PORT" EVALSHA "${DECIDE_ARGS[@]}" 2>&1 | head -1)
     done

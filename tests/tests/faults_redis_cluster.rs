@@ -50,11 +50,11 @@ fn is_decide(request: &[u8], ns: &str) -> bool {
     contains(request, format!("sg:{{{ns}}}:w").as_bytes())
 }
 
-/// A `decide.lua` call of one firing whose sink was searched and holds
-/// nothing of it (its last two arguments: absent `1`, resolved `''`): the
-/// call that takes a new incident's claim.
+/// A `decide.lua` call of a firing whose sink was searched and holds
+/// nothing of it (its signal's state argument `-`): the call that takes a
+/// new incident's claim.
 fn is_claiming_decide(request: &[u8], ns: &str) -> bool {
-    is_decide(request, ns) && contains(request, b"$1\r\n1\r\n$0\r\n\r\n")
+    is_decide(request, ns) && contains(request, b"$1\r\n-\r\n")
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
