@@ -11,7 +11,7 @@ WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=true
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
 	CARGO_PROFILE_RELEASE_STRIP=true
 
-.PHONY: deps build wasm checker faults-long native native-faults bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-up k8s-down clean crd demo knobs bench-ab
+.PHONY: deps build wasm checker faults-long native native-faults bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-build-node k8s-up k8s-down clean crd demo knobs bench-ab
 
 deps:
 	@scripts/install-deps.sh
@@ -90,6 +90,11 @@ fmt:
 
 k8s-build:
 	@scripts/k8s.sh build
+
+## k8s-build-node: kubelet, kube-controller-manager, kube-scheduler and kube-proxy from the same
+## source, cached beside the API server (~7 min cold; for a local cluster, not used by make test yet)
+k8s-build-node: k8s-build
+	@scripts/k8s.sh build-node
 
 k8s-up:
 	@scripts/k8s.sh up

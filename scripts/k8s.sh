@@ -3,6 +3,10 @@
 # tests and for local use, built only from Debian bookworm packages.
 #
 #   scripts/k8s.sh build     build and cache kube-apiserver, etcd and kubectl
+#   scripts/k8s.sh build-node
+#                            build and cache a node's components from the same
+#                            source: kubelet, kube-controller-manager,
+#                            kube-scheduler, kube-proxy (for a local cluster)
 #   scripts/k8s.sh bin-dir   print the cached bin dir (exit 1 if not built)
 #   scripts/k8s.sh up        start etcd + kube-apiserver on loopback (state in target/k8s/),
 #                            apply deploy/crds/*.yaml (or $SIGNALGATE_K8S_CRDS) and wait
@@ -30,6 +34,8 @@ CACHE_ROOT=${SIGNALGATE_CACHE:-${HOME:?HOME is not set}/.cache/signalgate}
 CACHE=$CACHE_ROOT/k8s/$K8S_VERSION
 BIN_DIR=$CACHE/bin
 MARKER=$BIN_DIR/.complete
+NODE_MARKER=$BIN_DIR/.node-complete
+NODE_BINS=(kubelet kube-controller-manager kube-scheduler kube-proxy)
 STATE=$REPO_ROOT/target/k8s
 
 say() { echo "k8s.sh: $*" >&2; }
@@ -169,12 +175,13 @@ fix_reflect2() {
     touch "$tree/.reflect2-fixed"
 }
 
+# compile CMD...: make WHAT="cmd/CMD ..." in the source tree.
 compile() {
-    local tree=$CACHE/src/tree root=$CACHE/root
+    local tree=$CACHE/src/tree root=$CACHE/root what=${*/#/cmd/}
     local goroot=$root/usr/lib/go-1.19
     [[ -x $goroot/bin/go ]] || die "private Go not found at $goroot/bin/go"
     [[ -x $root/usr/bin/rsync ]] || die "private rsync not found at $root/usr/bin/rsync"
-    say "make WHAT=cmd/kube-apiserver (several minutes on 2 cores; log: $CACHE/build.log)"
+    say "make WHAT=\"$what\" (several minutes on 2 cores; log: $CACHE/build.log)"
     local start=$SECONDS
     if ! (
         cd "$tree"
@@ -186,21 +193,27 @@ compile() {
         export KUBE_GIT_VERSION=v$K8S_VERSION KUBE_GIT_MAJOR=${K8S_VERSION%%.*}
         KUBE_GIT_MINOR=${K8S_VERSION#*.}
         export KUBE_GIT_MINOR=${KUBE_GIT_MINOR%%.*} KUBE_GIT_TREE_STATE=clean
-        nice -n 5 make WHAT=cmd/kube-apiserver
+        nice -n 5 make WHAT="$what"
     ) >"$CACHE/build.log" 2>&1; then
         tail -n 40 "$CACHE/build.log" >&2
-        die "kube-apiserver build failed (full log: $CACHE/build.log)"
+        die "$* build failed (full log: $CACHE/build.log)"
     fi
-    say "kube-apiserver built in $((SECONDS - start)) s"
+    say "$* built in $((SECONDS - start)) s"
+}
+
+# built NAME: the path of a binary the source tree's build made.
+built() {
+    local tree=$CACHE/src/tree
+    local path=$tree/_output/local/bin/linux/amd64/$1
+    [[ -x $path ]] || path=$(find "$tree/_output" -type f -name "$1" -perm -u+x | head -n1)
+    [[ -n $path && -x $path ]] || die "$1 binary not found under $tree/_output"
+    echo "$path"
 }
 
 install_bins() {
-    local tree=$CACHE/src/tree root=$CACHE/root
-    local built=$tree/_output/local/bin/linux/amd64/kube-apiserver
-    [[ -x $built ]] || built=$(find "$tree/_output" -type f -name kube-apiserver -perm -u+x | head -n1)
-    [[ -n $built && -x $built ]] || die "kube-apiserver binary not found under $tree/_output"
+    local root=$CACHE/root
     mkdir -p "$BIN_DIR"
-    install -m 0755 "$built" "$BIN_DIR/kube-apiserver"
+    install -m 0755 "$(built kube-apiserver)" "$BIN_DIR/kube-apiserver"
     install -m 0755 "$root/usr/bin/etcd" "$BIN_DIR/etcd"
     install -m 0755 "$root/usr/bin/kubectl" "$BIN_DIR/kubectl"
     local v
@@ -228,7 +241,7 @@ cmd_build() {
     unpack_debs
     fetch_source
     fix_reflect2
-    compile
+    compile kube-apiserver
     install_bins
     echo "kube-apiserver v$K8S_VERSION, etcd $("$BIN_DIR/etcd" --version | head -n1 | awk '{print $3}'), built $(date -u +%FT%TZ)" >"$MARKER"
     # The binaries are all that is needed from now on: drop the build tree, the
@@ -237,6 +250,38 @@ cmd_build() {
     say "removing the build tree, Go cache and unpacked toolchain"
     rm -rf "$CACHE/src" "$CACHE/gocache" "$CACHE/root"
     say "built: $(cat "$MARKER")"
+    echo "$BIN_DIR"
+}
+
+cmd_build_node() {
+    need apt-get:apt dpkg:dpkg dpkg-source:dpkg-dev make:make flock:util-linux find:findutils \
+        xz:xz-utils tar:tar install:coreutils nice:coreutils
+    mkdir -p "$CACHE"
+    exec 9>"$CACHE/.lock"
+    flock 9
+    [[ -f $MARKER ]] || die "build the API server first: scripts/k8s.sh build"
+    if [[ -f $NODE_MARKER ]]; then
+        say "already built: $(cat "$NODE_MARKER")"
+        echo "$BIN_DIR"
+        return 0
+    fi
+    write_apt_config
+    lists_present || apt_update
+    fetch_debs
+    unpack_debs
+    fetch_source
+    fix_reflect2
+    compile "${NODE_BINS[@]}"
+    local bin v
+    for bin in "${NODE_BINS[@]}"; do
+        install -m 0755 "$(built "$bin")" "$BIN_DIR/$bin"
+        v=$("$BIN_DIR/$bin" --version 2>&1) || die "built $bin does not run: $v"
+        [[ $v == *"v$K8S_VERSION"* ]] || die "unexpected $bin version: $v"
+    done
+    echo "${NODE_BINS[*]} v$K8S_VERSION, built $(date -u +%FT%TZ)" >"$NODE_MARKER"
+    say "removing the build tree, Go cache and unpacked toolchain"
+    rm -rf "$CACHE/src" "$CACHE/gocache" "$CACHE/root"
+    say "built: $(cat "$NODE_MARKER")"
     echo "$BIN_DIR"
 }
 
@@ -470,6 +515,7 @@ EOF
 
 case ${1:-} in
 build) cmd_build ;;
+build-node) cmd_build_node ;;
 bin-dir) cmd_bin_dir ;;
 up) cmd_up ;;
 down) cmd_down ;;
@@ -478,7 +524,7 @@ pki)
     cmd_pki "$@"
     ;;
 *)
-    echo "usage: $0 build|bin-dir|up|down|pki DIR" >&2
+    echo "usage: $0 build|build-node|bin-dir|up|down|pki DIR" >&2
     exit 2
     ;;
 esac
