@@ -134,6 +134,16 @@ pub fn requests_served(k: &ApiServer, verbs: &[&str], code: Option<&str>) -> f64
         .sum()
 }
 
+/// The URIs of the sink's lookups the API server has logged so far, in
+/// order: its LISTs of RemediationRequests by label (the watch cache's LISTs
+/// and the readiness probe's have no selector).
+pub fn lookups(k: &ApiServer) -> Vec<String> {
+    k.remediation_request_lists()
+        .into_iter()
+        .filter(|uri| uri.contains("labelSelector="))
+        .collect()
+}
+
 /// `read` once two reads 300 ms apart agree: the API server counts a
 /// request (and writes its audit event) a moment after answering it.
 pub fn settled<T: PartialEq>(mut read: impl FnMut() -> T) -> T {

@@ -9,7 +9,7 @@ use signalgate_tests::k8s::ApiServer;
 use signalgate_tests::payloads::{alert, webhook};
 use signalgate_tests::process::wait_for;
 use signalgate_tests::remediation::{
-    kube_sidecar, list, private_api_server, shared_api_server, wait_list, FALLBACK,
+    kube_sidecar, list, lookups, private_api_server, shared_api_server, wait_list, FALLBACK,
 };
 use signalgate_tests::sidecar::{fresh_source, Sidecar};
 
@@ -164,16 +164,10 @@ fn a_group_re_sent_after_the_store_lost_its_data(
         Duration::from_secs(30),
         || (s.log().matches("kube sink cache synced").count() == 2).then_some(()),
     );
-    // Lookups are the LISTs by label; counted in the API server's audit
-    // log (its request metric may count the restarted sidecar's own LISTs
-    // a moment after the sidecar saw their answers).
-    let lookups = || -> Vec<String> {
-        k.remediation_request_lists()
-            .into_iter()
-            .filter(|uri| uri.contains("labelSelector="))
-            .collect()
-    };
-    let before = lookups().len();
+    // Lookups counted in the API server's audit log (its request metric may
+    // count the restarted sidecar's own LISTs a moment after the sidecar saw
+    // their answers).
+    let before = lookups(&k).len();
     let a = s.post_alerts(&hook);
     assert_eq!(a.status, 202, "{}", a.body);
     let signals = a.json()["signals"].as_array().cloned().unwrap_or_default();
@@ -184,19 +178,19 @@ fn a_group_re_sent_after_the_store_lost_its_data(
     );
     // Per namespace: 50 + 10 fingerprints, each LIST in the namespace and in
     // the fallback namespace.
-    let lookups = wait_for(
+    let logged = wait_for(
         "the lookups in the audit log",
         Duration::from_secs(10),
         || {
-            let all = lookups();
+            let all = lookups(&k);
             (all.len() >= before + 8).then_some(all)
         },
     );
-    assert_eq!(lookups.len() - before, 8, "{:#?}", &lookups[before..]);
+    assert_eq!(logged.len() - before, 8, "{:#?}", &logged[before..]);
     assert_eq!(list(&k, "relist").len(), 60);
     // The first sending's (the namespaces were new to the store) and these 8.
-    assert!(before >= 8, "{lookups:#?}");
-    (s, lookups)
+    assert!(before >= 8, "{logged:#?}");
+    (s, logged)
 }
 
 #[test]

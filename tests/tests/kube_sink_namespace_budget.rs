@@ -13,7 +13,7 @@ use signalgate_tests::k8s::ApiServer;
 use signalgate_tests::payloads::{alert, webhook};
 use signalgate_tests::process::wait_for;
 use signalgate_tests::remediation::{
-    kube_sidecar, list, private_api_server, requests_served, settled, FALLBACK,
+    kube_sidecar, list, lookups, private_api_server, requests_served, settled, FALLBACK,
 };
 use signalgate_tests::sidecar::Sidecar;
 
@@ -33,15 +33,7 @@ const CALLS_PER_REQUEST: f64 = (6 * BUDGET) as f64;
 /// it). Not counted: the coalesced updates of counters (a GET and a PATCH
 /// per resource at most once per flush interval, whatever the requests).
 fn calls(k: &ApiServer) -> (f64, f64) {
-    let read = || {
-        let lookups = k
-            .remediation_request_lists()
-            .iter()
-            .filter(|uri| uri.contains("labelSelector="))
-            .count();
-        (lookups as f64, requests_served(k, &["POST"], None))
-    };
-    settled(read)
+    settled(|| (lookups(k).len() as f64, requests_served(k, &["POST"], None)))
 }
 
 /// The LISTs and POSTs `send` costs the API server.

@@ -282,40 +282,46 @@ impl OwnAndStorm {
             storm,
         }
     }
+
+    /// The counts of the incident of its own and of the storm.
+    async fn counts(&self) -> (u64, u64) {
+        (
+            self.f.snapshot(&self.own).await.unwrap().occurrence_count,
+            self.f.snapshot(&self.storm).await.unwrap().occurrence_count,
+        )
+    }
+
+    /// An attempt of request `owner` in `delivery`: `a` and `m1` again.
+    fn attempt(&self, owner: Owner, delivery: Delivery) -> [Claim; 2] {
+        [&self.a, &self.m1].map(|c| Claim {
+            owner,
+            delivery,
+            ..c.clone()
+        })
+    }
+
+    /// What an attempt's failure takes back: `a` and `m1`.
+    fn signals(&self) -> [(String, String); 2] {
+        [&self.a, &self.m1].map(|c| (c.namespace.clone(), c.fingerprint.clone()))
+    }
 }
 
-/// The counts of the incident of its own and of the storm.
-async fn own_and_storm_counts(f: &Fixture, own: &ClaimKey, storm: &ClaimKey) -> (u64, u64) {
-    (
-        f.snapshot(own).await.unwrap().occurrence_count,
-        f.snapshot(storm).await.unwrap().occurrence_count,
-    )
+/// Delivery `current`, the window before it `current - 1`.
+fn window(current: u64) -> Delivery {
+    Delivery {
+        current,
+        previous: current - 1,
+    }
 }
 
 async fn attempts_of_one_delivery_count_once_and_none_takes_back_what_another_relied_on(
     b: Backend,
 ) {
-    let OwnAndStorm {
-        f,
-        a,
-        m1,
-        own,
-        storm,
-    } = OwnAndStorm::made(b, "delivery").await;
-    let counts = || own_and_storm_counts(&f, &own, &storm);
+    let s = OwnAndStorm::made(b, "delivery").await;
+    let (f, signals) = (&s.f, s.signals());
+    let counts = || s.counts();
+    let attempt = |owner, delivery| s.attempt(owner, delivery);
     assert_eq!(counts().await, (1, 2));
-    let attempt = |owner: Owner, delivery: Delivery| {
-        [&a, &m1].map(|c| Claim {
-            owner,
-            delivery,
-            ..c.clone()
-        })
-    };
-    let signals = [&a, &m1].map(|c| (c.namespace.clone(), c.fingerprint.clone()));
-    let window = |current: u64| Delivery {
-        current,
-        previous: current - 1,
-    };
 
     // A delivery's first attempt counts; its reply is lost and the sender
     // retries: the second attempt finds the count and is acknowledged.
@@ -353,26 +359,12 @@ async fn attempts_of_one_delivery_count_once_and_none_takes_back_what_another_re
 /// last count, so the other twin's stayed and the incident over-counted by
 /// one a round.
 async fn two_deliveries_failing_side_by_side_each_take_back_their_own_count(b: Backend) {
-    let OwnAndStorm {
-        f,
-        a,
-        m1,
-        own,
-        storm,
-    } = OwnAndStorm::made(b, "twins").await;
-    let counts = || own_and_storm_counts(&f, &own, &storm);
-    let signals = [&a, &m1].map(|c| (c.namespace.clone(), c.fingerprint.clone()));
-    let attempt = |delivery: u64| {
+    let s = OwnAndStorm::made(b, "twins").await;
+    let (f, signals) = (&s.f, s.signals());
+    let counts = || s.counts();
+    let attempt = |delivery| {
         let owner = Owner::next();
-        let claims = [&a, &m1].map(|c| Claim {
-            owner,
-            delivery: Delivery {
-                current: delivery,
-                previous: delivery - 1,
-            },
-            ..c.clone()
-        });
-        (owner, claims)
+        (owner, s.attempt(owner, window(delivery)))
     };
     assert_eq!(counts().await, (1, 2));
     for _round in 0..3 {
