@@ -210,79 +210,87 @@ built() {
     echo "$path"
 }
 
+# install_built NAME: installs a binary the build made into BIN_DIR and
+# checks that it runs and reports K8S_VERSION.
+install_built() {
+    mkdir -p "$BIN_DIR"
+    install -m 0755 "$(built "$1")" "$BIN_DIR/$1"
+    local v
+    v=$("$BIN_DIR/$1" --version 2>&1) || die "built $1 does not run: $v"
+    [[ $v == *"v$K8S_VERSION"* ]] || die "unexpected $1 version: $v"
+}
+
 install_bins() {
     local root=$CACHE/root
-    mkdir -p "$BIN_DIR"
-    install -m 0755 "$(built kube-apiserver)" "$BIN_DIR/kube-apiserver"
+    install_built kube-apiserver
     install -m 0755 "$root/usr/bin/etcd" "$BIN_DIR/etcd"
     install -m 0755 "$root/usr/bin/kubectl" "$BIN_DIR/kubectl"
-    local v
-    v=$("$BIN_DIR/kube-apiserver" --version 2>&1) || die "built kube-apiserver does not run: $v"
-    [[ $v == *"v$K8S_VERSION"* ]] || die "unexpected kube-apiserver version: $v"
     "$BIN_DIR/etcd" --version >/dev/null 2>&1 || die "etcd does not run"
     "$BIN_DIR/kubectl" version --client >/dev/null 2>&1 || die "kubectl does not run"
 }
 
-cmd_build() {
+# Takes the cache's lock (held until the script exits): one build at a time.
+lock_cache() {
     need apt-get:apt dpkg:dpkg dpkg-source:dpkg-dev make:make flock:util-linux find:findutils \
         xz:xz-utils tar:tar install:coreutils nice:coreutils
     mkdir -p "$CACHE"
     exec 9>"$CACHE/.lock"
     flock 9
-    if [[ -f $MARKER ]]; then
-        say "already built: $(cat "$MARKER")"
-        echo "$BIN_DIR"
-        return 0
-    fi
-    rm -rf "$BIN_DIR"
-    write_apt_config
-    lists_present || apt_update
-    fetch_debs
-    unpack_debs
-    fetch_source
-    fix_reflect2
-    compile kube-apiserver
-    install_bins
-    echo "kube-apiserver v$K8S_VERSION, etcd $("$BIN_DIR/etcd" --version | head -n1 | awk '{print $3}'), built $(date -u +%FT%TZ)" >"$MARKER"
-    # The binaries are all that is needed from now on: drop the build tree, the
-    # Go cache and the unpacked toolchain (the .debs and sources stay, so a
-    # rebuild needs no network).
-    say "removing the build tree, Go cache and unpacked toolchain"
-    rm -rf "$CACHE/src" "$CACHE/gocache" "$CACHE/root"
-    say "built: $(cat "$MARKER")"
+}
+
+# already_built MARKER: if MARKER says what was built, says so and prints the
+# bin dir; else fails.
+already_built() {
+    [[ -f $1 ]] || return 1
+    say "already built: $(cat "$1")"
     echo "$BIN_DIR"
 }
 
-cmd_build_node() {
-    need apt-get:apt dpkg:dpkg dpkg-source:dpkg-dev make:make flock:util-linux find:findutils \
-        xz:xz-utils tar:tar install:coreutils nice:coreutils
-    mkdir -p "$CACHE"
-    exec 9>"$CACHE/.lock"
-    flock 9
-    [[ -f $MARKER ]] || die "build the API server first: scripts/k8s.sh build"
-    if [[ -f $NODE_MARKER ]]; then
-        say "already built: $(cat "$NODE_MARKER")"
-        echo "$BIN_DIR"
-        return 0
-    fi
+# The unpacked toolchain and the patched source tree, from the cached
+# packages (downloaded first if they are not).
+prepare_tree() {
     write_apt_config
     lists_present || apt_update
     fetch_debs
     unpack_debs
     fetch_source
     fix_reflect2
-    compile "${NODE_BINS[@]}"
-    local bin v
-    for bin in "${NODE_BINS[@]}"; do
-        install -m 0755 "$(built "$bin")" "$BIN_DIR/$bin"
-        v=$("$BIN_DIR/$bin" --version 2>&1) || die "built $bin does not run: $v"
-        [[ $v == *"v$K8S_VERSION"* ]] || die "unexpected $bin version: $v"
-    done
-    echo "${NODE_BINS[*]} v$K8S_VERSION, built $(date -u +%FT%TZ)" >"$NODE_MARKER"
+}
+
+# finish_build MARKER WHAT: records WHAT was built in MARKER. The binaries are
+# all that is needed from now on: drops the build tree, the Go cache and the
+# unpacked toolchain (the .debs and sources stay, so a rebuild needs no
+# network).
+finish_build() {
+    echo "$2" >"$1"
     say "removing the build tree, Go cache and unpacked toolchain"
     rm -rf "$CACHE/src" "$CACHE/gocache" "$CACHE/root"
-    say "built: $(cat "$NODE_MARKER")"
+    say "built: $(cat "$1")"
     echo "$BIN_DIR"
+}
+
+cmd_build() {
+    lock_cache
+    already_built "$MARKER" && return 0
+    rm -rf "$BIN_DIR"
+    prepare_tree
+    compile kube-apiserver
+    install_bins
+    finish_build "$MARKER" \
+        "kube-apiserver v$K8S_VERSION, etcd $("$BIN_DIR/etcd" --version | head -n1 | awk '{print $3}'), built $(date -u +%FT%TZ)"
+}
+
+cmd_build_node() {
+    lock_cache
+    [[ -f $MARKER ]] || die "build the API server first: scripts/k8s.sh build"
+    already_built "$NODE_MARKER" && return 0
+    prepare_tree
+    compile "${NODE_BINS[@]}"
+    local bin
+    for bin in "${NODE_BINS[@]}"; do
+        install_built "$bin"
+    done
+    finish_build "$NODE_MARKER" "${NODE_BINS[*]} v$K8S_VERSION, built $(date -u +%FT%TZ)"
 }
 
 cmd_bin_dir() {
