@@ -161,8 +161,11 @@ struct Promised {
     counted: BTreeMap<String, Vec<(usize, usize)>>,
     /// Resource → distinct fingerprints counted in it, with an incident each.
     members: BTreeMap<String, BTreeMap<String, usize>>,
-    /// Resource → fingerprints acknowledged as resolved in it.
-    resolved: BTreeMap<String, BTreeSet<String>>,
+    /// Resource → fingerprints acknowledged as resolved in it (with the
+    /// incident resolved), less those a later incident of the same
+    /// fingerprint fired again in it: a storm member firing again after its
+    /// resolve reopens it (`resolvedCount` − 1, docs/reference.md).
+    resolved: BTreeMap<String, BTreeMap<String, usize>>,
     /// Incident → resources its answers named.
     named: BTreeMap<usize, BTreeSet<String>>,
 }
@@ -176,7 +179,12 @@ pub fn check(plan: &Plan, history: &History, items: &[Value]) -> Vec<Violation> 
     let mut out = Vec::new();
     let ds = &history.deliveries;
     let mut p = Promised::default();
-    for (n, d) in ds.iter().enumerate() {
+    // In the order the answers were given: a resolve and a later firing of
+    // the same fingerprint leave it firing.
+    let mut order: Vec<usize> = (0..ds.len()).collect();
+    order.sort_by_key(|&n| ds[n].ack().map_or(u64::MAX, |a| a.at_ms));
+    for n in order {
+        let d = &ds[n];
         if d.ack().is_none() {
             continue;
         }
@@ -206,6 +214,11 @@ pub fn check(plan: &Plan, history: &History, items: &[Value]) -> Vec<Violation> 
             p.named.entry(*incident).or_default().insert(r.clone());
             match status {
                 Status::Firing => {
+                    if let Some(resolved) = p.resolved.get_mut(r) {
+                        if resolved.get(&s.fingerprint).is_some_and(|i| i != incident) {
+                            resolved.remove(&s.fingerprint);
+                        }
+                    }
                     p.counted.entry(r.clone()).or_default().push((n, k));
                     p.members
                         .entry(r.clone())
@@ -217,7 +230,7 @@ pub fn check(plan: &Plan, history: &History, items: &[Value]) -> Vec<Violation> 
                     p.resolved
                         .entry(r.clone())
                         .or_default()
-                        .insert(s.fingerprint.clone());
+                        .insert(s.fingerprint.clone(), *incident);
                 }
                 Status::Resolved => {}
             }
@@ -315,7 +328,7 @@ pub fn check(plan: &Plan, history: &History, items: &[Value]) -> Vec<Violation> 
                 });
             }
         }
-        let resolved = p.resolved.get(&res.key).map_or(0, BTreeSet::len) as u64;
+        let resolved = p.resolved.get(&res.key).map_or(0, BTreeMap::len) as u64;
         let lost = if res.storm {
             res.resolved_count < resolved
         } else {
@@ -466,4 +479,126 @@ fn resource_story(plan: &Plan, history: &History, res: &Res, p: &Promised) -> St
         let _ = writeln!(out, "    fault {f}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::history::{Attempt, AttemptResult, Delivery, SignalAnswer};
+    use super::super::plan::BASE_MS;
+    use super::*;
+
+    const STORM: &str = "chk-a/storm-1";
+
+    fn incident(id: usize, pod: &str, at_ms: i64) -> Incident {
+        Incident {
+            id,
+            lane: 0,
+            namespace: "chk-a",
+            alertname: "KubePodNotReady",
+            pod: pod.to_string(),
+            starts_ms: BASE_MS + at_ms,
+            ends_ms: None,
+        }
+    }
+
+    /// A delivery of `alerts` acknowledged at `at_ms`, every signal answered
+    /// with `outcome` in the storm.
+    fn delivery(
+        step: usize,
+        at_ms: u64,
+        alerts: &[(usize, Status, &str)],
+        outcome: &str,
+    ) -> Delivery {
+        let signals = alerts
+            .iter()
+            .map(|(_, _, fp)| SignalAnswer {
+                fingerprint: fp.to_string(),
+                outcome: outcome.to_string(),
+                resource: Some(STORM.to_string()),
+            })
+            .collect();
+        Delivery {
+            lane: 0,
+            step,
+            replica: 'a',
+            what: "test",
+            alerts: alerts.iter().map(|(i, s, _)| (*i, *s)).collect(),
+            attempts: vec![Attempt {
+                at_ms,
+                took_ms: 1,
+                result: AttemptResult::Answer {
+                    status: 202,
+                    upstream: None,
+                    signals,
+                    problem: None,
+                },
+            }],
+        }
+    }
+
+    fn storm(count: u64, resolved_count: u64) -> Value {
+        json!({
+            "metadata": {"namespace": "chk-a", "name": "storm-1",
+                         "labels": {"signalgate.io/storm": "true"}},
+            "spec": {
+                "signalName": "KubePodNotReady",
+                "deduplication": {"occurrenceCount": count},
+                "storm": {"alertCount": 2, "affectedResources": ["Pod/pod-a", "Pod/pod-b"],
+                          "resolvedCount": resolved_count}
+            }
+        })
+    }
+
+    /// Pod a fires (I0) with pod b, is resolved, then fires again (I2, a new
+    /// instance of the same fingerprint) into the same storm; b stays firing.
+    fn refired() -> (Plan, History) {
+        let plan = Plan {
+            incidents: vec![
+                incident(0, "pod-a", 0),
+                incident(1, "pod-b", 0),
+                incident(2, "pod-a", 5000),
+            ],
+            lanes: vec![Vec::new()],
+            faults: Vec::new(),
+        };
+        let history = History {
+            deliveries: vec![
+                delivery(
+                    0,
+                    100,
+                    &[(0, Status::Firing, "fa"), (1, Status::Firing, "fb")],
+                    "storm_aggregated",
+                ),
+                delivery(1, 2000, &[(0, Status::Resolved, "fa")], "resolved"),
+                delivery(2, 6000, &[(2, Status::Firing, "fa")], "storm_aggregated"),
+            ],
+            faults: Vec::new(),
+        };
+        (plan, history)
+    }
+
+    fn lost(plan: &Plan, history: &History, items: &[Value]) -> Vec<String> {
+        check(plan, history, items)
+            .into_iter()
+            .filter(|v| v.inv == Inv::E)
+            .map(|v| v.what)
+            .collect()
+    }
+
+    #[test]
+    fn a_storm_member_firing_again_after_its_resolve_is_no_longer_expected_resolved() {
+        let (plan, history) = refired();
+        assert_eq!(lost(&plan, &history, &[storm(3, 0)]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_storm_missing_an_acknowledged_resolve_is_a_loss() {
+        let (plan, mut history) = refired();
+        history.deliveries.pop(); // pod a stays resolved
+        let lost = lost(&plan, &history, &[storm(2, 0)]);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(lost[0].contains("1 acknowledged resolved"), "{lost:?}");
+    }
 }
