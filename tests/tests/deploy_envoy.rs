@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use signalgate_tests::envoy;
 use signalgate_tests::manifests::{
-    arr, container_port, dynamic_module_filter, istio_extension_config, str_of, Rendered,
-    DYNAMIC_MODULE_FILTER,
+    arr, container_port, dynamic_module_filter, env_value, istio_extension_config, str_of,
+    Rendered, DYNAMIC_MODULE_FILTER,
 };
 
 use signalgate_tests::process::{free_port, temp_dir, Proc};
@@ -189,7 +189,7 @@ fn envoy_runs_the_configmap_bootstrap_and_becomes_ready() {
     let probe = container_port(envoy_c, "envoy-probe").expect("envoy-probe");
     let args = deployment_args(&base);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut running = RunningEnvoy::start(boot, &args);
+    let mut running = RunningEnvoy::start(boot.clone(), &args);
 
     // What kubelet's probes reach, through the probe listener only.
     let agent = http();
@@ -226,7 +226,65 @@ fn envoy_runs_the_configmap_bootstrap_and_becomes_ready() {
         .expect("POST");
     assert_eq!(r.status().as_u16(), 404);
 
+    // The preStop hook: answered through the probe listener once its delay
+    // has passed (kubelet sends SIGTERM, on which Envoy exits at once, only
+    // then), a delay shorter than the sidecar's unready-but-serving one.
+    let hook = &envoy_c["lifecycle"]["preStop"]["httpGet"];
+    assert_eq!(hook["port"], "envoy-probe", "{hook}");
+    let path = str_of(&hook["path"], "path");
+    let delay = prestop_delay(&boot, path);
+    let sidecar_c = base.container("sidecar").expect("sidecar");
+    let serving = env_value(sidecar_c, "SIGNALGATE_SHUTDOWN_DELAY");
+    assert!(
+        delay < parse_seconds(serving),
+        "Envoy's preStop delay {delay:?} must end before the sidecar's shutdown delay {serving}"
+    );
+    let slow = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(delay + Duration::from_secs(5)))
+        .build()
+        .into();
+    // As kubelet 1.20 asks it: "http://<pod IP>:<port>/" + path.
+    let asked = format!("/{path}");
+    let began = Instant::now();
+    assert_eq!(
+        get(&slow, &running.url(probe, &asked)).map(|r| r.0),
+        Some(200)
+    );
+    assert!(
+        began.elapsed() >= delay,
+        "{asked} answered after {:?}, before its delay {delay:?}",
+        began.elapsed()
+    );
+
     running.assert_filter_answers(signals);
+}
+
+/// The fault-filter delay on the probe listener's `path` route.
+fn prestop_delay(boot: &Value, path: &str) -> Duration {
+    let listener = arr(&boot["static_resources"]["listeners"])
+        .iter()
+        .find(|l| l["name"] == "envoy-probe")
+        .expect("listener envoy-probe");
+    let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+    let route = arr(&hcm["route_config"]["virtual_hosts"][0]["routes"])
+        .iter()
+        .find(|r| r["match"]["path"] == path)
+        .unwrap_or_else(|| panic!("no route {path} on envoy-probe"));
+    let delay = str_of(
+        &route["typed_per_filter_config"]["envoy.filters.http.fault"]["delay"]["fixed_delay"],
+        "fixed_delay",
+    );
+    parse_seconds(delay)
+}
+
+/// `"10s"` as a duration.
+fn parse_seconds(text: &str) -> Duration {
+    let secs = text
+        .strip_suffix('s')
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("not whole seconds: {text}"));
+    Duration::from_secs(secs)
 }
 
 #[test]
