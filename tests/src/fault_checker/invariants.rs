@@ -90,6 +90,8 @@ struct Res {
     count: u64,
     alert_count: u64,
     affected: BTreeSet<String>,
+    /// `affectedResourcesOverflow`: affected resources past the list's cap.
+    overflow: u64,
     resolved_count: u64,
     resolution: bool,
 }
@@ -127,6 +129,9 @@ impl Res {
                         .collect()
                 })
                 .unwrap_or_default(),
+            overflow: spec["storm"]["affectedResourcesOverflow"]
+                .as_u64()
+                .unwrap_or(0),
             resolved_count: spec["storm"]["resolvedCount"].as_u64().unwrap_or(0),
             resolution: spec["resolution"].is_object(),
             namespace,
@@ -179,10 +184,10 @@ pub fn check(plan: &Plan, history: &History, items: &[Value]) -> Vec<Violation> 
     let mut out = Vec::new();
     let ds = &history.deliveries;
     let mut p = Promised::default();
-    // In the order the answers were given: a resolve and a later firing of
+    // In the order the answers came back: a resolve and a later firing of
     // the same fingerprint leave it firing.
     let mut order: Vec<usize> = (0..ds.len()).collect();
-    order.sort_by_key(|&n| ds[n].ack().map_or(u64::MAX, |a| a.at_ms));
+    order.sort_by_key(|&n| ds[n].ack().map_or(u64::MAX, |a| a.at_ms + a.took_ms));
     for n in order {
         let d = &ds[n];
         if d.ack().is_none() {
@@ -306,15 +311,18 @@ pub fn check(plan: &Plan, history: &History, items: &[Value]) -> Vec<Violation> 
                 .map(|i| format!("Pod/{}", plan.incidents[*i].pod))
                 .collect();
             let acked = members.len() as u64;
-            if res.alert_count != acked || res.affected != pods {
-                let missing: Vec<&String> = pods.difference(&res.affected).collect();
-                let extra: Vec<&String> = res.affected.difference(&pods).collect();
+            // Past SIGNALGATE_STORM_MAX_AFFECTED, members' pods are counted
+            // in affectedResourcesOverflow instead of listed.
+            let missing: Vec<&String> = pods.difference(&res.affected).collect();
+            let extra: Vec<&String> = res.affected.difference(&pods).collect();
+            let unlisted = missing.len() as u64;
+            if res.alert_count != acked || !extra.is_empty() || unlisted != res.overflow {
                 let what = format!(
                     "{}: alertCount {}, acknowledged members {acked}; affected not acknowledged \
-                     {extra:?}, acknowledged not affected {missing:?}",
-                    res.key, res.alert_count
+                     {extra:?}, acknowledged not affected {missing:?} (overflow {})",
+                    res.key, res.alert_count, res.overflow
                 );
-                if res.alert_count < acked || !missing.is_empty() {
+                if res.alert_count < acked || unlisted > res.overflow {
                     out.push(Violation {
                         inv: Inv::E,
                         what: format!("{what}: acknowledged members lost"),
@@ -539,13 +547,19 @@ mod tests {
     }
 
     fn storm(count: u64, resolved_count: u64) -> Value {
+        listing(count, resolved_count, &["Pod/pod-a", "Pod/pod-b"], 0)
+    }
+
+    /// The storm resource with `affected` listed and `overflow` more.
+    fn listing(count: u64, resolved_count: u64, affected: &[&str], overflow: u64) -> Value {
         json!({
             "metadata": {"namespace": "chk-a", "name": "storm-1",
                          "labels": {"signalgate.io/storm": "true"}},
             "spec": {
                 "signalName": "KubePodNotReady",
                 "deduplication": {"occurrenceCount": count},
-                "storm": {"alertCount": 2, "affectedResources": ["Pod/pod-a", "Pod/pod-b"],
+                "storm": {"alertCount": 2, "affectedResources": affected,
+                          "affectedResourcesOverflow": overflow,
                           "resolvedCount": resolved_count}
             }
         })
@@ -600,5 +614,15 @@ mod tests {
         let lost = lost(&plan, &history, &[storm(2, 0)]);
         assert_eq!(lost.len(), 1, "{lost:?}");
         assert!(lost[0].contains("1 acknowledged resolved"), "{lost:?}");
+    }
+
+    #[test]
+    fn members_past_the_listing_cap_count_in_the_overflow() {
+        let (plan, history) = refired();
+        let capped = listing(3, 0, &["Pod/pod-a"], 1);
+        assert_eq!(check(&plan, &history, &[capped]).len(), 0);
+        let dropped = listing(3, 0, &["Pod/pod-a"], 0);
+        let lost = lost(&plan, &history, &[dropped]);
+        assert_eq!(lost.len(), 1, "{lost:?}");
     }
 }
