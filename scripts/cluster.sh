@@ -4,7 +4,7 @@
 # admission, token signing), controller-manager, scheduler, containerd with a
 # locally built sandbox image, the CNI bridge, kubelet and kube-proxy.
 #
-#   scripts/cluster.sh up        start it (builds the binaries first if needed)
+#   scripts/cluster.sh up        start it (needs make k8s-build-node first)
 #   scripts/cluster.sh down      stop everything and remove its network
 #   scripts/cluster.sh status    exit 0 if it is up
 #   scripts/cluster.sh import TAR...
@@ -21,14 +21,16 @@
 # Everything runs in a network namespace of its own, so kube-proxy's iptables
 # rules, kubelet's ports and the pods' bridge never touch the host's network:
 #
-#   host 10.87.0.1 --veth-- 10.87.0.2 node (API server :6443, kubelet :10250)
-#                                      +-- bridge sg-cni0 10.88.0.1/24 -- pods
+#   host 10.213.0.1 --veth-- 10.213.0.2 node (API server :6443, kubelet :10250)
+#                                        +-- bridge sg-cni0 10.214.0.1/24 -- pods
 #   Services 10.96.0.0/24: the host routes them (and the pods) via the node.
 #
 # Processes are started with `nsenter --net` (not `ip netns exec`), so they
 # share the host's mount namespace: kubelet's volume mounts must be visible to
-# containerd. State lives in target/cluster/; no registry is used: images come
-# from `make images`, the sandbox (pause) image from scripts/image.py.
+# containerd. State lives in target/cluster/, but for what kubelet 1.20 and
+# containerd's shims keep in fixed places (/var/log/pods, /run/containerd/s);
+# `down` removes the pod logs. No registry is used: images come from
+# `make images`, the sandbox (pause) image from scripts/image.py.
 set -euo pipefail
 
 # Files containerd and kubelet write must be readable by non-root pods.
@@ -41,9 +43,9 @@ STATE=$REPO_ROOT/target/cluster
 NETNS=signalgate-cluster
 HOST_IF=sg-host
 NODE_IF=sg-node
-HOST_IP=10.87.0.1
-NODE_IP=10.87.0.2
-POD_CIDR=10.88.0.0/24
+HOST_IP=10.213.0.1
+NODE_IP=10.213.0.2
+POD_CIDR=10.214.0.0/24
 BRIDGE=sg-cni0
 SERVICE_CIDR=10.96.0.0/24
 API_SERVICE_IP=10.96.0.1
@@ -101,6 +103,11 @@ wait_for() {
 }
 
 net_up() {
+    local cidr
+    for cidr in "$SERVICE_CIDR" "$POD_CIDR" "${HOST_IP%.*}.0/30"; do
+        [[ -z $(ip route show "$cidr") ]] ||
+            die "the host already routes $cidr ($(ip route show "$cidr")): the cluster needs it"
+    done
     ip netns add "$NETNS"
     ip link add "$HOST_IF" type veth peer name "$NODE_IF"
     ip link set "$NODE_IF" netns "$NETNS"
@@ -124,15 +131,19 @@ net_down() {
     ip route del "$POD_CIDR" via "$NODE_IP" 2>/dev/null || true
     ip link del "$HOST_IF" 2>/dev/null || true
     local ns
-    # Pod network namespaces containerd left behind (its own are named cni-*).
+    # The pods' network namespaces (containerd names them cni-*): only those
+    # holding an address of this cluster's pod range.
     for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do
-        ip netns del "$ns" 2>/dev/null || true
+        if ip -n "$ns" -4 addr show 2>/dev/null | grep -q "inet ${POD_CIDR%.*}\."; then
+            ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+            ip netns del "$ns" 2>/dev/null || true
+        fi
     done
     ip netns del "$NETNS" 2>/dev/null || true
 }
 
 write_configs() {
-    mkdir -p "$STATE/cni/net.d" "$STATE/containerd" "$STATE/kubelet" "$STATE/pod-logs"
+    mkdir -p "$STATE/cni/net.d" "$STATE/containerd" "$STATE/kubelet"
     cat >"$STATE/cni/net.d/10-signalgate.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
@@ -167,6 +178,7 @@ text = set_key(text, "restrict_oom_score_adj", "true")
 text = set_key(text, "bin_dir", "\"/usr/lib/cni\"")
 text = set_key(text, "conf_dir", "\"%s\"" % cni)
 text = set_key(text, "SystemdCgroup", "false")
+text = set_key(text, "Root", "\"%s/containerd/runc\"" % state)
 sys.stdout.write(text)
 ' "$STATE" "$PAUSE_IMAGE" "$STATE/cni/net.d" >"$STATE/containerd/config.toml"
 
@@ -177,6 +189,7 @@ kind: Policy
 omitStages: [RequestReceived]
 rules:
 - level: Metadata
+  verbs: [create, update, patch, delete]
   resources: [{ group: signalgate.io, resources: [remediationrequests] }]
 - level: None
 EOF
@@ -252,9 +265,9 @@ cmd_status() {
 cmd_env() {
     cat <<EOF
 export KUBECONFIG=$STATE/kubeconfig
+export PATH=$BIN_DIR:\$PATH
 export SIGNALGATE_CLUSTER_KUBECTL=$BIN_DIR/kubectl
-export SIGNALGATE_CLUSTER_CONTAINERD=$STATE/containerd/containerd.sock
-export SIGNALGATE_CLUSTER_NODE=$NODE_NAME
+export SIGNALGATE_CLUSTER_STATE=$STATE
 EOF
 }
 
@@ -272,8 +285,11 @@ cmd_deploy() {
     local rendered=$STATE/deployed.yaml
     cmd_render "$@" >"$rendered"
     kubectl_ apply -f "$rendered" >&2
-    local d
-    for d in $(kubectl_ get -f "$rendered" -o jsonpath='{range .items[?(@.kind=="Deployment")]}{.metadata.namespace}/{.metadata.name} {end}'); do
+    local deployments d
+    deployments=$(kubectl_ get -f "$rendered" \
+        -o jsonpath='{range .items[?(@.kind=="Deployment")]}{.metadata.namespace}/{.metadata.name} {end}') ||
+        die "cannot list the deployments of $rendered"
+    for d in $deployments; do
         kubectl_ -n "${d%/*}" rollout status "deployment/${d#*/}" --timeout=180s >&2 ||
             die "deployment $d not ready (kubectl -n ${d%/*} describe pods)"
     done
@@ -289,7 +305,7 @@ EOF
 
 cmd_import() {
     (($#)) || die "usage: cluster.sh import TAR..."
-    cmd_status || die "the cluster is not up (scripts/cluster.sh up)"
+    cmd_status || die "the cluster is not up (make cluster-up)"
     local tar
     for tar in "$@"; do
         say "importing $tar"
@@ -297,19 +313,45 @@ cmd_import() {
     done
 }
 
-cmd_down() {
-    local i
-    for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-        stop_one "${COMPONENTS[i]}"
+# Every container SIGKILLed and removed while containerd still runs: they
+# outlive containerd and their shims.
+kill_containers() {
+    local ids id
+    ids=$(ctr_ tasks ls -q 2>/dev/null) || return 0
+    for id in $ids; do
+        ctr_ tasks kill --signal SIGKILL "$id" >/dev/null 2>&1 || true
     done
-    # Containers outlive containerd (their shims are separate processes).
-    pkill -KILL -f "containerd-shim.*$STATE/containerd" 2>/dev/null || true
-    local m
+    for id in $ids; do
+        ctr_ tasks delete --force "$id" >/dev/null 2>&1 || true
+    done
+}
+
+cmd_down() {
+    local i name
+    for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+        name=${COMPONENTS[i]}
+        if [[ $name == containerd ]] && pid_alive "$STATE/containerd.pid" containerd >/dev/null; then
+            kill_containers
+        fi
+        stop_one "$name"
+    done
+    # Whatever a pidfile did not name (a start cut short): every process
+    # started with this state directory on its command line, the shims too.
+    pkill -KILL -f -- "$STATE/" 2>/dev/null || true
+    local m uid
     for m in $(awk -v s="$STATE/" 'index($2, s) == 1 {print $2}' /proc/self/mounts | sort -r); do
         umount -l "$m" 2>/dev/null || true
     done
+    # kubelet 1.20 writes pod logs to /var/log/pods whatever its root dir.
+    for uid in $(ls "$STATE/kubelet/pods" 2>/dev/null); do
+        rm -rf /var/log/pods/*_"$uid"
+    done
     net_down
     say "down"
+}
+
+api_endpoint_is_the_node() {
+    [[ $(kubectl_ get endpoints kubernetes -o jsonpath='{.subsets[0].addresses[0].ip}') == "$NODE_IP" ]]
 }
 
 cmd_up() {
@@ -323,7 +365,9 @@ cmd_up() {
         return 0
     fi
     cmd_down >/dev/null 2>&1 || true
-    local start=$SECONDS deadline=$((SECONDS + UP_TIMEOUT))
+    # A start that fails takes down what it started (the logs stay).
+    trap 'say "start failed: taking down what started (logs in $STATE)"; cmd_down >/dev/null 2>&1' EXIT
+    local started=$SECONDS deadline=$((SECONDS + UP_TIMEOUT))
     rm -rf "$STATE"
     mkdir -p "$STATE"
     net_up
@@ -379,9 +423,9 @@ cmd_up() {
     # Pods need their namespace's service account (token controller) and the
     # kubernetes Service's endpoint (the API server's own reconciler).
     wait_for "default service account" "$deadline" kubectl_ get serviceaccount default
-    wait_for "kubernetes endpoints" "$deadline" \
-        bash -c "KUBECONFIG='$STATE/kubeconfig' '$BIN_DIR/kubectl' get endpoints kubernetes -o jsonpath='{.subsets[0].addresses[0].ip}' | grep -qx '$NODE_IP'"
-    say "up in $((SECONDS - start)) s"
+    wait_for "kubernetes endpoints" "$deadline" api_endpoint_is_the_node
+    trap - EXIT
+    say "up in $((SECONDS - started)) s"
     cmd_env
 }
 
