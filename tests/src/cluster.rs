@@ -4,18 +4,18 @@
 //!
 //! The cluster is one per machine (a fixed network namespace and
 //! addresses), so the tests of a process take turns ([`Cluster::lease`]):
-//! the first brings it up (or finds it up), the last one out takes it down
-//! (unless `SIGNALGATE_CLUSTER_KEEP=1`, for looking around afterwards).
+//! the first brings it up (or finds it up: then it is left up), the last
+//! one out takes down a cluster this process started (unless
+//! `SIGNALGATE_CLUSTER_KEEP=1`, for looking around afterwards).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::client;
-use crate::process::wait_for;
 use crate::workspace;
 
 /// Where the manifests put signalgate.
@@ -40,14 +40,30 @@ pub const EDGE_SELECTOR: &str =
 /// gives it, and why: the filter's rate limit. Every test sender reaches
 /// the Service from the node, so kube-proxy's masquerade makes them all one
 /// source, and the load test sends several hundred requests a minute
-/// (docs/deploying.md, "Rate limits behind NAT").
+/// (docs/deploying.md, "Rate limits behind NAT"). The Envoy ConfigMap is
+/// renamed with it, so pods deployed without it roll.
 const REWRITES: [(&str, &str); 1] = [(
     r#""requests_per_minute": 100, "burst": 100,"#,
     r#""requests_per_minute": 100000, "burst": 100000,"#,
 )];
+/// The suffix of the rewritten Envoy ConfigMap's name.
+const REWRITTEN: &str = "-tests";
 
-/// Tests in this process that hold or wait for a lease.
-static USERS: Mutex<usize> = Mutex::new(0);
+/// The tests of this process on the cluster.
+struct Shared {
+    /// Tests that hold or wait for a lease.
+    users: usize,
+    /// This process started the cluster (and so takes it down).
+    started_here: bool,
+    /// The images are imported into the running cluster.
+    imported: bool,
+}
+
+static SHARED: Mutex<Shared> = Mutex::new(Shared {
+    users: 0,
+    started_here: false,
+    imported: false,
+});
 /// One test at a time changes the cluster.
 static TURN: Mutex<()> = Mutex::new(());
 
@@ -59,23 +75,48 @@ fn script() -> PathBuf {
     workspace::root().join("scripts/cluster.sh")
 }
 
-/// Counts a test in while it lives; the last one out takes the cluster
-/// down. Made before anything can panic, so a failed start is counted out.
+/// `scripts/cluster.sh ARGS`' standard output and error; panics with its
+/// error output when it fails.
+fn cluster_sh<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (String, String) {
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/cluster.sh: {e}"));
+    let what: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+    assert!(
+        out.status.success(),
+        "scripts/cluster.sh {} failed:\n{}",
+        what.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Counts a test in while it lives; the last one out takes down a cluster
+/// this process started. Made before anything can panic, so a failed start
+/// is counted out.
 struct User;
 
 impl User {
     fn enter() -> User {
-        *lock(&USERS) += 1;
+        lock(&SHARED).users += 1;
         User
     }
 }
 
 impl Drop for User {
     fn drop(&mut self) {
-        let mut users = lock(&USERS);
-        *users -= 1;
-        if *users == 0 && std::env::var("SIGNALGATE_CLUSTER_KEEP").as_deref() != Ok("1") {
+        let mut shared = lock(&SHARED);
+        shared.users -= 1;
+        let keep = std::env::var("SIGNALGATE_CLUSTER_KEEP").as_deref() == Ok("1");
+        if shared.users == 0 && shared.started_here && !keep {
             let _ = Command::new("bash").arg(script()).arg("down").output();
+            shared.started_here = false;
+            shared.imported = false;
         }
     }
 }
@@ -97,17 +138,15 @@ impl Cluster {
     pub fn lease() -> Cluster {
         let user = User::enter();
         let turn = lock(&TURN);
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("up")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run scripts/cluster.sh up: {e}"));
-        assert!(
-            out.status.success(),
-            "scripts/cluster.sh up failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env = String::from_utf8_lossy(&out.stdout).to_string();
+        let (env, log) = cluster_sh(&["up"]);
+        let import = {
+            let mut shared = lock(&SHARED);
+            if !log.contains("already up") {
+                shared.started_here = true;
+                shared.imported = false;
+            }
+            !shared.imported
+        };
         let var = |name: &str| -> PathBuf {
             env.lines()
                 .find_map(|l| l.strip_prefix(&format!("export {name}=")))
@@ -117,49 +156,41 @@ impl Cluster {
         let cluster = Cluster {
             kubectl: var("SIGNALGATE_CLUSTER_KUBECTL"),
             kubeconfig: var("KUBECONFIG"),
-            state: workspace::target_dir().join("cluster"),
+            state: var("SIGNALGATE_CLUSTER_STATE"),
             _turn: turn,
             _user: user,
         };
-        cluster.import_images();
+        if import {
+            cluster.import_images();
+            lock(&SHARED).imported = true;
+        }
+        // A test that ended mid-drain may have left it cordoned.
+        cluster.kubectl_ok(&["uncordon", &cluster.node()]);
         cluster.apply_overlay();
         cluster.wait_rolled_out();
         cluster
     }
 
     fn import_images(&self) {
-        let dir = workspace::target_dir().join("images");
-        let tars: Vec<PathBuf> = IMAGES.iter().map(|i| dir.join(i)).collect();
-        for t in &tars {
-            assert!(t.exists(), "{} is missing: run `make images`", t.display());
+        // Where scripts/images.sh writes them.
+        let dir = workspace::root().join("target/images");
+        let mut args: Vec<PathBuf> = vec!["import".into()];
+        for image in IMAGES {
+            let tar = dir.join(image);
+            assert!(
+                tar.exists(),
+                "{} is missing: run `make images`",
+                tar.display()
+            );
+            args.push(tar);
         }
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("import")
-            .args(&tars)
-            .output()
-            .expect("run scripts/cluster.sh import");
-        assert!(
-            out.status.success(),
-            "importing the images failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cluster_sh(&args);
     }
 
     /// The overlay as `scripts/cluster.sh render` gives it, with
     /// [`REWRITES`], applied.
     fn apply_overlay(&self) {
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("render")
-            .output()
-            .expect("run scripts/cluster.sh render");
-        assert!(
-            out.status.success(),
-            "scripts/cluster.sh render failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut rendered = String::from_utf8_lossy(&out.stdout).to_string();
+        let (mut rendered, _) = cluster_sh(&["render"]);
         for (from, to) in REWRITES {
             assert!(
                 rendered.contains(from),
@@ -167,6 +198,12 @@ impl Cluster {
             );
             rendered = rendered.replace(from, to);
         }
+        let envoy_config = rendered
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("name: signalgate-envoy-"))
+            .map(|hash| format!("signalgate-envoy-{hash}"))
+            .expect("the rendered overlay names the Envoy ConfigMap");
+        rendered = rendered.replace(&envoy_config, &format!("{envoy_config}{REWRITTEN}"));
         let file = self.state.join("overlay.yaml");
         std::fs::write(&file, rendered).expect("write the rendered overlay");
         self.kubectl_ok(&["apply", "-f", &file.to_string_lossy()]);
@@ -234,6 +271,11 @@ impl Cluster {
         all.extend_from_slice(&["-o", "json"]);
         let text = self.kubectl_ok(&all);
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("kubectl {all:?}: {e}: {text}"))
+    }
+
+    /// The node's name.
+    pub fn node(&self) -> String {
+        self.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])
     }
 
     pub fn create_namespace(&self, ns: &str) {
@@ -314,7 +356,9 @@ impl Cluster {
     /// The API server's audit events (RemediationRequests only: see the
     /// policy in `scripts/cluster.sh`).
     pub fn audit_events(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.state.join("audit.log")).unwrap_or_default();
+        let path = self.state.join("audit.log");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         text.lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
@@ -327,6 +371,11 @@ impl Cluster {
             .args(args)
             .output()
             .expect("run redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
@@ -374,11 +423,15 @@ impl Cluster {
     /// Waits until `cond` holds for the edge pods (panics with the cluster's
     /// state after `timeout`).
     pub fn wait_pods(&self, what: &str, timeout: Duration, cond: impl Fn(&[Value]) -> bool) {
-        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_for(what, timeout, || cond(&self.edge_pods()).then_some(()))
-        }));
-        if let Err(e) = ok {
-            panic!("{}\n{}", panic_text(&e), self.diagnostics());
+        let deadline = Instant::now() + timeout;
+        while !cond(&self.edge_pods()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                self.diagnostics()
+            );
+            // Each look is a kubectl process: not back to back on 2 cores.
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 

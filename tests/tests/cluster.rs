@@ -7,67 +7,36 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use signalgate_model::rfc3339::unix_millis;
 use signalgate_tests::alertmanager::{sum_samples, Alertmanager, Receiver};
 use signalgate_tests::client;
 use signalgate_tests::cluster::{
     is_ready, name_of, panic_text, Cluster, EDGE_SELECTOR, NAMESPACE, READY_TIMEOUT,
 };
-use signalgate_tests::e2e::expect::{alerts, incidents, Incident};
-use signalgate_tests::e2e::ALERTS_PATH;
+use signalgate_tests::e2e::expect::{alerts, incidents, one_each_listed, Incident};
+use signalgate_tests::e2e::wait::{check, eventually};
+use signalgate_tests::e2e::{ALERTS_PATH, SETTLE};
 use signalgate_tests::fault_checker::history::{AttemptResult, History};
 use signalgate_tests::fault_checker::invariants;
 use signalgate_tests::fault_checker::plan::{Plan, NAMESPACES};
 use signalgate_tests::fault_checker::sender::Sender;
-use signalgate_tests::remediation::is_storm;
 
 /// The sidecar's identity in the cluster: its pod's service account.
 const SIDECAR_USER: &str = "system:serviceaccount:signalgate-system:signalgate-sidecar";
 /// A bound (projected) token names the pod it was issued for.
 const POD_NAME_CLAIM: &str = "authentication.kubernetes.io/pod-name";
 
-/// Every incident of `expected` has exactly one (non-storm) resource in
-/// its namespace, and there is no other: the resources, or what is wrong.
-fn one_each(c: &Cluster, expected: &[Incident]) -> Result<Vec<Value>, String> {
-    let namespaces: BTreeSet<&str> = expected.iter().map(|i| i.namespace.as_str()).collect();
-    let mut all = Vec::new();
-    let mut found = Vec::new();
-    for ns in namespaces {
-        for rr in c.remediation_requests(ns)? {
-            if !is_storm(&rr) {
-                found.push(Incident {
-                    namespace: ns.to_string(),
-                    name: rr["spec"]["signalName"].as_str().unwrap_or("").into(),
-                    pod: rr["spec"]["targetResource"]["name"]
-                        .as_str()
-                        .unwrap_or("")
-                        .into(),
-                });
-            }
-            all.push(rr);
-        }
-    }
-    found.sort();
-    if found == expected {
-        Ok(all)
-    } else {
-        Err(format!("expected {expected:?}, found {found:?}"))
-    }
-}
-
+/// Waits until every incident of `expected` has exactly one resource.
 fn wait_one_each(c: &Cluster, expected: &[Incident], what: &str) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match one_each(c, expected) {
-            Ok(all) => return all,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{what}: {e}\n{}", c.diagnostics())
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
+    check(
+        eventually(what, SETTLE, || {
+            one_each_listed(|ns| c.remediation_requests(ns), expected)
+        }),
+        || c.diagnostics(),
+    )
 }
 
 #[test]
@@ -151,21 +120,27 @@ fn the_shipped_manifests_come_up_ready_with_the_filter_in_place() {
 #[test]
 fn alertmanager_through_the_service_gets_resources_the_pods_write_with_their_own_token() {
     let c = Cluster::lease();
+    let started = SystemTime::now();
     let ns = "cluster-am";
-    c.create_namespace(ns);
+    c.fresh_namespaces(&[ns]);
     let am = Alertmanager::start(&Receiver::new(&c.service_url(ALERTS_PATH)));
     let sent = alerts("ClusterAlertmanager", ns, "web", 3);
     am.push(&sent);
     let expected = incidents(&sent);
     wait_one_each(&c, &expected, "one resource per alert sent by Alertmanager");
 
-    // Who wrote them: the audit log of the API server (which knows no
-    // static token for the sidecar: only the pod's own can be it).
+    // Who wrote them: the audit log of the API server. A token bound to a
+    // pod names it: only the projected token the sidecar container mounts
+    // does (no kubeconfig file, no static token).
     let pods: BTreeSet<String> = c.edge_pods().iter().map(name_of).collect();
     let writes: Vec<Value> = c
         .audit_events()
         .into_iter()
         .filter(|e| e["objectRef"]["namespace"] == ns)
+        .filter(|e| {
+            let at = e["requestReceivedTimestamp"].as_str().and_then(unix_millis);
+            at.is_some_and(|ms| ms >= millis(started))
+        })
         .filter(|e| ["create", "update", "patch"].contains(&e["verb"].as_str().unwrap_or("")))
         .collect();
     assert!(!writes.is_empty(), "no write of {ns} in the audit log");
@@ -197,38 +172,48 @@ fn alertmanager_through_the_service_gets_resources_the_pods_write_with_their_own
 #[test]
 fn a_drain_keeps_one_replica_serving() {
     let c = Cluster::lease();
-    let node = c.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let node = c.node();
     let ns = "cluster-drain";
-    c.create_namespace(ns);
+    c.fresh_namespaces(&[ns]);
     let url = c.service_url(ALERTS_PATH);
     let before: BTreeSet<String> = c.edge_pods().iter().map(name_of).collect();
 
-    // Signals go on during the drain; the Service keeps a Ready endpoint.
+    // Signals go on during the drain, each retried as Alertmanager retries
+    // (a 5xx or a transport error, for up to 10 s); the Service's Ready
+    // endpoints are sampled meanwhile.
     let bodies: Vec<Vec<u8>> = alerts("ClusterDrain", ns, "p", 5)
         .into_iter()
         .map(|a| serde_json::to_vec(&webhook(&[a])).expect("json"))
         .collect();
     let stop = AtomicBool::new(false);
     let lowest = Mutex::new(usize::MAX);
-    let failures = Mutex::new(Vec::new());
-    let drain = std::thread::scope(|s| {
+    let (sent, failed_attempts, lost) = (
+        Mutex::new(0usize),
+        Mutex::new(Vec::new()),
+        Mutex::new(Vec::new()),
+    );
+    let (drain, uncordon) = std::thread::scope(|s| {
         s.spawn(|| {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                match client::post_json(&url, &bodies[n % bodies.len()], &[]) {
-                    Ok(a) if (200..300).contains(&a.status) => {}
-                    Ok(a) => failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("{}: {}", a.status, a.body)),
-                    Err(e) => failures.lock().unwrap().push(e),
+                let (failures, acked) = deliver(&url, &bodies[n % bodies.len()]);
+                *sent.lock().unwrap() += 1;
+                failed_attempts.lock().unwrap().extend(failures.clone());
+                if !acked {
+                    lost.lock().unwrap().push(failures);
                 }
                 n += 1;
-                // A steady stream, not a flood: about 15 requests a second.
+                // A steady stream, not a flood.
                 std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
                 let ready = c.ready_endpoints().len();
                 let mut low = lowest.lock().unwrap();
                 *low = (*low).min(ready);
+                drop(low);
+                std::thread::sleep(Duration::from_millis(200));
             }
         });
         // kubectl drain evicts (the eviction API honours the PDB) and
@@ -245,7 +230,8 @@ fn a_drain_keeps_one_replica_serving() {
             "--timeout=20s",
         ]);
         stop.store(true, Ordering::Relaxed);
-        out
+        // Uncordoned here, whatever the assertions below find.
+        (out, c.kubectl(&["uncordon", &node]))
     });
     // One original replica evicted (terminating or gone), the other kept.
     let kept: Vec<String> = c
@@ -255,7 +241,6 @@ fn a_drain_keeps_one_replica_serving() {
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && is_ready(p))
         .map(name_of)
         .collect();
-    let uncordon = c.kubectl(&["uncordon", &node]);
     let stderr = String::from_utf8_lossy(&drain.stderr).to_string();
     let stdout = String::from_utf8_lossy(&drain.stdout).to_string();
     assert!(uncordon.status.success(), "uncordon: {uncordon:?}");
@@ -274,15 +259,50 @@ fn a_drain_keeps_one_replica_serving() {
     );
     let low = *lowest.lock().unwrap();
     assert!(low >= 1, "the Service was left with {low} Ready endpoints");
-    let failures = failures.into_inner().unwrap();
+    let lost = lost.into_inner().unwrap();
+    let failed_attempts = failed_attempts.into_inner().unwrap();
+    eprintln!(
+        "[cluster] drain: {} signals sent, {} attempts failed and were retried: {failed_attempts:?}",
+        sent.into_inner().unwrap(),
+        failed_attempts.len()
+    );
     assert!(
-        failures.is_empty(),
-        "signals failed during the drain: {failures:?}"
+        lost.is_empty(),
+        "signals never acknowledged during the drain: {lost:?}"
+    );
+    // Envoy's preStop hook holds its SIGTERM until the evicted pod has left
+    // the Service: no attempt fails (without it, a few were refused).
+    assert!(
+        failed_attempts.is_empty(),
+        "attempts failed during the drain: {failed_attempts:?}"
     );
     // Uncordoned, the replacement runs again.
-    c.wait_pods("2 Ready replicas after the drain", READY_TIMEOUT, |pods| {
-        pods.iter().filter(|p| is_ready(p)).count() == 2
-    });
+    c.wait_rolled_out();
+}
+
+/// Posts `body` until a 2xx, retrying a 5xx or a transport error after
+/// 0.5 s, 0.75 s, ... for up to 10 s (Alertmanager's way); 4xx is final.
+/// The failed attempts, and whether it was acknowledged.
+fn deliver(url: &str, body: &[u8]) -> (Vec<String>, bool) {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(500);
+    let mut failures = Vec::new();
+    loop {
+        match client::post_json(url, body, &[]) {
+            Ok(a) if (200..300).contains(&a.status) => return (failures, true),
+            Ok(a) if a.status < 500 => {
+                failures.push(format!("{}: {}", a.status, a.body));
+                return (failures, false);
+            }
+            Ok(a) => failures.push(format!("{}: {}", a.status, a.body)),
+            Err(e) => failures.push(e),
+        }
+        if started.elapsed() + backoff > Duration::from_secs(10) {
+            return (failures, false);
+        }
+        std::thread::sleep(backoff);
+        backoff = backoff * 3 / 2;
+    }
 }
 
 /// An Alertmanager (version 4) webhook of `alerts`, all firing.
@@ -304,8 +324,9 @@ fn webhook(alerts: &[Value]) -> Value {
     })
 }
 
-/// How long the checker's workload runs while the pods are disrupted.
-const WORKLOAD: Duration = Duration::from_secs(75);
+/// How long the checker's workload runs: the disruptions take about 50 s
+/// here, and must all fall within it.
+const WORKLOAD: Duration = Duration::from_secs(110);
 /// The resources stay the same this long, with nothing pending: quiet.
 const QUIET_FOR: Duration = Duration::from_secs(3);
 const QUIET_DEADLINE: Duration = Duration::from_secs(90);
@@ -329,26 +350,31 @@ fn a_rollout_restart_and_killed_pods_under_load_lose_and_double_nothing() {
     let seed = 20;
     let plan = Plan::generate(seed, WORKLOAD.as_millis() as u64, &[]);
     let history = Mutex::new(History::default());
+    let started = Instant::now();
     let sender = Sender {
         url: c.service_url(ALERTS_PATH),
         seed,
-        started: Instant::now(),
+        started,
         plan: &plan,
         upstreams: Vec::new(),
         history: &history,
     };
+    let first_kill = Mutex::new(None);
     let disrupted = std::thread::scope(|s| {
         for lane in 0..NAMESPACES.len() {
             let sender = &sender;
             s.spawn(move || sender.run_lane(lane));
         }
-        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| disrupt(&c)));
-        done.map_err(|e| panic_text(&e))
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            disrupt(&c, started, &first_kill)
+        }));
+        // Before the scope waits for the senders to finish.
+        let disrupted_for = started.elapsed();
+        done.map(|log| (log, disrupted_for))
+            .map_err(|e| panic_text(&e))
     });
-    if let Err(e) = disrupted {
-        panic!("{e}\n{}", c.diagnostics());
-    }
-    let disruptions = disrupted.unwrap_or_default();
+    let (disruptions, disrupted_for) =
+        disrupted.unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()));
 
     let items = quiesce(&c);
     let history = history.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -396,6 +422,28 @@ fn a_rollout_restart_and_killed_pods_under_load_lose_and_double_nothing() {
         history.deliveries.len(),
         "a delivery was never acknowledged"
     );
+    // Envoy's preStop hook keeps a rolling restart invisible to senders:
+    // the only failed attempts are the kills'.
+    let kill_ms = first_kill
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .map_or(u64::MAX, |d| d.as_millis() as u64);
+    let during_rollout: Vec<String> = history
+        .deliveries
+        .iter()
+        .filter(|d| d.attempts.iter().any(|a| !a.acked() && a.at_ms < kill_ms))
+        .map(|d| d.id())
+        .collect();
+    assert!(
+        during_rollout.is_empty(),
+        "deliveries failed during the rolling restart, before any pod was killed: \
+         {during_rollout:?} ({retried:?})"
+    );
+    assert!(
+        disrupted_for < WORKLOAD,
+        "the disruptions took {disrupted_for:?}, past the workload's {WORKLOAD:?}: \
+         they were not all under load ({disruptions:?})"
+    );
     let expected = incidents(&am_alerts);
     wait_one_each(&c, &expected, "Alertmanager's alerts, one resource each");
     let n = am.notifications();
@@ -409,9 +457,9 @@ fn a_rollout_restart_and_killed_pods_under_load_lose_and_double_nothing() {
 
 /// The disruptions, one after the other, each waited out: a rolling
 /// restart, a pod deleted without grace, a sidecar SIGKILLed. Returns what
-/// happened when (seconds since the start).
-fn disrupt(c: &Cluster) -> Vec<String> {
-    let started = Instant::now();
+/// happened when (seconds since `started`, the senders' clock); the first
+/// kill's time goes to `first_kill`.
+fn disrupt(c: &Cluster, started: Instant, first_kill: &Mutex<Option<Duration>>) -> Vec<String> {
     let at = |what: &str| format!("{what} at {:.1}s", started.elapsed().as_secs_f64());
     let mut log = Vec::new();
     std::thread::sleep(Duration::from_secs(5)); // the workload's first deliveries
@@ -436,6 +484,7 @@ fn disrupt(c: &Cluster) -> Vec<String> {
             .collect()
     };
     let victim = name_of(&live_ready(&c.edge_pods())[0]);
+    *first_kill.lock().unwrap_or_else(|e| e.into_inner()) = Some(started.elapsed());
     log.push(at(&format!("delete --grace-period=0 {victim}")));
     c.kubectl_ok(&[
         "-n",
@@ -535,4 +584,10 @@ fn quiesce(c: &Cluster) -> Vec<Value> {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
 }

@@ -56,11 +56,19 @@ pub fn alerts(name: &str, namespace: &str, prefix: &str, n: usize) -> Vec<Value>
 /// exactly one (non-storm) resource and there is no other non-storm
 /// resource; else what is missing, doubled or unexpected.
 pub fn one_each(k: &ApiServer, expected: &[Incident]) -> Result<Vec<Value>, Wait> {
+    one_each_listed(|ns| try_list(k, ns), expected)
+}
+
+/// [`one_each`], with the resources of a namespace from `list`.
+pub fn one_each_listed(
+    list: impl Fn(&str) -> Result<Vec<Value>, String>,
+    expected: &[Incident],
+) -> Result<Vec<Value>, Wait> {
     let namespaces: BTreeSet<&str> = expected.iter().map(|i| i.namespace.as_str()).collect();
     let mut found: BTreeMap<Incident, Vec<String>> = BTreeMap::new();
     let mut all = Vec::new();
     for ns in namespaces {
-        for rr in try_list(k, ns)? {
+        for rr in list(ns)? {
             if !is_storm(&rr) {
                 let incident = Incident {
                     namespace: ns.to_string(),
