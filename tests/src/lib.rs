@@ -9,6 +9,7 @@ pub mod alertmanager;
 pub mod browser;
 pub mod client;
 pub mod cluster;
+pub mod dockerfile;
 pub mod e2e;
 pub mod edge;
 pub mod edge_client;

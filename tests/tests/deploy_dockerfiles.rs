@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use signalgate_tests::dockerfile::{
+    copy_parts, exec_form, label_pairs, parse_dockerfile, Instruction, Stage,
+};
 use signalgate_tests::manifests::{
     arr, container_port, env_value, port_of, read, str_of, Rendered,
 };
@@ -14,128 +17,6 @@ use signalgate_tests::workspace;
 const WASM_OUTPUT: &str = "target/wasm32-wasip1/release/signalgate_filter.wasm";
 /// The Makefile's name for the built native module (`make native`).
 const NATIVE_OUTPUT: &str = "target/release/libsignalgate_edge_native.so";
-
-/// One Dockerfile instruction: keyword (upper case) and the rest.
-#[derive(Debug, Clone)]
-struct Instruction {
-    keyword: String,
-    args: String,
-}
-
-#[derive(Debug, Default)]
-struct Stage {
-    from: String,
-    name: Option<String>,
-    instructions: Vec<Instruction>,
-}
-
-fn parse_dockerfile(text: &str) -> Vec<Stage> {
-    let mut logical = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
-            continue;
-        }
-        if trimmed.starts_with('#') {
-            continue; // a comment inside a continued instruction
-        }
-        if let Some(head) = trimmed.strip_suffix('\\') {
-            current.push_str(head);
-            current.push(' ');
-        } else {
-            current.push_str(trimmed);
-            logical.push(std::mem::take(&mut current));
-        }
-    }
-    assert!(current.is_empty(), "dangling line continuation");
-    let mut stages: Vec<Stage> = Vec::new();
-    for l in logical {
-        let (kw, args) = l.split_once(char::is_whitespace).unwrap_or((&l, ""));
-        let ins = Instruction {
-            keyword: kw.to_ascii_uppercase(),
-            args: args.trim().to_string(),
-        };
-        if ins.keyword == "FROM" {
-            let words: Vec<&str> = ins.args.split_whitespace().collect();
-            let name = match words.as_slice() {
-                [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => Some(name.to_string()),
-                [_] => None,
-                other => panic!("unexpected FROM {other:?}"),
-            };
-            stages.push(Stage {
-                from: words[0].to_string(),
-                name,
-                instructions: Vec::new(),
-            });
-        } else {
-            stages
-                .last_mut()
-                .expect("instruction before FROM")
-                .instructions
-                .push(ins);
-        }
-    }
-    stages
-}
-
-impl Stage {
-    fn all(&self, keyword: &str) -> Vec<&Instruction> {
-        self.instructions
-            .iter()
-            .filter(|i| i.keyword == keyword)
-            .collect()
-    }
-}
-
-/// A COPY's `--from`, sources and destination.
-fn copy_parts(ins: &Instruction) -> (Option<String>, Vec<String>, String) {
-    let mut from = None;
-    let mut words = Vec::new();
-    for w in ins.args.split_whitespace() {
-        if let Some(f) = w.strip_prefix("--from=") {
-            from = Some(f.to_string());
-        } else if !w.starts_with("--") {
-            words.push(w.to_string());
-        }
-    }
-    let dest = words.pop().expect("COPY destination");
-    (from, words, dest)
-}
-
-/// `key="value" key2=value2` pairs of a LABEL.
-fn label_pairs(args: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut chars = args.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.peek().is_none() {
-            return out;
-        }
-        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=')).collect();
-        assert_eq!(chars.next(), Some('='), "LABEL {args}");
-        let value: String = if chars.peek() == Some(&'"') {
-            chars.next();
-            let v = std::iter::from_fn(|| chars.next_if(|c| *c != '"')).collect();
-            assert_eq!(
-                chars.next(),
-                Some('"'),
-                "unterminated quote in LABEL {args}"
-            );
-            v
-        } else {
-            std::iter::from_fn(|| chars.next_if(|c| !c.is_whitespace())).collect()
-        };
-        out.insert(key.trim().to_string(), value);
-    }
-}
-
-/// The exec form `["a", "b"]` of ENTRYPOINT/CMD.
-fn exec_form(args: &str) -> Vec<String> {
-    serde_json::from_str(args).unwrap_or_else(|e| panic!("not exec form JSON: {args}: {e}"))
-}
 
 /// Whether `path` is excluded by a .dockerignore's `patterns` (last match
 /// wins; `*` matches everything, otherwise a pattern is a path or a prefix

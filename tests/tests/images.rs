@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use signalgate_tests::dockerfile::{exec_form, parse_dockerfile};
 use signalgate_tests::manifests::{arr, parse_yaml_docs, read, str_of};
 use signalgate_tests::process::temp_dir;
 use signalgate_tests::{sidecar, workspace};
@@ -166,18 +167,13 @@ fn list_layer(layer: &Path) -> BTreeMap<String, Entry> {
 /// The argument of the last `keyword` instruction of a Dockerfile's final stage.
 fn final_stage(dockerfile: &Path, keyword: &str) -> Option<String> {
     let text = std::fs::read_to_string(dockerfile).expect("Dockerfile");
-    let lines: Vec<&str> = text.lines().map(str::trim).collect();
-    let from = lines.iter().rposition(|l| l.starts_with("FROM "))?;
-    lines[from..]
-        .iter()
-        .filter_map(|l| l.strip_prefix(&format!("{keyword} ")))
-        .next_back()
-        .map(str::to_string)
+    let stages = parse_dockerfile(&text);
+    let last = stages.last()?;
+    last.all(keyword).last().map(|i| i.args.clone())
 }
 
-fn exec_form(dockerfile: &Path, keyword: &str) -> Vec<String> {
-    let args = final_stage(dockerfile, keyword).unwrap_or_else(|| panic!("no {keyword}"));
-    serde_json::from_str(&args).expect("exec form")
+fn final_exec_form(dockerfile: &Path, keyword: &str) -> Vec<String> {
+    exec_form(&final_stage(dockerfile, keyword).unwrap_or_else(|| panic!("no {keyword}")))
 }
 
 /// deploy/base's pod spec and the `runAsUser:runAsGroup` it runs every container as.
@@ -227,7 +223,7 @@ fn sidecar_image_runs_the_sidecar_with_every_library_it_needs() {
         Some(user.as_str())
     );
     let entry = image.strings("Entrypoint");
-    assert_eq!(entry, exec_form(&dockerfile, "ENTRYPOINT"));
+    assert_eq!(entry, final_exec_form(&dockerfile, "ENTRYPOINT"));
     // The manifest runs the image's ENTRYPOINT (no command of its own).
     assert!(container(&pod, "containers", "sidecar")["command"].is_null());
     assert!(image.strings("Env").contains(&PATH_ENV.to_string()));
@@ -292,7 +288,7 @@ fn filter_init_image_holds_what_the_init_container_runs() {
         runs, command,
         "the image's default is what the manifest runs"
     );
-    assert_eq!(image.strings("Cmd"), exec_form(&dockerfile, "CMD"));
+    assert_eq!(image.strings("Cmd"), final_exec_form(&dockerfile, "CMD"));
     assert_eq!(image.config["config"]["User"], user.as_str());
     // `/bin/busybox cp /plugin.wasm <dest>`: the program and the file it copies.
     assert_eq!(image.resolve(&command[0]).mode, "-rwxr-xr-x");
@@ -336,16 +332,20 @@ fn envoy_and_redis_test_images_run_what_the_manifests_and_the_overlay_need() {
     let tmp = temp_dir("images");
     let fixtures = workspace::root().join("tests/fixtures/cluster/images");
     // Any dynamically linked ELF stands in for the binaries.
-    let elf = Path::new("/bin/true");
-    let envoy = unpack(
-        &build(
+    let fixture = |dockerfile: &str, tag: &str, stage: &str| {
+        let built = build(
             tmp.path(),
-            &fixtures.join("Dockerfile.envoy"),
-            "signalgate.local/envoy:v1.40.0",
+            &fixtures.join(dockerfile),
+            tag,
             &workspace::root(),
-            &[("envoy-wheel:/envoy", elf)],
-        )
-        .expect("image.py"),
+            &[(stage, Path::new("/bin/true"))],
+        );
+        unpack(&built.expect("image.py"))
+    };
+    let envoy = fixture(
+        "Dockerfile.envoy",
+        "signalgate.local/envoy:v1.40.0",
+        "envoy-wheel:/envoy",
     );
     let (pod, user) = base_pod();
     let envoy_container = container(&pod, "containers", "envoy");
@@ -358,15 +358,10 @@ fn envoy_and_redis_test_images_run_what_the_manifests_and_the_overlay_need() {
         .mode
         .starts_with('-'));
 
-    let redis = unpack(
-        &build(
-            tmp.path(),
-            &fixtures.join("Dockerfile.redis"),
-            "signalgate.local/redis:dev",
-            &workspace::root(),
-            &[("redis:/usr/bin/redis-server", elf)],
-        )
-        .expect("image.py"),
+    let redis = fixture(
+        "Dockerfile.redis",
+        "signalgate.local/redis:dev",
+        "redis:/usr/bin/redis-server",
     );
     assert_eq!(redis.strings("Entrypoint"), ["/usr/local/bin/redis-server"]);
     let cmd = redis.strings("Cmd");
