@@ -165,8 +165,8 @@ EOF
 import re, sys
 state, pause, cni = sys.argv[1:4]
 text = sys.stdin.read()
-def set_key(text, key, value, count=1):
-    new, n = re.subn(r"(?m)^(\s*" + re.escape(key) + r" = ).*$", lambda m: m.group(1) + value, text, count=count)
+def set_key(text, key, value):
+    new, n = re.subn(r"(?m)^(\s*" + re.escape(key) + r" = ).*$", lambda m: m.group(1) + value, text, count=1)
     if n == 0:
         sys.exit("containerd config: no key " + key)
     return new

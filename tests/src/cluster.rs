@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::client;
+use crate::remediation::items_by_name;
 use crate::workspace;
 
 /// Where the manifests put signalgate.
@@ -75,21 +76,23 @@ fn script() -> PathBuf {
     workspace::root().join("scripts/cluster.sh")
 }
 
+/// `cmd`'s output; panics with its error output unless it succeeded.
+fn succeeded(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// `scripts/cluster.sh ARGS`' standard output and error; panics with its
 /// error output when it fails.
 fn cluster_sh<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (String, String) {
-    let out = Command::new("bash")
-        .arg(script())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run scripts/cluster.sh: {e}"));
-    let what: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
-    assert!(
-        out.status.success(),
-        "scripts/cluster.sh {} failed:\n{}",
-        what.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded(Command::new("bash").arg(script()).args(args));
     (
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
@@ -244,23 +247,23 @@ impl Cluster {
         }
     }
 
+    /// kubectl as the cluster's admin.
+    fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
+        cmd
+    }
+
     /// Runs kubectl as the cluster's admin.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new(&self.kubectl)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.kubectl.display()))
+        let mut cmd = self.kubectl_command(args);
+        cmd.output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
     }
 
     /// kubectl's output; panics with its error when it fails.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = succeeded(&mut self.kubectl_command(args));
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
@@ -343,14 +346,7 @@ impl Cluster {
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).to_string());
         }
-        let list: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        let mut items = list["items"].as_array().cloned().unwrap_or_default();
-        items.sort_by(|a, b| {
-            a["metadata"]["name"]
-                .as_str()
-                .cmp(&b["metadata"]["name"].as_str())
-        });
-        Ok(items)
+        items_by_name(ns, &String::from_utf8_lossy(&out.stdout))
     }
 
     /// The API server's audit events (RemediationRequests only: see the
@@ -366,15 +362,10 @@ impl Cluster {
 
     /// `redis-cli` against the in-cluster Redis.
     pub fn redis_cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", REDIS_HOST, "-p", "6379"])
-            .args(args)
-            .output()
-            .expect("run redis-cli");
-        assert!(
-            out.status.success(),
-            "redis-cli {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = succeeded(
+            Command::new("redis-cli")
+                .args(["-h", REDIS_HOST, "-p", "6379"])
+                .args(args),
         );
         String::from_utf8_lossy(&out.stdout).to_string()
     }
@@ -399,25 +390,15 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no running {container} in {}", pod["metadata"]["name"]))
             .to_string();
         let socket = self.state.join("containerd/containerd.sock");
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(&socket)
-            .args([
-                "--namespace",
-                "k8s.io",
-                "task",
-                "kill",
-                "--signal",
-                "SIGKILL",
-                &id,
-            ])
-            .output()
-            .expect("run ctr");
-        assert!(
-            out.status.success(),
-            "ctr task kill {id}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(Command::new("ctr").arg("--address").arg(&socket).args([
+            "--namespace",
+            "k8s.io",
+            "task",
+            "kill",
+            "--signal",
+            "SIGKILL",
+            &id,
+        ]));
     }
 
     /// Waits until `cond` holds for the edge pods (panics with the cluster's
@@ -490,9 +471,4 @@ pub fn is_ready(pod: &Value) -> bool {
         .into_iter()
         .flatten()
         .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
-/// `pod`'s name.
-pub fn name_of(pod: &Value) -> String {
-    pod["metadata"]["name"].as_str().unwrap_or("?").to_string()
 }

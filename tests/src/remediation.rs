@@ -64,23 +64,26 @@ pub fn try_list(k: &ApiServer, ns: &str) -> Result<Vec<Value>, String> {
         k.url()
     );
     match k.try_request(Identity::Admin, "GET", &url, None) {
-        Ok((200, body)) => {
-            let list: Value =
-                serde_json::from_str(&body).map_err(|e| format!("list {ns}: {e}: {body}"))?;
-            let mut items = list["items"]
-                .as_array()
-                .cloned()
-                .ok_or_else(|| format!("list {ns}: no items in {body}"))?;
-            items.sort_by(|a, b| {
-                a["metadata"]["name"]
-                    .as_str()
-                    .cmp(&b["metadata"]["name"].as_str())
-            });
-            Ok(items)
-        }
+        Ok((200, body)) => items_by_name(ns, &body),
         Ok((status, body)) => Err(format!("listing resources in {ns}: HTTP {status}: {body}")),
         Err(e) => Err(format!("listing resources in {ns}: {e}")),
     }
+}
+
+/// The items of `body`, a list of `ns`'s resources as the API server
+/// answers it, sorted by name.
+pub fn items_by_name(ns: &str, body: &str) -> Result<Vec<Value>, String> {
+    let list: Value = serde_json::from_str(body).map_err(|e| format!("list {ns}: {e}: {body}"))?;
+    let mut items = list["items"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| format!("list {ns}: no items in {body}"))?;
+    items.sort_by(|a, b| {
+        a["metadata"]["name"]
+            .as_str()
+            .cmp(&b["metadata"]["name"].as_str())
+    });
+    Ok(items)
 }
 
 /// The RemediationRequests in `ns`, sorted by name; panics when the API
@@ -113,6 +116,7 @@ pub fn count(rr: &Value) -> u64 {
         .unwrap_or_else(|| panic!("no occurrenceCount in {rr}"))
 }
 
+/// An object's `metadata.name` (a resource's, a pod's).
 pub fn name_of(rr: &Value) -> String {
     rr["metadata"]["name"].as_str().unwrap_or("?").to_string()
 }

@@ -14,15 +14,18 @@ use signalgate_model::rfc3339::unix_millis;
 use signalgate_tests::alertmanager::{sum_samples, Alertmanager, Receiver};
 use signalgate_tests::client;
 use signalgate_tests::cluster::{
-    is_ready, name_of, panic_text, Cluster, EDGE_SELECTOR, NAMESPACE, READY_TIMEOUT,
+    is_ready, panic_text, Cluster, EDGE_SELECTOR, NAMESPACE, READY_TIMEOUT,
 };
 use signalgate_tests::e2e::expect::{alerts, incidents, one_each_listed, Incident};
 use signalgate_tests::e2e::wait::{check, eventually};
 use signalgate_tests::e2e::{ALERTS_PATH, SETTLE};
-use signalgate_tests::fault_checker::history::{AttemptResult, History};
+use signalgate_tests::fault_checker::history::{attempt_line, History};
 use signalgate_tests::fault_checker::invariants;
 use signalgate_tests::fault_checker::plan::{Plan, NAMESPACES};
+use signalgate_tests::fault_checker::quiet::until_quiet;
 use signalgate_tests::fault_checker::sender::Sender;
+use signalgate_tests::payloads::{self, webhook};
+use signalgate_tests::remediation::name_of;
 
 /// The sidecar's identity in the cluster: its pod's service account.
 const SIDECAR_USER: &str = "system:serviceaccount:signalgate-system:signalgate-sidecar";
@@ -107,8 +110,9 @@ fn the_shipped_manifests_come_up_ready_with_the_filter_in_place() {
         bad.body
     );
     let ns = "cluster-probe";
-    c.create_namespace(ns);
-    let good = serde_json::to_vec(&webhook(&alerts("ClusterProbe", ns, "p", 1))).expect("json");
+    c.fresh_namespaces(&[ns]);
+    let good = webhook(vec![payloads::alert("ClusterProbe", ns, "p-00")]);
+    let good = serde_json::to_vec(&good).expect("json");
     let good = client::post_json(&url, &good, &[]).expect("the Service answers");
     assert_eq!(good.status, 201, "{good:?}");
     assert!(
@@ -181,9 +185,9 @@ fn a_drain_keeps_one_replica_serving() {
     // Signals go on during the drain, each retried as Alertmanager retries
     // (a 5xx or a transport error, for up to 10 s); the Service's Ready
     // endpoints are sampled meanwhile.
-    let bodies: Vec<Vec<u8>> = alerts("ClusterDrain", ns, "p", 5)
-        .into_iter()
-        .map(|a| serde_json::to_vec(&webhook(&[a])).expect("json"))
+    let bodies: Vec<Vec<u8>> = (0..5)
+        .map(|i| payloads::alert("ClusterDrain", ns, &format!("p-{i:02}")))
+        .map(|a| serde_json::to_vec(&webhook(vec![a])).expect("json"))
         .collect();
     let stop = AtomicBool::new(false);
     let lowest = Mutex::new(usize::MAX);
@@ -305,31 +309,9 @@ fn deliver(url: &str, body: &[u8]) -> (Vec<String>, bool) {
     }
 }
 
-/// An Alertmanager (version 4) webhook of `alerts`, all firing.
-fn webhook(alerts: &[Value]) -> Value {
-    let alerts: Vec<Value> = alerts
-        .iter()
-        .map(|a| {
-            let mut a = a.clone();
-            a["status"] = "firing".into();
-            a["endsAt"] = "0001-01-01T00:00:00Z".into();
-            a
-        })
-        .collect();
-    serde_json::json!({
-        "version": "4", "status": "firing", "receiver": "signalgate",
-        "groupKey": "{}:{}", "groupLabels": {}, "commonLabels": {},
-        "commonAnnotations": {}, "externalURL": "http://alertmanager:9093",
-        "alerts": alerts
-    })
-}
-
 /// How long the checker's workload runs: the disruptions take about 50 s
 /// here, and must all fall within it.
 const WORKLOAD: Duration = Duration::from_secs(110);
-/// The resources stay the same this long, with nothing pending: quiet.
-const QUIET_FOR: Duration = Duration::from_secs(3);
-const QUIET_DEADLINE: Duration = Duration::from_secs(90);
 
 #[test]
 fn a_rollout_restart_and_killed_pods_under_load_lose_and_double_nothing() {
@@ -359,22 +341,23 @@ fn a_rollout_restart_and_killed_pods_under_load_lose_and_double_nothing() {
         upstreams: Vec::new(),
         history: &history,
     };
-    let first_kill = Mutex::new(None);
     let disrupted = std::thread::scope(|s| {
         for lane in 0..NAMESPACES.len() {
             let sender = &sender;
             s.spawn(move || sender.run_lane(lane));
         }
-        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            disrupt(&c, started, &first_kill)
-        }));
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| disrupt(&c, started)));
         // Before the scope waits for the senders to finish.
         let disrupted_for = started.elapsed();
-        done.map(|log| (log, disrupted_for))
-            .map_err(|e| panic_text(&e))
+        done.map(|d| (d, disrupted_for)).map_err(|e| panic_text(&e))
     });
-    let (disruptions, disrupted_for) =
-        disrupted.unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()));
+    let (
+        Disrupted {
+            log: disruptions,
+            first_kill,
+        },
+        disrupted_for,
+    ) = disrupted.unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()));
 
     let items = quiesce(&c);
     let history = history.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -389,14 +372,7 @@ fn a_rollout_restart_and_killed_pods_under_load_lose_and_double_nothing() {
         .deliveries
         .iter()
         .filter(|d| d.attempts.len() > 1)
-        .map(|d| {
-            let first = &d.attempts[0];
-            let why = match &first.result {
-                AttemptResult::Answer { status, .. } => status.to_string(),
-                AttemptResult::Transport(e) => e.chars().take(60).collect(),
-            };
-            format!("{} at {:.1}s: {why}", d.id(), first.at_ms as f64 / 1000.0)
-        })
+        .map(|d| format!("{} {}", d.id(), attempt_line(&d.attempts[0], None)))
         .collect();
     let n = am.notifications();
     eprintln!(
@@ -424,10 +400,7 @@ fn a_rollout_restart_and_killed_pods_under_load_lose_and_double_nothing() {
     );
     // Envoy's preStop hook keeps a rolling restart invisible to senders:
     // the only failed attempts are the kills'.
-    let kill_ms = first_kill
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .map_or(u64::MAX, |d| d.as_millis() as u64);
+    let kill_ms = first_kill.as_millis() as u64;
     let during_rollout: Vec<String> = history
         .deliveries
         .iter()
@@ -455,11 +428,17 @@ fn a_rollout_restart_and_killed_pods_under_load_lose_and_double_nothing() {
     );
 }
 
+/// What [`disrupt`] did, on the senders' clock (since `started`).
+struct Disrupted {
+    /// What happened when.
+    log: Vec<String>,
+    /// When the first pod was killed (the rolling restart was over).
+    first_kill: Duration,
+}
+
 /// The disruptions, one after the other, each waited out: a rolling
-/// restart, a pod deleted without grace, a sidecar SIGKILLed. Returns what
-/// happened when (seconds since `started`, the senders' clock); the first
-/// kill's time goes to `first_kill`.
-fn disrupt(c: &Cluster, started: Instant, first_kill: &Mutex<Option<Duration>>) -> Vec<String> {
+/// restart, a pod deleted without grace, a sidecar SIGKILLed.
+fn disrupt(c: &Cluster, started: Instant) -> Disrupted {
     let at = |what: &str| format!("{what} at {:.1}s", started.elapsed().as_secs_f64());
     let mut log = Vec::new();
     std::thread::sleep(Duration::from_secs(5)); // the workload's first deliveries
@@ -484,7 +463,7 @@ fn disrupt(c: &Cluster, started: Instant, first_kill: &Mutex<Option<Duration>>) 
             .collect()
     };
     let victim = name_of(&live_ready(&c.edge_pods())[0]);
-    *first_kill.lock().unwrap_or_else(|e| e.into_inner()) = Some(started.elapsed());
+    let first_kill = started.elapsed();
     log.push(at(&format!("delete --grace-period=0 {victim}")));
     c.kubectl_ok(&[
         "-n",
@@ -528,7 +507,7 @@ fn disrupt(c: &Cluster, started: Instant, first_kill: &Mutex<Option<Duration>>) 
         },
     );
     log.push(at("restarted"));
-    log
+    Disrupted { log, first_kill }
 }
 
 /// Waits until the resources of the checker's namespaces stop changing and
@@ -564,26 +543,7 @@ fn quiesce(c: &Cluster) -> Vec<Value> {
             .sum();
         in_sidecars + unwritten
     };
-    let deadline = Instant::now() + QUIET_DEADLINE;
-    let mut last: Option<Vec<Value>> = None;
-    let mut since = Instant::now();
-    loop {
-        if let Ok(items) = list() {
-            if last.as_ref() != Some(&items) {
-                since = Instant::now();
-                last = Some(items);
-            } else if pending() == 0.0 && since.elapsed() >= QUIET_FOR {
-                return last.unwrap_or_default();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not quiet after {QUIET_DEADLINE:?}: {} pending\n{}",
-            pending(),
-            c.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    until_quiet(list, pending).unwrap_or_else(|(why, _)| panic!("{why}\n{}", c.diagnostics()))
 }
 
 fn millis(t: SystemTime) -> i64 {

@@ -26,6 +26,7 @@
 pub mod history;
 pub mod invariants;
 pub mod plan;
+pub mod quiet;
 pub mod sender;
 pub mod system;
 

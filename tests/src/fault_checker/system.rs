@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::history::FaultRecord;
 use super::plan::{FaultKind, FaultPlan, NAMESPACES, STORM_THRESHOLD};
+use super::quiet::until_quiet;
 use super::sender::UPSTREAM_HEADER;
 use crate::client;
 use crate::e2e::edge;
@@ -44,12 +45,6 @@ pub const SIDECAR_ENV: [(&str, &str); 12] = [
     ("SIGNALGATE_LOG_FORMAT", "text"),
     ("RUST_LOG", "info,signalgate_sidecar=debug"),
 ];
-
-/// How long the system may take to go quiet after the workload.
-const QUIET_DEADLINE: Duration = Duration::from_secs(90);
-/// Quiet: no resource changed for this long, nothing pending on a sidecar
-/// and nothing in the store's index of unwritten changes.
-const QUIET_FOR: Duration = Duration::from_secs(3);
 
 pub struct System {
     pub api: ApiServer,
@@ -238,8 +233,8 @@ impl System {
     /// once the system is quiet: nothing pending on any sidecar, nothing in
     /// the store's index of unwritten changes (what a killed sidecar left
     /// is written by another a few seconds later) and no resource changed
-    /// for [`QUIET_FOR`]. `Err` with the last listing when it does not go
-    /// quiet in time.
+    /// for a while ([`until_quiet`]). `Err` with the last listing when it
+    /// does not go quiet in time.
     pub fn quiesce(&mut self) -> Result<Vec<Value>, (String, Vec<Value>)> {
         for p in self.redis.proxies() {
             p.pass();
@@ -248,38 +243,16 @@ impl System {
         if !self.api.is_running() {
             self.api.restart();
         }
-        let deadline = Instant::now() + QUIET_DEADLINE;
-        let mut last: Option<(String, Vec<Value>)> = None;
-        let mut since = Instant::now();
-        loop {
-            let listing = self.list();
-            let pending: f64 = self
-                .sidecars
-                .iter()
-                .map(|s| s.metric("signalgate_pending_updates"))
-                .sum::<f64>()
-                + self.unwritten() as f64;
-            if let Ok(items) = listing {
-                let digest = digest(&items);
-                let changed = last.as_ref().is_none_or(|(d, _)| *d != digest);
-                if changed {
-                    since = Instant::now();
-                }
-                last = Some((digest, items));
-                if !changed && pending == 0.0 && since.elapsed() >= QUIET_FOR {
-                    return Ok(last.map(|(_, i)| i).unwrap_or_default());
-                }
-            }
-            if Instant::now() >= deadline {
-                let why = format!(
-                    "not quiet after {QUIET_DEADLINE:?}: {pending} updates pending, last change \
-                     {:?} ago",
-                    since.elapsed()
-                );
-                return Err((why, last.map(|(_, i)| i).unwrap_or_default()));
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        until_quiet(
+            || self.list(),
+            || {
+                self.sidecars
+                    .iter()
+                    .map(|s| s.metric("signalgate_pending_updates"))
+                    .sum::<f64>()
+                    + self.unwritten() as f64
+            },
+        )
     }
 
     /// Resources in the store's index of unwritten changes, all namespaces.
@@ -451,24 +424,4 @@ fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// What of a listing matters to the checks, to see it stop changing.
-fn digest(items: &[Value]) -> String {
-    let mut out = String::new();
-    for rr in items {
-        let spec = &rr["spec"];
-        let _ = writeln!(
-            out,
-            "{}/{} {} {} {} {} {}",
-            rr["metadata"]["namespace"],
-            rr["metadata"]["name"],
-            spec["deduplication"]["occurrenceCount"],
-            spec["storm"]["alertCount"],
-            spec["storm"]["resolvedCount"],
-            spec["storm"]["affectedResources"],
-            spec["resolution"].is_object()
-        );
-    }
-    out
 }
